@@ -1,0 +1,35 @@
+"""RECAP, the Retrieval Augmented Music Captioner.
+
+The heavy modules load on first use, so `import recap` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MusicEncoder": "recap.music_encoder",
+    "MusicEncoderConfig": "recap.music_encoder",
+    "RecapConfig": "recap.config",
+    "RecapModel": "recap.model",
+    "Captioner": "recap.captioner",
+    "RecapError": "recap.utils",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from recap.captioner import Captioner
+    from recap.config import RecapConfig
+    from recap.model import RecapModel
+    from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.utils import RecapError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'recap' has no attribute {name!r}")

@@ -1,0 +1,61 @@
+"""The `recap` command line: one entry point, one subcommand per job.
+
+Each command module exposes `register(subparsers)`, which adds its parser(s) and sets
+`func=callable(args) -> int | None` as the parser default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from recap.utils import RecapError
+
+COMMAND_MODULES = (
+    "recap.data",  # data stats
+    "recap.cache",  # precompute
+    "recap.bench.cli",  # bench build | probe
+    "recap.tagger",  # tagger train
+    "recap.train",  # train
+    "recap.evaluate",  # evaluate
+    "recap.experiment",  # experiment table1 | sweep
+    "recap.demo",  # demo
+    "recap.captioner",  # caption
+    "recap.index",  # index build | eval, search
+    "recap.serve",  # serve
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recap", description="RECAP: interpret songs from their audio and lyrics."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        rc = args.func(args)
+    except RecapError as err:
+        print(f"recap {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Small shared pieces: the expected-error type, atomic writes and the skipped-item report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RecapError(Exception):
+    """An expected failure (bad input, missing file, wrong version) reported without a traceback."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    Readers never see a half-written file, and a killed job leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@dataclass
+class SkipReport:
+    """Items a job could not use, each with the reason; written as JSON beside the output.
+
+    Long jobs record a bad item here and carry on, so nothing is lost silently.
+    """
+
+    job: str
+    items: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, item: object, reason: str) -> None:
+        self.items.append({"item": str(item), "reason": reason})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:  # an empty report is still a report, not "missing"
+        return True
+
+    def extend(self, other: SkipReport) -> None:
+        self.items.extend(other.items)
+
+    def write(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        atomic_write_json(path, {"job": self.job, "skipped": len(self.items), "items": self.items})
+        return path
+
+    def summary(self) -> str:
+        if not self.items:
+            return f"{self.job}: nothing skipped"
+        return f"{self.job}: skipped {len(self.items)} item(s); see the report for reasons"
