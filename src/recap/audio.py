@@ -1,0 +1,270 @@
+"""Audio front end: decode → mono → 16 kHz → fixed-length excerpt.
+
+The music encoder expects 15 s of mono audio at 16 kHz (240,000 samples; SPEC §1.1). Music4All
+ships 30 s mp3 clips at 44.1 kHz, and the reference captioner took the first 240,000 samples
+WITHOUT resampling (5.4 s of audio at the wrong rate). Here every file is resampled with soxr's
+high-quality filter, so a 1 kHz tone stays a 1 kHz tone.
+
+Only the frames the excerpt needs are decoded (plus a short margin so the resampling filter sees
+real context at the edges), which is why this is faster than decoding the whole clip.
+
+Policy for bad audio (each raises `AudioError` with the reason, so jobs can record and skip it):
+- missing file, empty file, file with no frames, corrupt or truncated data;
+- NaN or infinite samples;
+- source sample rate outside [MIN_SOURCE_RATE, MAX_SOURCE_RATE] or more than MAX_CHANNELS channels;
+- a silent excerpt (peak below `AudioConfig.silence_threshold`), unless `allow_silent=True`:
+  15 s of digital silence carries nothing for a captioner and is almost always a broken file
+  (a failed render or download), so by default it is skipped and reported, not trained on.
+Clips shorter than the excerpt are zero-padded at the end and flagged `padded=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from recap.utils import RecapError
+
+# Bump when the decoding/resampling code changes its output, so cached features are rebuilt.
+PIPELINE_VERSION = 1
+MIN_SOURCE_RATE = 8_000
+MAX_SOURCE_RATE = 192_000
+MAX_CHANNELS = 8
+AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg")
+# Source frames decoded beyond each edge of the excerpt: the soxr HQ filter is a few ms long, so
+# 50 ms of real context removes the edge transient that zero-extension would cause.
+_MARGIN_SECONDS = 0.05
+
+
+class AudioError(RecapError):
+    """A file that cannot give a usable excerpt; `reason` is the short machine-readable cause."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # missing|empty|corrupt|truncated|silent|nonfinite|rate|channels|shape
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How a file becomes the encoder's input. Every field except `allow_silent` and
+    `silence_threshold` changes the samples produced, so they all enter `fingerprint()`."""
+
+    sample_rate: int = 16_000
+    duration: float = 15.0
+    offset: float | Literal["centre"] = 0.0  # seconds from the start, or "centre" of the clip
+    quality: str = "HQ"  # soxr quality: "HQ" (librosa's default too) or "VHQ"
+    allow_silent: bool = False
+    silence_threshold: float = 1e-4  # peak |x| below this (−80 dBFS) counts as silence
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.duration <= 0:
+            raise RecapError(f"sample_rate and duration must be positive: {self}")
+        if isinstance(self.offset, str):
+            if self.offset not in ("centre", "center"):
+                raise RecapError(f"offset must be seconds or 'centre', not {self.offset!r}")
+            object.__setattr__(self, "offset", "centre")
+        elif self.offset < 0:
+            raise RecapError(f"offset must be >= 0, not {self.offset}")
+        if self.quality not in ("HQ", "VHQ"):
+            raise RecapError(f"quality must be 'HQ' or 'VHQ', not {self.quality!r}")
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.sample_rate * self.duration))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AudioConfig:
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """A stable short hash of every setting that changes the excerpt's samples."""
+        key = {
+            "pipeline": PIPELINE_VERSION,
+            "sample_rate": self.sample_rate,
+            "n_samples": self.n_samples,
+            "offset": self.offset if self.offset == "centre" else float(self.offset),
+            "quality": self.quality,
+        }
+        blob = json.dumps(key, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
+class Excerpt:
+    waveform: np.ndarray  # float32 (n_samples,), mono at config.sample_rate
+    padded: bool  # the source was shorter than offset + duration; zeros fill the end
+    source_sample_rate: int
+    source_duration: float  # seconds, as declared by the file (or the array's length)
+    source_channels: int = 1
+
+
+def _check_format(samplerate: int, channels: int, where: str) -> None:
+    if not MIN_SOURCE_RATE <= samplerate <= MAX_SOURCE_RATE:
+        raise AudioError(
+            "rate",
+            f"{where}: unsupported sample rate {samplerate} Hz "
+            f"(supported: {MIN_SOURCE_RATE}–{MAX_SOURCE_RATE} Hz)",
+        )
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(
+            "channels", f"{where}: unsupported channel count {channels} (1–{MAX_CHANNELS})"
+        )
+
+
+def _start_seconds(config: AudioConfig, source_duration: float) -> float:
+    if config.offset == "centre":
+        return max(0.0, (source_duration - config.duration) / 2)
+    return float(config.offset)
+
+
+def _finish(
+    mono: np.ndarray, src_rate: int, skip_out: int, config: AudioConfig, where: str
+) -> tuple[np.ndarray, bool]:
+    """Resample `mono` (source rate), drop `skip_out` output samples of leading margin, then cut
+    or zero-pad to exactly config.n_samples. Returns (waveform, padded)."""
+    if not np.isfinite(mono).all():
+        raise AudioError("nonfinite", f"{where}: audio contains NaN or infinite samples")
+    if src_rate != config.sample_rate:
+        mono = soxr.resample(mono, src_rate, config.sample_rate, quality=config.quality)
+    mono = np.asarray(mono[skip_out:], dtype=np.float32)
+    n = config.n_samples
+    padded = mono.shape[0] < n
+    out = np.zeros(n, dtype=np.float32)
+    out[: min(n, mono.shape[0])] = mono[:n]
+    if (
+        not config.allow_silent
+        and float(np.max(np.abs(out), initial=0.0)) < config.silence_threshold
+    ):
+        raise AudioError(
+            "silent", f"{where}: the excerpt is silent (peak < {config.silence_threshold:g})"
+        )
+    return out, padded
+
+
+def load_excerpt(path: str | os.PathLike, config: AudioConfig = AudioConfig()) -> Excerpt:
+    """Decode the excerpt `config` describes from an audio file (mp3/wav/flac/ogg, any channels).
+
+    Raises AudioError (a RecapError) with `.reason` for every unusable file (module docstring).
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise AudioError("missing", f"{where}: no such file")
+    if path.stat().st_size == 0:
+        raise AudioError("empty", f"{where}: the file is empty (0 bytes)")
+    try:
+        with sf.SoundFile(path) as f:
+            src_rate, channels, declared = f.samplerate, f.channels, f.frames
+            _check_format(src_rate, channels, where)
+            if declared <= 0:
+                raise AudioError("empty", f"{where}: the file holds no audio frames")
+            source_duration = declared / src_rate
+            start = int(round(_start_seconds(config, source_duration) * src_rate))
+            margin = int(math.ceil(_MARGIN_SECONDS * src_rate))
+            read_from = max(0, start - margin)
+            wanted = (start - read_from) + int(math.ceil(config.duration * src_rate)) + margin
+            if read_from >= declared:
+                block = np.zeros((0, channels), dtype=np.float32)
+            else:
+                if read_from:
+                    f.seek(read_from)
+                block = f.read(frames=wanted, dtype="float32", always_2d=True)  # (T, C)
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        raise AudioError("corrupt", f"{where}: cannot decode ({err})") from err
+    # libsndfile trusts the header for the frame count; a decoder that stops well short of what
+    # the header promised means the file was cut off (a half-finished download, typically).
+    expected = min(wanted, max(0, declared - read_from))
+    if expected - block.shape[0] > max(2048, 0.01 * declared):
+        raise AudioError(
+            "truncated",
+            f"{where}: truncated or corrupt: header declares {declared} frames, decoding stopped "
+            f"at {read_from + block.shape[0]}",
+        )
+    mono = block.mean(axis=1) if channels > 1 else block[:, 0]  # (T,)
+    # The leading margin, measured in output samples, is cut after resampling.
+    skip_out = int(round((start - read_from) * config.sample_rate / src_rate))
+    waveform, padded = _finish(mono, src_rate, skip_out, config, where)
+    return Excerpt(waveform, padded, src_rate, source_duration, channels)
+
+
+def excerpt_from_array(
+    array: np.ndarray, sample_rate: int, config: AudioConfig = AudioConfig()
+) -> Excerpt:
+    """The same excerpt from samples already in memory.
+
+    `array` is (T,) mono, or 2-D with channels on the SHORTER axis: (T, C) as soundfile returns
+    or (C, T) as torchaudio returns; C must be at most MAX_CHANNELS. Integer arrays are scaled to
+    [-1, 1) by their type's range; float arrays are taken as they are.
+    """
+    x = np.asarray(array)
+    where = "array"
+    if x.ndim == 1:
+        x = x[:, None]  # (T, 1)
+    elif x.ndim == 2:
+        if x.shape[0] == x.shape[1]:
+            raise AudioError("shape", f"ambiguous square array {x.shape}: pass (T,) or (T, C)")
+        if x.shape[0] < x.shape[1]:
+            x = x.T  # (C, T) -> (T, C)
+    else:
+        raise AudioError("shape", f"expected (T,), (T, C) or (C, T) samples, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise AudioError("empty", "array holds no samples")
+    _check_format(int(sample_rate), x.shape[1], where)
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+    x = x.astype(np.float32, copy=False)
+    source_duration = x.shape[0] / sample_rate
+    start = int(round(_start_seconds(config, source_duration) * sample_rate))
+    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]  # (T,)
+    margin = int(math.ceil(_MARGIN_SECONDS * sample_rate))
+    read_from = max(0, start - margin)
+    stop = start + int(math.ceil(config.duration * sample_rate)) + margin
+    skip_out = int(round((start - read_from) * config.sample_rate / sample_rate))
+    waveform, padded = _finish(mono[read_from:stop], int(sample_rate), skip_out, config, where)
+    return Excerpt(waveform, padded, int(sample_rate), source_duration, x.shape[1])
+
+
+def check_audio_file(path: str | os.PathLike, block_frames: int = 1 << 18) -> str | None:
+    """Decode a whole file without keeping it; None when it reads cleanly, else the reason.
+
+    Used by `recap data stats` to tell found-and-readable from found-but-unreadable files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with sf.SoundFile(path) as f:
+            _check_format(f.samplerate, f.channels, str(path))
+            declared, got = f.frames, 0
+            if declared <= 0:
+                return "no audio frames"
+            while True:  # not f.blocks(): it counts the header's frames, hiding truncation
+                block = f.read(frames=block_frames, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    break
+                if not np.isfinite(block).all():
+                    return "NaN or infinite samples"
+                got += block.shape[0]
+    except AudioError as err:
+        return str(err)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+        return f"cannot decode ({err})"
+    if declared - got > max(2048, 0.01 * declared):
+        return f"truncated: header declares {declared} frames, decoded {got}"
+    return None

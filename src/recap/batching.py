@@ -1,0 +1,116 @@
+"""Length-grouped, seeded, resumable batches that shard the same way on one process or many.
+
+Padding every batch to 512 tokens wastes most of a step on pad positions, so examples of similar
+length go together: each epoch the examples are shuffled, cut into mega-batches of
+`batch_size * mega_batch_mult`, sorted by length inside each mega-batch, cut into batches, and the
+batches are shuffled. The order is a pure function of (seed, epoch), so a resumed run sees the
+same batches, and `start_batch` skips the batches an interrupted epoch already trained on.
+
+Every batch is a GLOBAL batch; with several processes each rank takes one contiguous slice of it
+(neighbours in a length-sorted batch have similar lengths, so ranks pad alike). One process with
+batch B and N processes with B/N each therefore train on exactly the same examples per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Yield this rank's share of each global batch of dataset indices.
+
+    Args:
+        lengths: a length per example (lyrics + caption tokens); only the order matters.
+        batch_size: the GLOBAL batch size (summed over processes).
+        seed: the order of epoch e depends only on (seed, e).
+        mega_batch_mult: batches per sorted group; 1 sorts within a batch only (no grouping),
+            larger groups pad less but make batch composition less random.
+        shuffle: False keeps dataset order (for evaluation).
+        drop_last: drop the final incomplete global batch instead of training on it.
+        num_replicas, rank: the process group; each rank gets its slice of every global batch.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        mega_batch_mult: int = 50,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if batch_size < 1 or mega_batch_mult < 1:
+            raise ValueError("batch_size and mega_batch_mult must be positive")
+        if batch_size % num_replicas:
+            raise ValueError(
+                f"the global batch size {batch_size} must divide evenly among {num_replicas} processes"
+            )
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega_batch_mult = mega_batch_mult
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order and skip its first `start_batch` batches (resume)."""
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """All global batches of an epoch, in training order (identical on every rank)."""
+        epoch = self.epoch if epoch is None else epoch
+        n = len(self.lengths)
+        if n == 0:
+            return []
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        mega = self.batch_size * self.mega_batch_mult
+        batches: list[np.ndarray] = []
+        for start in range(0, n, mega):
+            group = order[start : start + mega]
+            # Longest first inside a group; the stable sort keeps the shuffled order among ties.
+            group = group[np.argsort(-self.lengths[group], kind="stable")]
+            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
+        # Only the last batch of the last mega-batch can be short: drop it, or pad it by repeating
+        # its own examples (as DistributedSampler does) so every rank gets the same count.
+        if len(batches[-1]) < self.batch_size:
+            if self.drop_last:
+                batches.pop()
+            elif self.num_replicas > 1:
+                last = batches[-1]
+                need = -len(last) % self.num_replicas
+                batches[-1] = np.concatenate([last, np.resize(last, need)])
+        if self.shuffle and batches:
+            # The mega-batch boundaries would otherwise show up as a long-to-short sawtooth.
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches()[self.start_batch :]:
+            per_rank = len(batch) // self.num_replicas
+            yield batch[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch (after `start_batch`)."""
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+    def batches_per_epoch(self) -> int:
+        n, b = len(self.lengths), self.batch_size
+        if n == 0:
+            return 0
+        full, rest = divmod(n, b)
+        # Mega-batches are multiples of b, so only the global tail can be short.
+        return full + (1 if rest and not self.drop_last else 0)

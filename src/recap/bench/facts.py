@@ -1,0 +1,105 @@
+"""Lyrics-only facts: language, first line, salient words and theme, from a small lexicon.
+
+Everything here reads only the text, so these slots cannot be recovered from the audio.
+The lexicon (stopwords and theme stems in five languages) lives in `lexicon/` beside this file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from recap.bench.slots import LANGUAGES, THEMES
+
+FIRST_LINE_WORDS = 4  # the "first line" is the text's first few words: a lyric has no line breaks
+SALIENT_WORDS = 3
+_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class LyricsFacts:
+    language: str
+    first_line: str
+    salient_words: list[str]
+    theme: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "language": self.language,
+            "first_line": self.first_line,
+            "salient_words": list(self.salient_words),
+            "theme": self.theme,
+        }
+
+
+@cache
+def _lexicon(name: str) -> dict:
+    return json.loads(
+        resources.files("recap.bench").joinpath("lexicon").joinpath(name).read_text("utf-8")
+    )
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words (letters only; an elision like "l'amour" stays one token)."""
+    text = unicodedata.normalize("NFC", text)
+    return [w.lower().replace("’", "'") for w in _WORD.findall(text)]
+
+
+def normalize_phrase(text: str) -> str:
+    """Words joined by single spaces: the form first lines are compared in."""
+    return " ".join(words(text))
+
+
+def detect_language(tokens: list[str]) -> str:
+    """The language whose stopword list covers the most tokens (ties: the order of LANGUAGES)."""
+    stop = _lexicon("stopwords.json")
+    counts = {lang: sum(t in set(stop[lang]) for t in tokens) for lang in LANGUAGES}
+    return max(LANGUAGES, key=lambda lang: counts[lang])
+
+
+def _matches(token: str, stem: str) -> bool:
+    # Short stems only match whole words ("sin" must not match "sing").
+    return token == stem or (len(stem) >= 4 and token.startswith(stem))
+
+
+def detect_theme(tokens: list[str], language: str) -> str:
+    """The theme with the most keyword hits in the text's own language (ties: order of THEMES)."""
+    themes = _lexicon("themes.json")
+    counts = {
+        theme: sum(any(_matches(t, s) for s in themes[theme][language]) for t in tokens)
+        for theme in THEMES
+    }
+    return max(THEMES, key=lambda theme: counts[theme])
+
+
+def salient_words(tokens: list[str], language: str, k: int = SALIENT_WORDS) -> list[str]:
+    """The k most frequent content words (not stopwords, at least 4 letters); ties by first use."""
+    stop = set(_lexicon("stopwords.json")[language])
+    content = [t for t in tokens if t not in stop and len(t) >= 4 and "'" not in t]
+    counts = Counter(content)
+    first = {}
+    for i, t in enumerate(content):
+        first.setdefault(t, i)
+    return sorted(counts, key=lambda t: (-counts[t], first[t]))[:k]
+
+
+def lyrics_facts(text: str) -> LyricsFacts | None:
+    """The lyrics slots of one text, or None when it has too few words to state them."""
+    tokens = words(text)
+    if len(tokens) < FIRST_LINE_WORDS + SALIENT_WORDS:
+        return None
+    language = detect_language(tokens)
+    salient = salient_words(tokens, language)
+    if len(salient) < SALIENT_WORDS:
+        return None
+    return LyricsFacts(
+        language=language,
+        first_line=" ".join(tokens[:FIRST_LINE_WORDS]),
+        salient_words=salient,
+        theme=detect_theme(tokens, language),
+    )

@@ -1,0 +1,73 @@
+"""Attribute accuracy: parse generated captions back into slots and compare with the truth."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from recap.bench.facts import normalize_phrase
+from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, LYRICS_SLOTS
+from recap.bench.templates import parse_caption
+from recap.utils import RecapError
+
+EXACT_SLOTS = tuple(
+    s for s in AUDIO_SLOTS + LYRICS_SLOTS + INTERPRETIVE_SLOTS if s != "salient_words"
+)
+
+
+def load_truth(data_dir: str | Path) -> dict[str, dict]:
+    """song_id -> the true value of every slot, from DATA_DIR/songs.jsonl."""
+    path = Path(data_dir) / "songs.jsonl"
+    if not path.is_file():
+        raise RecapError(
+            f"{path} not found: is {data_dir} a benchmark built by `recap bench build`?"
+        )
+    truths = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                song = json.loads(line)
+                truths[str(song["song_id"])] = song["truth"]
+    return truths
+
+
+def _same(slot: str, predicted: object, true: object) -> bool:
+    if predicted is None:
+        return False
+    if slot == "first_line":
+        return normalize_phrase(str(predicted)) == normalize_phrase(str(true))
+    return str(predicted) == str(true)
+
+
+def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, object]]) -> dict:
+    """Per-slot accuracy (a slot the caption does not state counts as wrong), micro precision /
+    recall / F1 of the salient words, and the means over audio and lyrics slots (the lyrics mean
+    counts salient-word F1 as that slot's score)."""
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
+    n = len(predictions)
+    correct = dict.fromkeys(EXACT_SLOTS, 0)
+    tp = n_pred = n_true = 0
+    for caption, truth in zip(predictions, truths):
+        parsed = parse_caption(caption)
+        for slot in EXACT_SLOTS:
+            correct[slot] += _same(slot, parsed.get(slot), truth.get(slot))
+        pred_words = set(parsed.get("salient_words", ()))  # type: ignore[arg-type]
+        true_words = {normalize_phrase(str(w)) for w in truth.get("salient_words", ())}  # type: ignore[union-attr]
+        tp += len(pred_words & true_words)
+        n_pred += len(pred_words)
+        n_true += len(true_words)
+    acc = {slot: (correct[slot] / n if n else 0.0) for slot in EXACT_SLOTS}
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    audio = [acc[s] for s in AUDIO_SLOTS]
+    lyrics = [f1 if s == "salient_words" else acc[s] for s in LYRICS_SLOTS]
+    return {
+        "n": n,
+        "accuracy": acc,
+        "salient_words": {"precision": precision, "recall": recall, "f1": f1},
+        "audio_mean": sum(audio) / len(audio),
+        "lyrics_mean": sum(lyrics) / len(lyrics),
+    }

@@ -1,0 +1,439 @@
+"""Feature caches: waveform excerpts, log-mels and music-encoder embeddings, one file per song.
+
+Training reads only these caches, so no audio is decoded per step (the frozen encoder runs once,
+in eval mode; SPEC §1.1).
+
+Layout: `DATA_DIR/cache/<kind>-<key>/` holds `meta.json` (the settings), one `<song>.npy` per song
+(float16) and `skipped.json` (the songs the last run could not use, with reasons). `<key>` hashes
+every setting that changes the stored numbers:
+- waveform:   the audio config's fingerprint (rate, duration, offset, resampler, pipeline version);
+- logmel:     that + the mel front end (its config fields and its window/filterbank buffers);
+- embeddings: that + the encoder's config and the bytes of its whole state dict.
+Change any of them and a new folder fills; old ones stay valid for their settings.
+
+Why one .npy per song rather than shards + an index: each file is written to a temporary name and
+renamed (atomic), so an interrupted run leaves only complete files, "is it cached?" is one stat,
+resuming needs no index to repair, and readers can memory-map single songs. 27,834 songs make
+27,834 files of ~61 kB (embeddings), which any file system handles. File names are the song id,
+percent-escaped, plus 8 hex digits of its SHA-1, so ids that differ only in case (Music4All ids
+are case-sensitive) never collide on case-insensitive file systems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+
+import numpy as np
+
+from recap.audio import AudioConfig, AudioError, Excerpt, load_excerpt
+from recap.data import audio_path, load_rows
+from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+    from recap.music_encoder import MusicEncoder
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("embeddings", "logmel", "waveform")
+CACHE_VERSION = 1
+STORE_DTYPE = np.float16  # halves the disk; fp16 keeps ~3 significant digits (≈66 dB for audio)
+_MEL_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _hash_tensors(h: Any, state: Mapping[str, torch.Tensor]) -> None:
+    import torch
+
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # reinterpret as bytes so every dtype (bf16 too) hashes without numpy conversion issues
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def encoder_fingerprint(encoder: MusicEncoder) -> str:
+    """SHA-256 of the encoder's config and every state-dict tensor's bytes (weights + buffers)."""
+    h = hashlib.sha256()
+    config = getattr(encoder, "config", None)
+    h.update(json.dumps(config.to_dict() if config else {}, sort_keys=True, default=str).encode())
+    _hash_tensors(h, encoder.state_dict())
+    return h.hexdigest()
+
+
+def _mel_fingerprint(encoder: MusicEncoder) -> str:
+    h = hashlib.sha256()
+    config = encoder.config
+    h.update(
+        json.dumps({f: getattr(config, f, None) for f in _MEL_FIELDS}, sort_keys=True).encode()
+    )
+    _hash_tensors(h, encoder.spec.state_dict())  # window and filterbank
+    return h.hexdigest()
+
+
+def cache_settings(
+    kind: str, audio_config: AudioConfig, encoder: MusicEncoder | None = None
+) -> dict[str, Any]:
+    """Every setting that changes the cached numbers of `kind` (hashed into the folder name)."""
+    if kind not in KINDS:
+        raise RecapError(f"unknown cache kind {kind!r}; choose one of {', '.join(KINDS)}")
+    settings: dict[str, Any] = {
+        "cache_version": CACHE_VERSION,
+        "kind": kind,
+        "audio": audio_config.fingerprint(),
+    }
+    if kind != "waveform":
+        if encoder is None:
+            raise RecapError(f"the {kind} cache needs a music encoder")
+        enc_rate = getattr(encoder.config, "sample_rate", audio_config.sample_rate)
+        if enc_rate != audio_config.sample_rate:
+            raise RecapError(
+                f"the encoder expects {enc_rate} Hz audio but the audio config gives "
+                f"{audio_config.sample_rate} Hz"
+            )
+        settings["mel"] = _mel_fingerprint(encoder)
+    if kind == "embeddings":
+        settings["encoder"] = encoder_fingerprint(encoder)  # type: ignore[arg-type]
+    return settings
+
+
+def cache_key(kind: str, audio_config: AudioConfig, encoder: MusicEncoder | None = None) -> str:
+    blob = json.dumps(cache_settings(kind, audio_config, encoder), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- store
+
+
+def _file_name(song_id: str) -> str:
+    digest = hashlib.sha1(song_id.encode()).hexdigest()[:8]
+    return f"{quote(song_id, safe='')}~{digest}.npy"
+
+
+def _song_id_of(file_name: str) -> str:
+    return unquote(file_name[: -len(".npy")].rsplit("~", 1)[0])
+
+
+class FeatureStore(Mapping[str, np.ndarray]):
+    """A read/write mapping song_id → float16 array, backed by one .npy per song."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.is_file():
+            raise RecapError(f"{self.root} is not a feature cache (no meta.json)")
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self.kind: str = self.meta["kind"]
+
+    @classmethod
+    def create(cls, root: str | os.PathLike, meta: dict[str, Any]) -> FeatureStore:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "meta.json").is_file():
+            atomic_write_json(root / "meta.json", meta)
+        return cls(root)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, kind: str = "embeddings") -> FeatureStore:
+        """A store folder, or a data/cache folder holding exactly one store of `kind`."""
+        path = Path(path)
+        if (path / "meta.json").is_file():
+            return cls(path)
+        for base in (path / "cache", path):
+            stores = sorted(p.parent for p in base.glob(f"{kind}-*/meta.json"))
+            if len(stores) == 1:
+                return cls(stores[0])
+            if len(stores) > 1:
+                raise RecapError(
+                    f"{base} holds several {kind} caches ({', '.join(p.name for p in stores)}); "
+                    "open one of them by path"
+                )
+        raise RecapError(f"no {kind} cache under {path}; run `recap precompute` first")
+
+    def path_for(self, song_id: str) -> Path:
+        return self.root / _file_name(song_id)
+
+    def __contains__(self, song_id: object) -> bool:
+        return isinstance(song_id, str) and self.path_for(song_id).is_file()
+
+    def __getitem__(self, song_id: str) -> np.ndarray:
+        path = self.path_for(song_id)
+        if not path.is_file():
+            raise KeyError(song_id)
+        return np.load(path, allow_pickle=False)
+
+    def __iter__(self) -> Iterator[str]:
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.name.endswith(".npy") and not entry.name.startswith("."):
+                yield _song_id_of(entry.name)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def put(self, song_id: str, array: np.ndarray) -> None:
+        """Write one song atomically (temp file + rename): a killed run never leaves half a file."""
+        with atomic_path(self.path_for(song_id), suffix=".npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(array, dtype=STORE_DTYPE), allow_pickle=False)
+
+    def missing(self, song_ids: Iterable[str]) -> list[str]:
+        return [sid for sid in song_ids if sid not in self]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, kind={self.kind!r})"
+
+
+# The trainer's name for it: a store of (119, 256) float16 embeddings per song.
+EmbeddingStore = FeatureStore
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _decode(path: str, config: AudioConfig) -> Excerpt | str:
+    """Worker body: an excerpt, or the reason it failed (exceptions stay in the worker)."""
+    try:
+        return load_excerpt(path, config)
+    except AudioError as err:
+        return str(err)
+
+
+def _excerpts(
+    jobs: list[tuple[str, Path]], config: AudioConfig, workers: int, window: int
+) -> Iterator[tuple[str, Excerpt | str]]:
+    """Decoded excerpts in job order. With workers > 1 a process pool decodes ahead, at most
+    `window` files in flight so memory stays bounded when the encoder is the slower side."""
+    if workers <= 1:
+        for sid, path in jobs:
+            yield sid, _decode(str(path), config)
+        return
+    # spawn: workers import only numpy/soundfile/soxr, never inherit torch's thread pools
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pending: deque[tuple[str, Future]] = deque()
+    it = iter(jobs)
+    try:
+        for sid, path in it:
+            pending.append((sid, pool.submit(_decode, str(path), config)))
+            if len(pending) >= window:
+                break
+        while pending:
+            sid, fut = pending.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt[0], pool.submit(_decode, str(nxt[1]), config)))
+            yield sid, fut.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dataset_song_ids(data_dir: Path) -> list[str]:
+    """Song ids of the dataset in `data_dir` (first appearance order); else the audio files."""
+    try:
+        rows = load_rows(data_dir, SkipReport("precompute rows"))
+        return list(dict.fromkeys(r.song_id for r in rows))
+    except RecapError:
+        audios = data_dir / "audios"
+        if not audios.is_dir():
+            raise RecapError(f"{data_dir}: no dataset file and no audios/ folder") from None
+        return sorted({p.stem for p in audios.iterdir() if p.is_file()})
+
+
+def _resolve_encoder(encoder: Any, device: str) -> MusicEncoder | None:
+    if encoder is None or hasattr(encoder, "state_dict"):
+        return encoder
+    from recap.music_encoder import load_music_encoder
+
+    return load_music_encoder(encoder, device=device)
+
+
+def precompute(
+    data_dir: str | os.PathLike,
+    encoder: MusicEncoder | str | os.PathLike | None,
+    audio_config: AudioConfig = AudioConfig(),
+    batch_size: int = 16,
+    num_workers: int | None = None,
+    device: str = "cpu",
+    song_ids: Iterable[str] | None = None,
+    kind: str = "embeddings",
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> tuple[FeatureStore, SkipReport]:
+    """Fill the `kind` cache for `song_ids` (default: every song of the dataset in `data_dir`).
+
+    Only songs not yet cached are computed, so a second run is a no-op and an interrupted run
+    resumes. Audio is decoded by a process pool (`num_workers`, default all cores; 0 or 1 decodes
+    in this process); the encoder runs in eval mode under `torch.inference_mode`, `batch_size`
+    songs at a time, on `device`. Songs that cannot be used go to the SkipReport (also written to
+    `<store>/skipped.json`) and are tried again on the next run.
+    """
+    from tqdm.auto import tqdm
+
+    data_dir = Path(data_dir)
+    model = _resolve_encoder(encoder, device) if kind != "waveform" else None
+    settings = cache_settings(kind, audio_config, model)
+    key = cache_key(kind, audio_config, model)
+    root = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
+    meta = {
+        **settings,
+        "audio_config": audio_config.to_dict(),
+        "encoder_config": model.config.to_dict() if model is not None else None,
+        "dtype": np.dtype(STORE_DTYPE).name,
+        "layout": "one <song>.npy per song",
+    }
+    store = FeatureStore.create(root / f"{kind}-{key}", meta)
+    report = SkipReport(f"precompute {kind}")
+    ids = list(dict.fromkeys(song_ids)) if song_ids is not None else _dataset_song_ids(data_dir)
+    todo = store.missing(ids)
+    if not todo:
+        logger.info("%s: all %d songs already cached", store.root, len(ids))
+        return store, report
+
+    jobs = []
+    for sid in todo:
+        path = audio_path(data_dir, sid)
+        if path.is_file():
+            jobs.append((sid, path))
+        else:
+            report.add(sid, f"missing audio: {path}")
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    bar = tqdm(total=len(todo), desc=f"precompute {kind}", unit="song", disable=not progress)
+    bar.update(len(todo) - len(jobs))
+    batch: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        for sid, array in zip([s for s, _ in batch], _run_batch(model, kind, batch, device)):
+            if np.isfinite(array).all():
+                store.put(sid, array)
+            else:  # e.g. values beyond float16's range
+                report.add(sid, "non-finite values in the computed features")
+        bar.update(len(batch))
+        batch.clear()
+
+    was_training = model.training if model is not None else False
+    if model is not None:
+        model.eval()  # BatchNorm running stats, no dropout: the frozen encoder of SPEC §1.1
+    try:
+        window = max(2 * batch_size, 4 * max(workers, 1))
+        for sid, result in _excerpts(jobs, audio_config, workers, window):
+            if isinstance(result, str):
+                report.add(sid, result)
+                bar.update(1)
+                continue
+            batch.append((sid, result.waveform))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    finally:
+        bar.close()
+        if model is not None:
+            model.train(was_training)
+        report.write(store.root / "skipped.json")
+    return store, report
+
+
+def _run_batch(
+    model: MusicEncoder | None, kind: str, batch: list[tuple[str, np.ndarray]], device: str
+) -> list[np.ndarray]:
+    waves = np.stack([w for _, w in batch])  # (B, n_samples) float32
+    if kind == "waveform":
+        return list(waves)
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(waves).to(device)
+        # logmel: (B, n_mels, frames) dB before the BatchNorm; embeddings: (B, 119, hidden)
+        out = model.log_mel(x) if kind == "logmel" else model(x)  # type: ignore[union-attr]
+        out = out.float().cpu().numpy()
+    return list(out)
+
+
+def ensure_embeddings(
+    data_dir: str | os.PathLike,
+    encoder_spec: MusicEncoder | str | os.PathLike,
+    song_ids: Iterable[str],
+    audio_config: AudioConfig = AudioConfig(),
+    device: str = "cpu",
+    batch_size: int = 16,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> EmbeddingStore:
+    """The embedding store for these songs, computing only the missing ones (for the trainer).
+
+    Songs whose audio cannot be used are absent from the store (check `song_id in store`); the
+    reasons are in `<store>/skipped.json` and a warning gives their count.
+    """
+    store, report = precompute(
+        data_dir,
+        encoder_spec,
+        audio_config=audio_config,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        song_ids=song_ids,
+        kind="embeddings",
+        progress=progress,
+    )
+    if len(report):
+        logger.warning(
+            "%d song(s) have no embedding; reasons in %s", len(report), store.root / "skipped.json"
+        )
+    return store
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _precompute_command(args: argparse.Namespace) -> int:
+    if args.kind != "waveform" and not args.encoder:
+        raise RecapError(f"--encoder is required for --kind {args.kind}")
+    offset: float | str = args.offset if args.offset == "centre" else float(args.offset)
+    config = AudioConfig(duration=args.duration, offset=offset)
+    store, report = precompute(
+        args.data,
+        args.encoder,
+        audio_config=config,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=args.device,
+        kind=args.kind,
+        cache_dir=args.cache_dir,
+    )
+    print(f"cache: {store.root} ({len(store)} songs)")
+    print(f"skipped: {len(report)} (report: {store.root / 'skipped.json'})")
+    for item in report.items[:10]:
+        print(f"  {item['item']}: {item['reason']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "precompute", help="fill the waveform / log-mel / embedding cache of a dataset"
+    )
+    parser.add_argument("--data", required=True, help="dataset folder (with audios/)")
+    parser.add_argument(
+        "--encoder", default=None, help="music encoder folder, checkpoint or preset"
+    )
+    parser.add_argument("--kind", choices=KINDS, default="embeddings")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (all cores)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--duration", type=float, default=15.0, help="excerpt seconds")
+    parser.add_argument("--offset", default="0", help="excerpt start in seconds, or 'centre'")
+    parser.add_argument("--cache-dir", default=None, help="default: DATA/cache")
+    parser.set_defaults(func=_precompute_command)

@@ -1,0 +1,359 @@
+"""`RecapConfig`: every setting of the captioner in one typed, JSON-serialisable dataclass.
+
+The three methods of the paper's Table 1 (SPEC §1.6) are one config with different values:
+
+| method        | music | fusion layers | align weight w |
+|---------------|-------|---------------|----------------|
+| `bart`        | no    | ()            | 0              |
+| `bart-fusion` | yes   | (4, 5)        | 0              |
+| `recap`       | yes   | (4, 5)        | 0.02           |
+
+and three sizes: `paper` (bart-base + the reference CNNSA), `small` (a CPU demo that trains in
+minutes) and `tiny` (unit tests). `RecapConfig.preset(method, size, **overrides)` builds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recap.music_encoder import MusicEncoderConfig
+from recap.utils import RecapError, atomic_write_json
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+METHODS = ("bart", "bart-fusion", "recap")
+SIZES = ("tiny", "small", "paper")
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding defaults (SPEC §2). They are handed to Hugging Face as a `GenerationConfig`:
+    transformers 5 silently drops generation settings placed on the model config."""
+
+    num_beams: int = 4
+    do_sample: bool = False
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    no_repeat_ngram_size: int = 3
+    early_stopping: bool = True
+    forced_bos_token_id: int | None = 0
+    forced_eos_token_id: int | None = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationSettings:
+        return cls(**_known_fields(cls, data, "generation"))
+
+
+@dataclass
+class RecapConfig:
+    """All settings of a RECAP captioner; defaults are the paper's `recap` method at bart-base size."""
+
+    method: str = "recap"
+    size: str = "paper"
+
+    # --- BART (lyrics encoder + caption decoder), bart-base by default (SPEC §1.2) ---
+    vocab_size: int = 50265
+    d_model: int = 768
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 12
+    decoder_attention_heads: int = 12
+    encoder_ffn_dim: int = 3072
+    decoder_ffn_dim: int = 3072
+    max_position_embeddings: int = 1024
+    activation_function: str = "gelu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    encoder_layerdrop: float = 0.0
+    decoder_layerdrop: float = 0.0
+    scale_embedding: bool = False
+    init_std: float = 0.02
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    decoder_start_token_id: int = 2
+    # Any other BartConfig keys of a pretrained checkpoint (kept so from_bart loses nothing).
+    bart_extra: dict[str, Any] = field(default_factory=dict)
+    attn_implementation: str = "sdpa"
+
+    # --- music encoder (SPEC §1.1) ---
+    music: MusicEncoderConfig = field(
+        default_factory=lambda: MusicEncoderConfig.preset("reference")
+    )
+    use_music: bool = True
+    # Whether the model holds a (frozen) music encoder for raw-waveform input. Training uses
+    # precomputed embeddings and does not need one; a captioner for audio files does.
+    with_music_encoder: bool = False
+
+    # --- fusion (SPEC §1.3) ---
+    fusion_layers: tuple[int, ...] = (4, 5)
+    fusion_heads: int = 1
+    fusion_scale: float = 0.1
+    fusion_shared: bool = True
+    fusion_gate: bool = False
+
+    # --- alignment (SPEC §1.4) ---
+    align_weight: float = 0.02
+    align_loss: str = "cosine"  # "cosine" (paper eq. 1) | "infonce" (authors' code)
+    align_temperature: float = 0.3
+    align_layer: int = 4  # index into the encoder hidden states: output of the 4th layer
+    pool_includes_padding: bool = False
+
+    # --- caption loss and lengths (SPEC §1.2, §1.5) ---
+    loss_includes_padding: bool = False
+    max_source_length: int = 512
+    max_target_length: int = 512
+
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.fusion_layers = tuple(int(i) for i in self.fusion_layers)
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise RecapError on inconsistent values (caught early, not as a shape error later)."""
+        if self.align_loss not in ("cosine", "infonce"):
+            raise RecapError(f"align_loss must be 'cosine' or 'infonce', got {self.align_loss!r}")
+        bad = [i for i in self.fusion_layers if not 0 <= i < self.encoder_layers]
+        if bad:
+            raise RecapError(
+                f"fusion_layers {bad} out of range for a {self.encoder_layers}-layer encoder"
+            )
+        if not 0 <= self.align_layer <= self.encoder_layers:
+            raise RecapError(
+                f"align_layer {self.align_layer} must index hidden states 0..{self.encoder_layers}"
+            )
+        if self.fusion_layers and not self.use_music:
+            raise RecapError("fusion_layers need use_music=True (fusion attends to the music)")
+        if self.align_weight and not self.use_music:
+            raise RecapError("align_weight > 0 needs use_music=True")
+        if self.d_model % self.fusion_heads:
+            raise RecapError(f"d_model {self.d_model} not divisible by fusion_heads")
+        if self.align_temperature <= 0:
+            raise RecapError("align_temperature must be > 0")
+
+    @property
+    def music_dim(self) -> int:
+        """Width of the music token sequence (256 for the reference CNNSA)."""
+        return int(self.music.hidden_size)
+
+    # ------------------------------------------------------------------ BART
+    def bart_config(self):  # -> transformers.BartConfig (imported lazily: heavy)
+        from transformers import BartConfig
+
+        kwargs = dict(self.bart_extra)
+        kwargs.update(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            encoder_layers=self.encoder_layers,
+            decoder_layers=self.decoder_layers,
+            encoder_attention_heads=self.encoder_attention_heads,
+            decoder_attention_heads=self.decoder_attention_heads,
+            encoder_ffn_dim=self.encoder_ffn_dim,
+            decoder_ffn_dim=self.decoder_ffn_dim,
+            max_position_embeddings=self.max_position_embeddings,
+            activation_function=self.activation_function,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            activation_dropout=self.activation_dropout,
+            encoder_layerdrop=self.encoder_layerdrop,
+            decoder_layerdrop=self.decoder_layerdrop,
+            scale_embedding=self.scale_embedding,
+            init_std=self.init_std,
+            pad_token_id=self.pad_token_id,
+            bos_token_id=self.bos_token_id,
+            eos_token_id=self.eos_token_id,
+            decoder_start_token_id=self.decoder_start_token_id,
+            is_encoder_decoder=True,
+            tie_word_embeddings=True,
+        )
+        config = BartConfig(**kwargs)
+        config._attn_implementation = self.attn_implementation
+        return config
+
+    # Keys of a BartConfig that RecapConfig holds as its own fields.
+    _BART_FIELDS = (
+        "vocab_size d_model encoder_layers decoder_layers encoder_attention_heads "
+        "decoder_attention_heads encoder_ffn_dim decoder_ffn_dim max_position_embeddings "
+        "activation_function dropout attention_dropout activation_dropout encoder_layerdrop "
+        "decoder_layerdrop scale_embedding init_std pad_token_id bos_token_id eos_token_id "
+        "decoder_start_token_id"
+    ).split()
+    # Generation / bookkeeping keys of a checkpoint's config.json we must not carry along.
+    _BART_DROP = (
+        "architectures model_type transformers_version torch_dtype dtype id2label label2id "
+        "num_labels task_specific_params forced_bos_token_id forced_eos_token_id num_beams "
+        "no_repeat_ngram_size early_stopping max_length min_length length_penalty "
+        "_name_or_path is_encoder_decoder tie_word_embeddings output_past "
+        "add_bias_logits add_final_layer_norm normalize_before normalize_embedding "
+        "static_position_embeddings extra_pos_embeddings classif_dropout classifier_dropout "
+        "gradient_checkpointing use_cache num_hidden_layers"
+    ).split()
+
+    def with_bart_config(self, bart: dict[str, Any]) -> RecapConfig:
+        """A copy whose BART sizes come from a checkpoint's `config.json` dict."""
+        own = {k: bart[k] for k in self._BART_FIELDS if k in bart and bart[k] is not None}
+        extra = {
+            k: v
+            for k, v in bart.items()
+            if k not in self._BART_FIELDS and k not in self._BART_DROP and not k.startswith("_")
+        }
+        return dataclasses.replace(self, **own, bart_extra=extra)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, method: str = "recap", size: str = "paper", **overrides: Any) -> RecapConfig:
+        """The config for one of the paper's methods at one size; keyword overrides win.
+
+        `method`: "bart" (lyrics only), "bart-fusion" (fusion, w = 0), "recap" (fusion, w = 0.02).
+        `size`: "paper" (bart-base + reference CNNSA), "small" (CPU demo), "tiny" (tests).
+        """
+        if method not in METHODS:
+            raise RecapError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if size not in SIZES:
+            raise RecapError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+        values: dict[str, Any] = {"method": method, "size": size}
+        values.update(_METHOD_VALUES[method])
+        values.update(_SIZE_VALUES[size]())
+        # generation is given as a dict in the tables; partial override dicts are merged.
+        gen = {**values.pop("generation", {}), **(overrides.pop("generation", None) or {})}
+        if isinstance(gen, GenerationSettings):  # pragma: no cover - defensive
+            gen = gen.to_dict()
+        music = overrides.pop("music", values.pop("music"))
+        if isinstance(music, str):
+            music = MusicEncoderConfig.preset(music)
+        elif isinstance(music, dict):
+            music = MusicEncoderConfig.from_dict(music)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise RecapError(f"unknown RecapConfig field(s): {', '.join(sorted(unknown))}")
+        values.update(overrides)
+        return cls(music=music, generation=GenerationSettings(**gen), **values)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "music":
+                value = value.to_dict()
+            elif f.name == "generation":
+                value = value.to_dict()
+            elif f.name == "fusion_layers":
+                value = list(value)
+            data[f.name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RecapConfig:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise RecapError(
+                f"RECAP config format_version {version!r} is not supported by this version of "
+                f"recap (it reads format_version {FORMAT_VERSION}); upgrade recap or re-export "
+                "the checkpoint"
+            )
+        values = _known_fields(cls, data, "RecapConfig")
+        values["music"] = MusicEncoderConfig.from_dict(values.get("music") or {})
+        values["generation"] = GenerationSettings.from_dict(values.get("generation") or {})
+        values["fusion_layers"] = tuple(values.get("fusion_layers", ()))
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write JSON to `path` (a file, or a folder that receives `config.json`)."""
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / CONFIG_NAME
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RecapConfig:
+        """Read a config from a JSON file or a model folder holding `config.json`."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            raise RecapError(f"no RECAP config at {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RecapError(f"cannot read RECAP config {path}: {exc}") from exc
+        if not isinstance(data, dict) or "format_version" not in data:
+            raise RecapError(
+                f"{path} is not a RECAP config (no format_version); a Hugging Face BART folder "
+                "is loaded with RecapModel.from_bart"
+            )
+        return cls.from_dict(data)
+
+
+def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise RecapError(f"unknown {what} field(s): {', '.join(sorted(unknown))}")
+    return dict(data)
+
+
+_METHOD_VALUES: dict[str, dict[str, Any]] = {
+    "bart": {"use_music": False, "fusion_layers": (), "align_weight": 0.0},
+    "bart-fusion": {"use_music": True, "fusion_layers": (4, 5), "align_weight": 0.0},
+    "recap": {"use_music": True, "fusion_layers": (4, 5), "align_weight": 0.02},
+}
+
+
+def _paper() -> dict[str, Any]:
+    return {"music": "reference"}  # every BART field default is bart-base
+
+
+def _small() -> dict[str, Any]:
+    # Trains in minutes on two CPU cores on ~1k templated captions: six encoder layers keep
+    # "fusion after layers 4 and 5" meaningful; the decoder is shallow; vocab from a local BPE.
+    return {
+        "vocab_size": 2048,
+        "d_model": 128,
+        "encoder_layers": 6,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 512,
+        "decoder_ffn_dim": 512,
+        "max_position_embeddings": 512,
+        "max_source_length": 256,
+        "max_target_length": 128,
+        "fusion_heads": 1,
+        "music": "small",
+        "generation": {"max_new_tokens": 128},
+    }
+
+
+def _tiny() -> dict[str, Any]:
+    return {
+        "vocab_size": 320,
+        "d_model": 32,
+        "encoder_layers": 6,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 128,
+        "max_source_length": 64,
+        "max_target_length": 32,
+        "music": "tiny",
+        "generation": {"max_new_tokens": 16, "num_beams": 2},
+    }
+
+
+_SIZE_VALUES = {"paper": _paper, "small": _small, "tiny": _tiny}

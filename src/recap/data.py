@@ -1,0 +1,664 @@
+"""The Song Interpretation Dataset in every released form, behind one interface.
+
+`load_rows(path)` reads any of:
+- a dataset folder (`dataset.jsonl`, as `recap bench build` writes it; else `dataset.json`, else
+  the authors' CSVs; else the one JSON/JSONL/pickle file in it);
+- the JSON release: a list of row objects, a `{"data": [...]}` wrapper, or a pandas `to_json`
+  frame (orient columns / split / index);
+- line-delimited JSON (one row object per line);
+- the authors' CSVs `df_{full|not_negative|positive}_{train|val}.csv` and `df_test.csv` (columns
+  music4all_id, lyrics, comment; a leading unnamed pandas index column is ignored);
+- old pickles of `mymodel.LyricsCommentData` through a restricted unpickler (`_SafeUnpickler`).
+
+Row fields: `music4all_id` (or `song_id`) is the song id (the audio's file name); `lyrics`;
+`comment`; the vote is read from the first present of VOTE_FIELDS; `split` is train/val/test
+(`valid`, `validation`, `dev` map to val). Anything else (songmeanings_id, slots, work_id, ...) is
+kept in `Row.extra`.
+
+Rows that cannot be used (missing id, empty lyrics or comment, wrong types, non-UTF-8 bytes, a
+repeated (song, comment) pair) are skipped and recorded in a `SkipReport` with their position.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recap.utils import RecapError, SkipReport
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("full", "not_negative", "positive")
+SPLITS = ("train", "val", "test")
+ID_FIELDS = ("music4all_id", "song_id")
+VOTE_FIELDS = ("votes", "vote", "rating", "score", "comment_votes", "comment_rating", "upvotes")
+_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
+                  "dev": "val", "test": "test"}  # fmt: skip
+_CSV_NAME = re.compile(r"^df_(?:(full|not_negative|positive)_(train|val)|(test))\.csv$")
+_DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".pkl", ".pickle")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One interpretation of one song."""
+
+    song_id: str  # music4all_id: the audio is audios/{song_id}.mp3
+    lyrics: str
+    comment: str
+    votes: int | None = None
+    split: str | None = None  # "train" | "val" | "test" | None when the source has no split
+    extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+def audio_path(data_dir: str | os.PathLike, song_id: str) -> Path:
+    """`data_dir/audios/{song_id}.mp3`, or the first existing .wav/.flac/.ogg sibling.
+
+    When none exists the .mp3 path is returned, so the caller's error names the expected file.
+    """
+    from recap.audio import AUDIO_EXTENSIONS
+
+    base = Path(data_dir) / "audios"
+    for ext in AUDIO_EXTENSIONS:
+        candidate = base / f"{song_id}{ext}"
+        if candidate.is_file():
+            return candidate
+    return base / f"{song_id}.mp3"
+
+
+def in_variant(row: Row, variant: str) -> bool:
+    """full: every row; not_negative: votes >= 0; positive: votes > 0 (SPEC §3)."""
+    if variant == "full":
+        return True
+    if variant not in VARIANTS:
+        raise RecapError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if row.votes is None:
+        raise RecapError(
+            f"variant {variant!r} needs votes, but song {row.song_id} has none "
+            "(this release carries no vote field; use variant 'full' or the variant's CSVs)"
+        )
+    return row.votes >= 0 if variant == "not_negative" else row.votes > 0
+
+
+# --------------------------------------------------------------------------- row validation
+
+
+def _has_surrogates(text: str) -> bool:
+    # Undecodable bytes arrive as lone surrogates (surrogateescape, or "\udcxx" JSON escapes).
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _text(value: Any, name: str) -> str:
+    if isinstance(value, bytes):  # Python 2 pickles hold byte strings
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"non-UTF-8 bytes in {name}") from err
+    if not isinstance(value, str):
+        raise ValueError(f"{name} has type {type(value).__name__}, expected text")
+    if _has_surrogates(value):
+        raise ValueError(f"non-UTF-8 bytes in {name}")
+    if not value.strip():
+        raise ValueError(f"empty {name}")
+    return value
+
+
+def _song_id(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError("missing song id")
+    if isinstance(value, bool) or not isinstance(value, str | int | bytes):
+        raise ValueError(f"song id has type {type(value).__name__}")
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    text = text.strip()
+    if not text:
+        raise ValueError("missing song id")
+    if "/" in text or "\\" in text or text in (".", "..") or _has_surrogates(text):
+        raise ValueError(f"song id {text!r} is not a valid file name")
+    return text
+
+
+def _votes(value: Any) -> int | None:
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()  # numpy scalar from an old pickle
+    if isinstance(value, bool):
+        raise ValueError("votes is a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"votes {value!r} is not an integer")
+
+
+def _split(value: Any, default: str | None) -> str | None:
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or value.strip().lower() not in _SPLIT_ALIASES:
+        raise ValueError(f"unknown split {value!r}")
+    return _SPLIT_ALIASES[value.strip().lower()]
+
+
+def _make_row(record: Any, newline_to_semicolon: bool, split_default: str | None = None) -> Row:
+    """A raw mapping → Row; raises ValueError with the reason when the row is unusable."""
+    if not isinstance(record, dict):
+        raise ValueError(f"row is a {type(record).__name__}, expected an object")
+    id_key = next((k for k in ID_FIELDS if k in record), None)
+    song_id = _song_id(record.get(id_key) if id_key else None)
+    lyrics = _text(record.get("lyrics"), "lyrics")
+    comment = _text(record.get("comment"), "comment")
+    vote_key = next((k for k in VOTE_FIELDS if k in record), None)
+    votes = _votes(record[vote_key]) if vote_key else None
+    split = _split(record.get("split"), split_default)
+    if newline_to_semicolon:
+        # The reference feeds lyrics to BART with line breaks as ';' (SPEC §1.2).
+        lyrics = re.sub(r"\r?\n", ";", lyrics)
+    used = {id_key, vote_key, "lyrics", "comment", "split"}
+    extra = {k: v for k, v in record.items() if k not in used}
+    return Row(song_id, lyrics, comment, votes, split, extra)
+
+
+def _collect(
+    records: Iterable[tuple[str, Any]],
+    report: SkipReport,
+    newline_to_semicolon: bool,
+    split_default: str | None = None,
+    seen: dict[tuple[str, str], str] | None = None,
+) -> list[Row]:
+    """Validate (position, record) pairs; bad ones and repeated (song, comment) pairs → report."""
+    rows: list[Row] = []
+    seen = {} if seen is None else seen
+    for where, record in records:
+        if isinstance(record, _BadRecord):
+            report.add(where, record.reason)
+            continue
+        try:
+            row = _make_row(record, newline_to_semicolon, split_default)
+        except ValueError as err:
+            rid = (
+                record.get("music4all_id", record.get("song_id"))
+                if isinstance(record, dict)
+                else None
+            )
+            report.add(f"{where} (song {rid})" if rid is not None else where, str(err))
+            continue
+        key = (row.song_id, row.comment.strip())
+        if key in seen:
+            report.add(f"{where} (song {row.song_id})", f"duplicate of {seen[key]}")
+            continue
+        seen[key] = where
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class _BadRecord:
+    reason: str
+
+
+# --------------------------------------------------------------------------- file formats
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            where = f"{path.name}:{i}"
+            if not raw.strip():
+                continue
+            try:
+                yield where, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield where, _BadRecord("non-UTF-8 bytes in the line")
+            except json.JSONDecodeError as err:
+                yield where, _BadRecord(f"invalid JSON ({err.msg})")
+
+
+def _json_records(obj: Any, path: Path) -> list[Any]:
+    """The row objects of a JSON release, whatever frame layout wrote it."""
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict):
+        if set(obj) >= {"columns", "data"} and isinstance(obj["data"], list):  # pandas split
+            return [dict(zip(obj["columns"], values)) for values in obj["data"]]
+        lists = [v for v in obj.values() if isinstance(v, list)]
+        if len(obj) == 1 and lists:  # {"data": [...]}
+            return lists[0]
+        if obj and all(isinstance(v, dict) for v in obj.values()):
+            if "lyrics" in obj and "comment" in obj:  # pandas columns: {col: {index: value}}
+                index = list(obj["lyrics"].keys())
+                return [{col: obj[col].get(i) for col in obj} for i in index]
+            return list(obj.values())  # pandas index: {index: row}
+    raise RecapError(f"{path}: not a recognised dataset JSON (expected a list of row objects)")
+
+
+def _read_json(path: Path) -> list[tuple[str, Any]]:
+    # surrogateescape keeps undecodable bytes as markers that the row check reports per row,
+    # instead of failing the whole file.
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RecapError(f"{path}: invalid JSON ({err})") from err
+    return [(f"{path.name}[{i}]", rec) for i, rec in enumerate(_json_records(obj, path))]
+
+
+def _read_csv(path: Path) -> list[tuple[str, Any]]:
+    csv.field_size_limit(sys.maxsize if sys.maxsize < 2**63 else 2**31 - 1)
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            return []
+        # pandas' to_csv writes its index as a first column with an empty name
+        keep = [n for n in reader.fieldnames if n and not n.startswith("Unnamed")]
+        missing = {"lyrics", "comment"} - set(keep)
+        if missing or not set(ID_FIELDS) & set(keep):
+            raise RecapError(
+                f"{path}: CSV needs columns music4all_id, lyrics, comment; has {reader.fieldnames}"
+            )
+        out = []
+        for i, rec in enumerate(reader, start=2):  # line 1 is the header
+            out.append((f"{path.name}:{i}", {k: rec[k] for k in keep if rec.get(k) is not None}))
+        return out
+
+
+# Restricted unpickling: the old pickles need `mymodel.LyricsCommentData`; anything else that a
+# pickle could name (os.system, builtins.eval, ...) would run code, so it is refused.
+
+
+class LyricsCommentData:
+    """Stand-in for the authors' `mymodel.LyricsCommentData`: holds the pickled fields only."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) form
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError("LyricsCommentData state is not a dict")
+        # Python 2 pickles, read with encoding="bytes", name their attributes in bytes
+        self.__dict__.update(
+            {k.decode() if isinstance(k, bytes) else k: v for k, v in state.items()}
+        )
+
+
+def _numpy_scalar_globals() -> dict[tuple[str, str], Any]:
+    # Ratings saved from pandas are numpy integers; rebuilding a scalar from (dtype, bytes) runs
+    # no code, so these two are allowed, as torch's weights-only unpickler does.
+    try:
+        import numpy as np
+        from numpy.core.multiarray import scalar  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - numpy is a dependency
+        return {}
+    out = {}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[(mod, "scalar")] = scalar
+    out[("numpy", "dtype")] = np.dtype
+    return out
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    _ALLOWED: dict[tuple[str, str], Any] = {
+        ("mymodel", "LyricsCommentData"): LyricsCommentData,
+        ("__main__", "LyricsCommentData"): LyricsCommentData,
+        ("copyreg", "_reconstructor"): __import__("copyreg")._reconstructor,
+        ("builtins", "object"): object,
+        ("builtins", "list"): list,
+        ("builtins", "dict"): dict,
+        ("builtins", "tuple"): tuple,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+        # protocols 0-2 write bytes objects as _codecs.encode(text, "latin1"): no side effects
+        ("_codecs", "encode"): __import__("codecs").encode,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        # Python 2 pickles name modules by their old names (copy_reg, __builtin__)
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        allowed = {**self._ALLOWED, **_numpy_scalar_globals()}
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        raise RecapError(
+            f"refused to unpickle: the file names {module}.{name}, and only "
+            "mymodel.LyricsCommentData and plain containers are allowed (a pickle naming other "
+            "globals can run arbitrary code)"
+        )
+
+
+def _object_records(obj: LyricsCommentData, where: str) -> list[tuple[str, Any]]:
+    """One LyricsCommentData → row records. Fields are scalars (one song) or equal-length lists
+    (a whole dataset); the older class holds `comments`, a list of (text, rating) per song."""
+    d = dict(obj.__dict__)
+    id_value = d.get("music4all_id")
+    if isinstance(id_value, list | tuple):  # columnar: every field a list
+        n = len(id_value)
+        cols = {k: v for k, v in d.items() if isinstance(v, list | tuple) and len(v) == n}
+        records = [
+            (
+                f"{where}[{i}]",
+                {k: cols[k][i] for k in cols} | {k: v for k, v in d.items() if k not in cols},
+            )
+            for i in range(n)
+        ]
+        return [r for rec in records for r in _expand_comments(*rec)]
+    return _expand_comments(where, d)
+
+
+def _expand_comments(where: str, d: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "comments" not in d:
+        return [(where, d)]
+    base = {k: v for k, v in d.items() if k != "comments"}
+    comments = d["comments"]
+    if not isinstance(comments, list | tuple):
+        return [(where, _BadRecord(f"comments has type {type(comments).__name__}"))]
+    out: list[tuple[str, Any]] = []
+    for j, item in enumerate(comments):
+        if isinstance(item, list | tuple) and len(item) == 2:
+            out.append((f"{where}.comments[{j}]", base | {"comment": item[0], "votes": item[1]}))
+        else:
+            out.append(
+                (f"{where}.comments[{j}]", _BadRecord("comment is not a (text, rating) pair"))
+            )
+    return out
+
+
+def _read_pickle(path: Path) -> list[tuple[str, Any]]:
+    try:
+        with path.open("rb") as f:
+            obj = _SafeUnpickler(f, encoding="bytes").load()
+    except RecapError as err:
+        raise RecapError(f"{path}: {err}") from None
+    except Exception as err:  # a truncated or corrupt pickle
+        raise RecapError(f"{path}: cannot unpickle ({type(err).__name__}: {err})") from err
+    items: Iterable[tuple[str, Any]]
+    if isinstance(obj, dict) and not any(k in obj for k in ("lyrics", "comment")):
+        items = ((f"{path.name}[{k!r}]", v) for k, v in obj.items())
+    elif isinstance(obj, list | tuple):
+        items = ((f"{path.name}[{i}]", v) for i, v in enumerate(obj))
+    else:
+        items = [(path.name, obj)]
+    out: list[tuple[str, Any]] = []
+    for where, item in items:
+        if isinstance(item, LyricsCommentData):
+            out.extend(_object_records(item, where))
+        elif isinstance(item, dict):
+            d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in item.items()}
+            out.extend(_expand_comments(where, d))
+        else:
+            out.append((where, _BadRecord(f"unexpected {type(item).__name__} in pickle")))
+    return out
+
+
+def _csv_files(folder: Path) -> dict[tuple[str, str], Path]:
+    """(variant, split) → CSV path for the authors' file names; test is ("*", "test")."""
+    found = {}
+    for p in sorted(folder.glob("df_*.csv")):
+        m = _CSV_NAME.match(p.name)
+        if m:
+            found[("*", "test") if m.group(3) else (m.group(1), m.group(2))] = p
+    return found
+
+
+def _dataset_file(folder: Path) -> Path | None:
+    for name in ("dataset.jsonl", "dataset.json"):
+        if (folder / name).is_file():
+            return folder / name
+    if _csv_files(folder):
+        return None  # the CSV set is read as a whole
+    candidates = [p for p in sorted(folder.iterdir()) if p.suffix in _DATASET_SUFFIXES]
+    if len(candidates) == 1:
+        return candidates[0]
+    raise RecapError(
+        f"{folder}: no dataset.jsonl, dataset.json or df_*.csv files"
+        + (f"; several candidates: {[p.name for p in candidates]}" if candidates else "")
+    )
+
+
+def _read_file(path: Path) -> tuple[list[tuple[str, Any]], str | None]:
+    """(records, default split) for one file of any format."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return list(_iter_jsonl(path)), None
+    if suffix == ".json":
+        return _read_json(path), None
+    if suffix == ".csv":
+        m = _CSV_NAME.match(path.name)
+        return _read_csv(path), (m.group(2) or m.group(3)) if m else None
+    if suffix in (".pkl", ".pickle"):
+        return _read_pickle(path), None
+    raise RecapError(f"{path}: unknown dataset format {suffix!r} (jsonl, json, csv, pkl)")
+
+
+def load_rows(
+    path: str | os.PathLike,
+    report: SkipReport | None = None,
+    newline_to_semicolon: bool = True,
+) -> list[Row]:
+    """Every usable row of a dataset folder or file; skipped rows go to `report` with reasons.
+
+    For a folder of the authors' CSVs the rows are df_full_train + df_full_val + df_test (the
+    full variant holds the others); use `load_splits` for a variant.
+    """
+    path = Path(path)
+    report = report if report is not None else SkipReport("load_rows")
+    if not path.exists():
+        raise RecapError(f"{path}: no such file or folder")
+    if path.is_dir():
+        file = _dataset_file(path)
+        if file is None:
+            csvs = _csv_files(path)
+            seen: dict[tuple[str, str], str] = {}
+            rows: list[Row] = []
+            for key in (("full", "train"), ("full", "val"), ("*", "test")):
+                if key in csvs:
+                    rows += _collect(
+                        _read_csv(csvs[key]), report, newline_to_semicolon, key[1], seen
+                    )
+            return rows
+        path = file
+    records, split_default = _read_file(path)
+    return _collect(records, report, newline_to_semicolon, split_default)
+
+
+def random_split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The indices `torch.utils.data.random_split(range(n), [n - n_val, n_val],
+    generator=torch.Generator().manual_seed(seed))` gives, n_val = n - int((1 - f) * n),
+    as the BART-fusion code computes its 90/10 split."""
+    import torch
+
+    n_train = int((1 - val_fraction) * n)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return perm[:n_train], perm[n_train:]
+
+
+def load_splits(
+    path: str | os.PathLike,
+    variant: str = "full",
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    report: SkipReport | None = None,
+    newline_to_semicolon: bool = True,
+) -> dict[str, list[Row]]:
+    """{"train", "val", "test"} rows for one variant (SPEC §2, §3).
+
+    train and val are filtered by the variant; test is shared by all variants and never filtered.
+    val is the given split when the source has one, else a 90/10 random split of train with
+    `torch.Generator().manual_seed(seed)` (over rows, as the reference does: a song may appear
+    in both). Rows without a split count as train; a source without test rows gives test = []
+    and a warning.
+    """
+    if variant not in VARIANTS:
+        raise RecapError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    path = Path(path)
+    report = report if report is not None else SkipReport("load_splits")
+    if path.is_dir() and (csvs := _csv_files(path)) and _dataset_file(path) is None:
+        train_path = csvs.get((variant, "train"))
+        if train_path is None:
+            raise RecapError(f"{path}: no df_{variant}_train.csv")
+        out = {"train": _collect(_read_csv(train_path), report, newline_to_semicolon, "train")}
+        val_path = csvs.get((variant, "val"))
+        out["val"] = (
+            _collect(_read_csv(val_path), report, newline_to_semicolon, "val") if val_path else []
+        )
+        test_path = csvs.get(("*", "test"))
+        out["test"] = (
+            _collect(_read_csv(test_path), report, newline_to_semicolon, "test")
+            if test_path
+            else []
+        )
+    else:
+        rows = load_rows(path, report, newline_to_semicolon)
+        by_split: dict[str, list[Row]] = {s: [] for s in SPLITS}
+        for row in rows:
+            by_split[row.split or "train"].append(row)
+        out = {
+            "train": [r for r in by_split["train"] if in_variant(r, variant)],
+            "val": [r for r in by_split["val"] if in_variant(r, variant)],
+            "test": by_split["test"],
+        }
+    if not out["val"]:
+        train_idx, val_idx = random_split_indices(len(out["train"]), val_fraction, seed)
+        out["train"], out["val"] = (
+            [out["train"][i] for i in train_idx],
+            [out["train"][i] for i in val_idx],
+        )
+    if not out["test"]:
+        logger.warning("%s has no test rows; the test split is empty", path)
+    return out
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def _percentiles(
+    values: list[int], qs: tuple[int, ...] = (5, 25, 50, 75, 95, 100)
+) -> dict[str, int]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    # nearest-rank percentiles: every reported number is a real row's length
+    return {f"p{q}": ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] for q in qs}
+
+
+def dataset_stats(
+    path: str | os.PathLike, check_audio: bool = True, workers: int | None = None
+) -> tuple[dict[str, Any], SkipReport]:
+    """Counts, length percentiles (whitespace tokens) and audio availability of a dataset."""
+    path = Path(path)
+    report = SkipReport("data stats")
+    rows = load_rows(path, report, newline_to_semicolon=False)
+    stats: dict[str, Any] = {
+        "path": str(path),
+        "songs": len({r.song_id for r in rows}),
+        "interpretations": len(rows),
+        "splits": dict(Counter(r.split or "none" for r in rows)),
+    }
+    folder = path if path.is_dir() else path.parent
+    csvs = _csv_files(folder) if path.is_dir() else {}
+    if csvs and _dataset_file(folder) is None:
+        # the CSV release has no votes: each variant is its own pair of files
+        stats["variants"] = {
+            v: sum(len(_read_csv(csvs[(v, s)])) for s in ("train", "val") if (v, s) in csvs)
+            for v in VARIANTS
+        }
+    elif rows and all(r.votes is not None for r in rows):
+        stats["variants"] = {v: sum(in_variant(r, v) for r in rows) for v in VARIANTS}
+    else:
+        stats["variants"] = {"full": len(rows), "note": "no votes in this source"}
+    # Lengths in whitespace-separated tokens: tokenizer-free, so comparable across tokenizers.
+    stats["lyrics_tokens"] = _percentiles([len(r.lyrics.split()) for r in rows])
+    stats["comment_tokens"] = _percentiles([len(r.comment.split()) for r in rows])
+    if check_audio:
+        stats["audio"] = audio_stats(folder, sorted({r.song_id for r in rows}), workers)
+    stats["skipped_rows"] = len(report)
+    return stats, report
+
+
+def audio_stats(data_dir: Path, song_ids: list[str], workers: int | None = None) -> dict[str, Any]:
+    """Found / missing / unreadable counts; each found file is decoded completely."""
+    from recap.audio import check_audio_file
+
+    paths = {sid: audio_path(data_dir, sid) for sid in song_ids}
+    missing = [sid for sid, p in paths.items() if not p.is_file()]
+    present = [sid for sid in song_ids if sid not in set(missing)]
+    # libsndfile releases the GIL while decoding, so threads use every core without the start-up
+    # cost of processes.
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        problems = list(pool.map(lambda sid: check_audio_file(paths[sid]), present))
+    unreadable = {sid: why for sid, why in zip(present, problems) if why}
+    return {
+        "found": len(present) - len(unreadable),
+        "missing": len(missing),
+        "unreadable": len(unreadable),
+        "unreadable_files": dict(list(unreadable.items())[:20]),
+        "missing_examples": missing[:5],
+    }
+
+
+def _format_stats(stats: dict[str, Any]) -> str:
+    out = io.StringIO()
+    print(f"dataset: {stats['path']}", file=out)
+    print(f"songs: {stats['songs']}   interpretations: {stats['interpretations']}", file=out)
+    print("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["splits"].items())), file=out)
+    print("variants: " + ", ".join(f"{k} {v}" for k, v in stats["variants"].items()), file=out)
+    for key in ("lyrics_tokens", "comment_tokens"):
+        pct = " ".join(f"{k}={v}" for k, v in stats[key].items())
+        print(f"{key.replace('_', ' ')} (whitespace tokens): {pct}", file=out)
+    if "audio" in stats:
+        a = stats["audio"]
+        print(
+            f"audio: found {a['found']}, missing {a['missing']}, unreadable {a['unreadable']}",
+            file=out,
+        )
+        for sid, why in a["unreadable_files"].items():
+            print(f"  unreadable {sid}: {why}", file=out)
+    print(f"skipped rows: {stats['skipped_rows']}", file=out)
+    return out.getvalue()
+
+
+def _stats_command(args: argparse.Namespace) -> int:
+    stats, report = dataset_stats(args.path, check_audio=not args.no_audio, workers=args.workers)
+    if args.json:
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+    else:
+        print(_format_stats(stats), end="")
+    for item in report.items[:10]:
+        print(f"  skipped {item['item']}: {item['reason']}")
+    if args.report:
+        report.write(args.report)
+        print(f"skip report: {args.report}")
+    print(report.summary())
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="inspect Song Interpretation datasets")
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    stats = sub.add_parser(
+        "stats", help="songs, interpretations, variants, lengths and audio of a dataset"
+    )
+    stats.add_argument("path", help="dataset folder, or one JSON/JSONL/CSV/pickle file")
+    stats.add_argument("--no-audio", action="store_true", help="skip the audio check")
+    stats.add_argument("--workers", type=int, default=None, help="audio check threads")
+    stats.add_argument("--json", action="store_true", help="print the stats as JSON")
+    stats.add_argument("--report", default=None, help="write the skipped rows here (JSON)")
+    stats.set_defaults(func=_stats_command)

@@ -1,0 +1,542 @@
+"""Evaluation: caption a split with a trained model and score it as the papers did (SPEC §2).
+
+    recap evaluate --model RUN --data DIR --split test                     # beam 4, deterministic
+    recap evaluate --model RUN --data DIR --sample --seeds 2022,2021,2020  # the authors' setting
+
+References. The Song Interpretation Dataset has several interpretations per song; in the authors'
+evaluation every (song, interpretation) row of the test split is one example, scored against
+that one interpretation. We keep that: ROUGE and METEOR are means over rows. The caption depends
+only on (song, lyrics), so it is generated once per song and reused for each of its rows; this
+changes nothing in the scores and saves a factor of rows/song in time. Unlike the authors' loop,
+which dropped the last partial batch, every row is evaluated. Attribute accuracy (rendered-songs
+benchmark only) is per song: one caption against the song's true facts.
+
+Outputs, in RUN/eval/<split>-<decode tag>/ (or --out): `predictions.csv` (song_id, lyrics,
+reference, prediction; `predictions_seed<S>.csv` per seed when sampling) and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+PAPER_SAMPLING_SEEDS = (2022, 2021, 2020)  # the authors' RECAP code (SPEC §2)
+METRICS_NAME = "metrics.json"
+REFERENCE_POLICY = (
+    "one example per (song, interpretation) row, scored against that row's interpretation; "
+    "the caption is generated once per (song, lyrics) and shared by the song's rows"
+)
+
+
+@dataclass
+class DecodeConfig:
+    """How captions are generated. The default is deterministic beam search (beams 4, the
+    authors' width, no sampling); `DecodeConfig.paper_sampled()` is the authors' sampled setting.
+
+    `max_new_tokens=None` keeps the model's own setting (512 at paper size, as the papers'
+    max_length). `seeds` are used only when sampling: one full decode per seed.
+    """
+
+    num_beams: int = 4
+    do_sample: bool = False
+    top_p: float = 0.92
+    seeds: tuple[int, ...] = PAPER_SAMPLING_SEEDS
+    no_repeat_ngram_size: int = 3
+    max_new_tokens: int | None = None
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if self.num_beams < 1 or self.batch_size < 1:
+            raise RecapError("num_beams and batch_size must be >= 1")
+        if not 0 < self.top_p <= 1:
+            raise RecapError("top_p must be in (0, 1]")
+        if self.do_sample and not self.seeds:
+            raise RecapError("sampling needs at least one seed")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise RecapError("max_new_tokens must be >= 1")
+
+    @classmethod
+    def paper_sampled(cls, **overrides: Any) -> DecodeConfig:
+        """The authors' RECAP decoding: beams 4, sampling, top_p 0.92, seeds 2022/2021/2020."""
+        return cls(**{"num_beams": 4, "do_sample": True, "top_p": 0.92, **overrides})
+
+    @property
+    def run_seeds(self) -> tuple[int | None, ...]:
+        """One decode per seed when sampling; beam search is deterministic: one unseeded run."""
+        return self.seeds if self.do_sample else (None,)
+
+    def tag(self) -> str:
+        """A short folder name for these settings, e.g. `beam4` or `sample-p0.92-beam4`."""
+        text = (
+            f"sample-p{self.top_p:g}-beam{self.num_beams}"
+            if self.do_sample
+            else f"beam{self.num_beams}"
+        )
+        if self.max_new_tokens is not None:
+            text += f"-len{self.max_new_tokens}"
+        return text
+
+    def generate_kwargs(self, model_max_new_tokens: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "num_beams": self.num_beams,
+            "do_sample": self.do_sample,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "max_new_tokens": self.max_new_tokens or model_max_new_tokens,
+            "early_stopping": True,
+            "forced_bos_token_id": None,  # set from the model config in evaluate()
+        }
+        if self.do_sample:
+            kwargs["top_p"] = self.top_p
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DecodeConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RecapError(f"unknown DecodeConfig field(s): {', '.join(unknown)}")
+        return cls(**dict(data))
+
+
+@dataclass
+class EvalTarget:
+    """What a --model path points at: the model folder, its run folder (if any) and the run's
+    training settings (used for defaults: encoder, variant, validation split seed)."""
+
+    model_dir: Path
+    run_dir: Path | None
+    train_config: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_target(path: str | os.PathLike) -> EvalTarget:
+    """A RUN folder (its `best/` model) or a model folder (inside a RUN or not)."""
+    from recap.captioner import resolve_model_dir
+
+    model_dir = resolve_model_dir(path)
+    run_dir = None
+    for candidate in (Path(path), model_dir.parent):
+        if (candidate / "train_config.json").is_file():
+            run_dir = candidate
+            break
+    train_config: dict[str, Any] = {}
+    if run_dir is not None:
+        try:
+            train_config = json.loads((run_dir / "train_config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RecapError(f"cannot read {run_dir / 'train_config.json'}: {exc}") from exc
+    return EvalTarget(model_dir, run_dir, train_config)
+
+
+def default_out_dir(target: EvalTarget, split: str, decode: DecodeConfig) -> Path:
+    base = target.run_dir if target.run_dir is not None else target.model_dir
+    return base / "eval" / f"{split}-{decode.tag()}"
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def _music_for(
+    model: Any,
+    target: EvalTarget,
+    data_dir: Path,
+    song_ids: Sequence[str],
+    encoder: str | None,
+    embeddings: Mapping[str, np.ndarray] | None,
+) -> Mapping[str, np.ndarray] | None:
+    """song id → (M, D) music sequence for a model that listens; None for a lyrics-only one.
+
+    The encoder is, in order: `encoder` (the caller's), the one the run trained with (its
+    train_config.json), the frozen encoder saved inside the model, the model's music preset.
+    """
+    if not model.config.use_music:
+        return None
+    if embeddings is not None:
+        return embeddings
+    from recap.cache import ensure_embeddings
+
+    spec: Any = encoder or target.train_config.get("encoder")
+    if spec is None and getattr(model, "music_encoder", None) is not None:
+        spec = model.music_encoder
+    if spec is None:
+        from recap.music_encoder import PRESETS, MusicEncoderConfig
+
+        spec = next(
+            (n for n in PRESETS if MusicEncoderConfig.preset(n) == model.config.music), None
+        )
+        if spec is None:
+            raise RecapError(
+                "cannot tell which music encoder made this model's embeddings: pass --encoder"
+            )
+    return ensure_embeddings(data_dir, spec, song_ids)
+
+
+def generate_captions(
+    model: Any,
+    tokenizer: Any,
+    songs: Sequence[tuple[str, str]],
+    music: Mapping[str, np.ndarray] | None,
+    decode: DecodeConfig,
+    seed: int | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """One caption per (song_id, lyrics), in order. Every song is decoded: the last batch may be
+    smaller than `decode.batch_size`.
+
+    Songs are decoded in order of lyrics length (less padding per batch) and returned in input
+    order. With sampling, torch's generator is seeded once with `seed` before the first batch
+    (as the authors' loop did), so the captions depend on the seed and the batch size.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if not songs:
+        return []
+    device = next(model.parameters()).device
+    max_len = model.config.max_source_length
+    ids = tokenizer([lyr for _, lyr in songs], truncation=True, max_length=max_len)["input_ids"]
+    order = sorted(range(len(songs)), key=lambda i: len(ids[i]))
+    kwargs = decode.generate_kwargs(model.config.generation.max_new_tokens)
+    kwargs["forced_bos_token_id"] = model.config.generation.forced_bos_token_id
+    kwargs["forced_eos_token_id"] = model.config.generation.forced_eos_token_id
+    pad = model.config.pad_token_id
+    if seed is not None:
+        torch.manual_seed(seed)
+    out: list[str] = [""] * len(songs)
+    bar = tqdm(total=len(songs), desc=desc, unit="song", disable=not progress)
+    for start in range(0, len(order), decode.batch_size):
+        chunk = order[start : start + decode.batch_size]
+        longest = max(len(ids[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), longest), pad, dtype=torch.long)  # (B, S)
+        for row, i in enumerate(chunk):
+            input_ids[row, : len(ids[i])] = torch.as_tensor(ids[i])
+        attention_mask = (input_ids != pad).long()
+        music_embeds = None
+        if music is not None:
+            stacked = np.stack([np.asarray(music[songs[i][0]]) for i in chunk])  # (B, M, D)
+            music_embeds = torch.from_numpy(stacked.astype(np.float32)).to(device)
+        with torch.inference_mode():
+            generated = model.generate(
+                input_ids.to(device),
+                attention_mask.to(device),
+                music_embeds=music_embeds,
+                **kwargs,
+            )
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        for i, text in zip(chunk, texts):
+            out[i] = text.strip()
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def _write_predictions(
+    path: Path, rows: Sequence[Any], captions: Mapping[tuple[str, str], str]
+) -> None:
+    with atomic_path(path, suffix=".csv") as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["song_id", "lyrics", "reference", "prediction"])
+            for r in rows:
+                writer.writerow([r.song_id, r.lyrics, r.comment, captions[(r.song_id, r.lyrics)]])
+
+
+def _strip_per_example(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics without per-example lists (the CSV holds the texts; JSON stays small)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out[key] = {k: v for k, v in value.items() if k != "per_example"}
+        else:
+            out[key] = value
+    return out
+
+
+def _attribute_accuracy(
+    data_dir: Path, captions: Mapping[tuple[str, str], str]
+) -> dict[str, Any] | None:
+    """Per-slot accuracy on a rendered-songs benchmark folder (one with songs.jsonl)."""
+    if not (data_dir / "songs.jsonl").is_file():
+        return None
+    from recap import bench
+
+    truths = bench.load_truth(data_dir)
+    per_song = {sid: text for (sid, _), text in captions.items()}
+    missing = sorted(set(per_song) - set(truths))
+    if missing:
+        raise RecapError(f"{len(missing)} song(s) have no truth in songs.jsonl, e.g. {missing[0]}")
+    ids = sorted(per_song)
+    return bench.score_captions([per_song[s] for s in ids], [truths[s] for s in ids])
+
+
+def _mean_over_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Headline numbers averaged over seeds, with each seed's value and the range."""
+    keys = list(runs[0]["summary"])
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [r["summary"][key] for r in runs]
+        out[key] = float(np.mean(values))
+    out["per_seed"] = {str(r["seed"]): r["summary"] for r in runs}
+    return out
+
+
+def evaluate(
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    decode: DecodeConfig | None = None,
+    variant: str | None = None,
+    out_dir: str | os.PathLike | None = None,
+    meteor15: bool = True,
+    encoder: str | None = None,
+    embeddings: Mapping[str, np.ndarray] | None = None,
+    bootstrap: int = 1000,
+    device: Any = None,
+    limit: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Caption every row of `split`, score it, write predictions CSV + metrics JSON; return the
+    metrics (also at `result["out_dir"]/metrics.json`).
+
+    `model_dir`: a RUN folder or a model folder. `variant` only matters for `val` (the test
+    split is shared; default: the run's variant). `embeddings`: song id → music sequence, to
+    bypass the cache (tests, custom encoders). `limit`: first N rows only (0: all).
+    """
+    import torch
+
+    from recap.data import load_splits
+    from recap.metrics import caption_metrics
+    from recap.model import RecapModel
+
+    decode = decode or DecodeConfig()
+    data_dir = Path(data_dir)
+    target = resolve_target(model_dir)
+    tc = target.train_config
+    variant = variant or tc.get("variant", "full")
+    report = SkipReport(f"evaluate {split}")
+    splits = load_splits(
+        data_dir,
+        variant=variant,
+        val_fraction=tc.get("val_fraction", 0.1),
+        seed=tc.get("seed", 42),
+        report=report,
+    )
+    if split not in splits:
+        raise RecapError(f"unknown split {split!r}; choose train, val or test")
+    rows = splits[split][:limit] if limit else splits[split]
+    if not rows:
+        raise RecapError(f"{data_dir} has no {split} rows")
+
+    model = RecapModel.from_pretrained(target.model_dir)
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise RecapError(f"{target.model_dir} holds no tokenizer files")
+    dev = torch.device(device) if device is not None else _default_device()
+    model.to(dev).eval()
+
+    songs = list(dict.fromkeys((r.song_id, r.lyrics) for r in rows))  # unique, in order
+    music = _music_for(model, target, data_dir, sorted({s for s, _ in songs}), encoder, embeddings)
+    if music is not None:
+        lost = {s for s, _ in songs if s not in music}
+        for sid in sorted(lost):
+            report.add(sid, "no music embedding (audio unusable; see the cache's skipped.json)")
+        if lost:
+            logger.warning("%d song(s) without music embeddings are not evaluated", len(lost))
+            songs = [s for s in songs if s[0] not in lost]
+            rows = [r for r in rows if r.song_id not in lost]
+        if not rows:
+            raise RecapError("no evaluable rows: every song lacks a music embedding")
+
+    out = Path(out_dir) if out_dir is not None else default_out_dir(target, split, decode)
+    out.mkdir(parents=True, exist_ok=True)
+    references = [r.comment for r in rows]
+    runs: list[dict[str, Any]] = []
+    for seed in decode.run_seeds:
+        t0 = time.perf_counter()
+        label = f"generate (seed {seed})" if seed is not None else "generate"
+        texts = generate_captions(
+            model, tokenizer, songs, music, decode, seed=seed, progress=progress, desc=label
+        )
+        gen_s = time.perf_counter() - t0
+        captions = dict(zip(songs, texts))
+        name = "predictions.csv" if seed is None else f"predictions_seed{seed}.csv"
+        _write_predictions(out / name, rows, captions)
+        predictions = [captions[(r.song_id, r.lyrics)] for r in rows]
+        scores = caption_metrics(predictions, references, meteor15=meteor15, bootstrap=bootstrap)
+        run: dict[str, Any] = {
+            "seed": seed,
+            "predictions": name,
+            "generation_seconds": round(gen_s, 3),
+            "songs_per_second": round(len(songs) / gen_s, 3) if gen_s > 0 else None,
+            **_strip_per_example(scores),
+        }
+        accuracy = _attribute_accuracy(data_dir, captions)
+        if accuracy is not None:
+            run["attribute_accuracy"] = accuracy
+        runs.append(run)
+
+    result: dict[str, Any] = {
+        "model": str(target.model_dir),
+        "run": str(target.run_dir) if target.run_dir else None,
+        "method": model.config.method,
+        "data": str(data_dir),
+        "split": split,
+        "variant": variant,
+        "decode": decode.to_dict(),
+        "n_examples": len(rows),
+        "n_songs": len(songs),
+        "reference_policy": REFERENCE_POLICY,
+        "skipped": len(report),
+        "runs": runs,
+        "summary": _mean_over_seeds(
+            [{"seed": r["seed"], "summary": _run_summary(r)} for r in runs]
+        ),
+        "out_dir": str(out),
+        "train_config": tc,
+    }
+    if len(report):
+        report.write(out / "skipped.json")
+        logger.warning(report.summary())
+    atomic_write_json(out / METRICS_NAME, result)
+    return result
+
+
+def _run_summary(run: Mapping[str, Any]) -> dict[str, float]:
+    """One run's headline numbers: caption metrics, plus the benchmark's slot-group accuracies."""
+    summary = dict(run["summary"])
+    acc = run.get("attribute_accuracy")
+    if isinstance(acc, Mapping):
+        # recap.bench.score_captions: mean slot accuracy over the audio slots / the lyrics slots.
+        summary["attribute accuracy audio"] = float(acc["audio_mean"])
+        summary["attribute accuracy lyrics"] = float(acc["lyrics_mean"])
+    return summary
+
+
+def _default_device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def format_summary(result: Mapping[str, Any]) -> str:
+    """Human-readable headline numbers, in percent, with the bootstrap interval."""
+    s = result["summary"]
+    lines = [
+        f"{result['method']} on {result['split']} ({result['n_examples']} examples, "
+        f"{result['n_songs']} songs; decode {DecodeConfig.from_dict(result['decode']).tag()})"
+    ]
+    for key, value in s.items():
+        if key == "per_seed" or key.endswith((" low", " high")):
+            continue
+        low, high = s.get(f"{key} low"), s.get(f"{key} high")
+        band = (
+            f"  [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
+        )
+        lines.append(f"  {key:<28} {100 * value:6.2f}{band}")
+    if len(result["runs"]) > 1:
+        lines.append(f"  (means over seeds {', '.join(str(r['seed']) for r in result['runs'])})")
+    lines.append(f"written to {result['out_dir']}")
+    return "\n".join(lines)
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    d = DecodeConfig()
+    parser.add_argument("--beams", type=int, default=d.num_beams, help="beam width (default 4)")
+    parser.add_argument(
+        "--sample", action="store_true", help="the authors' sampled decoding (top-p, over seeds)"
+    )
+    parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass when sampling")
+    parser.add_argument(
+        "--seeds",
+        default=",".join(str(s) for s in d.seeds),
+        help="comma-separated sampling seeds; metrics are averaged over them",
+    )
+    parser.add_argument(
+        "--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size, help="(default 3)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="caption length (default: the model's)"
+    )
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="songs per batch")
+
+
+def decode_from_args(args: argparse.Namespace) -> DecodeConfig:
+    try:
+        seeds = tuple(int(s) for s in str(args.seeds).split(",") if s.strip())
+    except ValueError as exc:
+        raise RecapError(f"--seeds must be comma-separated integers: {args.seeds!r}") from exc
+    return DecodeConfig(
+        num_beams=args.beams,
+        do_sample=args.sample,
+        top_p=args.top_p,
+        seeds=seeds,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+    )
+
+
+def _handler(args: argparse.Namespace) -> int:
+    result = evaluate(
+        args.model,
+        args.data,
+        split=args.split,
+        decode=decode_from_args(args),
+        variant=args.variant,
+        out_dir=args.out,
+        meteor15=not args.no_meteor15,
+        encoder=args.encoder,
+        bootstrap=args.bootstrap,
+        device=args.device,
+        limit=args.limit,
+    )
+    print(format_summary(result))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="caption a split and score it (ROUGE, METEOR, attribute accuracy)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="a training RUN folder or a model folder")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--variant", default=None, help="for --split val (default: the run's)")
+    add_decode_arguments(p)
+    p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
+    p.add_argument("--encoder", default=None, help="music encoder (default: the run's)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--out", default=None, help="output folder (default RUN/eval/<split>-<tag>)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
+    p.set_defaults(func=_handler)

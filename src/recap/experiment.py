@@ -1,0 +1,507 @@
+"""The paper's experiments: Table 1 (three methods × training variants) and Figure 2 (the
+alignment-weight sweep), trained with `recap.train` and scored with `recap.evaluate`.
+
+    recap experiment table1 --data DIR [--size small] [--encoder PATH] [--variants full,positive]
+    recap experiment sweep  --data DIR --weights 0,0.005,0.01,0.02,0.05,0.1
+
+Runs live under one root (`--out`, default runs/experiments):
+    <root>/<variant>/<method>/seed<S>/        one training RUN (reused when finished)
+    <root>/<variant>/recap-w<W>/seed<S>/      a sweep point (w = 0 and the preset's w reuse the
+                                             bart-fusion and recap runs of Table 1)
+    <root>/table1.{md,json,csv}, <root>/sweep.{png,json}
+Each RUN's evaluation is in RUN/eval/test-<decode tag>/ and is reused when present, so running a
+command again only fills what is missing. Seeds are recorded in every output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recap.evaluate import METRICS_NAME, DecodeConfig, add_decode_arguments, decode_from_args
+from recap.utils import RecapError, atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("bart", "bart-fusion", "recap")
+METHOD_NAMES = {"bart": "BART", "bart-fusion": "BART-fusion", "recap": "RECAP"}
+VARIANT_NAMES = {"full": "Dataset full", "not_negative": "vote ≥ 0", "positive": "vote > 0"}
+
+# The paper's Table 1 (SPEC §2), in percent: ROUGE-1/2/L recall and METEOR (NLTK), each method
+# trained on the variant and tested on the shared test split. No attribute accuracy exists there.
+PAPER_TABLE1: dict[str, dict[str, dict[str, float]]] = {
+    "full": {
+        "bart": {"ROUGE-1": 44.1, "ROUGE-2": 14.0, "ROUGE-L": 24.5, "METEOR": 22.5},
+        "bart-fusion": {"ROUGE-1": 46.1, "ROUGE-2": 15.0, "ROUGE-L": 25.1, "METEOR": 23.0},
+        "recap": {"ROUGE-1": 48.4, "ROUGE-2": 15.7, "ROUGE-L": 26.3, "METEOR": 27.5},
+    },
+    "positive": {
+        "bart": {"ROUGE-1": 41.2, "ROUGE-2": 13.0, "ROUGE-L": 22.8, "METEOR": 22.0},
+        "bart-fusion": {"ROUGE-1": 44.3, "ROUGE-2": 14.6, "ROUGE-L": 24.7, "METEOR": 22.6},
+        "recap": {"ROUGE-1": 51.2, "ROUGE-2": 16.3, "ROUGE-L": 27.6, "METEOR": 27.9},
+    },
+}
+
+# Table columns: (column name, key in evaluate()'s summary). ROUGE is recall, as the papers;
+# "METEOR" in the paper is NLTK's.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ROUGE-1", "ROUGE-1 recall"),
+    ("ROUGE-2", "ROUGE-2 recall"),
+    ("ROUGE-L", "ROUGE-L recall"),
+    ("METEOR", "METEOR (NLTK)"),
+    ("METEOR 1.5", "METEOR 1.5"),
+    ("ROUGE-L F1", "ROUGE-L F1"),
+    ("Attr. audio", "attribute accuracy audio"),
+    ("Attr. lyrics", "attribute accuracy lyrics"),
+)
+
+
+@dataclass
+class ExperimentConfig:
+    """Settings shared by the Table 1 runs and the sweep.
+
+    `train_overrides`: extra `recap.train.TrainConfig` fields for every run (epochs, max_steps,
+    batch_size, val_every_epochs, ...); they are part of each RUN's saved config.
+    """
+
+    data: str
+    out: str = "runs/experiments"
+    size: str = "small"
+    encoder: str | None = None
+    bart: str | None = None
+    variants: tuple[str, ...] = ("full", "positive")
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0,)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    meteor15: bool = True
+    bootstrap: int = 1000
+    device: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.variants = tuple(self.variants)
+        self.methods = tuple(self.methods)
+        self.seeds = tuple(int(s) for s in self.seeds)
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise RecapError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+        bad = [v for v in self.variants if v not in VARIANT_NAMES]
+        if bad:
+            raise RecapError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANT_NAMES)}")
+        if not self.seeds:
+            raise RecapError("at least one seed is needed")
+
+    def run_dir(self, variant: str, name: str, seed: int) -> Path:
+        return Path(self.out) / variant / name / f"seed{seed}"
+
+
+# ------------------------------------------------------------------------------ one run
+
+
+def train_and_evaluate(
+    cfg: ExperimentConfig,
+    method: str,
+    variant: str,
+    seed: int,
+    align_weight: float | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Train one RUN (reusing a finished one) and evaluate it on the test split (reusing an
+    evaluation with the same decoding). Returns a record: method, variant, seed, w, run, summary."""
+    from recap.evaluate import default_out_dir, evaluate, resolve_target
+    from recap.train import TrainConfig, train
+
+    run = cfg.run_dir(variant, name or method, seed)
+    tc = TrainConfig(
+        data=str(cfg.data),
+        out=str(run),
+        preset=method,
+        size=cfg.size,
+        variant=variant,
+        encoder=cfg.encoder if method != "bart" else None,
+        bart=cfg.bart,
+        seed=seed,
+        align_weight=align_weight,
+        progress=cfg.progress,
+        **cfg.train_overrides,
+    )
+    logger.info("train %s (%s, seed %d, w %s) → %s", method, variant, seed, align_weight, run)
+    run = Path(train(tc))
+    out = default_out_dir(resolve_target(run), "test", cfg.decode)
+    cached = _cached_metrics(out / METRICS_NAME, cfg)
+    if cached is not None:
+        result = cached
+    else:
+        result = evaluate(
+            run,
+            cfg.data,
+            split="test",
+            decode=cfg.decode,
+            out_dir=out,
+            meteor15=cfg.meteor15,
+            encoder=cfg.encoder if method != "bart" else None,
+            bootstrap=cfg.bootstrap,
+            device=cfg.device,
+            progress=cfg.progress,
+        )
+    saved = json.loads((run / "train_config.json").read_text(encoding="utf-8"))
+    return {
+        "method": method,
+        "variant": variant,
+        "seed": seed,
+        "align_weight": _effective_weight(method, cfg.size, align_weight),
+        "run": str(run),
+        "metrics": str(out / METRICS_NAME),
+        "summary": {k: v for k, v in result["summary"].items() if k != "per_seed"},
+        "decode": result["decode"],
+        "n_examples": result["n_examples"],
+        "train_config": saved,
+    }
+
+
+def _cached_metrics(path: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """A finished evaluation with the same decoding and the METEOR 1.5 this config asks for."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if result.get("decode") != cfg.decode.to_dict():
+        return None
+    if cfg.meteor15 and "METEOR 1.5" not in result.get("summary", {}):
+        return None
+    return result
+
+
+def _effective_weight(method: str, size: str, align_weight: float | None) -> float:
+    if align_weight is not None:
+        return float(align_weight)
+    from recap.config import RecapConfig
+
+    return float(RecapConfig.preset(method, size).align_weight)
+
+
+# ------------------------------------------------------------------------------ Table 1
+
+
+def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (variant, method): each metric's mean over seeds, the mean of the per-seed
+    bootstrap bounds, and the seeds' standard deviation (0 with one seed)."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["variant"], r["method"]), []).append(r)
+    rows = []
+    for (variant, method), recs in groups.items():
+        row: dict[str, Any] = {
+            "variant": variant,
+            "method": method,
+            "seeds": [r["seed"] for r in recs],
+            "runs": [r["run"] for r in recs],
+            "n_examples": recs[0].get("n_examples"),
+        }
+        for _, key in TABLE_COLUMNS:
+            values = [r["summary"][key] for r in recs if key in r["summary"]]
+            if not values:
+                continue
+            lows = [r["summary"].get(f"{key} low") for r in recs]
+            highs = [r["summary"].get(f"{key} high") for r in recs]
+            row[key] = {
+                "mean": float(np.mean(values)),
+                "low": float(np.mean(lows)) if None not in lows else None,
+                "high": float(np.mean(highs)) if None not in highs else None,
+                "seed_std": float(np.std(values)),
+                "per_seed": values,
+            }
+        rows.append(row)
+    order = {m: i for i, m in enumerate(METHODS)}
+    variants = list(VARIANT_NAMES)
+    rows.sort(key=lambda r: (variants.index(r["variant"]), order[r["method"]]))
+    return rows
+
+
+def _cell(stat: Mapping[str, Any] | None, intervals: bool = True) -> str:
+    if stat is None:
+        return "—"
+    text = f"{100 * stat['mean']:.1f}"
+    if intervals and stat.get("low") is not None and stat.get("high") is not None:
+        text += f" [{100 * stat['low']:.1f}, {100 * stat['high']:.1f}]"
+    return text
+
+
+def render_table1(rows: Sequence[Mapping[str, Any]], decode: Mapping[str, Any] | None = None) -> str:
+    """Markdown Table 1: our numbers (with 95% bootstrap intervals) and, on the line below each,
+    the paper's, labelled. Percent."""
+    columns = [c for c, key in TABLE_COLUMNS if any(key in r for r in rows)]
+    keys = dict(TABLE_COLUMNS)
+    head = ["Training data", "Method", "Source", *columns]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|",
+    ]
+    for r in rows:
+        seeds = ",".join(str(s) for s in r["seeds"])
+        ours = [_cell(r.get(keys[c])) for c in columns]
+        variant, method = VARIANT_NAMES[r["variant"]], METHOD_NAMES[r["method"]]
+        lines.append(f"| {variant} | {method} | ours (seed {seeds}) | " + " | ".join(ours) + " |")
+        paper = PAPER_TABLE1.get(r["variant"], {}).get(r["method"])
+        if paper is not None:
+            cells = [f"{paper[c]:.1f}" if c in paper else "—" for c in columns]
+            lines.append(f"| {variant} | {method} | paper | " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        "Percent. ROUGE-1/2/L: recall (`mid.recall` of rouge_score's bootstrap, no stemmer), as "
+        "the papers report; ROUGE-L F1 beside it. METEOR: NLTK's `single_meteor_score` (the "
+        "papers' METEOR); METEOR 1.5: the Java jar of the caption literature (about half the NLTK "
+        "figure). Attr.: mean attribute accuracy over the benchmark's audio / lyrics slots "
+        "(the paper has none). Brackets: 95% bootstrap intervals over test examples (averaged "
+        "over seeds when several). The paper's rows are its Song Interpretation Dataset "
+        "results, not comparable in level with a different dataset or model size.",
+    ]
+    if decode is not None:
+        notes.append(f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))}).")
+    return "\n".join(lines + notes) + "\n"
+
+
+def table1_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line per (variant, method, source) with mean/low/high per metric; percent."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    header = ["variant", "method", "source", "seeds"]
+    for _, key in TABLE_COLUMNS:
+        header += [key, f"{key} low", f"{key} high"]
+    writer.writerow(header)
+    for r in rows:
+        line = [r["variant"], r["method"], "ours", " ".join(str(s) for s in r["seeds"])]
+        for _, key in TABLE_COLUMNS:
+            stat = r.get(key)
+            line += (
+                ["", "", ""]
+                if stat is None
+                else [_pct(stat["mean"]), _pct(stat.get("low")), _pct(stat.get("high"))]
+            )
+        writer.writerow(line)
+        paper = PAPER_TABLE1.get(r["variant"], {}).get(r["method"])
+        if paper is not None:
+            line = [r["variant"], r["method"], "paper", ""]
+            for col, _ in TABLE_COLUMNS:
+                line += [f"{paper[col]:.1f}" if col in paper else "", "", ""]
+            writer.writerow(line)
+    return buf.getvalue()
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def write_table1(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, decode: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Path]:
+    """table1.md, table1.json (rows, the paper's numbers, every run record) and table1.csv."""
+    out = Path(out)
+    paths = {"md": out / "table1.md", "json": out / "table1.json", "csv": out / "table1.csv"}
+    atomic_write_text(paths["md"], render_table1(rows, decode))
+    atomic_write_json(
+        paths["json"],
+        {"rows": list(rows), "paper": PAPER_TABLE1, "decode": decode, "runs": list(records)},
+    )
+    atomic_write_text(paths["csv"], table1_csv(rows))
+    return paths
+
+
+def run_table1(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Train and evaluate every (variant, method, seed); write and return Table 1."""
+    records = [
+        train_and_evaluate(cfg, method, variant, seed)
+        for variant in cfg.variants
+        for method in cfg.methods
+        for seed in cfg.seeds
+    ]
+    rows = aggregate(records)
+    paths = write_table1(rows, cfg.out, cfg.decode.to_dict(), records)
+    return {"rows": rows, "records": records, "paths": {k: str(v) for k, v in paths.items()}, "markdown": render_table1(rows, cfg.decode.to_dict())}
+
+
+# ------------------------------------------------------------------------------ Figure 2
+
+
+def sweep_run_name(weight: float, size: str) -> tuple[str, float | None, str]:
+    """(method, align_weight to pass, folder name) of a sweep point. w = 0 is BART-fusion and
+    the recap preset's own w is RECAP: those points are the Table 1 runs, not new trainings."""
+    if weight == 0:
+        return "bart-fusion", None, "bart-fusion"
+    if math.isclose(weight, _effective_weight("recap", size, None)):
+        return "recap", None, "recap"
+    return "recap", float(weight), f"recap-w{weight:g}"
+
+
+def run_sweep(cfg: ExperimentConfig, weights: Sequence[float], variant: str = "full") -> dict[str, Any]:
+    """Train and evaluate RECAP at each alignment weight w; write sweep.json and sweep.png."""
+    records = []
+    for w in weights:
+        method, align_weight, name = sweep_run_name(float(w), cfg.size)
+        for seed in cfg.seeds:
+            rec = train_and_evaluate(cfg, method, variant, seed, align_weight=align_weight, name=name)
+            rec["align_weight"] = float(w)
+            records.append(rec)
+    out = Path(cfg.out)
+    points = sweep_points(records)
+    atomic_write_json(out / "sweep.json", {"variant": variant, "points": points, "runs": records, "decode": cfg.decode.to_dict()})
+    png = plot_sweep(points, out / "sweep.png", title=f"RECAP: ROUGE-L vs alignment weight ({VARIANT_NAMES[variant]})")
+    return {"points": points, "records": records, "png": str(png)}
+
+
+def sweep_points(records: Sequence[Mapping[str, Any]], key: str = "ROUGE-L recall") -> list[dict[str, Any]]:
+    """Per weight: the metric's mean over seeds, mean bootstrap bounds, each seed's value."""
+    by_w: dict[float, list[Mapping[str, Any]]] = {}
+    for r in records:
+        by_w.setdefault(float(r["align_weight"]), []).append(r)
+    points = []
+    for w in sorted(by_w):
+        recs = by_w[w]
+        values = [r["summary"][key] for r in recs]
+        points.append(
+            {
+                "align_weight": w,
+                "metric": key,
+                "mean": float(np.mean(values)),
+                "low": float(np.mean([r["summary"][f"{key} low"] for r in recs])),
+                "high": float(np.mean([r["summary"][f"{key} high"] for r in recs])),
+                "seeds": [r["seed"] for r in recs],
+                "per_seed": values,
+            }
+        )
+    return points
+
+
+def plot_sweep(points: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "ROUGE-L vs alignment weight") -> Path:
+    """Figure 2: the metric (percent) against w, with the bootstrap interval as error bars and
+    each seed as a dot. The weights are evenly spaced and labelled (they span 0 to 0.1 unevenly)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    if not points:
+        raise RecapError("no sweep points to plot")
+    x = np.arange(len(points))
+    mean = np.array([100 * p["mean"] for p in points])
+    low = np.array([100 * p["low"] for p in points])
+    high = np.array([100 * p["high"] for p in points])
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", capsize=4, label="mean over seeds, 95% bootstrap CI")
+    for xi, p in zip(x, points):
+        if len(p["per_seed"]) > 1:
+            ax.scatter([xi] * len(p["per_seed"]), [100 * v for v in p["per_seed"]], s=10, color="grey", zorder=3)
+    ax.set_xticks(x, [f"{p['align_weight']:g}" for p in points])
+    ax.set_xlabel("alignment weight w")
+    ax.set_ylabel(f"{points[0]['metric']} (%)")
+    seeds = sorted({s for p in points for s in p["seeds"]})
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, title=f"seeds: {', '.join(map(str, seeds))}", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _csv_list(text: str, cast: type = str) -> tuple:
+    try:
+        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise RecapError(f"cannot parse the list {text!r}") from exc
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """--train KEY=VALUE (JSON values, else strings) → TrainConfig overrides."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise RecapError(f"--train takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    return ExperimentConfig(
+        data=args.data,
+        out=args.out,
+        size=args.size,
+        encoder=args.encoder,
+        bart=args.bart,
+        variants=_csv_list(args.variants) if hasattr(args, "variants") else ("full",),
+        seeds=_csv_list(args.seeds_train, int),
+        train_overrides=_parse_set(args.train),
+        decode=decode_from_args(args),
+        meteor15=not args.no_meteor15,
+        bootstrap=args.bootstrap,
+        device=args.device,
+    )
+
+
+def _table1_handler(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    result = run_table1(cfg)
+    print(result["markdown"])
+    print(f"written: {', '.join(result['paths'].values())}")
+    return 0
+
+
+def _sweep_handler(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    weights = _csv_list(args.weights, float)
+    result = run_sweep(cfg, weights, variant=args.variant)
+    for p in result["points"]:
+        print(f"w={p['align_weight']:<6g} {p['metric']} {100 * p['mean']:.2f} [{100 * p['low']:.2f}, {100 * p['high']:.2f}] seeds {p['seeds']}")
+    print(f"written: {result['png']}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--out", default="runs/experiments", help="root of the runs and outputs")
+    p.add_argument("--size", default="small", help="model size: tiny | small | paper")
+    p.add_argument("--encoder", default=None, help="music encoder (tagger folder or CNNSA checkpoint)")
+    p.add_argument("--bart", default=None, help="pretrained BART (e.g. facebook/bart-base)")
+    p.add_argument("--seeds-train", "--train-seeds", dest="seeds_train", default="0", help="training seeds, comma-separated")
+    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override (repeatable), e.g. epochs=5")
+    add_decode_arguments(p)
+    p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("experiment", help="the paper's Table 1 and Figure 2")
+    sub = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    t = sub.add_parser("table1", help="train + evaluate BART, BART-fusion, RECAP; print Table 1")
+    _common(t)
+    t.add_argument("--variants", default="full,positive", help="training variants")
+    t.set_defaults(func=_table1_handler)
+    s = sub.add_parser("sweep", help="Figure 2: ROUGE-L against the alignment weight w")
+    _common(s)
+    s.add_argument("--weights", default="0,0.005,0.01,0.02,0.05,0.1", help="values of w")
+    s.add_argument("--variant", default="full", help="training variant")
+    s.set_defaults(func=_sweep_handler)

@@ -1,0 +1,50 @@
+"""The BART-fusion block (SPEC §1.3): lyrics tokens attend to the music tokens.
+
+    Q = Linear(d, d)(text)          K = Linear(m, d)(music)          V = Linear(m, d)(music)
+    a = MultiheadAttention(d, heads)(Q, K, V)            # no masks: every music token is real
+    text = LayerNorm_new(text + scale * a)               # scale 0.1; a NEW LayerNorm, not BART's
+
+The reference projects Q/K/V before `nn.MultiheadAttention`, which projects them again; the
+extra Linear layers are kept so the parameter count and the function match the reference.
+An optional sigmoid gate (off in the reference) scales `a` per feature.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FusionBlock(nn.Module):
+    """Cross-attention from text (B, L, d) to music (B, M, m), returning updated text (B, L, d)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        music_dim: int,
+        num_heads: int = 1,
+        scale: float = 0.1,
+        gate: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.scale = scale
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(music_dim, d_model)
+        self.value = nn.Linear(music_dim, d_model)
+        self.attention = nn.MultiheadAttention(
+            d_model, num_heads, dropout=dropout, batch_first=True
+        )
+        self.layer_norm = nn.LayerNorm(d_model)
+        # Gate g = sigmoid(W [text; a]) in (0, 1) per feature: how much of the music to let in.
+        self.gate = nn.Linear(2 * d_model, d_model) if gate else None
+
+    def forward(self, text: torch.Tensor, music: torch.Tensor) -> torch.Tensor:
+        # text: (B, L, d); music: (B, M, m)
+        q = self.query(text)  # (B, L, d)
+        k = self.key(music)  # (B, M, d)
+        v = self.value(music)  # (B, M, d)
+        attended, _ = self.attention(q, k, v, need_weights=False)  # (B, L, d)
+        if self.gate is not None:
+            attended = attended * torch.sigmoid(self.gate(torch.cat([text, attended], dim=-1)))
+        return self.layer_norm(text + self.scale * attended)

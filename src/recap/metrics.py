@@ -1,0 +1,496 @@
+"""Caption metrics, computed the way the RECAP and BART-fusion papers did (SPEC §2).
+
+- ROUGE-1/2/L from Google's `rouge_score` without stemming, aggregated with its bootstrap
+  (low/mid/high). The papers report `mid.recall`; F1 (`mid.fmeasure`) is reported beside it.
+- METEOR (NLTK): `single_meteor_score` with alpha 0.9, beta 3, gamma 0.5 on `word_tokenize`d text,
+  one reference per example, mean over examples. It needs WordNet, found offline (SPEC §4).
+- METEOR 1.5: the Java jar that pycocoevalcap ships (the caption literature's METEOR). On the
+  same pairs it gives about half the NLTK figure, so every output names which one it is.
+- Attribute accuracy: delegated to `recap.bench.score_captions` (rendered-songs benchmark only).
+
+Every function takes parallel lists `predictions[i]` / `references[i]` (one reference each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recap.utils import RecapError
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+METEOR_NLTK_LABEL = "METEOR (NLTK)"
+METEOR_15_LABEL = "METEOR 1.5"
+# The papers' NLTK METEOR parameters (NLTK's own defaults, pinned here so a change upstream shows).
+METEOR_ALPHA, METEOR_BETA, METEOR_GAMMA = 0.9, 3.0, 0.5
+
+# WordNet 3.0's 45 lexicographer files (the `lexnames` file NLTK's reader needs and Debian's
+# wordnet-base does not ship; the list is fixed by the WordNet 3.0 database format, lexnames(5WN)).
+# Syntactic category: 1 noun, 2 verb, 3 adjective, 4 adverb.
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute "
+    "noun.body noun.cognition noun.communication noun.event noun.feeling noun.food noun.group "
+    "noun.location noun.motive noun.object noun.person noun.phenomenon noun.plant "
+    "noun.possession noun.process noun.quantity noun.relation noun.shape noun.state "
+    "noun.substance noun.time verb.body verb.change verb.cognition verb.communication "
+    "verb.competition verb.consumption verb.contact verb.creation verb.emotion verb.motion "
+    "verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_LEX_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+# Files NLTK's WordNetCorpusReader opens (index.sense and cntlist.rev only for sense keys/counts).
+_WORDNET_FILES = tuple(
+    f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "verb", "adj", "adv")
+) + ("noun.exc", "verb.exc", "adj.exc", "adv.exc", "index.sense", "cntlist.rev")
+DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bootstrap helpers
+
+
+@contextlib.contextmanager
+def _seeded_numpy(seed: int) -> Iterator[None]:
+    """Seed numpy's global generator for a block and restore it after.
+
+    `rouge_score.scoring.BootstrapAggregator` draws from `np.random` directly; this makes its
+    intervals reproducible without leaving the caller's random state changed.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def bootstrap_interval(
+    values: Sequence[float], n_samples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, float]:
+    """Bootstrap low/mid/high of the mean of per-example `values`, as rouge_score computes them.
+
+    mid is the median of the resampled means (rouge_score's convention), `mean` the plain mean.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise RecapError("cannot bootstrap an empty list of scores")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_samples, x.size))  # (n_samples, N) resampled rows
+    means = x[idx].mean(axis=1)  # (n_samples,)
+    delta = (1 - confidence) / 2
+    low, mid, high = np.quantile(means, [delta, 0.5, 1 - delta])
+    return {"low": float(low), "mid": float(mid), "high": float(high), "mean": float(x.mean())}
+
+
+def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise RecapError(
+            f"{len(predictions)} predictions but {len(references)} references; they must pair up"
+        )
+    if not predictions:
+        raise RecapError("no predictions to score")
+
+
+# ---------------------------------------------------------------------------------------------
+# ROUGE
+
+
+def rouge_scores(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """ROUGE-1/2/L recall, precision and F1 with bootstrap intervals (rouge_score, no stemmer).
+
+    Returns `{"rouge1": {"recall": {"low","mid","high"}, "precision": {...}, "f1": {...}}, ...}`
+    plus `"per_example"`: per-example recall and F1 lists (for later pooling or plotting).
+    The papers' figure is `result["rouge1"]["recall"]["mid"]`.
+    """
+    from rouge_score import rouge_scorer, scoring
+
+    _check_pairs(predictions, references)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    aggregator = scoring.BootstrapAggregator(confidence_interval=confidence, n_samples=bootstrap)
+    per_example: dict[str, dict[str, list[float]]] = {
+        t: {"recall": [], "f1": []} for t in ROUGE_TYPES
+    }
+    for pred, ref in zip(predictions, references):
+        # rouge_score's argument order is (target, prediction): recall is over the reference.
+        scores = scorer.score(ref, pred)
+        aggregator.add_scores(scores)
+        for t in ROUGE_TYPES:
+            per_example[t]["recall"].append(scores[t].recall)
+            per_example[t]["f1"].append(scores[t].fmeasure)
+    with _seeded_numpy(seed):
+        aggregated = aggregator.aggregate()
+    result: dict[str, Any] = {}
+    for t in ROUGE_TYPES:
+        agg = aggregated[t]
+        result[t] = {
+            name: {
+                "low": float(getattr(agg.low, field)),
+                "mid": float(getattr(agg.mid, field)),
+                "high": float(getattr(agg.high, field)),
+            }
+            for name, field in (
+                ("recall", "recall"),
+                ("precision", "precision"),
+                ("f1", "fmeasure"),
+            )
+        }
+    result["per_example"] = per_example
+    result["settings"] = {
+        "package": "rouge_score",
+        "use_stemmer": False,
+        "bootstrap_samples": bootstrap,
+        "confidence": confidence,
+        "seed": seed,
+        "n": len(predictions),
+    }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# WordNet, offline
+
+
+def default_nltk_data_dir() -> Path:
+    """Where recap lays out NLTK data it builds: $RECAP_CACHE/nltk_data or ~/.cache/recap/."""
+    root = os.environ.get("RECAP_CACHE") or Path.home() / ".cache" / "recap"
+    return Path(root) / "nltk_data"
+
+
+def ensure_wordnet(cache_dir: str | os.PathLike | None = None, source: Path | None = None) -> Path:
+    """Lay out Debian's WordNet 3.0 as NLTK data (`<cache_dir>/corpora/wordnet/`); return cache_dir.
+
+    NLTK's path sandbox refuses `/usr/share/wordnet` itself, resolves symlinks and refuses
+    hard-linked files, so the 36 MB are copied into a folder that is then put on NLTK's search
+    path. Debian lacks the `lexnames` file; it is written from WordNet 3.0's fixed list.
+    Needs the Debian packages `wordnet-base` and `wordnet-sense-index` (the Makefile installs them).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_nltk_data_dir()
+    source = source or DEBIAN_WORDNET_DIR
+    target = cache_dir / "corpora" / "wordnet"
+    if (target / "lexnames").is_file() and all((target / f).is_file() for f in _WORDNET_FILES):
+        return cache_dir
+    missing = [f for f in _WORDNET_FILES if not (source / f).is_file()]
+    if missing:
+        raise RecapError(
+            f"WordNet is missing for METEOR (NLTK): {source} lacks {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}. Install the Debian packages: "
+            "`apt-get install wordnet-base wordnet-sense-index` (or put NLTK's own "
+            "corpora/wordnet on NLTK_DATA)."
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _WORDNET_FILES:
+        dst = target / name
+        if dst.exists():
+            continue
+        tmp = target / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        shutil.copyfile(source / name, tmp)
+        os.replace(tmp, dst)
+    lines = [
+        f"{i:02d}\t{name}\t{_LEX_CATEGORY[name.split('.')[0]]}" for i, name in enumerate(_LEXNAMES)
+    ]
+    (target / "lexnames").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return cache_dir
+
+
+def load_wordnet(nltk_data_dir: str | os.PathLike | None = None):
+    """A WordNet reader: NLTK's own corpus when installed, otherwise Debian's laid out by
+    `ensure_wordnet` (in `nltk_data_dir`, default `default_nltk_data_dir()`).
+
+    Loaded eagerly, so a missing WordNet fails now, not mid-evaluation (NLTK's lazy loader would
+    even pass a test on identical strings without ever opening it). Cached per folder.
+    """
+    import nltk
+
+    if nltk_data_dir is None:
+        try:
+            return _wordnet_reader(str(Path(str(nltk.data.find("corpora/wordnet"))).resolve()))
+        except LookupError:
+            nltk_data_dir = default_nltk_data_dir()
+    data_dir = ensure_wordnet(Path(nltk_data_dir).resolve())
+    # NLTK only opens corpora under its data path (its sandbox); registering the folder there is
+    # the documented way to add one. Idempotent.
+    if str(data_dir) not in nltk.data.path:
+        nltk.data.path.append(str(data_dir))
+    return _wordnet_reader(str(data_dir / "corpora" / "wordnet"))
+
+
+@lru_cache(maxsize=4)
+def _wordnet_reader(corpus_dir: str):
+    import warnings
+
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    with warnings.catch_warnings():
+        # "multilingual functions are not available": METEOR needs English only.
+        warnings.simplefilter("ignore", UserWarning)
+        reader = WordNetCorpusReader(corpus_dir, None)
+    reader.synsets("music")  # force the lazy parts to load now
+    return reader
+
+
+# ---------------------------------------------------------------------------------------------
+# METEOR (NLTK)
+
+
+@lru_cache(maxsize=1)
+def _word_tokenizer():
+    """NLTK's `word_tokenize` when its punkt_tab model is installed; otherwise the same word
+    tokenizer after an untrained Punkt sentence splitter (offline, no data files).
+
+    The fallback differs from `word_tokenize` only where trained Punkt knows an abbreviation
+    ("Mr.", "e.g."): it splits the period off as its own token. Returns (function, label).
+    """
+    import nltk
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return nltk.word_tokenize, "nltk.word_tokenize (punkt_tab)"
+    except LookupError:
+        pass
+    sentences = PunktSentenceTokenizer()
+    words = NLTKWordTokenizer()
+
+    def tokenize(text: str) -> list[str]:
+        return [tok for sent in sentences.tokenize(text) for tok in words.tokenize(sent)]
+
+    return tokenize, "untrained Punkt + NLTKWordTokenizer (punkt_tab not installed)"
+
+
+def meteor_nltk(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    nltk_data_dir: str | os.PathLike | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    use_wordnet: bool = True,
+) -> dict[str, Any]:
+    """METEOR as the papers computed it: NLTK `single_meteor_score` per pair, mean over pairs.
+
+    Returns {"label", "mean", "low", "mid", "high", "per_example", "tokenizer"}; the interval
+    is a bootstrap over examples. `use_wordnet=False` (synonym matching off: an empty WordNet
+    stand-in) exists only to show what WordNet adds; real scores always use it.
+    """
+    from nltk.translate.meteor_score import single_meteor_score
+
+    _check_pairs(predictions, references)
+    wordnet = load_wordnet(nltk_data_dir) if use_wordnet else _NoSynonyms()
+    tokenize, tokenizer_label = _word_tokenizer()
+    per_example = [
+        float(
+            single_meteor_score(
+                tokenize(ref),
+                tokenize(pred),
+                wordnet=wordnet,
+                alpha=METEOR_ALPHA,
+                beta=METEOR_BETA,
+                gamma=METEOR_GAMMA,
+            )
+        )
+        for pred, ref in zip(predictions, references)
+    ]
+    interval = bootstrap_interval(per_example, n_samples=bootstrap, seed=seed)
+    return {
+        "label": METEOR_NLTK_LABEL,
+        **interval,
+        "per_example": per_example,
+        "tokenizer": tokenizer_label,
+        "params": {"alpha": METEOR_ALPHA, "beta": METEOR_BETA, "gamma": METEOR_GAMMA},
+        "wordnet": use_wordnet,
+    }
+
+
+class _NoSynonyms:
+    """A WordNet stand-in with no synsets (METEOR's synonym stage then matches nothing)."""
+
+    def synsets(self, *args: Any, **kwargs: Any) -> list:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# METEOR 1.5 (Java)
+
+
+def _meteor_jar() -> Path:
+    try:
+        import pycocoevalcap
+    except ImportError as err:
+        raise RecapError(
+            "METEOR 1.5 needs pycocoevalcap (pip install 'recap[meteor15]'); or pass --no-meteor15"
+        ) from err
+    # pycocoevalcap is a namespace-like package without __file__ on some installs.
+    roots = [Path(p) for p in getattr(pycocoevalcap, "__path__", [])]
+    for root in roots:
+        jar = root / "meteor" / "meteor-1.5.jar"
+        if jar.is_file() and (root / "meteor" / "data" / "paraphrase-en.gz").is_file():
+            return jar
+    raise RecapError(
+        "pycocoevalcap is installed but its meteor-1.5.jar / data/paraphrase-en.gz are missing"
+    )
+
+
+def _clean_for_meteor(text: str) -> str:
+    # The jar reads one line per segment and splits fields on '|||'.
+    return re.sub(r"\s+", " ", text.replace("|||", " ")).strip()
+
+
+def meteor_15(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    timeout_s: float = 600.0,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """METEOR 1.5 through the jar pycocoevalcap ships (`-l en -norm`, runs offline).
+
+    Returns {"label", "corpus", "mean", "low", "mid", "high", "per_example"}: `corpus` is the
+    jar's aggregate over all segments (what pycocoevalcap and the caption literature report);
+    `mean` is the plain mean of segment scores, comparable in form to the NLTK figure.
+    """
+    _check_pairs(predictions, references)
+    java = shutil.which("java")
+    if java is None:
+        raise RecapError(
+            "METEOR 1.5 needs Java on PATH (Debian: apt-get install default-jre-headless); "
+            "or pass --no-meteor15"
+        )
+    jar = _meteor_jar()
+    per_example, corpus = _run_meteor_jar(java, jar, predictions, references, timeout_s)
+    interval = bootstrap_interval(per_example, n_samples=bootstrap, seed=seed)
+    return {
+        "label": METEOR_15_LABEL,
+        "corpus": corpus,
+        **interval,
+        "per_example": per_example,
+        "jar": jar.name,
+    }
+
+
+def _run_meteor_jar(
+    java: str,
+    jar: Path,
+    predictions: Sequence[str],
+    references: Sequence[str],
+    timeout_s: float,
+) -> tuple[list[float], float]:
+    """Talk to the jar's stdio protocol; return (segment scores, aggregate score).
+
+    "SCORE ||| ref ||| hyp" answers one line of sufficient statistics; "EVAL ||| stats ||| ..."
+    answers each segment's score, then the aggregate over all of them. Lines go one at a time,
+    each answer read before the next is sent, so neither pipe can fill up and deadlock.
+    """
+    cmd = [java, "-Xmx2G", "-jar", str(jar), "-", "-", "-stdio", "-l", "en", "-norm"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=jar.parent,  # the jar finds data/paraphrase-en.gz relative to itself
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        encoding="utf-8",
+    )
+    # A watchdog, since readline() on a hung jar would block forever.
+    timer = threading.Timer(timeout_s, proc.kill)
+    timer.start()
+    try:
+
+        def ask(line: str) -> str:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+            if not answer:
+                raise RecapError(
+                    "METEOR 1.5 (java) stopped answering"
+                    + (f" (timed out after {timeout_s:.0f} s)" if not timer.is_alive() else "")
+                )
+            return answer.strip()
+
+        stats = [
+            ask(f"SCORE ||| {_clean_for_meteor(ref)} ||| {_clean_for_meteor(pred)}")
+            for pred, ref in zip(predictions, references)
+        ]
+        first = ask("EVAL ||| " + " ||| ".join(stats))
+        rest = [proc.stdout.readline().strip() for _ in range(len(stats))]  # type: ignore[union-attr]
+        answers = [first, *rest]
+        try:
+            values = [float(x) for x in answers]
+        except ValueError as err:
+            raise RecapError(f"METEOR 1.5 gave an unexpected answer: {answers[:3]}") from err
+    finally:
+        timer.cancel()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.kill()
+        proc.wait()
+    return values[:-1], values[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attribute accuracy and the bundle
+
+
+def attribute_accuracy(predictions: dict[str, str], truths: dict[str, dict]) -> dict[str, Any]:
+    """Per-slot accuracy of the facts stated in generated captions (rendered-songs benchmark).
+
+    `predictions`: song_id -> caption (one per song); `truths`: song_id -> true slot values.
+    """
+    from recap.bench import score_captions
+
+    return score_captions(predictions, truths)
+
+
+def caption_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    meteor15: bool = True,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    nltk_data_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """ROUGE + both METEORs on parallel lists; `summary` holds the headline numbers, labelled."""
+    rouge = rouge_scores(predictions, references, bootstrap=bootstrap, seed=seed)
+    meteor = meteor_nltk(
+        predictions, references, nltk_data_dir=nltk_data_dir, bootstrap=bootstrap, seed=seed
+    )
+    result: dict[str, Any] = {"rouge": rouge, "meteor_nltk": meteor}
+    if meteor15:
+        result["meteor_15"] = meteor_15(predictions, references, bootstrap=bootstrap, seed=seed)
+    result["summary"] = summarize(result)
+    return result
+
+
+def summarize(result: dict[str, Any]) -> dict[str, float]:
+    """Flat, labelled headline numbers (fractions in [0, 1]) from a `caption_metrics` result."""
+    names = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+    out: dict[str, float] = {}
+    for key, name in names.items():
+        for stat, label in (("recall", "recall"), ("f1", "F1")):
+            band = result["rouge"][key][stat]
+            out[f"{name} {label}"] = band["mid"]
+            out[f"{name} {label} low"] = band["low"]
+            out[f"{name} {label} high"] = band["high"]
+    for key in ("meteor_nltk", "meteor_15"):
+        if key in result:
+            m = result[key]
+            out[m["label"]] = m["mean"] if key == "meteor_nltk" else m["corpus"]
+            out[f"{m['label']} low"] = m["low"]
+            out[f"{m['label']} high"] = m["high"]
+    return out

@@ -1,0 +1,550 @@
+"""`RecapModel`: Hugging Face BART with BART-fusion and the RECAP alignment loss (SPEC §1).
+
+Composition, not a copy of BART's modeling code:
+
+    lyrics ids ─► bart.encoder.embed_* ─► layer 0 … layer 3 ─► hidden_states[4] ─► pool ─► align_proj
+                                          layer 4 ─► fusion(music) ─► layer 5 ─► fusion(music)
+                                                                                   │
+                          BaseModelOutput(last_hidden_state) ─► bart (decoder, lm_head, generate)
+
+The encoder loop below calls BART's own embedding and layer modules; the fused states are handed
+to `BartForConditionalGeneration` as `encoder_outputs`, so the decoder, the LM head and
+`generate()` (beam search, sampling, …) are Hugging Face's unchanged. Music enters only the
+encoder, so generation never has to expand it per beam.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BartForConditionalGeneration, GenerationConfig
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.models.bart.modeling_bart import shift_tokens_right
+from transformers.utils import ModelOutput
+
+from recap.config import CONFIG_NAME, RecapConfig
+from recap.fusion import FusionBlock
+from recap.losses import SongIds, masked_mean, recap_loss
+from recap.music_encoder import MusicEncoder, load_music_encoder
+from recap.utils import RecapError, atomic_path, atomic_write_json
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class RecapEncoderOutput(ModelOutput):
+    """What the fused encoder produces.
+
+    last_hidden_state: (B, L, d) fused states the decoder attends to.
+    hidden_states: L+1 tensors (B, L, d): the embeddings, then each layer's output (after fusion
+        where fusion applies); `hidden_states[align_layer]` is the one pooled for alignment.
+    lyrics_vector: (B, music_dim) projected pooled lyrics (None without a projection).
+    music_vector: (B, music_dim) mean of the music sequence over all its tokens (None without music).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    lyrics_vector: torch.Tensor | None = None
+    music_vector: torch.Tensor | None = None
+
+
+@dataclass
+class RecapOutput(ModelOutput):
+    """Forward result: `loss = caption_loss + align_weight * align_loss` (None without labels)."""
+
+    loss: torch.Tensor | None = None
+    caption_loss: torch.Tensor | None = None
+    align_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    lyrics_vector: torch.Tensor | None = None
+    music_vector: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+
+
+class RecapModel(nn.Module):
+    """The RECAP captioner: BART + fusion + alignment projection (+ an optional frozen CNNSA).
+
+    `config.use_music=False` is plain BART (the `bart` method): music inputs are ignored.
+    Music comes either as precomputed embeddings `music_embeds` (B, M, music_dim) — the training
+    path — or as raw 16 kHz `waveform` (B, T), run through the frozen music encoder in eval mode.
+    """
+
+    def __init__(
+        self,
+        config: RecapConfig,
+        bart: BartForConditionalGeneration | None = None,
+        music_encoder: MusicEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.bart = bart if bart is not None else BartForConditionalGeneration(config.bart_config())
+        self.bart.config._attn_implementation = config.attn_implementation
+        if config.use_music and config.fusion_layers:
+            n_blocks = 1 if config.fusion_shared else len(config.fusion_layers)
+            self.fusion = nn.ModuleList(
+                FusionBlock(
+                    config.d_model,
+                    config.music_dim,
+                    num_heads=config.fusion_heads,
+                    scale=config.fusion_scale,
+                    gate=config.fusion_gate,
+                )
+                for _ in range(n_blocks)
+            )
+        else:
+            self.fusion = None
+        # The projection exists whenever music does, so a BART-fusion model (w = 0) can still be
+        # fine-tuned with alignment later and its parameter count matches RECAP's.
+        self.align_proj = nn.Linear(config.d_model, config.music_dim) if config.use_music else None
+        self.music_encoder: MusicEncoder | None = None
+        if music_encoder is not None:
+            self.attach_music_encoder(music_encoder)
+        elif config.with_music_encoder:
+            self.attach_music_encoder(MusicEncoder(config.music))
+        self.bart.generation_config = self._generation_config()
+        self.tokenizer: Any = None  # attached by from_pretrained / from_bart when files exist
+
+    # ------------------------------------------------------------------ parts
+    def attach_music_encoder(self, encoder: MusicEncoder) -> None:
+        """Hold `encoder` (frozen, eval mode) for waveform input; it is saved with the model."""
+        if encoder.config.hidden_size != self.config.music_dim:
+            raise RecapError(
+                f"music encoder width {encoder.config.hidden_size} does not match the model's "
+                f"music_dim {self.config.music_dim}"
+            )
+        self.music_encoder = encoder
+        self.config.music = encoder.config
+        self.config.with_music_encoder = True
+        self.freeze_music_encoder()
+
+    def freeze_music_encoder(self) -> None:
+        """No gradient, eval mode (BatchNorm running stats, no dropout) — both codebases freeze it;
+        one ran it in train mode by mistake (SPEC §1.1)."""
+        if self.music_encoder is not None:
+            self.music_encoder.requires_grad_(False)
+            self.music_encoder.eval()
+
+    def train(self, mode: bool = True) -> RecapModel:
+        super().train(mode)
+        self.freeze_music_encoder()  # stays in eval mode whatever the model's mode
+        return self
+
+    def _fusion_block(self, layer: int) -> FusionBlock | None:
+        if self.fusion is None or layer not in self.config.fusion_layers:
+            return None
+        if self.config.fusion_shared:
+            return self.fusion[0]
+        return self.fusion[self.config.fusion_layers.index(layer)]
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter counts per part (shared tensors counted once) plus totals."""
+
+        def count(module: nn.Module | None) -> int:
+            return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+        counts = {
+            "bart": count(self.bart),
+            "fusion": count(self.fusion),
+            "projection": count(self.align_proj),
+            "music_encoder": count(self.music_encoder),
+        }
+        counts["total"] = count(self)
+        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return counts
+
+    # ------------------------------------------------------------------ music
+    def music_sequence(
+        self, music_embeds: torch.Tensor | None = None, waveform: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The music token sequence (B, M, music_dim), or None for the lyrics-only method."""
+        if not self.config.use_music:
+            return None
+        if music_embeds is not None:
+            if music_embeds.dim() != 3 or music_embeds.size(-1) != self.config.music_dim:
+                raise RecapError(
+                    f"music_embeds must be (B, M, {self.config.music_dim}), "
+                    f"got {tuple(music_embeds.shape)}"
+                )
+            return music_embeds.to(self.align_proj.weight.dtype)
+        if waveform is not None:
+            if self.music_encoder is None:
+                raise RecapError(
+                    "waveform input needs a music encoder: load one with "
+                    "RecapModel.from_bart(..., music_encoder=PATH) or attach_music_encoder()"
+                )
+            with torch.no_grad():
+                return self.music_encoder(waveform)  # (B, T) -> (B, M, music_dim)
+        raise RecapError(f"method {self.config.method!r} uses music: pass music_embeds or waveform")
+
+    def embed_music(
+        self,
+        music_embeds: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Music vector (B, music_dim): the mean over all tokens of the music sequence (CLS
+        included, SPEC §1.4). This is the audio side of the aligned space used for retrieval;
+        `normalize=True` returns unit vectors (inner product = cosine)."""
+        music = self.music_sequence(music_embeds, waveform)
+        if music is None:
+            raise RecapError(f"method {self.config.method!r} has no music embedding space")
+        vector = music.mean(dim=1)  # (B, M, m) -> (B, m)
+        return nn.functional.normalize(vector, dim=-1) if normalize else vector
+
+    # ------------------------------------------------------------------ encoder
+    def _pool_lyrics(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = None if self.config.pool_includes_padding else attention_mask
+        return self.align_proj(masked_mean(hidden, mask))  # (B, L, d) -> (B, d) -> (B, m)
+
+    def _run_encoder(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        music: torch.Tensor | None,
+        num_layers: int | None = None,
+    ) -> list[torch.Tensor]:
+        """BART's encoder, layer by layer, with fusion after the configured layers.
+
+        Returns the hidden states [embeddings, out_0, …]; `num_layers` stops early.
+        """
+        encoder = self.bart.get_encoder()
+        embeds = encoder.embed_tokens(input_ids)  # (B, L, d), scaled as BART does
+        positions = encoder.embed_positions(input_ids)  # (B, L, d); uses the shape only
+        hidden = encoder.layernorm_embedding(embeds + positions.to(embeds.device))
+        hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=self.training)
+        # Positional call: the keyword was renamed across transformers 5.x releases.
+        mask = create_bidirectional_mask(encoder.config, embeds, attention_mask)
+        states = [hidden]
+        layers = encoder.layers if num_layers is None else encoder.layers[:num_layers]
+        for index, layer in enumerate(layers):
+            # LayerDrop as in BartEncoder (0 for bart-base): a dropped layer is the identity.
+            if not (self.training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop):
+                out = layer(hidden, mask)
+                hidden = out[0] if isinstance(out, tuple) else out  # older 5.x returned tuples
+            block = self._fusion_block(index)
+            if block is not None and music is not None:
+                hidden = block(hidden, music)
+            states.append(hidden)
+        return states
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        music_embeds: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+    ) -> RecapEncoderOutput:
+        """Run the fused encoder once: input_ids (B, L) (+ music) → `RecapEncoderOutput`."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        music = self.music_sequence(music_embeds, waveform)
+        states = self._run_encoder(input_ids, attention_mask, music)
+        lyrics_vector = music_vector = None
+        if self.align_proj is not None:
+            lyrics_vector = self._pool_lyrics(states[self.config.align_layer], attention_mask)
+        if music is not None:
+            music_vector = music.mean(dim=1)  # (B, M, m) -> (B, m), CLS included
+        return RecapEncoderOutput(
+            last_hidden_state=states[-1],
+            hidden_states=tuple(states),
+            lyrics_vector=lyrics_vector,
+            music_vector=music_vector,
+        )
+
+    def embed_lyrics(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        music_embeds: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+        normalize: bool = False,
+    ) -> torch.Tensor:
+        """Lyrics vector (B, music_dim): `align_proj(mean of encoder hidden_states[align_layer])`.
+
+        This is the lyrics side of the aligned space (compare with `embed_music`). With the
+        default fusion after layers 4, 5 the pooled state precedes any fusion, so no music is
+        needed and only the first `align_layer` layers run. Call `model.eval()` first.
+        """
+        if self.align_proj is None:
+            raise RecapError(f"method {self.config.method!r} has no lyrics projection")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        music = None
+        if any(layer < self.config.align_layer for layer in self.config.fusion_layers):
+            music = self.music_sequence(music_embeds, waveform)
+        states = self._run_encoder(input_ids, attention_mask, music, self.config.align_layer)
+        vector = self._pool_lyrics(states[self.config.align_layer], attention_mask)
+        return nn.functional.normalize(vector, dim=-1) if normalize else vector
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        music_embeds: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+        song_ids: SongIds = None,
+    ) -> RecapOutput:
+        """Teacher-forced forward pass with the named loss terms when `labels` (B, T) are given.
+
+        `labels` may be padded with the pad id (masked unless `loss_includes_padding`) or -100;
+        `decoder_input_ids` default to labels shifted right. `song_ids` (one per row) make the
+        alignment loss count each song once.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
+        if decoder_input_ids is None:
+            if labels is None:
+                raise RecapError("forward needs labels or decoder_input_ids")
+            decoder_input_ids = shift_tokens_right(
+                labels, self.config.pad_token_id, self.config.decoder_start_token_id
+            )
+        out = self.bart(
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
+            use_cache=False,
+        )
+        result = RecapOutput(
+            logits=out.logits,
+            lyrics_vector=encoded.lyrics_vector,
+            music_vector=encoded.music_vector,
+            encoder_last_hidden_state=encoded.last_hidden_state,
+        )
+        if labels is not None:
+            terms = recap_loss(
+                out.logits,
+                labels,
+                music=encoded.music_vector,
+                lyrics=encoded.lyrics_vector,
+                song_ids=song_ids,
+                align_weight=self.config.align_weight,
+                align_kind=self.config.align_loss,
+                temperature=self.config.align_temperature,
+                pad_token_id=self.config.pad_token_id,
+                include_padding=self.config.loss_includes_padding,
+            )
+            result.loss = terms.loss
+            result.caption_loss = terms.caption_loss
+            result.align_loss = terms.align_loss
+        return result
+
+    # ------------------------------------------------------------------ generation
+    def _generation_config(self) -> GenerationConfig:
+        g = self.config.generation
+        return GenerationConfig(
+            num_beams=g.num_beams,
+            do_sample=g.do_sample,
+            top_p=g.top_p,
+            max_new_tokens=g.max_new_tokens,
+            no_repeat_ngram_size=g.no_repeat_ngram_size,
+            early_stopping=g.early_stopping,
+            forced_bos_token_id=g.forced_bos_token_id,
+            forced_eos_token_id=g.forced_eos_token_id,
+            decoder_start_token_id=self.config.decoder_start_token_id,
+            bos_token_id=self.config.bos_token_id,
+            eos_token_id=self.config.eos_token_id,
+            pad_token_id=self.config.pad_token_id,
+        )
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """Decoding defaults (from `config.generation`); `generate(**kwargs)` overrides them."""
+        return self.bart.generation_config
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        music_embeds: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Caption token ids (B·num_return_sequences, T'), starting with decoder_start </s> <s>.
+
+        The fused encoder runs once; Hugging Face's `generate` then decodes from its states, so
+        every HF option works: `num_beams`, `do_sample`, `top_p`, `no_repeat_ngram_size`,
+        `max_new_tokens`, `num_return_sequences`, `generation_config=`… Seed sampling with
+        `torch.manual_seed` beforehand.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
+        return self.bart.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
+            attention_mask=attention_mask,
+            **generate_kwargs,
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
+        """Write `model.safetensors`, the tokenizer files (if one is given or attached) and, last,
+        `config.json` into `directory`; each file is replaced atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+        from safetensors.torch import save_file
+
+        state = {name: self.state_dict()[name] for name in _unique_state_names(self)}
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+        with atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "model": "recap.RecapModel"})
+        if tokenizer is not None:
+            # The tokenizer writes several files: stage them, then move each into place.
+            with tempfile.TemporaryDirectory(dir=directory, prefix=".tokenizer.") as staging:
+                for written in tokenizer.save_pretrained(staging):
+                    written = Path(written)
+                    if written.is_file():
+                        os.replace(written, directory / written.name)
+        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
+        return directory
+
+    def _load_weights(self, weights: Path) -> None:
+        """Load `model.safetensors` strictly, tied aliases (lm_head = shared embeddings) aside."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as exc:
+            raise RecapError(f"cannot read {weights}: {exc}") from exc
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise RecapError(f"{weights} does not fit its config.json: {exc}") from exc
+        missing = set(missing) - (set(self.state_dict()) - set(_unique_state_names(self)))
+        if missing or unexpected:
+            raise RecapError(
+                f"{weights} does not fit its config.json: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, device: torch.device | str | None = None
+    ) -> RecapModel:
+        """Load a folder written by `save_pretrained` (or a hub repo in that format); eval mode.
+
+        A plain Hugging Face BART folder is refused with a pointer to `from_bart`.
+        """
+        directory = _resolve_folder(name_or_path)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise RecapError(f"{directory} is not a RECAP model folder: {CONFIG_NAME} missing")
+        try:
+            raw = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RecapError(f"cannot read {config_path}: {exc}") from exc
+        if (
+            isinstance(raw, dict)
+            and "format_version" not in raw
+            and raw.get("model_type") == "bart"
+        ):
+            raise RecapError(
+                f"{directory} is a Hugging Face BART checkpoint, not a RECAP model: "
+                "use RecapModel.from_bart to initialise a captioner from it"
+            )
+        config = RecapConfig.load(config_path)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise RecapError(f"{directory} is not a RECAP model folder: {WEIGHTS_NAME} missing")
+        model = cls(config)
+        model._load_weights(weights)
+        model.tokenizer = _maybe_tokenizer(directory)
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    @classmethod
+    def from_bart(
+        cls,
+        name_or_path: str | os.PathLike,
+        config: RecapConfig | None = None,
+        music_encoder: str | os.PathLike | MusicEncoder | None = None,
+    ) -> RecapModel:
+        """A captioner whose BART part comes from a Hugging Face BART checkpoint.
+
+        `name_or_path`: e.g. "facebook/bart-base" or a local folder in that format. The BART
+        sizes of `config` (default: the `recap` preset) are replaced by the checkpoint's.
+        `music_encoder`: a CNNSA checkpoint file, a saved music-encoder folder, or a module;
+        its config replaces `config.music`. Fusion and projection start freshly initialised.
+        """
+        config = RecapConfig.from_dict((config or RecapConfig.preset("recap")).to_dict())
+        encoder = None
+        if music_encoder is not None:
+            encoder = (
+                music_encoder
+                if isinstance(music_encoder, MusicEncoder)
+                else load_music_encoder(music_encoder)
+            )
+            config.music = encoder.config
+        try:
+            bart = BartForConditionalGeneration.from_pretrained(
+                str(name_or_path), attn_implementation=config.attn_implementation
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RecapError(f"cannot load a BART checkpoint from {name_or_path!s}: {exc}") from exc
+        config = config.with_bart_config(bart.config.to_dict())
+        model = cls(config, bart=bart, music_encoder=encoder)
+        model.tokenizer = _maybe_tokenizer(name_or_path)
+        return model
+
+
+def _unique_state_names(module: nn.Module) -> list[str]:
+    """State-dict names with tied aliases removed (the first name of each tensor is kept):
+    BART's lm_head and token embeddings are one tensor, stored once."""
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
+    names = []
+    for name, tensor in module.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            names.append(name)
+    return names
+
+
+def _resolve_folder(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as is; otherwise a hub repo id fetched with huggingface_hub (cache/offline
+    rules apply)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise RecapError(f"{path} is a file; a RECAP model is a folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path)))
+    except Exception as exc:  # noqa: BLE001 - any hub failure is "cannot load this name"
+        raise RecapError(
+            f"{name_or_path!s} is not a local folder and could not be fetched from the hub: {exc}"
+        ) from exc
+
+
+def _maybe_tokenizer(name_or_path: str | os.PathLike) -> Any:
+    """The tokenizer saved beside a model, or None when there is none."""
+    from recap.tokenizer import has_tokenizer_files, load_tokenizer
+
+    path = Path(name_or_path)
+    if path.is_dir() and not has_tokenizer_files(path):
+        return None
+    try:
+        return load_tokenizer(name_or_path)
+    except RecapError:
+        return None
+
+
+__all__ = ["RecapModel", "RecapOutput", "RecapEncoderOutput", "WEIGHTS_NAME"]

@@ -1,0 +1,645 @@
+"""CNNSA music encoder (Won, Chun & Serra 2019), the frozen audio tower of RECAP (SPEC §1.1).
+
+waveform (B, T) 16 kHz mono
+  → log-mel: torch.stft power spectrogram → HTK mel filterbank → dB          (B, n_mels, frames)
+  → BatchNorm2d(1) → 7 Res_2d blocks (frequency n_mels → 1, time ÷ 8)       (B, 2C, 1, T')
+  → fixed CLS vector prepended                                              (B, 1 + T', 2C)
+  → BERT-style post-LN transformer                                          (B, 1 + T', 2C)
+  → [tagging only] pooler(CLS) → dropout → Linear → sigmoid                 (B, n_tags)
+
+Module and buffer names follow the public reference code, so its pretrained checkpoints
+(`best_model.pth`) load with `strict=True`. The mel front end is written with `torch.stft`
+because torchaudio is not a dependency; it reproduces `torchaudio.transforms.MelSpectrogram`'s
+defaults (periodic Hann window, center=True with reflect padding, power 2, HTK mel, no norm).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recap.utils import RecapError, atomic_path, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# Strides of the 7 Res_2d blocks (frequency, time): three blocks halve both axes, four more
+# halve frequency only. Every block halves frequency (rounding up), so after 7 blocks any
+# n_mels <= 2**7 = 128 reaches exactly 1, which the sequence step requires.
+BLOCK_STRIDES: tuple[tuple[int, int], ...] = ((2, 2),) * 3 + ((2, 1),) * 4
+MAX_N_MELS = 2 ** len(BLOCK_STRIDES)
+
+# The public reference keeps 64 copies of the CLS vector as a plain attribute (not saved), so it
+# fails above batch 64; some forks saved it. Such keys are dropped on load (the vector is fixed).
+_LEGACY_CLS_KEYS = ("vec_cls",)
+
+
+def _conv_out(size: int, stride: int) -> int:
+    """Output length of a 3x3 convolution with padding 1: ceil(size / stride)."""
+    return (size - 1) // stride + 1
+
+
+@dataclass
+class MusicEncoderConfig:
+    """Sizes of the CNNSA encoder; the defaults are the reference (public checkpoint) sizes."""
+
+    # mel front end (torchaudio MelSpectrogram defaults, SPEC §1.1)
+    sample_rate: int = 16000
+    n_fft: int = 512  # also the window length
+    hop_length: int = 256
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    n_mels: int = 128
+    # CNN width; the transformer width is 2 * n_channels
+    n_channels: int = 128
+    # transformer
+    n_layers: int = 2
+    n_heads: int = 8
+    ffn_dim: int | None = None  # None → 4 * hidden_size (1024 for the reference)
+    hidden_dropout: float = 0.4
+    attention_dropout: float = 0.5
+    layer_norm_eps: float = 1e-12
+    # seed of the fixed, non-learned CLS vector: np.random.seed(0); np.random.random((1, hidden))
+    cls_seed: int = 0
+    # tagging head
+    head_dropout: float = 0.5
+    n_tags: int = 50
+    tag_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.ffn_dim is None:
+            self.ffn_dim = 4 * self.hidden_size
+        self.tag_names = list(self.tag_names)
+        problems = []
+        if not 1 <= self.n_mels <= MAX_N_MELS:
+            problems.append(
+                f"n_mels={self.n_mels} must be in 1..{MAX_N_MELS}: the {len(BLOCK_STRIDES)} "
+                f"Res_2d blocks halve frequency {len(BLOCK_STRIDES)} times and must reach 1"
+            )
+        if self.n_channels < 1 or self.n_layers < 0 or self.n_heads < 1 or self.ffn_dim < 1:
+            problems.append("n_channels, n_heads and ffn_dim must be positive, n_layers >= 0")
+        elif self.hidden_size % self.n_heads:
+            problems.append(
+                f"hidden size {self.hidden_size} (2 * n_channels) is not divisible by "
+                f"n_heads={self.n_heads}"
+            )
+        if self.hop_length < 1 or self.n_fft < 2:
+            problems.append("n_fft must be >= 2 and hop_length >= 1")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            problems.append(
+                f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={self.f_min}, "
+                f"f_max={self.f_max}, sample_rate={self.sample_rate}"
+            )
+        if self.n_tags < 1:
+            problems.append(f"n_tags must be positive, got {self.n_tags}")
+        if self.tag_names and len(self.tag_names) != self.n_tags:
+            problems.append(f"{len(self.tag_names)} tag_names given for n_tags={self.n_tags}")
+        if problems:
+            raise RecapError("invalid MusicEncoderConfig: " + "; ".join(problems))
+
+    @property
+    def hidden_size(self) -> int:
+        return 2 * self.n_channels
+
+    @property
+    def n_freqs(self) -> int:
+        """Rows of the one-sided spectrogram (257 for n_fft 512)."""
+        return self.n_fft // 2 + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MusicEncoderConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RecapError(f"unknown MusicEncoderConfig field(s): {', '.join(unknown)}")
+        return cls(**dict(data))
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MusicEncoderConfig:
+        """`reference` (10.52 M params, the public checkpoints), `small` (CPU-trainable), `tiny` (tests)."""
+        if name not in PRESETS:
+            raise RecapError(
+                f"unknown music encoder preset {name!r}; choose one of {', '.join(PRESETS)}"
+            )
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "reference": {},
+    # ~0.7 M params: trainable on CPU on the rendered-songs benchmark
+    "small": {"n_channels": 32, "n_heads": 4},
+    # ~40 k params, 32 mel bands: for tests
+    "tiny": {"n_channels": 8, "n_heads": 2, "n_mels": 32},
+}
+
+
+# ----------------------------------------------------------------------------- mel front end
+
+
+def htk_mel_filterbank(
+    n_freqs: int,
+    f_min: float,
+    f_max: float,
+    n_mels: int,
+    sample_rate: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Triangular HTK-mel filterbank without normalisation, (n_freqs, n_mels).
+
+    torchaudio's `melscale_fbanks(..., norm=None, mel_scale="htk")` construction. In float32
+    (the default) it equals the `fb` torchaudio stores in checkpoints bit for bit; float64
+    differs from it by up to 1.3e-5 (float32 rounding of the mel grid) and equals librosa's.
+    """
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=dtype)  # (F,)
+
+    def hz_to_mel(hz: float) -> float:
+        return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+    m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=dtype)
+    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)  # (n_mels + 2,) band edges in Hz
+    f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,)
+    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (F, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]  # (F, n_mels) rising edge
+    up = slopes[:, 2:] / f_diff[1:]  # (F, n_mels) falling edge
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+class Spectrogram(nn.Module):
+    """Power spectrogram, torchaudio defaults: periodic Hann, center=True, reflect padding."""
+
+    def __init__(self, n_fft: int, hop_length: int) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True))  # (n_fft,)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        # waveform (B, T) → (B, n_fft // 2 + 1, T // hop + 1)
+        stft = torch.stft(
+            waveform,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.n_fft,
+            window=self.window.to(waveform.dtype),
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        return stft.abs().pow(2.0)
+
+
+class MelScale(nn.Module):
+    """Projects a power spectrogram onto the HTK mel bands stored in the `fb` buffer."""
+
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        fb = htk_mel_filterbank(
+            config.n_freqs, config.f_min, config.f_max, config.n_mels, config.sample_rate
+        )
+        self.register_buffer("fb", fb)  # (n_freqs, n_mels)
+
+    def forward(self, power: torch.Tensor) -> torch.Tensor:
+        # power (B, n_freqs, frames) → (B, frames, n_freqs) @ (n_freqs, n_mels) → (B, n_mels, frames)
+        return torch.matmul(power.transpose(-1, -2), self.fb.to(power.dtype)).transpose(-1, -2)
+
+
+class MelSpectrogram(nn.Module):
+    """`spec` of the reference model: keys `spec.spectrogram.window`, `spec.mel_scale.fb`."""
+
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        self.spectrogram = Spectrogram(config.n_fft, config.hop_length)
+        self.mel_scale = MelScale(config)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        # (B, T) → (B, n_mels, frames) mel power
+        return self.mel_scale(self.spectrogram(waveform))
+
+
+# ----------------------------------------------------------------------------- CNN
+
+
+class Res_2d(nn.Module):  # noqa: N801 - the reference class name, kept for recognisability
+    """3x3 conv-BN-ReLU-3x3 conv-BN plus a conv+BN projection shortcut, then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv_1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.bn_1 = nn.BatchNorm2d(out_channels)
+        self.conv_2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.bn_2 = nn.BatchNorm2d(out_channels)
+        self.diff = tuple(stride) != (1, 1) or in_channels != out_channels
+        if self.diff:  # the shortcut must change shape too
+            self.conv_3 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+            self.bn_3 = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x (B, C_in, F, T) → (B, C_out, ceil(F / s_f), ceil(T / s_t))
+        out = self.bn_2(self.conv_2(F.relu(self.bn_1(self.conv_1(x)))))
+        shortcut = self.bn_3(self.conv_3(x)) if self.diff else x
+        return F.relu(shortcut + out)
+
+
+# ----------------------------------------------------------------------------- transformer
+# Plain modules named like Hugging Face's BertEncoder/BertPooler, which the reference used.
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.n_heads = config.n_heads
+        self.dropout_p = config.attention_dropout
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape  # (B, N, H)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, N, H) → (B, heads, N, H / heads)
+            return t.view(b, n, self.n_heads, h // self.n_heads).transpose(1, 2)
+
+        ctx = F.scaled_dot_product_attention(
+            heads(self.query(x)),
+            heads(self.key(x)),
+            heads(self.value(x)),
+            dropout_p=self.dropout_p if self.training else 0.0,
+        )  # (B, heads, N, H / heads); no mask: every clip is full length
+        return ctx.transpose(1, 2).reshape(b, n, h)  # (B, N, H)
+
+
+class _AddNorm(nn.Module):
+    """Post-LN residual: LayerNorm(residual + dropout(dense(x)))."""
+
+    def __init__(self, in_dim: int, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_dim, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # noqa: N815
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(residual + self.dropout(self.dense(x)))
+
+
+class _Attention(nn.Module):
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        self.self = _SelfAttention(config)
+        self.output = _AddNorm(config.hidden_size, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(x), x)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.ffn_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.dense(x))  # exact erf GELU, as BERT's "gelu"
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        self.attention = _Attention(config)
+        self.intermediate = _Intermediate(config)
+        self.output = _AddNorm(config.ffn_dim, config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, N, H) → (B, N, H)
+        x = self.attention(x)
+        return self.output(self.intermediate(x), x)
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(TransformerLayer(config) for _ in range(config.n_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x)
+        return x
+
+
+class Pooler(nn.Module):
+    def __init__(self, config: MusicEncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        # (B, N, H) → (B, H): tanh(dense(CLS token))
+        return torch.tanh(self.dense(sequence[:, 0]))
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+
+class MusicEncoder(nn.Module):
+    """CNNSA: waveform → token sequence (B, 1 + T', hidden) and tag probabilities (B, n_tags).
+
+    Inputs follow the module's device; the mel front end runs in at least float32 (fp16 power
+    spectra overflow), the rest in the parameters' dtype.
+    """
+
+    def __init__(self, config: MusicEncoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MusicEncoderConfig()
+        self.spec = MelSpectrogram(config)
+        self.spec_bn = nn.BatchNorm2d(1)
+        c = config.n_channels
+        widths = [1, c, c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c]  # channels into/out of each block
+        for i, stride in enumerate(BLOCK_STRIDES):
+            self.add_module(f"layer{i + 1}", Res_2d(widths[i], widths[i + 1], stride))
+        self.encoder = TransformerEncoder(config)
+        self.pooler = Pooler(config)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.dense = nn.Linear(config.hidden_size, config.n_tags)
+        # Fixed, non-learned CLS vector (reference: np.random.seed(0); np.random.random((1, 256))).
+        # A seeded RandomState draws the same numbers without touching numpy's global state.
+        cls = np.random.RandomState(config.cls_seed).random_sample((1, config.hidden_size))
+        self.register_buffer(
+            "cls_vector", torch.tensor(cls, dtype=torch.float32), persistent=False
+        )  # (1, hidden)
+
+    @property
+    def blocks(self) -> list[Res_2d]:
+        return [getattr(self, f"layer{i + 1}") for i in range(len(BLOCK_STRIDES))]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- shapes
+
+    def num_frames(self, num_samples: int) -> int:
+        """Spectrogram frames for `num_samples` samples (center=True): 240,000 → 938."""
+        return num_samples // self.config.hop_length + 1
+
+    def output_length(self, num_samples: int) -> int:
+        """Tokens of `forward` (CLS included) for `num_samples` samples: 240,000 → 119."""
+        t = self.num_frames(num_samples)
+        for _, s_time in BLOCK_STRIDES:
+            t = _conv_out(t, s_time)
+        return 1 + t
+
+    # -- stages
+
+    def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Waveform (B, T) or (T,) → dB log-mel (B, n_mels, frames), before the BatchNorm."""
+        if waveform.dim() == 1:
+            waveform = waveform.unsqueeze(0)  # (T,) → (1, T)
+        if waveform.dim() != 2:
+            raise RecapError(f"expected a waveform (B, T), got shape {tuple(waveform.shape)}")
+        if waveform.shape[-1] <= self.config.n_fft // 2:
+            raise RecapError(
+                f"waveform of {waveform.shape[-1]} samples is too short: reflect padding needs "
+                f"more than n_fft / 2 = {self.config.n_fft // 2}"
+            )
+        # fp16/bf16 power spectra overflow or lose the quiet bands: compute in >= float32
+        compute_dtype = torch.promote_types(waveform.dtype, torch.float32)
+        waveform = waveform.to(device=self.spec_bn.weight.device, dtype=compute_dtype)
+        # autocast would run the filterbank matmul in fp16, where loud frames overflow
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            mel = self.spec(waveform)  # (B, n_mels, frames) power
+        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))  # dB, ref 1.0, no top_db
+
+    def embed_log_mel(self, log_mel_db: torch.Tensor) -> torch.Tensor:
+        """dB log-mel (B, n_mels, frames) → last encoder layer's tokens (B, 1 + T', hidden)."""
+        x = log_mel_db.to(device=self.spec_bn.weight.device, dtype=self.spec_bn.weight.dtype)
+        x = self.spec_bn(x.unsqueeze(1))  # (B, 1, n_mels, frames)
+        for block in self.blocks:
+            x = block(x)  # ... → (B, 2C, 1, T')
+        x = x.squeeze(2).transpose(1, 2)  # (B, 2C, T') → (B, T', 2C)
+        cls = self.cls_vector.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, 2C), any batch
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + T', 2C)
+        return self.encoder(x)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Waveform (B, T) → token sequence (B, 1 + T', hidden); 240,000 samples → (B, 119, 256)."""
+        return self.embed_log_mel(self.log_mel(waveform))
+
+    def tag_logits_from_sequence(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Token sequence (B, N, hidden) → tag logits (B, n_tags)."""
+        return self.dense(self.dropout(self.pooler(sequence)))
+
+    def tag_logits(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Waveform (B, T) → tag logits (B, n_tags), for BCE-with-logits training."""
+        return self.tag_logits_from_sequence(self(waveform))
+
+    def tag(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Waveform (B, T) → tag probabilities (B, n_tags)."""
+        return torch.sigmoid(self.tag_logits(waveform))
+
+    # -- persistence
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+        config: MusicEncoderConfig | None = None,
+    ) -> MusicEncoder:
+        """Load a reference-format CNNSA checkpoint (`best_model.pth`) or a state dict, strictly.
+
+        The state dict may be nested under 'state_dict'/'model' and carry DataParallel's
+        'module.' prefix. Without `config`, the sizes are read from the weights. A stored mel
+        filterbank or window of another shape (older torchaudio) is replaced by the computed one.
+        Returned in eval mode.
+        """
+        source = str(checkpoint) if isinstance(checkpoint, str | os.PathLike) else "state dict"
+        state = _normalise_state_dict(
+            _read_checkpoint(checkpoint)
+            if isinstance(checkpoint, str | os.PathLike)
+            else checkpoint,
+            source,
+        )
+        if config is None:
+            config = _infer_config(state, source)
+        else:
+            config = _with_checkpoint_tags(config, state, source)
+        model = cls(config)
+        for key, expected in (
+            ("spec.mel_scale.fb", model.spec.mel_scale.fb),
+            ("spec.spectrogram.window", model.spec.spectrogram.window),
+        ):
+            stored = state.get(key)
+            if stored is not None and stored.shape != expected.shape:
+                logger.info(
+                    "%s: stored %s has shape %s, expected %s; using the computed one",
+                    source,
+                    key,
+                    tuple(stored.shape),
+                    tuple(expected.shape),
+                )
+                state[key] = expected.clone()
+        model._load_strict(state, source)
+        return model.eval()
+
+    def _load_strict(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        try:
+            self.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise RecapError(
+                f"{source} does not fit this CNNSA music encoder "
+                f"(n_channels={self.config.n_channels}, n_mels={self.config.n_mels}, "
+                f"n_layers={self.config.n_layers}, n_tags={self.config.n_tags}): {err}"
+            ) from err
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write `config.json` + `model.safetensors` into `directory` (atomically, file by file)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "model": "recap.MusicEncoder"})
+        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> MusicEncoder:
+        """Load a folder written by `save_pretrained`; returned in eval mode."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise RecapError(f"{directory} is not a saved music encoder: {path.name} missing")
+        try:
+            config = MusicEncoderConfig.from_dict(json.loads(config_path.read_text("utf-8")))
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+            raise RecapError(f"{config_path} is not a valid music encoder config: {err}") from err
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError) as err:
+            raise RecapError(f"cannot read {weights_path}: {err}") from err
+        model = cls(config)
+        model._load_strict(state, str(weights_path))
+        return model.eval()
+
+
+def _read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecapError(f"music encoder checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # weights_only: a checkpoint is data, never code to run
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt or foreign file
+        raise RecapError(f"cannot read music encoder checkpoint {path}: {err}") from err
+
+
+def _normalise_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """Unwrap {'state_dict': ...}/{'model': ...}, strip 'module.', drop the legacy CLS copies."""
+    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in ("state_dict", "model") if k in obj), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise RecapError(f"{source} holds no state dict (got {type(obj).__name__})")
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue  # e.g. an epoch counter stored beside the weights
+        key = key.removeprefix("module.")
+        if key in _LEGACY_CLS_KEYS:
+            continue
+        state[key] = value
+    return state
+
+
+def _infer_config(state: Mapping[str, torch.Tensor], source: str) -> MusicEncoderConfig:
+    """Read the sizes a state dict fixes; the rest (heads, dropout, audio) stay the defaults."""
+    try:
+        n_channels = state["layer1.conv_1.weight"].shape[0]
+        n_tags = state["dense.weight"].shape[0]
+    except KeyError as err:
+        raise RecapError(f"{source} is not a CNNSA checkpoint: no {err.args[0]!r}") from err
+    overrides: dict[str, Any] = {"n_channels": n_channels, "n_tags": n_tags}
+    layers = {k.split(".")[2] for k in state if k.startswith("encoder.layer.")}
+    overrides["n_layers"] = len(layers)
+    if "encoder.layer.0.intermediate.dense.weight" in state:
+        overrides["ffn_dim"] = state["encoder.layer.0.intermediate.dense.weight"].shape[0]
+    window = state.get("spec.spectrogram.window")
+    if window is not None and window.dim() == 1 and window.numel() >= 2:
+        overrides["n_fft"] = window.numel()
+    fb = state.get("spec.mel_scale.fb")
+    n_freqs = overrides.get("n_fft", MusicEncoderConfig.n_fft) // 2 + 1
+    if fb is not None and fb.dim() == 2 and fb.shape[0] == n_freqs:
+        overrides["n_mels"] = fb.shape[1]  # otherwise (empty or transposed) keep the default
+    heads = MusicEncoderConfig.n_heads
+    if (2 * n_channels) % heads:
+        heads = math.gcd(2 * n_channels, heads)
+    overrides["n_heads"] = heads
+    return MusicEncoderConfig(**overrides)
+
+
+def _with_checkpoint_tags(
+    config: MusicEncoderConfig, state: Mapping[str, torch.Tensor], source: str
+) -> MusicEncoderConfig:
+    """The tagging head's size is a fact of the weights: take n_tags from the checkpoint."""
+    head = state.get("dense.weight")
+    if head is None or head.dim() != 2 or head.shape[0] == config.n_tags:
+        return config
+    n_tags = head.shape[0]
+    names = config.tag_names if len(config.tag_names) == n_tags else []
+    if config.tag_names and not names:
+        logger.warning(
+            "%s has %d tags but the config names %d; dropping the tag names",
+            source,
+            n_tags,
+            len(config.tag_names),
+        )
+    return replace(config, n_tags=n_tags, tag_names=names)
+
+
+def load_music_encoder(
+    spec: str | os.PathLike, device: torch.device | str | None = None
+) -> MusicEncoder:
+    """A saved folder, a reference checkpoint file, or a preset name (untrained) → eval model."""
+    path = Path(spec)
+    if path.is_dir():
+        model = MusicEncoder.from_pretrained(path)
+    elif path.is_file():
+        model = MusicEncoder.from_checkpoint(path)
+    elif str(spec) in PRESETS:
+        logger.warning(
+            "music encoder %r is a randomly initialised preset, not a trained model: its "
+            "embeddings carry no musical meaning until it is trained",
+            str(spec),
+        )
+        model = MusicEncoder(MusicEncoderConfig.preset(str(spec))).eval()
+    else:
+        raise RecapError(
+            f"music encoder {str(spec)!r} is neither a folder, a checkpoint file nor a preset "
+            f"({', '.join(PRESETS)})"
+        )
+    return model.to(device) if device is not None else model

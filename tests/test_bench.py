@@ -1,0 +1,199 @@
+"""The rendered-songs benchmark: templates and parser, scoring, and a tiny end-to-end build."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from recap.bench import (
+    AUDIO_SLOTS,
+    LYRICS_SLOTS,
+    audio_tag_vocabulary,
+    audio_tags,
+    load_truth,
+    parse_caption,
+    score_captions,
+)
+from recap.bench.build import BuildConfig, build_benchmark
+from recap.bench.facts import lyrics_facts
+from recap.bench.slots import ALL_SLOTS, VOCABULARIES, mood_for
+from recap.bench.templates import FAMILIES, SENTENCES, render_caption
+
+
+def _random_slots(rng: random.Random) -> dict[str, object]:
+    slots: dict[str, object] = {s: rng.choice(v) for s, v in VOCABULARIES.items()}
+    slots["mood"] = mood_for(str(slots["mode"]), str(slots["tempo"]))
+    # Lyric words that collide with vocabulary words must not be read as slots.
+    slots["first_line"] = rng.choice(
+        ["piano e forte amor", "in the fast night", "o haupt voll blut"]
+    )
+    slots["salient_words"] = rng.sample(["organ", "major", "herz", "love", "slow", "nacht"], 3)
+    return slots
+
+
+def test_parser_recovers_every_template_in_any_order():
+    rng = random.Random(0)
+    wordings = [range(len(SENTENCES[f])) for f in FAMILIES]
+    for combo in itertools.product(*wordings):
+        choice = dict(zip(FAMILIES, combo))
+        order = list(FAMILIES)
+        rng.shuffle(order)
+        slots = _random_slots(rng)
+        caption = render_caption(slots, choice, order)
+        assert parse_caption(caption) == slots, caption
+
+
+def test_score_captions_counts_wrong_and_missing_slots():
+    rng = random.Random(1)
+    truths = [_random_slots(rng) for _ in range(4)]
+    order = list(FAMILIES)
+    perfect = [render_caption(t, dict.fromkeys(FAMILIES, 0), order) for t in truths]
+    report = score_captions(perfect, truths)
+    assert all(v == 1.0 for v in report["accuracy"].values())
+    assert report["salient_words"]["f1"] == 1.0
+    assert report["audio_mean"] == report["lyrics_mean"] == 1.0
+
+    wrong = dict(truths[0])
+    wrong["melody"] = next(v for v in VOCABULARIES["melody"] if v != truths[0]["melody"])
+    preds = [render_caption(wrong, dict.fromkeys(FAMILIES, 1), order), "no facts at all"]
+    report = score_captions(preds, truths[:2])
+    assert report["accuracy"]["melody"] == 0.0
+    assert report["accuracy"]["tempo"] == 0.5  # the empty caption states nothing
+    assert report["salient_words"]["recall"] == 0.5
+    assert report["salient_words"]["precision"] == 1.0
+    assert report["audio_mean"] == pytest.approx(2.5 / 6)  # melody 0, five audio slots at 0.5
+    assert report["lyrics_mean"] == pytest.approx((3 * 0.5 + 2 / 3) / 4)  # words F1 = 2/3
+
+
+def test_lyrics_facts_language_and_theme():
+    de = lyrics_facts("Nun danket alle Gott mit Herzen, Mund und Händen, der große Dinge tut, Gott")
+    assert de is not None and de.language == "German" and de.theme == "faith"
+    assert de.first_line == "nun danket alle gott"
+    assert de.salient_words[0] == "gott"
+    fr = lyrics_facts("Mon amour, mon coeur, je t'aime, amour de la nuit et du coeur tendre")
+    assert fr is not None and fr.language == "French" and fr.theme == "love"
+    assert lyrics_facts("la la") is None
+
+
+def test_audio_tags_cover_vocabulary():
+    vocab = audio_tag_vocabulary()
+    truth = _random_slots(random.Random(2))
+    tags = audio_tags(truth)
+    assert len(tags) == len(AUDIO_SLOTS) and set(tags) <= set(vocab)
+    assert len(vocab) == len(set(vocab)) == sum(len(VOCABULARIES[s]) for s in AUDIO_SLOTS)
+    assert not set(LYRICS_SLOTS) & set(AUDIO_SLOTS)
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+CHORALES = ("bach/bwv10.7.mxl", "bach/bwv11.6.mxl", "bach/bwv101.7.mxl", "bach/bwv102.7.mxl")
+
+
+@pytest.fixture(scope="module")
+def score_dir(tmp_path_factory) -> Path:
+    from music21 import corpus, note, stream
+
+    root = tmp_path_factory.mktemp("scores")
+    for rel in CHORALES:
+        shutil.copy(corpus.getWork(rel.split("/")[1].rsplit(".", 1)[0]), root / rel.split("/")[1])
+    (root / "broken.mxl").write_bytes(b"this is not a zip file")
+    s = stream.Stream([note.Note("C4", quarterLength=1) for _ in range(8)])
+    s.write("musicxml", fp=root / "nolyrics.musicxml")
+    return root
+
+
+def _build(src: Path, out: Path, seed: int = 3) -> BuildConfig:
+    cfg = BuildConfig(
+        source=str(src), out=str(out), renders_per_song=2, comments_per_render=6,
+        seed=seed, workers=1, seconds=3.0,
+    )  # fmt: skip
+    build_benchmark(cfg, progress=False)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def built(score_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    _build(score_dir, out)
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def test_build_format(built):
+    rows, songs = _rows(built / "dataset.jsonl"), _rows(built / "songs.jsonl")
+    assert len(songs) == 2 * len(CHORALES) and len(rows) == 6 * len(songs)
+    for row in rows:
+        assert isinstance(row["music4all_id"], str) and isinstance(row["votes"], int)
+        assert row["split"] in ("train", "val", "test") and row["lyrics"] and row["comment"]
+        assert set(row["slots"]) == set(row["slots_correct"]) == set(ALL_SLOTS)
+        assert parse_caption(row["comment"]) == row["slots"]  # the caption says what it stores
+    truth = load_truth(built)
+    assert set(truth) == {s["song_id"] for s in songs}
+    for song in songs:
+        audio, sr = sf.read(built / "audios" / f"{song['song_id']}.mp3")
+        assert sr == 44100 and abs(len(audio) / sr - 3.0) < 0.1
+        assert np.abs(audio).max() > 0.1
+        assert set(audio_tags(song["truth"])) <= set(audio_tag_vocabulary())
+
+
+def test_split_by_work_and_votes(built):
+    rows = _rows(built / "dataset.jsonl")
+    splits_of_work: dict[str, set] = {}
+    for row in rows:
+        splits_of_work.setdefault(row["work_id"], set()).add(row["split"])
+        ok = all(row["slots_correct"].values())
+        assert (row["votes"] < 0) == (not ok)  # wrong ones are down-voted, and only those
+    assert all(len(s) == 1 for s in splits_of_work.values())
+    assert {"train", "val", "test"} <= set().union(*splits_of_work.values())
+    votes = [r["votes"] for r in rows]
+    full, not_negative, positive = len(votes), sum(v >= 0 for v in votes), sum(v > 0 for v in votes)
+    assert full > not_negative > positive > 0  # the three variants differ
+
+
+def test_bad_inputs_are_reported(built):
+    report = json.loads((built / "skipped.json").read_text())
+    reasons = {Path(i["item"]).name: i["reason"] for i in report["items"]}
+    assert report["skipped"] == 2
+    assert reasons["broken.mxl"].startswith("cannot parse")
+    assert reasons["nolyrics.musicxml"] == "no lyrics"
+
+
+def test_same_seed_same_dataset(score_dir, built, tmp_path):
+    _build(score_dir, tmp_path)
+    assert (tmp_path / "dataset.jsonl").read_bytes() == (built / "dataset.jsonl").read_bytes()
+    assert (tmp_path / "songs.jsonl").read_bytes() == (built / "songs.jsonl").read_bytes()
+    name = sorted((built / "audios").iterdir())[0].name
+    assert (tmp_path / "audios" / name).read_bytes() == (built / "audios" / name).read_bytes()
+
+
+def test_cli_registers_build_and_probe():
+    from recap.bench.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "build", "--out", "x", "--limit", "3"])
+    assert args.limit == 3 and args.source == "music21" and callable(args.func)
+    args = parser.parse_args(["bench", "probe", "d"])
+    assert args.data_dir == "d" and callable(args.func)
+
+
+def test_probe_writes_table(built, tmp_path):
+    from recap.bench.probe import format_table, run_probe
+
+    report = run_probe(built, out=tmp_path / "probe.json", folds=2, seconds=3.0, workers=1)
+    assert json.loads((tmp_path / "probe.json").read_text())["slots"] == report["slots"]
+    assert "melody" in report["slots"]
+    for r in report["slots"].values():
+        assert 0.0 <= r["audio"] <= 1.0 and 0.0 <= r["lyrics"] <= 1.0 and 0.0 <= r["chance"] <= 1.0
+    assert "melody" in format_table(report)

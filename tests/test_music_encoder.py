@@ -1,0 +1,313 @@
+"""CNNSA music encoder: golden reference outputs, checkpoint loading, shapes and persistence."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recap.music_encoder import (
+    MusicEncoder,
+    MusicEncoderConfig,
+    htk_mel_filterbank,
+    load_music_encoder,
+)
+from recap.utils import RecapError
+
+REFERENCE_PARAMS = 10_521_652  # SPEC §1.1 / cnnsa_ref_meta.json
+
+
+def tiny(**overrides) -> MusicEncoder:
+    torch.manual_seed(0)
+    return MusicEncoder(MusicEncoderConfig.preset("tiny", **overrides)).eval()
+
+
+# ----------------------------------------------------------------------------- golden reference
+
+
+def merged_reference_state(ref_dir: Path) -> dict[str, torch.Tensor]:
+    """SPEC §5: one state dict in two files; floats stored as fp16, cast back to fp32."""
+    state: dict[str, torch.Tensor] = {}
+    for part in ("cnnsa_ref_weights_part1.pt", "cnnsa_ref_weights_part2.pt"):
+        state.update(torch.load(ref_dir / part, map_location="cpu", weights_only=True))
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def reference(shared_dir: Path):
+    ref_dir = shared_dir / "reference" / "cnnsa"
+    state = merged_reference_state(ref_dir)
+    io = torch.load(ref_dir / "cnnsa_ref_io.pt", map_location="cpu", weights_only=True)
+    meta = json.loads((ref_dir / "cnnsa_ref_meta.json").read_text())
+    model = MusicEncoder.from_checkpoint(state).float()
+    return model, state, io, meta
+
+
+def test_golden_reference_outputs(reference):
+    model, _, io, meta = reference
+    assert not model.training
+    with torch.no_grad():
+        log_mel = model.log_mel(io["waveform"])
+        sequence = model(io["waveform"])
+        tags = torch.sigmoid(model.tag_logits_from_sequence(sequence))
+    assert log_mel.shape == (2, 128, 938) and sequence.shape == (2, 119, 256)
+    err_mel = (log_mel - io["log_mel_db"]).abs().max().item()
+    err_seq = (sequence - io["sequence"]).abs().max().item()
+    err_tags = (tags - io["tags"]).abs().max().item()
+    print(
+        f"golden max abs error: log-mel dB {err_mel:.2e}, sequence {err_seq:.2e}, tags {err_tags:.2e}"
+    )
+    assert err_mel < 1e-2
+    assert err_seq < 1e-4
+    assert err_tags < 1e-5
+    assert sum(p.numel() for p in model.parameters()) == meta["n_params"] == REFERENCE_PARAMS
+    assert model.output_length(io["waveform"].shape[1]) == 119
+
+
+def test_recomputed_filterbank_is_torchaudios(reference):
+    model, state, _, _ = reference
+    # float32 construction equals torchaudio's stored buffer exactly
+    assert torch.equal(htk_mel_filterbank(257, 0.0, 8000.0, 128, 16000), state["spec.mel_scale.fb"])
+    assert torch.equal(model.spec.spectrogram.window, state["spec.spectrogram.window"])
+
+
+@pytest.mark.parametrize("fb_shape", [(0,), (128, 257), (256, 128)])
+def test_checkpoint_with_other_filterbank_shape(reference, tmp_path, fb_shape):
+    model, state, io, _ = reference
+    odd = dict(state)
+    odd["spec.mel_scale.fb"] = torch.zeros(fb_shape)
+    # a training checkpoint: nested, DataParallel prefixes, plus the legacy 64-copy CLS
+    odd["vec_cls"] = model.cls_vector.expand(64, -1).unsqueeze(1).clone()  # (64, 1, 256)
+    path = tmp_path / "best_model.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in odd.items()}}, path)
+    loaded = load_music_encoder(path)
+    assert loaded.config.n_mels == 128 and loaded.config.n_tags == 50
+    wav = io["waveform"][:, :4000]
+    with torch.no_grad():
+        assert torch.equal(loaded(wav), model(wav))
+
+
+def test_explicit_config_overrides_a_stored_filterbank(reference):
+    model, state, io, _ = reference
+    odd = dict(state, **{"spec.mel_scale.fb": torch.zeros(257, 96)})
+    # without a config, (257, 96) reads as a 96-band model ...
+    assert MusicEncoder.from_checkpoint(odd).config.n_mels == 96
+    # ... with one, the filterbank is recomputed for it
+    loaded = MusicEncoder.from_checkpoint(odd, config=MusicEncoderConfig())
+    wav = io["waveform"][:, :4000]
+    with torch.no_grad():
+        assert torch.equal(loaded(wav), model(wav))
+
+
+# ----------------------------------------------------------------------------- architecture
+
+
+def test_reference_config_keys_and_param_count(shared_dir):
+    meta = json.loads((shared_dir / "reference" / "cnnsa" / "cnnsa_ref_meta.json").read_text())
+    with torch.device("meta"):
+        model = MusicEncoder(MusicEncoderConfig.preset("reference"))
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == meta["keys"]
+    assert "cls_vector" not in shapes  # fixed, recomputed: never saved
+
+
+def test_default_config_param_count_on_meta_device():
+    with torch.device("meta"):
+        model = MusicEncoder()
+    n = sum(p.numel() for p in model.parameters())
+    assert n == REFERENCE_PARAMS
+    assert round(n / 1e6, 2) == 10.52
+    assert model.config.hidden_size == 256 and model.config.ffn_dim == 1024
+
+
+def test_cls_vector_is_the_seeded_numpy_draw():
+    model = tiny()
+    np.random.seed(0)
+    expected = torch.tensor(np.random.random((1, 16)), dtype=torch.float32)
+    assert torch.equal(model.cls_vector, expected)
+
+
+def test_batches_above_64_and_rows_are_independent():
+    model = tiny()
+    wav = torch.randn(65, 2000)  # (B, T), B > the reference's 64-copy CLS limit
+    with torch.no_grad():
+        seq = model(wav)
+        single = model(wav[-1:])
+    assert seq.shape == (65, model.output_length(2000), 16)
+    torch.testing.assert_close(seq[-1:], single, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_samples", [257, 1000, 4096, 16000, 16257])
+def test_output_length_matches_forward(num_samples):
+    model = tiny()
+    wav = torch.randn(2, num_samples)
+    with torch.no_grad():
+        log_mel = model.log_mel(wav)
+        seq = model(wav)
+    assert log_mel.shape == (2, 32, model.num_frames(num_samples))
+    assert seq.shape == (2, model.output_length(num_samples), 16)
+
+
+def test_reference_lengths():
+    model = tiny()  # lengths depend only on hop and strides, shared with the reference
+    assert model.num_frames(240_000) == 938
+    assert model.output_length(240_000) == 119
+    # time 938 → 469 → 235 → 118, plus CLS
+    assert model.output_length(240_000) == 1 + math.ceil(math.ceil(math.ceil(938 / 2) / 2) / 2)
+
+
+def test_log_mel_peaks_at_the_tone_band():
+    model = tiny(n_mels=128)
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * math.pi * 1000.0 * t).unsqueeze(0)  # (1, T) 1 kHz
+    log_mel = model.log_mel(tone)  # (1, 128, frames)
+    peak_band = log_mel[0, :, 10:-10].mean(-1).argmax().item()
+    fb = model.spec.mel_scale.fb  # (257, 128); 1 kHz is FFT bin 32
+    assert peak_band == fb[32].argmax().item()
+
+
+def test_filterbank_matches_librosa():
+    import librosa
+
+    for n_mels in (128, 32):
+        ours = htk_mel_filterbank(257, 0.0, 8000.0, n_mels, 16000)
+        theirs = librosa.filters.mel(
+            sr=16000, n_fft=512, n_mels=n_mels, fmin=0.0, fmax=8000.0, htk=True, norm=None
+        ).T  # (257, n_mels)
+        assert ours.shape == theirs.shape
+        assert np.abs(ours.numpy() - theirs).max() < 1.5e-5
+        ours64 = htk_mel_filterbank(257, 0.0, 8000.0, n_mels, 16000, dtype=torch.float64)
+        assert np.abs(ours64.numpy() - theirs).max() < 1e-6
+
+
+def test_dtypes_follow_the_model():
+    model = tiny()
+    wav = torch.randn(2, 3000)
+    with torch.no_grad():
+        ref = model(wav)
+        assert model(wav.double()).dtype == torch.float32
+        torch.testing.assert_close(model(wav.half()), ref, atol=1e-2, rtol=1e-2)
+        assert model.double()(wav).dtype == torch.float64
+
+
+def test_mel_front_end_ignores_autocast():
+    model = tiny()
+    wav = 0.9 * torch.randn(2, 3000)
+    reference = model.log_mel(wav)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = model.log_mel(wav)
+        seq = model(wav)
+    assert autocast.dtype == torch.float32
+    assert torch.equal(autocast, reference)
+    assert torch.isfinite(seq).all()
+
+
+def test_tag_logits_train_with_bce():
+    model = tiny().train()
+    wav = torch.randn(4, 3000)
+    target = torch.randint(0, 2, (4, 50)).float()
+    logits = model.tag_logits(wav)
+    assert logits.shape == (4, 50)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    loss.backward()
+    assert model.layer1.conv_1.weight.grad.abs().sum() > 0
+    assert model.dense.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.tag(wav), torch.sigmoid(model.tag_logits(wav)))
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def test_config_round_trip_and_presets():
+    config = MusicEncoderConfig.preset("tiny", n_tags=3, tag_names=["rock", "jazz", "pop"])
+    again = MusicEncoderConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert MusicEncoderConfig.preset("reference") == MusicEncoderConfig()
+    assert MusicEncoderConfig.preset("small").hidden_size == 64
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    model = tiny(n_tags=3, tag_names=["a", "b", "c"])
+    model.train()
+    model(torch.randn(3, 3000))  # move BatchNorm running statistics off their init
+    model.eval()
+    model.save_pretrained(tmp_path / "enc")
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    loaded = load_music_encoder(tmp_path / "enc")
+    assert loaded.config == model.config and not loaded.training
+    wav = torch.randn(2, 3000)
+    with torch.no_grad():
+        assert torch.equal(loaded(wav), model(wav))
+        assert torch.equal(loaded.tag(wav), model.tag(wav))
+
+
+def test_preset_name_loads_untrained_with_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="recap.music_encoder"):
+        model = load_music_encoder("tiny")
+    assert isinstance(model, MusicEncoder) and not model.training
+    assert "not a trained model" in caplog.text
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_checkpoint_head_size_wins_over_config():
+    source = tiny(n_tags=7)
+    loaded = MusicEncoder.from_checkpoint(
+        source.state_dict(), config=MusicEncoderConfig.preset("tiny", n_tags=50)
+    )
+    assert loaded.config.n_tags == 7
+    wav = torch.randn(1, 3000)
+    with torch.no_grad():
+        assert torch.equal(loaded.tag(wav), source.tag(wav))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(RecapError, match="neither a folder"):
+        load_music_encoder(tmp_path / "missing.pth")
+    with pytest.raises(RecapError, match="not found"):
+        MusicEncoder.from_checkpoint(tmp_path / "missing.pth")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(RecapError, match="cannot read"):
+        load_music_encoder(garbage)
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(RecapError, match="config.json missing"):
+        load_music_encoder(empty_dir)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {"linear.weight": torch.zeros(2, 2)}}, foreign)
+    with pytest.raises(RecapError, match="not a CNNSA checkpoint"):
+        load_music_encoder(foreign)
+    # the right family, the wrong sizes for the requested config
+    with pytest.raises(RecapError, match="does not fit"):
+        MusicEncoder.from_checkpoint(tiny().state_dict(), config=MusicEncoderConfig())
+    # an unexpected key is an incompatibility too, not silently ignored
+    extra = dict(tiny().state_dict(), **{"head2.weight": torch.zeros(1)})
+    with pytest.raises(RecapError, match="does not fit"):
+        MusicEncoder.from_checkpoint(extra)
+
+
+def test_config_errors():
+    with pytest.raises(RecapError, match="n_mels=256"):
+        MusicEncoderConfig(n_mels=256)
+    with pytest.raises(RecapError, match="not divisible"):
+        MusicEncoderConfig(n_channels=6, n_heads=8)
+    with pytest.raises(RecapError, match="tag_names"):
+        MusicEncoderConfig(n_tags=2, tag_names=["a"])
+    with pytest.raises(RecapError, match="unknown music encoder preset"):
+        MusicEncoderConfig.preset("huge")
+    with pytest.raises(RecapError, match="unknown MusicEncoderConfig field"):
+        MusicEncoderConfig.from_dict({"n_chanels": 4})
+    with pytest.raises(RecapError, match="too short"):
+        tiny().log_mel(torch.zeros(1, 256))

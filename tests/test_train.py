@@ -1,0 +1,243 @@
+"""Training: the batch sampler, TrainConfig and its flags, an end-to-end CPU run, exact resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import recap.train as train_mod
+from recap.batching import LengthGroupedBatchSampler
+from recap.train import TrainConfig, add_config_arguments, config_from_args, train
+
+WORDS = "love night river sun rain heart road home fire sea".split()
+INSTRUMENTS = ["piano", "violin", "flute", "organ"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def make_dataset(root: Path, n_songs: int = 10, per_song: int = 3, audio: bool = False) -> Path:
+    """dataset.jsonl (train songs, one val song, one test song) + 16 kHz wav clips if `audio`."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for s in range(n_songs):
+        song = f"song{s:02d}"
+        split = "test" if s == n_songs - 1 else "val" if s == n_songs - 2 else "train"
+        words = [WORDS[(s + k) % len(WORDS)] for k in range(6)]
+        lyrics = " ".join(words[:3]) + "\n" + " ".join(words[3:])
+        for k in range(per_song):
+            mood = " with a sad mood" if k % 2 else ""
+            comment = f"a {INSTRUMENTS[s % 4]} song about {words[k]} and {words[k + 1]}{mood}"
+            lines.append(
+                {
+                    "music4all_id": song,
+                    "songmeanings_id": f"m{s}",
+                    "lyrics": lyrics,
+                    "comment": comment,
+                    "votes": k - 1,
+                    "split": split,
+                }
+            )
+        if audio:
+            import soundfile as sf
+
+            (root / "audios").mkdir(exist_ok=True)
+            t = np.arange(16_000) / 16_000  # 1 s; the excerpt pads it to 15 s
+            wave = 0.3 * np.sin(2 * np.pi * (220 + 40 * s) * t)
+            sf.write(root / "audios" / f"{song}.wav", wave.astype(np.float32), 16_000)
+    with open(root / "dataset.jsonl", "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    return root
+
+
+def fake_music_embeddings(data_dir, encoder, song_ids, device="cpu", progress=True, workers=0):
+    """Stand-in for the embedding cache: a fixed random (119, D) float16 sequence per song."""
+    width = encoder.config.hidden_size
+    return {
+        sid: np.random.default_rng(int(sid[-2:])).standard_normal((119, width)).astype(np.float16)
+        for sid in song_ids
+    }
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        data=str(data),
+        out=str(out),
+        preset="recap",
+        size="tiny",
+        batch_size=4,
+        epochs=2,
+        val_every_epochs=1,
+        log_every_steps=2,
+        checkpoint_every_steps=0,
+        progress=False,
+        align_weight=0.5,  # large enough that a broken alignment path changes the weights
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "last" / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_sampler_covers_every_example_once_and_groups_by_length():
+    lengths = np.random.default_rng(1).integers(5, 500, size=103)
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=8, seed=3, mega_batch_mult=4)
+    sampler.set_epoch(0)
+    batches = list(sampler)
+    assert len(batches) == sampler.batches_per_epoch() == 13
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(103))
+    # Within a batch lengths are sorted descending (a mega-batch is sorted, then cut).
+    assert all(list(lengths[b]) == sorted(lengths[b], reverse=True) for b in batches)
+    # Grouping pads less than a random order would.
+    def padding(bs):
+        return sum(len(b) * max(lengths[b]) - sum(lengths[b]) for b in bs)
+
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(103)
+    random_batches = [perm[i : i + 8] for i in range(0, 103, 8)]
+    assert padding(batches) < 0.5 * padding(random_batches)
+
+
+def test_sampler_is_deterministic_per_epoch_and_resumes_mid_epoch():
+    lengths = list(range(50))
+    a = LengthGroupedBatchSampler(lengths, 6, seed=7)
+    b = LengthGroupedBatchSampler(lengths, 6, seed=7)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    full = list(a)
+    assert full == list(b)
+    b.set_epoch(3)
+    assert list(b) != full  # another epoch, another order
+    b.set_epoch(2, start_batch=3)
+    assert len(b) == len(full) - 3
+    assert list(b) == full[3:]
+    c = LengthGroupedBatchSampler(lengths, 6, seed=8)
+    assert list(c) != list(LengthGroupedBatchSampler(lengths, 6, seed=7))
+
+
+def test_sampler_shards_each_global_batch_across_ranks():
+    lengths = np.random.default_rng(2).integers(1, 100, size=37)
+    one = LengthGroupedBatchSampler(lengths, 8, seed=0, num_replicas=1)
+    ranks = [LengthGroupedBatchSampler(lengths, 8, seed=0, num_replicas=2, rank=r) for r in (0, 1)]
+    shards = [list(r) for r in ranks]
+    assert len(shards[0]) == len(shards[1]) == len(list(one))
+    for whole, r0, r1 in zip(one, *shards):
+        assert len(r0) == len(r1)
+        # The last global batch (5 examples) is padded by repeating one of its own examples.
+        assert set(r0 + r1) == set(whole) and len(r0 + r1) == len(whole) + len(whole) % 2
+    with pytest.raises(ValueError):
+        LengthGroupedBatchSampler(lengths, 7, num_replicas=2)
+
+
+# ----------------------------------------------------------------------------- TrainConfig
+
+
+def test_train_config_flags_come_from_the_dataclass():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(
+        ["--data", "D", "--out", "R", "--preset", "bart-fusion", "--batch-size", "12",
+         "--lr", "3e-4", "--no-progress", "--set", "dropout=0.2", "--set", "fusion_scale=0.5",
+         "--align-weight", "0.05"]  # fmt: skip
+    )
+    cfg = config_from_args(args)
+    assert (cfg.preset, cfg.batch_size, cfg.lr, cfg.progress) == ("bart-fusion", 12, 3e-4, False)
+    assert cfg.model_overrides == {"dropout": 0.2, "fusion_scale": 0.5}
+    assert cfg.align_weight == 0.05
+    # Left-out flags keep defaults; the paper size resolves to the paper's protocol (SPEC §2).
+    paper = TrainConfig(data="D", out="R").resolved()
+    assert (paper.batch_size, paper.lr, paper.epochs, paper.optimizer) == (48, 6e-5, 50, "adafactor")
+    assert TrainConfig.from_dict(paper.to_dict()) == paper
+    with pytest.raises(Exception, match="val_metric"):
+        TrainConfig(val_metric="bleu").resolved()
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_end_to_end_cpu_run_with_real_embedding_cache(tmp_path):
+    """Real path: wav files → embedding cache → train → validate → RUN/best loads."""
+    from recap.model import RecapModel
+
+    data = make_dataset(tmp_path / "data", n_songs=6, per_song=2, audio=True)
+    run = train(tiny_config(data, tmp_path / "run", epochs=1, embed_workers=0))
+    for name in ("train_config.json", "log.jsonl", "done.json", "last/model.safetensors",
+                 "best/config.json", "best/tokenizer.json", "tokenizer/tokenizer.json"):  # fmt: skip
+        assert (run / name).exists(), name
+    assert any((run / "tb").iterdir())
+    done = json.loads((run / "done.json").read_text())
+    assert done["val_metric"] == "rougeL_f1" and 0.0 <= done["best_metric"] <= 1.0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "caption_loss" in r and "event" not in r]
+    assert steps and {"loss", "align_loss", "lr", "samples_per_s", "tokens_per_s"} <= set(steps[0])
+    assert any(r.get("event") == "validation" for r in log)
+
+    model = RecapModel.from_pretrained(run / "best")
+    assert model.music_encoder is not None  # captions audio files on its own
+    tok = model.tokenizer
+    enc = tok(["love night river;sun rain heart"], return_tensors="pt")
+    out = model.generate(enc["input_ids"], enc["attention_mask"],
+                         waveform=torch.zeros(1, 16_000), max_new_tokens=5)  # fmt: skip
+    assert out.shape[0] == 1
+    # A finished run is reused, not retrained.
+    stamp = (run / "done.json").stat().st_mtime_ns
+    assert train(tiny_config(data, tmp_path / "run", epochs=1, embed_workers=0)) == run
+    assert (run / "done.json").stat().st_mtime_ns == stamp
+
+
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "music_embeddings", fake_music_embeddings)
+    data = make_dataset(tmp_path / "data")
+    # 8 songs x 3 train rows = 24 examples, batch 4: 6 steps per epoch, 12 in all.
+    straight = train(tiny_config(data, tmp_path / "a"))
+    # Stop mid-epoch 2 (step 8), resume; then stop exactly at an epoch end (step 6) and resume.
+    paused = train(tiny_config(data, tmp_path / "b", max_steps=8, checkpoint_every_steps=3))
+    assert not (paused / "done.json").exists()
+    state = json.loads((paused / "last" / "state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)
+    with pytest.raises(Exception, match="--resume"):
+        train(tiny_config(data, tmp_path / "b"))
+    resumed = train(tiny_config(data, tmp_path / "b", resume=True))
+    assert (resumed / "done.json").exists()
+
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    done_a = json.loads((straight / "done.json").read_text())
+    done_b = json.loads((resumed / "done.json").read_text())
+    assert done_a["best_metric"] == done_b["best_metric"]
+    assert [v["rougeL_f1"] for v in done_a["validations"]] == [
+        v["rougeL_f1"] for v in done_b["validations"]
+    ]
+
+
+def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_path, monkeypatch):
+    def no_music(*args, **kwargs):  # the lyrics-only baseline must never ask for audio
+        raise AssertionError("bart preset asked for music embeddings")
+
+    monkeypatch.setattr(train_mod, "music_embeddings", no_music)
+    data = make_dataset(tmp_path / "data", n_songs=5, per_song=2)
+    cfg = tiny_config(data, tmp_path / "run", preset="bart", epochs=1, optimizer="adamw",
+                      align_weight=None, max_grad_norm=1.0)  # fmt: skip
+    run = train(cfg)
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["optimizer"] == "adamw" and saved["lr"] == 1e-3  # resolved size default
+    with pytest.raises(Exception, match="other settings"):
+        train(tiny_config(data, tmp_path / "run", preset="bart", epochs=1, lr=0.5,
+                          align_weight=None, optimizer="adamw", max_grad_norm=1.0))  # fmt: skip
