@@ -123,6 +123,15 @@ def _check_format(samplerate: int, channels: int, where: str) -> None:
         )
 
 
+def _mix_down(block: np.ndarray) -> np.ndarray:
+    """(T, C) float32 → (T,) channel mean. A matrix-vector product, because numpy's
+    `mean(axis=1)` over the short, interleaved channel axis is ~10× slower (47 ms for 15 s of
+    stereo at 44.1 kHz, more than decoding it) and was what made this pipeline trail librosa."""
+    if block.shape[1] == 1:
+        return block[:, 0]
+    return block @ np.full(block.shape[1], 1.0 / block.shape[1], dtype=block.dtype)
+
+
 def _start_seconds(config: AudioConfig, source_duration: float) -> float:
     if config.offset == "centre":
         return max(0.0, (source_duration - config.duration) / 2)
@@ -194,7 +203,7 @@ def load_excerpt(path: str | os.PathLike, config: AudioConfig = AudioConfig()) -
             f"{where}: truncated or corrupt: header declares {declared} frames, decoding stopped "
             f"at {read_from + block.shape[0]}",
         )
-    mono = block.mean(axis=1) if channels > 1 else block[:, 0]  # (T,)
+    mono = _mix_down(block)  # (T, C) → (T,)
     # The leading margin, measured in output samples, is cut after resampling.
     skip_out = int(round((start - read_from) * config.sample_rate / src_rate))
     waveform, padded = _finish(mono, src_rate, skip_out, config, where)
@@ -229,7 +238,7 @@ def excerpt_from_array(
     x = x.astype(np.float32, copy=False)
     source_duration = x.shape[0] / sample_rate
     start = int(round(_start_seconds(config, source_duration) * sample_rate))
-    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]  # (T,)
+    mono = _mix_down(x)  # (T, C) → (T,)
     margin = int(math.ceil(_MARGIN_SECONDS * sample_rate))
     read_from = max(0, start - margin)
     stop = start + int(math.ceil(config.duration * sample_rate)) + margin

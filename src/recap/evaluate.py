@@ -167,7 +167,7 @@ def _music_for(
     """song id → (M, D) music sequence for a model that listens; None for a lyrics-only one.
 
     The encoder is, in order: `encoder` (the caller's), the one the run trained with (its
-    train_config.json), the frozen encoder saved inside the model, the model's music preset.
+    train_config.json), the frozen encoder saved inside the model.
     """
     if not model.config.use_music:
         return None
@@ -179,15 +179,12 @@ def _music_for(
     if spec is None and getattr(model, "music_encoder", None) is not None:
         spec = model.music_encoder
     if spec is None:
-        from recap.music_encoder import PRESETS, MusicEncoderConfig
-
-        spec = next(
-            (n for n in PRESETS if MusicEncoderConfig.preset(n) == model.config.music), None
+        # A preset name would be a fresh random encoder: its embeddings would not be the ones
+        # the model was trained on.
+        raise RecapError(
+            "cannot tell which music encoder made this model's embeddings (no encoder in the "
+            "run's train_config.json or in the model folder): pass --encoder"
         )
-        if spec is None:
-            raise RecapError(
-                "cannot tell which music encoder made this model's embeddings: pass --encoder"
-            )
     return ensure_embeddings(data_dir, spec, song_ids)
 
 
@@ -466,7 +463,9 @@ def format_summary(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+def add_decode_arguments(parser: argparse.ArgumentParser, seeds_flag: str = "--seeds") -> None:
+    """Decoding flags; `seeds_flag` names the sampling seeds (`recap experiment` keeps
+    `--seeds` for training seeds and calls this one `--sample-seeds`)."""
     d = DecodeConfig()
     parser.add_argument("--beams", type=int, default=d.num_beams, help="beam width (default 4)")
     parser.add_argument(
@@ -474,9 +473,10 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass when sampling")
     parser.add_argument(
-        "--seeds",
+        seeds_flag,
+        dest="sample_seeds",
         default=",".join(str(s) for s in d.seeds),
-        help="comma-separated sampling seeds; metrics are averaged over them",
+        help="comma-separated sampling seeds (with --sample); metrics are averaged over them",
     )
     parser.add_argument(
         "--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size, help="(default 3)"
@@ -489,9 +489,11 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
 
 def decode_from_args(args: argparse.Namespace) -> DecodeConfig:
     try:
-        seeds = tuple(int(s) for s in str(args.seeds).split(",") if s.strip())
+        seeds = tuple(int(s) for s in str(args.sample_seeds).split(",") if s.strip())
     except ValueError as exc:
-        raise RecapError(f"--seeds must be comma-separated integers: {args.seeds!r}") from exc
+        raise RecapError(
+            f"sampling seeds must be comma-separated integers: {args.sample_seeds!r}"
+        ) from exc
     return DecodeConfig(
         num_beams=args.beams,
         do_sample=args.sample,

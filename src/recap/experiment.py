@@ -241,7 +241,9 @@ def _cell(stat: Mapping[str, Any] | None, intervals: bool = True) -> str:
     return text
 
 
-def render_table1(rows: Sequence[Mapping[str, Any]], decode: Mapping[str, Any] | None = None) -> str:
+def render_table1(
+    rows: Sequence[Mapping[str, Any]], decode: Mapping[str, Any] | None = None
+) -> str:
     """Markdown Table 1: our numbers (with 95% bootstrap intervals) and, on the line below each,
     the paper's, labelled. Percent."""
     columns = [c for c, key in TABLE_COLUMNS if any(key in r for r in rows)]
@@ -271,7 +273,9 @@ def render_table1(rows: Sequence[Mapping[str, Any]], decode: Mapping[str, Any] |
         "results, not comparable in level with a different dataset or model size.",
     ]
     if decode is not None:
-        notes.append(f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))}).")
+        notes.append(
+            f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
+        )
     return "\n".join(lines + notes) + "\n"
 
 
@@ -306,7 +310,12 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}"
 
 
-def write_table1(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, decode: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]] = ()) -> dict[str, Path]:
+def write_table1(
+    rows: Sequence[Mapping[str, Any]],
+    out: str | os.PathLike,
+    decode: Mapping[str, Any] | None,
+    records: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Path]:
     """table1.md, table1.json (rows, the paper's numbers, every run record) and table1.csv."""
     out = Path(out)
     paths = {"md": out / "table1.md", "json": out / "table1.json", "csv": out / "table1.csv"}
@@ -329,7 +338,12 @@ def run_table1(cfg: ExperimentConfig) -> dict[str, Any]:
     ]
     rows = aggregate(records)
     paths = write_table1(rows, cfg.out, cfg.decode.to_dict(), records)
-    return {"rows": rows, "records": records, "paths": {k: str(v) for k, v in paths.items()}, "markdown": render_table1(rows, cfg.decode.to_dict())}
+    return {
+        "rows": rows,
+        "records": records,
+        "paths": {k: str(v) for k, v in paths.items()},
+        "markdown": render_table1(rows, cfg.decode.to_dict()),
+    }
 
 
 # ------------------------------------------------------------------------------ Figure 2
@@ -345,23 +359,36 @@ def sweep_run_name(weight: float, size: str) -> tuple[str, float | None, str]:
     return "recap", float(weight), f"recap-w{weight:g}"
 
 
-def run_sweep(cfg: ExperimentConfig, weights: Sequence[float], variant: str = "full") -> dict[str, Any]:
+def run_sweep(
+    cfg: ExperimentConfig, weights: Sequence[float], variant: str = "full"
+) -> dict[str, Any]:
     """Train and evaluate RECAP at each alignment weight w; write sweep.json and sweep.png."""
     records = []
     for w in weights:
         method, align_weight, name = sweep_run_name(float(w), cfg.size)
         for seed in cfg.seeds:
-            rec = train_and_evaluate(cfg, method, variant, seed, align_weight=align_weight, name=name)
+            rec = train_and_evaluate(
+                cfg, method, variant, seed, align_weight=align_weight, name=name
+            )
             rec["align_weight"] = float(w)
             records.append(rec)
     out = Path(cfg.out)
     points = sweep_points(records)
-    atomic_write_json(out / "sweep.json", {"variant": variant, "points": points, "runs": records, "decode": cfg.decode.to_dict()})
-    png = plot_sweep(points, out / "sweep.png", title=f"RECAP: ROUGE-L vs alignment weight ({VARIANT_NAMES[variant]})")
+    atomic_write_json(
+        out / "sweep.json",
+        {"variant": variant, "points": points, "runs": records, "decode": cfg.decode.to_dict()},
+    )
+    png = plot_sweep(
+        points,
+        out / "sweep.png",
+        title=f"RECAP: ROUGE-L vs alignment weight ({VARIANT_NAMES[variant]})",
+    )
     return {"points": points, "records": records, "png": str(png)}
 
 
-def sweep_points(records: Sequence[Mapping[str, Any]], key: str = "ROUGE-L recall") -> list[dict[str, Any]]:
+def sweep_points(
+    records: Sequence[Mapping[str, Any]], key: str = "ROUGE-L recall"
+) -> list[dict[str, Any]]:
     """Per weight: the metric's mean over seeds, mean bootstrap bounds, each seed's value."""
     by_w: dict[float, list[Mapping[str, Any]]] = {}
     for r in records:
@@ -384,7 +411,11 @@ def sweep_points(records: Sequence[Mapping[str, Any]], key: str = "ROUGE-L recal
     return points
 
 
-def plot_sweep(points: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "ROUGE-L vs alignment weight") -> Path:
+def plot_sweep(
+    points: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str = "ROUGE-L vs alignment weight",
+) -> Path:
     """Figure 2: the metric (percent) against w, with the bootstrap interval as error bars and
     each seed as a dot. The weights are evenly spaced and labelled (they span 0 to 0.1 unevenly)."""
     import matplotlib
@@ -399,10 +430,23 @@ def plot_sweep(points: Sequence[Mapping[str, Any]], path: str | os.PathLike, tit
     low = np.array([100 * p["low"] for p in points])
     high = np.array([100 * p["high"] for p in points])
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    ax.errorbar(x, mean, yerr=[mean - low, high - mean], fmt="o-", capsize=4, label="mean over seeds, 95% bootstrap CI")
+    ax.errorbar(
+        x,
+        mean,
+        yerr=[mean - low, high - mean],
+        fmt="o-",
+        capsize=4,
+        label="mean over seeds, 95% bootstrap CI",
+    )
     for xi, p in zip(x, points):
         if len(p["per_seed"]) > 1:
-            ax.scatter([xi] * len(p["per_seed"]), [100 * v for v in p["per_seed"]], s=10, color="grey", zorder=3)
+            ax.scatter(
+                [xi] * len(p["per_seed"]),
+                [100 * v for v in p["per_seed"]],
+                s=10,
+                color="grey",
+                zorder=3,
+            )
     ax.set_xticks(x, [f"{p['align_weight']:g}" for p in points])
     ax.set_xlabel("alignment weight w")
     ax.set_ylabel(f"{points[0]['metric']} (%)")
@@ -451,8 +495,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         size=args.size,
         encoder=args.encoder,
         bart=args.bart,
-        variants=_csv_list(args.variants) if hasattr(args, "variants") else ("full",),
-        seeds=_csv_list(args.seeds_train, int),
+        variants=_csv_list(args.variants) if hasattr(args, "variants") else (args.variant,),
+        seeds=_csv_list(args.seeds, int),
         train_overrides=_parse_set(args.train),
         decode=decode_from_args(args),
         meteor15=not args.no_meteor15,
@@ -474,7 +518,9 @@ def _sweep_handler(args: argparse.Namespace) -> int:
     weights = _csv_list(args.weights, float)
     result = run_sweep(cfg, weights, variant=args.variant)
     for p in result["points"]:
-        print(f"w={p['align_weight']:<6g} {p['metric']} {100 * p['mean']:.2f} [{100 * p['low']:.2f}, {100 * p['high']:.2f}] seeds {p['seeds']}")
+        print(
+            f"w={p['align_weight']:<6g} {p['metric']} {100 * p['mean']:.2f} [{100 * p['low']:.2f}, {100 * p['high']:.2f}] seeds {p['seeds']}"
+        )
     print(f"written: {result['png']}")
     return 0
 
@@ -483,11 +529,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", default="runs/experiments", help="root of the runs and outputs")
     p.add_argument("--size", default="small", help="model size: tiny | small | paper")
-    p.add_argument("--encoder", default=None, help="music encoder (tagger folder or CNNSA checkpoint)")
+    p.add_argument(
+        "--encoder", default=None, help="music encoder (tagger folder or CNNSA checkpoint)"
+    )
     p.add_argument("--bart", default=None, help="pretrained BART (e.g. facebook/bart-base)")
-    p.add_argument("--seeds-train", "--train-seeds", dest="seeds_train", default="0", help="training seeds, comma-separated")
-    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override (repeatable), e.g. epochs=5")
-    add_decode_arguments(p)
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    p.add_argument(
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig override (repeatable), e.g. epochs=5",
+    )
+    add_decode_arguments(p, seeds_flag="--sample-seeds")
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")

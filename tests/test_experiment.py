@@ -1,0 +1,157 @@
+"""Table 1 rendering and the Figure 2 plot from fake evaluation records, the sweep's reuse of
+the Table 1 runs, and the `recap experiment` command line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+
+import pytest
+
+from recap import experiment as ex
+
+
+def fake_summary(base: float, audio: float) -> dict[str, float]:
+    s: dict[str, float] = {}
+    for i, key in enumerate(
+        (
+            "ROUGE-1 recall",
+            "ROUGE-2 recall",
+            "ROUGE-L recall",
+            "ROUGE-L F1",
+            "METEOR (NLTK)",
+            "METEOR 1.5",
+        )
+    ):
+        value = base - 0.05 * i
+        s[key], s[f"{key} low"], s[f"{key} high"] = value, value - 0.01, value + 0.01
+    s["attribute accuracy audio"] = audio
+    s["attribute accuracy lyrics"] = 0.8
+    return s
+
+
+def fake_records() -> list[dict]:
+    recs = []
+    for variant in ("full", "positive"):
+        for method, base, audio in (
+            ("bart", 0.30, 0.1),
+            ("bart-fusion", 0.35, 0.6),
+            ("recap", 0.36, 0.65),
+        ):
+            for seed, shift in ((0, 0.0), (1, 0.02)):
+                recs.append(
+                    {
+                        "variant": variant,
+                        "method": method,
+                        "seed": seed,
+                        "run": f"runs/{variant}/{method}/seed{seed}",
+                        "summary": fake_summary(base + shift, audio),
+                        "n_examples": 10,
+                        "align_weight": 0.0,
+                    }
+                )
+    return recs
+
+
+def test_aggregate_means_over_seeds():
+    rows = ex.aggregate(fake_records())
+    assert [(r["variant"], r["method"]) for r in rows] == [
+        (v, m) for v in ("full", "positive") for m in ex.METHODS
+    ]
+    recap_full = rows[2]
+    stat = recap_full["ROUGE-1 recall"]
+    assert stat["mean"] == pytest.approx(0.37)
+    assert stat["low"] == pytest.approx(0.36) and stat["high"] == pytest.approx(0.38)
+    assert stat["seed_std"] == pytest.approx(0.01)
+    assert recap_full["seeds"] == [0, 1]
+
+
+def test_table1_markdown_has_ours_and_paper_rows_labelled(tmp_path):
+    rows = ex.aggregate(fake_records())
+    md = ex.render_table1(
+        rows,
+        {
+            "num_beams": 4,
+            "do_sample": False,
+            "top_p": 0.92,
+            "seeds": [1],
+            "no_repeat_ngram_size": 3,
+            "max_new_tokens": None,
+            "batch_size": 16,
+        },
+    )
+    lines = md.splitlines()
+    assert lines[0].startswith(
+        "| Training data | Method | Source | ROUGE-1 | ROUGE-2 | ROUGE-L | METEOR |"
+    )
+    recap_ours = next(ln for ln in lines if "| Dataset full | RECAP | ours" in ln)
+    assert "37.0 [36.0, 38.0]" in recap_ours  # ROUGE-1 mean over seeds with the interval
+    recap_paper = next(ln for ln in lines if "| Dataset full | RECAP | paper" in ln)
+    assert "48.4" in recap_paper and "27.5" in recap_paper
+    assert "| vote > 0 | RECAP | paper | 51.2 | 16.3 | 27.6 | 27.9 |" in md
+    assert "recall" in md and "METEOR 1.5" in md and "beam4" in md
+
+    paths = ex.write_table1(rows, tmp_path, None, fake_records())
+    data = json.loads(paths["json"].read_text())
+    assert data["paper"]["full"]["bart"]["ROUGE-1"] == 44.1
+    assert len(data["runs"]) == 12
+    table = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
+    ours = [r for r in table if r["source"] == "ours"]
+    paper = [r for r in table if r["source"] == "paper"]
+    assert len(ours) == 6 and len(paper) == 6
+    assert ours[0]["ROUGE-1 recall"] == "31.00" and ours[0]["seeds"] == "0 1"
+    assert paper[0]["ROUGE-1 recall"] == "44.1"
+
+
+def test_sweep_points_and_png(tmp_path):
+    recs = []
+    for w, base in ((0.0, 0.30), (0.005, 0.31), (0.02, 0.33), (0.1, 0.29)):
+        for seed, shift in ((0, 0.0), (1, 0.01)):
+            recs.append(
+                {"align_weight": w, "seed": seed, "summary": fake_summary(base + shift, 0.5)}
+            )
+    points = ex.sweep_points(recs)
+    assert [p["align_weight"] for p in points] == [0.0, 0.005, 0.02, 0.1]
+    assert points[2]["mean"] == pytest.approx(0.335 - 0.10)  # ROUGE-L recall = base - 0.10
+    assert points[2]["low"] < points[2]["mean"] < points[2]["high"]
+    png = ex.plot_sweep(points, tmp_path / "fig" / "sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_sweep_reuses_table1_runs_for_w0_and_preset_w():
+    assert ex.sweep_run_name(0.0, "small") == ("bart-fusion", None, "bart-fusion")
+    assert ex.sweep_run_name(0.02, "small") == ("recap", None, "recap")
+    assert ex.sweep_run_name(0.05, "small") == ("recap", 0.05, "recap-w0.05")
+
+
+def test_cli_parses_table1_and_sweep():
+    parser = argparse.ArgumentParser()
+    ex.register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "experiment",
+            "table1",
+            "--data",
+            "d",
+            "--seeds",
+            "0,1",
+            "--train",
+            "epochs=3",
+            "--train",
+            "lr_schedule=step",
+            "--sample",
+            "--sample-seeds",
+            "7",
+        ]
+    )
+    cfg = ex.config_from_args(args)
+    assert cfg.seeds == (0, 1) and cfg.variants == ("full", "positive")
+    assert cfg.train_overrides == {"epochs": 3, "lr_schedule": "step"}
+    assert cfg.decode.do_sample and cfg.decode.seeds == (7,)
+    args = parser.parse_args(["experiment", "sweep", "--data", "d", "--weights", "0,0.02"])
+    cfg = ex.config_from_args(args)
+    assert cfg.variants == ("full",) and cfg.seeds == (0,)
+    with pytest.raises(ex.RecapError):
+        ex.ExperimentConfig(data="d", methods=("gpt",))
