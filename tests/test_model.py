@@ -170,7 +170,7 @@ def test_embeddings_for_retrieval():
 def test_waveform_input_equals_precomputed_embeddings():
     model = tiny("recap", with_music_encoder=True)
     ids, mask, labels, _ = batch(model.config)
-    waveform = torch.randn(3, 2 * SAMPLE_RATE) * 0.1
+    waveform = torch.randn(3, SAMPLE_RATE) * 0.1
     with torch.no_grad():
         embeds = model.music_encoder(waveform)
     from_wave = model(ids, mask, labels=labels, waveform=waveform)
@@ -226,9 +226,12 @@ def test_save_and_load_round_trip(tmp_path):
     b = loaded(ids, mask, labels=labels, music_embeds=music)
     torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
     torch.testing.assert_close(a.loss, b.loss, rtol=0, atol=0)
-    torch.testing.assert_close(model.embed_music(waveform=waveform), loaded.embed_music(waveform=waveform))
+    torch.testing.assert_close(
+        model.embed_music(waveform=waveform), loaded.embed_music(waveform=waveform)
+    )
     assert torch.equal(
-        model.generate(ids, mask, music_embeds=music), loaded.generate(ids, mask, music_embeds=music)
+        model.generate(ids, mask, music_embeds=music),
+        loaded.generate(ids, mask, music_embeds=music),
     )
     assert loaded.tokenizer("a song")["input_ids"] == tokenizer("a song")["input_ids"]
 

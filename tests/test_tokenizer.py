@@ -33,9 +33,7 @@ def test_vocabulary_is_learned_and_bounded(tokenizer):
 
 
 def test_targets_and_padding_for_training(tokenizer):
-    batch = tokenizer(
-        ["love", "the road in summer"], text_target=["hope", "rain"], padding=True
-    )
+    batch = tokenizer(["love", "the road in summer"], text_target=["hope", "rain"], padding=True)
     assert batch["labels"][0][0] == 0 and batch["labels"][0][-1] == 2
     assert batch["input_ids"][0][-1] == tokenizer.pad_token_id  # shorter row padded with 1
 

@@ -102,6 +102,7 @@ def test_sampler_covers_every_example_once_and_groups_by_length():
     assert sorted(flat) == list(range(103))
     # Within a batch lengths are sorted descending (a mega-batch is sorted, then cut).
     assert all(list(lengths[b]) == sorted(lengths[b], reverse=True) for b in batches)
+
     # Grouping pads less than a random order would.
     def padding(bs):
         return sum(len(b) * max(lengths[b]) - sum(lengths[b]) for b in bs)
@@ -150,9 +151,25 @@ def test_train_config_flags_come_from_the_dataclass():
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     args = parser.parse_args(
-        ["--data", "D", "--out", "R", "--preset", "bart-fusion", "--batch-size", "12",
-         "--lr", "3e-4", "--no-progress", "--set", "dropout=0.2", "--set", "fusion_scale=0.5",
-         "--align-weight", "0.05"]  # fmt: skip
+        [
+            "--data",
+            "D",
+            "--out",
+            "R",
+            "--preset",
+            "bart-fusion",
+            "--batch-size",
+            "12",
+            "--lr",
+            "3e-4",
+            "--no-progress",
+            "--set",
+            "dropout=0.2",
+            "--set",
+            "fusion_scale=0.5",
+            "--align-weight",
+            "0.05",
+        ]  # fmt: skip
     )
     cfg = config_from_args(args)
     assert (cfg.preset, cfg.batch_size, cfg.lr, cfg.progress) == ("bart-fusion", 12, 3e-4, False)
@@ -160,7 +177,12 @@ def test_train_config_flags_come_from_the_dataclass():
     assert cfg.align_weight == 0.05
     # Left-out flags keep defaults; the paper size resolves to the paper's protocol (SPEC §2).
     paper = TrainConfig(data="D", out="R").resolved()
-    assert (paper.batch_size, paper.lr, paper.epochs, paper.optimizer) == (48, 6e-5, 50, "adafactor")
+    assert (paper.batch_size, paper.lr, paper.epochs, paper.optimizer) == (
+        48,
+        6e-5,
+        50,
+        "adafactor",
+    )
     assert TrainConfig.from_dict(paper.to_dict()) == paper
     with pytest.raises(Exception, match="val_metric"):
         TrainConfig(val_metric="bleu").resolved()

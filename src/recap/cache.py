@@ -30,6 +30,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
@@ -235,7 +236,15 @@ def _excerpts(
             nxt = next(it, None)
             if nxt is not None:
                 pending.append((nxt[0], pool.submit(_decode, str(nxt[1]), config)))
-            yield sid, fut.result()
+            try:
+                result = fut.result()
+            except BrokenProcessPool as err:
+                # spawn re-imports the caller's __main__; code typed into stdin has no file
+                raise RecapError(
+                    f"the decoding workers died ({err}); run from a script file or module, "
+                    "or use num_workers=0 (--workers 0)"
+                ) from err
+            yield sid, result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -188,7 +188,11 @@ def example_caption(metrics_path: str | Path) -> dict[str, str]:
 
 
 def results_markdown(
-    cfg: DemoConfig, table_md: str, sweep: dict[str, Any], example: dict[str, str], stages: dict[str, float]
+    cfg: DemoConfig,
+    table_md: str,
+    sweep: dict[str, Any],
+    example: dict[str, str],
+    stages: dict[str, float],
 ) -> str:
     lines = [
         "# Demo results",

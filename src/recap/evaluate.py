@@ -98,9 +98,9 @@ class DecodeConfig:
             "do_sample": self.do_sample,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
             "max_new_tokens": self.max_new_tokens or model_max_new_tokens,
-            "early_stopping": True,
-            "forced_bos_token_id": None,  # set from the model config in evaluate()
         }
+        if self.num_beams > 1:
+            kwargs["early_stopping"] = True  # as the papers; meaningless (and warned) for 1 beam
         if self.do_sample:
             kwargs["top_p"] = self.top_p
         return kwargs

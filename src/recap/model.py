@@ -15,6 +15,7 @@ encoder, so generation never has to expand it per beam.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import tempfile
@@ -27,7 +28,7 @@ from torch import nn
 from transformers import BartForConditionalGeneration, GenerationConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.models.bart.modeling_bart import shift_tokens_right
+from transformers.models.bart.modeling_bart import BartEncoderLayer, shift_tokens_right
 from transformers.utils import ModelOutput
 
 from recap.config import CONFIG_NAME, RecapConfig
@@ -37,6 +38,14 @@ from recap.music_encoder import MusicEncoder, load_music_encoder
 from recap.utils import RecapError, atomic_path, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
+
+# Early transformers 5 releases still required a `layer_head_mask` argument on encoder layers;
+# later ones dropped it. Pass it only where it exists (read once, never mutated).
+_LAYER_KWARGS: dict[str, Any] = (
+    {"layer_head_mask": None}
+    if "layer_head_mask" in inspect.signature(BartEncoderLayer.forward).parameters
+    else {}
+)
 
 
 @dataclass
@@ -228,7 +237,7 @@ class RecapModel(nn.Module):
         for index, layer in enumerate(layers):
             # LayerDrop as in BartEncoder (0 for bart-base): a dropped layer is the identity.
             if not (self.training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop):
-                out = layer(hidden, mask)
+                out = layer(hidden, mask, **_LAYER_KWARGS)
                 hidden = out[0] if isinstance(out, tuple) else out  # older 5.x returned tuples
             block = self._fusion_block(index)
             if block is not None and music is not None:

@@ -678,7 +678,7 @@ class Trainer:
                 n_tokens = batch.pop("n_tokens")
                 batch = _to_device(batch, acc.device)
                 out = model(**batch)
-                acc.backward(out.loss)
+                acc.backward(self._global_loss(out, batch["labels"]))
                 if cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
@@ -735,6 +735,30 @@ class Trainer:
             writer.close()
         acc.wait_for_everyone()
         return run
+
+    def _global_loss(self, out: Any, labels: torch.Tensor) -> torch.Tensor:
+        """The loss whose DDP-averaged gradient is that of the GLOBAL batch.
+
+        Each rank's caption loss is a mean over its own target tokens; DDP then averages ranks,
+        which weights a token on a short-caption rank more. Re-weighting by the rank's share of
+        the global token count (one small all-reduce, no host sync) makes N processes compute
+        what one process does on the same global batch. One process: `out.loss` unchanged.
+        """
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return out.loss
+        mcfg = self.model_config
+        counted = labels != -100
+        if not mcfg.loss_includes_padding:
+            counted &= labels != mcfg.pad_token_id
+        local = counted.sum().float()
+        total = acc.reduce(local.clone(), reduction="sum")
+        loss = out.caption_loss * (local * acc.num_processes / total.clamp_min(1.0))
+        if out.align_loss is not None and mcfg.align_weight:
+            # Equal rows per rank, so averaging the ranks' means is the global mean (up to songs
+            # that repeat across ranks, which the per-rank de-duplication counts once per rank).
+            loss = loss + mcfg.align_weight * out.align_loss
+        return loss
 
     def _validate_and_select(self, state: TrainState, log_path: Path, writer: Any) -> None:
         cfg = self.cfg

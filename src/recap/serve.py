@@ -1,0 +1,293 @@
+"""`recap serve`: an HTTP API and a small web page over a Captioner (and optionally an index).
+
+    POST /caption   multipart: audio (file), lyrics (text), optional decoding fields
+    POST /search    multipart: audio (file) OR lyrics (text), k
+    GET  /health    model, index and limits
+    GET  /          the web page (serve_static/); GET /openapi.json and /docs come from FastAPI
+
+Every bad request gets a JSON body `{"error": {"code": ..., "message": ...}}` with a proper
+status: 413 (upload, duration or lyrics over the limit), 415 (not an audio file), 422 (corrupt
+audio, empty lyrics, bad option, missing field), 503 (search without an index).
+
+The model is not thread-safe in a useful sense (and sampling seeds torch's global generator),
+so every model call holds one lock: requests are decoded in parallel, run one at a time, and
+each gets its own result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from recap.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
+from recap.utils import RecapError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("serve_static")
+_CHUNK = 1 << 20
+# Multipart framing and the text fields ride along with the file: allow this much on top.
+_FORM_OVERHEAD = 256 * 1024
+
+
+@dataclass
+class ServeSettings:
+    max_upload_mb: float = 20.0
+    max_duration_s: float = 900.0  # decoding reads only the excerpt, but a limit stops abuse
+    max_lyrics_chars: int = 20_000
+    max_beams: int = 8
+    max_new_tokens: int = 512
+    max_k: int = 100
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class ApiError(Exception):
+    """A bad request: HTTP status, a stable machine-readable code and a message for people."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def create_app(
+    captioner: Captioner, searcher: Any = None, settings: ServeSettings | None = None
+) -> Any:
+    """The FastAPI application. `searcher`: a recap.index.Searcher sharing `captioner`, or None."""
+    from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    import recap
+
+    settings = settings or ServeSettings()
+    lock = threading.Lock()  # one model call at a time (see the module docstring)
+    app = FastAPI(
+        title="RECAP",
+        version=recap.__version__,
+        description="Interpret songs from their audio and lyrics; search songs across modalities.",
+    )
+
+    # -- errors: one JSON shape for all of them
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse(error_body("invalid_request", "; ".join(parts)), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Any:
+        # Refuse a declared oversized body before the multipart parser spools it to disk.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_upload_bytes + _FORM_OVERHEAD:
+            return JSONResponse(
+                error_body("file_too_large", _too_large_message(settings)), status_code=413
+            )
+        return await call_next(request)
+
+    # -- request pieces
+    def read_audio(upload: UploadFile) -> Any:
+        """The upload's 15 s excerpt; raises ApiError for a wrong type, size or content."""
+        import soundfile as sf
+
+        suffix = Path(upload.filename or "").suffix.lower()
+        ctype = (upload.content_type or "").lower()
+        if suffix not in AUDIO_SUFFIXES and not ctype.startswith("audio/"):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"{upload.filename or 'the upload'} ({ctype or 'no type'}) is not an audio file; "
+                f"send one of {', '.join(AUDIO_SUFFIXES)}",
+            )
+        with tempfile.NamedTemporaryFile(suffix=suffix or ".audio") as tmp:
+            size = 0
+            while chunk := upload.file.read(_CHUNK):
+                size += len(chunk)
+                if size > settings.max_upload_bytes:  # a body without Content-Length
+                    raise ApiError(413, "file_too_large", _too_large_message(settings))
+                tmp.write(chunk)
+            tmp.flush()
+            if size == 0:
+                raise ApiError(422, "unreadable_audio", "the audio file is empty")
+            try:
+                duration = sf.info(tmp.name).duration
+            except Exception as exc:  # libsndfile: unknown format, garbage header ...
+                raise ApiError(
+                    422, "unreadable_audio", f"cannot decode {upload.filename}: {exc}"
+                ) from exc
+            if duration > settings.max_duration_s:
+                raise ApiError(
+                    413,
+                    "audio_too_long",
+                    f"the audio lasts {duration:.0f} s; the limit is {settings.max_duration_s:.0f} s",
+                )
+            try:
+                return captioner.load_waveform(tmp.name)
+            except RecapError as exc:
+                raise ApiError(422, "unreadable_audio", f"{upload.filename}: {exc}") from exc
+
+    def check_lyrics(text: str | None) -> str:
+        if text is None or not text.strip():
+            raise ApiError(422, "empty_lyrics", "lyrics are missing or empty")
+        if len(text) > settings.max_lyrics_chars:
+            raise ApiError(
+                413, "lyrics_too_long", f"lyrics exceed {settings.max_lyrics_chars} characters"
+            )
+        return text
+
+    def decode_options(**values: Any) -> DecodeOptions:
+        options = DecodeOptions(**values)
+        try:
+            options.merged(captioner.model.config.generation)
+        except RecapError as exc:
+            raise ApiError(422, "invalid_option", str(exc)) from exc
+        if options.num_beams is not None and options.num_beams > settings.max_beams:
+            raise ApiError(422, "invalid_option", f"num_beams is limited to {settings.max_beams}")
+        if options.max_new_tokens is not None and options.max_new_tokens > settings.max_new_tokens:
+            raise ApiError(
+                422, "invalid_option", f"max_new_tokens is limited to {settings.max_new_tokens}"
+            )
+        return options
+
+    # -- endpoints (plain `def`: FastAPI runs them in its thread pool, the lock orders them)
+    @app.get("/health", summary="Service status, model, index and limits")
+    def health() -> dict[str, Any]:
+        index = None
+        if searcher is not None:
+            s = searcher.index.settings
+            index = {"songs": len(searcher.index), "kind": s.kind, "nprobe": s.nprobe}
+        return {
+            "status": "ok",
+            "version": recap.__version__,
+            "model": str(captioner.source) if captioner.source else None,
+            "index": index,
+            "limits": asdict(settings),
+        }
+
+    @app.post("/caption", summary="Interpret a song from its audio and lyrics")
+    def caption(
+        audio: UploadFile = File(..., description="audio file (mp3, wav, flac, ogg)"),
+        lyrics: str = Form(..., description="the song's lyrics"),
+        num_beams: int | None = Form(None),
+        do_sample: bool | None = Form(None),
+        top_p: float | None = Form(None),
+        seed: int | None = Form(None),
+        max_new_tokens: int | None = Form(None),
+    ) -> dict[str, Any]:
+        text = check_lyrics(lyrics)
+        options = decode_options(
+            num_beams=num_beams,
+            do_sample=do_sample,
+            top_p=top_p,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+        )
+        wave = read_audio(audio)
+        start = time.perf_counter()
+        with lock:
+            result = captioner.caption_waveforms([wave], [text], options)[0]
+        return {"caption": result, "seconds": round(time.perf_counter() - start, 3)}
+
+    @app.post("/search", summary="Nearest lyrics for an audio file, or nearest songs for lyrics")
+    def search(
+        audio: UploadFile | None = File(None, description="find lyrics that fit this audio"),
+        lyrics: str | None = Form(None, description="find songs that sound like these lyrics"),
+        k: int = Form(10, ge=1),
+    ) -> dict[str, Any]:
+        from recap.index import embed_audio, embed_lyrics
+
+        if searcher is None:
+            raise ApiError(503, "no_index", "this server has no index; start it with --index")
+        if (audio is None) == (lyrics is None):
+            raise ApiError(422, "invalid_request", "send exactly one of 'audio' or 'lyrics'")
+        k = min(k, settings.max_k)
+        if audio is not None:
+            wave = read_audio(audio)
+            with lock:
+                vector, side, query = embed_audio(captioner, [wave]), "lyrics", "audio"
+        else:
+            text = check_lyrics(lyrics)
+            with lock:
+                vector, side, query = embed_lyrics(captioner, [text]), "audio", "lyrics"
+        hits = searcher.index.search(vector, side, k)[0]
+        return {"query": query, "results": [h.to_dict() for h in hits]}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _too_large_message(settings: ServeSettings) -> str:
+    return f"the upload exceeds the {settings.max_upload_mb:g} MB limit"
+
+
+def load_app(
+    model: str | os.PathLike,
+    index: str | os.PathLike | None = None,
+    settings: ServeSettings | None = None,
+    device: Any = None,
+) -> Any:
+    """The app for a model folder / RUN and an optional index built with that model."""
+    captioner = Captioner.from_pretrained(model, device=device)
+    searcher = None
+    if index is not None:
+        from recap.index import Searcher, SongIndex
+
+        searcher = Searcher(SongIndex.load(index), captioner)
+    return create_app(captioner, searcher, settings)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="HTTP API + web page for captioning and search")
+    p.add_argument("--model", required=True, help="model folder or training RUN folder")
+    p.add_argument("--index", default=None, help="index folder from `recap index build`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    defaults = ServeSettings()
+    p.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb)
+    p.add_argument("--max-duration-s", type=float, default=defaults.max_duration_s)
+    p.add_argument("--max-lyrics-chars", type=int, default=defaults.max_lyrics_chars)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = ServeSettings(
+        max_upload_mb=args.max_upload_mb,
+        max_duration_s=args.max_duration_s,
+        max_lyrics_chars=args.max_lyrics_chars,
+    )
+    app = load_app(args.model, args.index, settings, args.device)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
