@@ -62,7 +62,7 @@ def make_catalogue(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_model(folder: Path, steps: int = 40) -> Path:
+def make_tiny_model(folder: Path, steps: int = 80) -> Path:
     """A tiny RECAP model, trained a few steps on SONGS so captions are words and the aligned
     space pairs each song's audio with its lyrics (retrieval better than chance)."""
     import torch
@@ -80,6 +80,15 @@ def make_tiny_model(folder: Path, steps: int = 40) -> Path:
     waves = torch.from_numpy(
         np.stack([excerpt_from_array(tone(f), RATE, AudioConfig()).waveform for _, f, _ in SONGS])
     )  # (S, 240000)
+    # An untrained CNNSA maps every input to nearly the same vector; calibrating its BatchNorm
+    # statistics on these songs (no gradient) spreads them apart, as pretraining would.
+    for module in model.music_encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration pass
+    model.music_encoder.train()
+    with torch.no_grad():
+        model.music_encoder(waves)
     model.eval()  # no dropout: a deterministic few steps
     with torch.no_grad():
         music = model.music_encoder(waves)  # (S, 119, C), fixed: the encoder is frozen
@@ -88,14 +97,14 @@ def make_tiny_model(folder: Path, steps: int = 40) -> Path:
     )
     labels = tokenizer([CAPTIONS[s] for s, _, _ in SONGS], padding=True, return_tensors="pt")
     targets = labels["input_ids"].masked_fill(labels["attention_mask"] == 0, -100)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(steps):
         out = model(enc["input_ids"], enc["attention_mask"], labels=targets, music_embeds=music)
         a = torch.nn.functional.normalize(model.embed_music(music), dim=-1)  # (S, D)
         b = torch.nn.functional.normalize(
             model.embed_lyrics(enc["input_ids"], enc["attention_mask"]), dim=-1
         )
-        logits = a @ b.T / 0.1  # (S, S): the diagonal holds the true pairs
+        logits = a @ b.T / 0.05  # (S, S): the diagonal holds the true pairs
         ref = torch.arange(len(SONGS))
         nce = torch.nn.functional.cross_entropy(logits, ref)
         nce = nce + torch.nn.functional.cross_entropy(logits.T, ref)

@@ -91,13 +91,12 @@ def test_ensure_wordnet_names_the_debian_packages_when_missing(tmp_path):
 
 
 def test_meteor_15_runs_offline_and_is_labelled():
-    preds = ["the vocalist is sad", "a fast piano waltz"]
-    refs = ["the singer is sad", "a slow piano waltz about love"]
+    # One jar start (it loads its paraphrase table each time): three pairs in one call.
+    preds = ["the vocalist is sad", "a fast piano waltz", "a slow piano waltz"]
+    refs = ["the singer is sad", "a slow piano waltz about love", "a slow piano waltz"]
     m = metrics.meteor_15(preds, refs, bootstrap=10)
     assert m["label"] == "METEOR 1.5"
-    assert len(m["per_example"]) == 2
-    assert all(0 < s < 1 for s in m["per_example"])
-    # Identical strings score (nearly) 1 in METEOR 1.5 too; a mismatch scores lower.
-    same = metrics.meteor_15(["a slow piano waltz"], ["a slow piano waltz"], bootstrap=10)
-    assert same["per_example"][0] > 0.9 > m["per_example"][1]
+    assert len(m["per_example"]) == 3
+    mismatch, identical = m["per_example"][1], m["per_example"][2]
+    assert 0 < m["per_example"][0] < 1 and 0 < mismatch < 0.9 < identical <= 1
     assert 0 < m["corpus"] < 1

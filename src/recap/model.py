@@ -15,6 +15,7 @@ encoder, so generation never has to expand it per beam.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import os
@@ -94,7 +95,8 @@ class RecapModel(nn.Module):
     ) -> None:
         super().__init__()
         config.validate()
-        self.config = config
+        self.config = copy.deepcopy(config)  # attach_music_encoder updates it: keep callers' intact
+        config = self.config
         self.bart = bart if bart is not None else BartForConditionalGeneration(config.bart_config())
         self.bart.config._attn_implementation = config.attn_implementation
         if config.use_music and config.fusion_layers:

@@ -903,32 +903,52 @@ def _parse_override(text: str) -> tuple[str, Any]:
         return key, value  # a bare string
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
-    """One flag per TrainConfig field (`--batch-size`, `--no-progress`, `--set KEY=VALUE`)."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
+) -> None:
+    """One flag per field of the dataclass `cls` (`--batch-size`, `--no-progress`, dicts as
+    repeated `--set KEY=VALUE`); every default is None, so flags left out keep the dataclass's."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kind, optional = _flag_type(hints[f.name])
+        kind, _ = _flag_type(hints[f.name])
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         help_text = f.metadata.get("help", "")
         if kind is dict:
-            parser.add_argument(flag, dest=f.name, action="append", type=_parse_override, default=None, metavar="KEY=VALUE", help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action="append", type=_parse_override, default=None,
+                metavar="KEY=VALUE", help=help_text,
+            )  # fmt: skip
         elif kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                help=help_text,
+            )  # fmt: skip
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{help_text} (default: {f.default})")
+            default = f.default if f.default is not dataclasses.MISSING else None
+            parser.add_argument(
+                flag, dest=f.name, type=kind, default=None, help=f"{help_text} (default: {default})"
+            )
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """An instance of `cls` from parsed flags; flags left out keep the dataclass defaults."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            values[f.name] = dict(value) if isinstance(value, list) and f.type in (dict, "dict") else value
+    return cls(**values)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """`recap train`'s flags: one per TrainConfig field."""
+    add_dataclass_arguments(parser, TrainConfig, skip)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """A TrainConfig from parsed flags; flags left out keep the dataclass defaults."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(args, f.name, None)
-        if value is None:
-            continue
-        values[f.name] = dict(value) if f.name == "model_overrides" else value
-    return TrainConfig(**values)
+    return dataclass_from_args(TrainConfig, args)
 
 
 def _handler(args: argparse.Namespace) -> int:

@@ -1,0 +1,339 @@
+"""Music-encoder pretraining: `recap tagger train` teaches CNNSA the benchmark's audio facts.
+
+No PyTorch music tagger can be downloaded here (SPEC §4), so the captioner's frozen encoder is
+trained the way CNNSA was built to be trained: multi-label tagging with binary cross-entropy on
+logits. The tags are the rendered-songs benchmark's audio slots ("melody=flute", "tempo=slow",
+"key=E-flat", ...; `recap.bench.audio_tags`). Users with a public CNNSA checkpoint skip this and
+pass `--encoder best_model.pth` to `recap train`.
+
+Speed: the dB log-mels are computed once into the cache (`recap.cache`, kind "logmel"); training
+runs the encoder from the log-mel (`MusicEncoder.embed_log_mel`) on random crops, which is both the
+augmentation and most of the speed-up (a quarter of the frames: a quarter of the CNN work).
+Evaluation uses the whole 15 s excerpt, as the captioner will.
+
+Output folder: the encoder (`save_pretrained`: config.json with the tag names, model.safetensors),
+`tagger_config.json`, `tagger_metrics.json` (per-tag ROC-AUC and accuracy, per-slot accuracy of
+the arg-max tag, on the test split) and `log.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recap.utils import RecapError, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAME = "tagger_metrics.json"
+CONFIG_NAME = "tagger_config.json"
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TaggerConfig:
+    """Every setting of a tagger run; each is a `recap tagger train --flag`."""
+
+    data: str = _opt("", "benchmark folder (songs.jsonl, audios/)")
+    out: str = _opt("", "output folder: the trained encoder")
+    preset: str = _opt("small", "encoder size: tiny | small | reference")
+    epochs: int = _opt(12, "training epochs (the best by validation mean ROC-AUC is kept)")
+    batch_size: int = _opt(32, "clips per step")
+    lr: float = _opt(1e-3, "AdamW learning rate")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    crop_seconds: float = _opt(4.0, "random training crop (0: the whole excerpt)")
+    seed: int = _opt(0, "seed of the weights, crops and batch order")
+    workers: int | None = _opt(None, "audio-decoding processes for the log-mel cache (None: all)")
+    device: str = _opt("cpu", "torch device")
+    progress: bool = _opt(True, "progress bars")
+    overwrite: bool = _opt(False, "retrain even when OUT holds a finished tagger")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ============================================================================ data
+
+
+@dataclass
+class TagData:
+    """Log-mels, tag matrices and song ids of one split."""
+
+    song_ids: list[str]
+    log_mels: np.ndarray  # (N, n_mels, frames) float16 dB, before the encoder's BatchNorm
+    targets: np.ndarray  # (N, n_tags) float32 in {0, 1}
+
+
+def read_songs(data_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """songs.jsonl → {song_id: {"split", "truth"}} (the benchmark's per-song record)."""
+    path = Path(data_dir) / "songs.jsonl"
+    if not path.is_file():
+        raise RecapError(f"{path} not found: the tagger trains on a `recap bench build` folder")
+    songs: dict[str, dict[str, Any]] = {}
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                songs[str(record["song_id"])] = {
+                    "split": record.get("split") or "train",
+                    "truth": dict(record["truth"]),
+                }
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise RecapError(f"{path}:{n}: not a song record ({err})") from err
+    return songs
+
+
+def tag_matrix(truths: Sequence[Mapping[str, Any]], tags: Sequence[str]) -> np.ndarray:
+    """(N, n_tags) 0/1 targets: tag j is on for song i when it is one of its audio tags."""
+    from recap.bench import audio_tags
+
+    index = {t: j for j, t in enumerate(tags)}
+    y = np.zeros((len(truths), len(tags)), dtype=np.float32)
+    for i, truth in enumerate(truths):
+        for tag in audio_tags(truth):
+            y[i, index[tag]] = 1.0
+    return y
+
+
+def random_crops(
+    log_mels: np.ndarray, frames: int, rng: np.random.Generator
+) -> np.ndarray:
+    """One random window of `frames` frames per clip: (B, n_mels, T) → (B, n_mels, frames)."""
+    total = log_mels.shape[-1]
+    if frames <= 0 or frames >= total:
+        return log_mels
+    starts = rng.integers(0, total - frames + 1, size=len(log_mels))
+    return np.stack([m[:, s : s + frames] for m, s in zip(log_mels, starts)])
+
+
+# ============================================================================ metrics
+
+
+def tag_metrics(
+    probs: np.ndarray, targets: np.ndarray, tags: Sequence[str]
+) -> dict[str, Any]:
+    """Per-tag ROC-AUC and accuracy (threshold 0.5), and per slot the accuracy of the arg-max
+    tag among that slot's tags (e.g. which of the 8 melody instruments), with its chance level.
+
+    A tag whose test column is all 0 or all 1 has no ROC-AUC (None), and is left out of the mean.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    per_tag: dict[str, dict[str, Any]] = {}
+    aucs = []
+    for j, tag in enumerate(tags):
+        y, p = targets[:, j], probs[:, j]
+        auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+        if auc is not None:
+            aucs.append(auc)
+        per_tag[tag] = {
+            "roc_auc": auc,
+            "accuracy": float(((p >= 0.5) == (y >= 0.5)).mean()) if len(y) else None,
+            "positives": int(y.sum()),
+        }
+    per_slot: dict[str, dict[str, Any]] = {}
+    slots = dict.fromkeys(t.split("=", 1)[0] for t in tags)
+    for slot in slots:
+        cols = [j for j, t in enumerate(tags) if t.split("=", 1)[0] == slot]
+        labelled = targets[:, cols].sum(axis=1) > 0  # songs whose truth states this slot
+        if not labelled.any():
+            continue
+        pred = probs[labelled][:, cols].argmax(axis=1)
+        true = targets[labelled][:, cols].argmax(axis=1)
+        per_slot[slot] = {
+            "accuracy": float((pred == true).mean()),
+            "chance": float(np.bincount(true, minlength=len(cols)).max() / len(true)),
+            "n": int(labelled.sum()),
+        }
+    return {
+        "mean_roc_auc": float(np.mean(aucs)) if aucs else None,
+        "mean_accuracy": float(np.mean([v["accuracy"] for v in per_tag.values()])),
+        "per_slot": per_slot,
+        "per_tag": per_tag,
+    }
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A plain-text table: per slot, then per tag."""
+    lines = [f"{'slot':<16}{'accuracy':>10}{'chance':>10}{'n':>6}"]
+    for slot, m in metrics["per_slot"].items():
+        lines.append(f"{slot:<16}{m['accuracy']:>10.3f}{m['chance']:>10.3f}{m['n']:>6}")
+    lines.append("")
+    lines.append(f"{'tag':<24}{'ROC-AUC':>10}{'accuracy':>10}{'pos':>6}")
+    for tag, m in metrics["per_tag"].items():
+        auc = "-" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        lines.append(f"{tag:<24}{auc:>10}{m['accuracy']:>10.3f}{m['positives']:>6}")
+    mean_auc = metrics["mean_roc_auc"]
+    lines.append(
+        f"mean ROC-AUC {'-' if mean_auc is None else f'{mean_auc:.3f}'}, "
+        f"mean accuracy {metrics['mean_accuracy']:.3f}"
+    )
+    return "\n".join(lines)
+
+
+# ============================================================================ training
+
+
+@torch.no_grad()
+def predict(model: Any, log_mels: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Tag probabilities (N, n_tags) from whole log-mels, in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(log_mels), batch_size):
+        x = torch.from_numpy(log_mels[i : i + batch_size]).to(device).float()
+        out.append(torch.sigmoid(model.tag_logits_from_sequence(model.embed_log_mel(x))).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.config.n_tags), np.float32)
+
+
+def train_tagger(config: TaggerConfig) -> dict[str, Any]:
+    """Train the encoder on the audio tags of `config.data`; returns the test metrics (also
+    written to OUT/tagger_metrics.json). A finished OUT is reused unless `overwrite`."""
+    from tqdm.auto import tqdm
+
+    from recap.bench import audio_tag_vocabulary
+    from recap.cache import precompute
+    from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+
+    cfg = config
+    out = Path(cfg.out)
+    if not cfg.data or not cfg.out:
+        raise RecapError("the tagger needs --data (a benchmark folder) and --out")
+    if (out / METRICS_NAME).is_file() and not cfg.overwrite:
+        logger.info("%s holds a trained tagger; reusing it (--overwrite to retrain)", out)
+        return json.loads((out / METRICS_NAME).read_text())["test"]
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = torch.device(cfg.device)
+
+    songs = read_songs(cfg.data)
+    tags = audio_tag_vocabulary(s["truth"] for s in songs.values())
+    encoder_cfg = MusicEncoderConfig.preset(cfg.preset, n_tags=len(tags), tag_names=list(tags))
+    model = MusicEncoder(encoder_cfg).to(device)
+
+    # Log-mels once, in the cache (they depend only on the mel front end, not on the weights).
+    store, report = precompute(
+        cfg.data, model, kind="logmel", song_ids=list(songs), num_workers=cfg.workers,
+        device=str(device), progress=cfg.progress,
+    )  # fmt: skip
+    if len(report):
+        logger.warning("%s (reasons in %s)", report.summary(), store.root / "skipped.json")
+
+    def split(name: str) -> TagData:
+        ids = [s for s, rec in songs.items() if rec["split"] == name and s in store]
+        mels = (
+            np.stack([store[s] for s in ids])
+            if ids
+            else np.zeros((0, encoder_cfg.n_mels, 1), np.float16)
+        )
+        return TagData(ids, mels, tag_matrix([songs[s]["truth"] for s in ids], tags))
+
+    train, val, test = split("train"), split("val"), split("test")
+    if not len(train.song_ids):
+        raise RecapError(f"{cfg.data}: no training songs with audio")
+    if not len(test.song_ids):
+        raise RecapError(f"{cfg.data}: no test songs to report on")
+    frames = int(round(cfg.crop_seconds * encoder_cfg.sample_rate / encoder_cfg.hop_length))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+    log_path.unlink(missing_ok=True)
+    best_auc, best_state, best_epoch = -1.0, None, -1
+    n = len(train.song_ids)
+    steps = cfg.epochs * -(-n // cfg.batch_size)
+    bar = tqdm(total=steps, desc="tagger", disable=not cfg.progress, dynamic_ncols=True)
+    started = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = rng.permutation(n)
+        total = torch.zeros((), device=device)
+        for i in range(0, n, cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on one clip
+                continue
+            x = torch.from_numpy(random_crops(train.log_mels[idx], frames, rng)).to(device).float()
+            y = torch.from_numpy(train.targets[idx]).to(device)
+            logits = model.tag_logits_from_sequence(model.embed_log_mel(x))  # (B, n_tags)
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(idx)
+            bar.update(1)
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total.item() / n}
+        # Select the epoch on the validation songs (the test split only reports).
+        held = val if len(val.song_ids) else train
+        auc = tag_metrics(predict(model, held.log_mels, cfg.batch_size, device), held.targets, tags)[
+            "mean_roc_auc"
+        ]
+        record["val_mean_roc_auc"] = auc
+        if auc is not None and auc > best_auc:
+            best_auc, best_epoch = auc, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{auc or 0:.3f}")
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    metrics = tag_metrics(predict(model, test.log_mels, cfg.batch_size, device), test.targets, tags)
+    model.cpu().save_pretrained(out)
+    atomic_write_json(out / CONFIG_NAME, cfg.to_dict())
+    atomic_write_json(
+        out / METRICS_NAME,
+        {
+            "test": metrics,
+            "best_epoch": best_epoch,
+            "val_mean_roc_auc": best_auc,
+            "n_songs": {"train": n, "val": len(val.song_ids), "test": len(test.song_ids)},
+            "train_seconds": time.perf_counter() - started,
+            "skipped": len(report),
+        },
+    )
+    return metrics
+
+
+# ============================================================================ CLI
+
+
+def _handler(args: argparse.Namespace) -> int:
+    from recap.train import dataclass_from_args
+
+    cfg = dataclass_from_args(TaggerConfig, args)
+    metrics = train_tagger(cfg)
+    print(format_metrics(metrics))
+    print(f"encoder saved to {cfg.out} (pass --encoder {cfg.out} to recap train)")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    from recap.train import add_dataclass_arguments
+
+    parser = subparsers.add_parser("tagger", help="music-encoder (CNNSA) pretraining")
+    sub = parser.add_subparsers(dest="tagger_command", required=True, metavar="COMMAND")
+    train_parser = sub.add_parser(
+        "train", help="train CNNSA on the benchmark's audio slots as tags (ROC-AUC on test)"
+    )
+    add_dataclass_arguments(train_parser, TaggerConfig)
+    train_parser.set_defaults(func=_handler)
+
+
+__all__ = ["TaggerConfig", "format_metrics", "register", "tag_metrics", "train_tagger"]
