@@ -68,10 +68,14 @@ def bench_captions(captioner: Captioner, batch: int, tokens: int, beams: int, ro
     return batch * rounds / (time.perf_counter() - start)
 
 
-def bench_retrieval(n: int, dim: int, queries: int, seed: int = 0) -> list[tuple[str, float, float, float]]:
+def bench_retrieval(
+    n: int, dim: int, queries: int, seed: int = 0
+) -> list[tuple[str, float, float, float]]:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((1000, dim)).astype(np.float32)
-    catalogue = normalize(centres[rng.integers(0, 1000, n)] + 0.8 * rng.standard_normal((n, dim)).astype(np.float32))
+    catalogue = normalize(
+        centres[rng.integers(0, 1000, n)] + 0.8 * rng.standard_normal((n, dim)).astype(np.float32)
+    )
     picks = rng.integers(0, n, queries)
     q = normalize(catalogue[picks] + 0.5 * rng.standard_normal((queries, dim)).astype(np.float32))
 
@@ -88,19 +92,23 @@ def bench_retrieval(n: int, dim: int, queries: int, seed: int = 0) -> list[tuple
     t0 = time.perf_counter()
     ivf = make_faiss_index(catalogue, IndexSettings("ivf", nlist=auto.nlist, nprobe=1))
     build = time.perf_counter() - t0
-    for nprobe in (1, 4, auto.nprobe, 32, 64):
+    for nprobe in sorted({1, 4, 16, auto.nprobe, 64, 128}):
         ivf.nprobe = nprobe
         t0 = time.perf_counter()
         _, found = ivf.search(q, 10)
         qps = queries / (time.perf_counter() - t0)
         recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact)])
-        label = f"ivf nlist {auto.nlist} nprobe {nprobe}" + (" (default)" if nprobe == auto.nprobe else "")
+        label = f"ivf nlist {auto.nlist} nprobe {nprobe}" + (
+            " (default)" if nprobe == auto.nprobe else ""
+        )
         rows.append((label, build, qps, float(recall)))
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", default="small", choices=("tiny", "small", "paper"))
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per caption")
     ap.add_argument("--beams", type=int, default=1)
@@ -118,11 +126,15 @@ def main() -> None:
     if not args.skip_captions:
         with tempfile.TemporaryDirectory() as tmp:
             captioner = make_captioner(args.size, Path(tmp))
-            print(f"captioning: preset {args.size}, {args.tokens} tokens, beams {args.beams}, {args.threads} thread(s)")
+            print(
+                f"captioning: preset {args.size}, {args.tokens} tokens, beams {args.beams}, {args.threads} thread(s)"
+            )
             for batch in (1, 16):
                 rate = bench_captions(captioner, batch, args.tokens, args.beams, args.rounds)
                 print(f"  batch {batch:>2}: {rate:6.2f} captions/s")
-    print(f"retrieval: {args.catalogue} x 256 catalogue, {args.queries} queries, {args.threads} thread(s)")
+    print(
+        f"retrieval: {args.catalogue} x 256 catalogue, {args.queries} queries, {args.threads} thread(s)"
+    )
     print(f"  {'index':34} {'build s':>8} {'queries/s':>10} {'recall@10':>10}")
     for label, build, qps, recall in bench_retrieval(args.catalogue, 256, args.queries):
         print(f"  {label:34} {build:8.2f} {qps:10.0f} {recall:10.3f}")

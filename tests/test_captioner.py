@@ -67,6 +67,18 @@ def make_tiny_model(folder: Path, steps: int = 80) -> Path:
     space pairs each song's audio with its lyrics (retrieval better than chance)."""
     import torch
 
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from threads on a busy machine
+    try:
+        return _train_tiny_model(folder, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_tiny_model(folder: Path, steps: int) -> Path:
+    import torch
+
     from recap.audio import AudioConfig, excerpt_from_array
     from recap.config import RecapConfig
     from recap.model import RecapModel
@@ -115,9 +127,19 @@ def make_tiny_model(folder: Path, steps: int = 80) -> Path:
     return folder
 
 
+_BUILT: dict[str, Path] = {}
+
+
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """One tiny model per test session, shared by the test modules that import this."""
+    if "model" not in _BUILT:
+        _BUILT["model"] = make_tiny_model(tmp_path_factory.mktemp("model"))
+    return _BUILT["model"]
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_captioner import SONGS, make_catalogue, make_tiny_model
+from test_captioner import SONGS, make_catalogue, tiny_model_dir
 
 from recap.cli import main
 from recap.index import (
@@ -24,7 +24,7 @@ from recap.utils import RecapError
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

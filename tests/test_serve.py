@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from test_captioner import RATE, SONGS, make_catalogue, make_tiny_model, tone
+from test_captioner import RATE, SONGS, make_catalogue, tiny_model_dir, tone
 
 from recap.captioner import Captioner, DecodeOptions
 from recap.index import Searcher, build_index
@@ -59,7 +59,7 @@ def start_server(model_dir: Path, songs_dir: Path, tmp: Path, **limits) -> LiveS
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_captioner import SONGS, make_catalogue, make_tiny_model
+from test_captioner import SONGS, make_catalogue, tiny_model_dir
 from test_serve import LiveServer, start_server
 
 from recap.captioner import Captioner
@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    return make_tiny_model(tmp_path_factory.mktemp("model"))
+    return tiny_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from recap.tagger import TaggerConfig, format_metrics, tag_metrics, train_tagger
 
 # Audible by construction: the melody slot sets the pitch, the tempo slot the pulse rate.
 PITCH = {"flute": 880.0, "violin": 220.0}
 PULSE = {"slow": 1.0, "fast": 4.0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from a second thread on a shared two-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_benchmark(root: Path, per_class: int = 4) -> Path:
@@ -62,17 +72,20 @@ def test_tag_metrics_by_hand():
 def test_tagger_learns_audible_tags_and_saves_the_encoder(tmp_path):
     from recap.music_encoder import MusicEncoder
 
-    data = make_benchmark(tmp_path / "bench")
+    data = make_benchmark(tmp_path / "bench", per_class=8)
     cfg = TaggerConfig(
-        data=str(data), out=str(tmp_path / "enc"), preset="tiny", epochs=8, batch_size=4,
+        data=str(data), out=str(tmp_path / "enc"), preset="tiny", epochs=10, batch_size=4,
         lr=3e-3, crop_seconds=4.0, workers=0, progress=False,
     )  # fmt: skip
     metrics = train_tagger(cfg)
+    # Chance is 0.5; pitch (melody) is the easy fact for a 40k-parameter encoder.
+    assert metrics["mean_roc_auc"] >= 0.75
     assert metrics["per_tag"]["melody=flute"]["roc_auc"] >= 0.75
-    assert metrics["per_slot"]["melody"]["accuracy"] > metrics["per_slot"]["melody"]["chance"]
+    assert metrics["per_tag"]["melody=oboe"]["roc_auc"] is None  # never heard: no AUC
+    assert set(metrics["per_slot"]) == {"melody", "tempo", "mode"}
     saved = json.loads((tmp_path / "enc" / "tagger_metrics.json").read_text())
     assert saved["test"]["per_tag"].keys() == metrics["per_tag"].keys()
-    assert saved["n_songs"] == {"train": 8, "val": 4, "test": 4}
+    assert saved["n_songs"] == {"train": 16, "val": 8, "test": 8}
 
     encoder = MusicEncoder.from_pretrained(tmp_path / "enc")
     assert "melody=flute" in encoder.config.tag_names

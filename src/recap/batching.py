@@ -83,7 +83,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             group = order[start : start + mega]
             # Longest first inside a group; the stable sort keeps the shuffled order among ties.
             group = group[np.argsort(-self.lengths[group], kind="stable")]
-            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
+            batches.extend(
+                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+            )
         # Only the last batch of the last mega-batch can be short: drop it, or pad it by repeating
         # its own examples (as DistributedSampler does) so every rank gets the same count.
         if len(batches[-1]) < self.batch_size:

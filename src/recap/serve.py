@@ -14,8 +14,8 @@ so every model call holds one lock: requests are decoded in parallel, run one at
 each gets its own result.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
+# definition time, and they name classes imported inside create_app (fastapi is an extra).
 import argparse
 import logging
 import os

@@ -56,7 +56,7 @@ class TaggerConfig:
     batch_size: int = _opt(32, "clips per step")
     lr: float = _opt(1e-3, "AdamW learning rate")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
-    crop_seconds: float = _opt(4.0, "random training crop (0: the whole excerpt)")
+    crop_seconds: float = _opt(3.0, "random training crop (0: the whole excerpt)")
     seed: int = _opt(0, "seed of the weights, crops and batch order")
     workers: int | None = _opt(None, "audio-decoding processes for the log-mel cache (None: all)")
     device: str = _opt("cpu", "torch device")
@@ -112,9 +112,7 @@ def tag_matrix(truths: Sequence[Mapping[str, Any]], tags: Sequence[str]) -> np.n
     return y
 
 
-def random_crops(
-    log_mels: np.ndarray, frames: int, rng: np.random.Generator
-) -> np.ndarray:
+def random_crops(log_mels: np.ndarray, frames: int, rng: np.random.Generator) -> np.ndarray:
     """One random window of `frames` frames per clip: (B, n_mels, T) → (B, n_mels, frames)."""
     total = log_mels.shape[-1]
     if frames <= 0 or frames >= total:
@@ -126,9 +124,7 @@ def random_crops(
 # ============================================================================ metrics
 
 
-def tag_metrics(
-    probs: np.ndarray, targets: np.ndarray, tags: Sequence[str]
-) -> dict[str, Any]:
+def tag_metrics(probs: np.ndarray, targets: np.ndarray, tags: Sequence[str]) -> dict[str, Any]:
     """Per-tag ROC-AUC and accuracy (threshold 0.5), and per slot the accuracy of the arg-max
     tag among that slot's tags (e.g. which of the 8 melody instruments), with its chance level.
 
@@ -280,9 +276,9 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total.item() / n}
         # Select the epoch on the validation songs (the test split only reports).
         held = val if len(val.song_ids) else train
-        auc = tag_metrics(predict(model, held.log_mels, cfg.batch_size, device), held.targets, tags)[
-            "mean_roc_auc"
-        ]
+        auc = tag_metrics(
+            predict(model, held.log_mels, cfg.batch_size, device), held.targets, tags
+        )["mean_roc_auc"]
         record["val_mean_roc_auc"] = auc
         if auc is not None and auc > best_auc:
             best_auc, best_epoch = auc, epoch + 1

@@ -49,8 +49,16 @@ DONE_NAME = "done.json"
 METHODS = ("bart", "bart-fusion", "recap")
 # Settings that may change between a run and its resumption without changing what it computes.
 RESUME_MUTABLE = frozenset(
-    {"resume", "overwrite", "max_steps", "progress", "num_workers", "log_every_steps",
-     "checkpoint_every_steps", "embed_workers"}
+    {
+        "resume",
+        "overwrite",
+        "max_steps",
+        "progress",
+        "num_workers",
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "embed_workers",
+    }
 )
 
 
@@ -69,8 +77,8 @@ class TrainConfig:
     # --- what to train on
     data: str = _opt("", "dataset folder (dataset.jsonl, audios/, cache/)")
     out: str = _opt("", "run folder RUN")
-    preset: str = _opt("recap", "method: bart | bart-fusion | recap (SPEC §1.6)")
-    size: str = _opt("paper", "model size: tiny | small | paper")
+    preset: str = _opt("recap", "method (SPEC §1.6)", choices=METHODS)
+    size: str = _opt("paper", "model size", choices=("tiny", "small", "paper"))
     variant: str = _opt("full", "training data: full | not_negative (vote >= 0) | positive")
     val_fraction: float = _opt(0.1, "share of train held out for validation when none is given")
     encoder: str | None = _opt(
@@ -110,7 +118,9 @@ class TrainConfig:
     overwrite: bool = _opt(False, "delete an existing RUN first")
     progress: bool = _opt(True, "tqdm progress bars")
     # --- performance
-    mixed_precision: str = _opt("auto", "auto (bf16 on a capable GPU, else no) | no | bf16 | fp16")
+    mixed_precision: str = _opt(
+        "auto", "auto: bf16 on a capable GPU, else no", choices=("auto", "no", "bf16", "fp16")
+    )
     compile: bool = _opt(False, "torch.compile the model")
     num_workers: int = _opt(0, "DataLoader worker processes")
     pin_memory: bool | None = _opt(None, "pinned host memory (None: on CUDA only)")
@@ -122,7 +132,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def for_preset(cls, preset: str = "recap", size: str = "paper", **overrides: Any) -> TrainConfig:
+    def for_preset(
+        cls, preset: str = "recap", size: str = "paper", **overrides: Any
+    ) -> TrainConfig:
         """The paper's protocol for `preset` at `size`, with keyword overrides, resolved."""
         return cls(preset=preset, size=size, **overrides).resolved()
 
@@ -131,7 +143,9 @@ class TrainConfig:
         if self.preset not in METHODS:
             raise RecapError(f"unknown preset {self.preset!r}; choose one of {', '.join(METHODS)}")
         if self.size not in SIZE_DEFAULTS:
-            raise RecapError(f"unknown size {self.size!r}; choose one of {', '.join(SIZE_DEFAULTS)}")
+            raise RecapError(
+                f"unknown size {self.size!r}; choose one of {', '.join(SIZE_DEFAULTS)}"
+            )
         defaults = SIZE_DEFAULTS[self.size]
         values = {
             k: (defaults[k] if getattr(self, k) is None and k in defaults else getattr(self, k))
@@ -208,7 +222,9 @@ class ExampleDataset(Dataset):
         return self.examples[i]
 
 
-def tokenize_rows(rows: Sequence[Any], tokenizer: Any, max_source: int, max_target: int) -> list[Example]:
+def tokenize_rows(
+    rows: Sequence[Any], tokenizer: Any, max_source: int, max_target: int
+) -> list[Example]:
     """`recap.data.Row`s → Examples (lyrics and caption truncated to the model's lengths)."""
     if not rows:
         return []
@@ -421,7 +437,11 @@ class Trainer:
 
         report = SkipReport("load dataset")
         splits = load_splits(
-            cfg.data, variant=cfg.variant, val_fraction=cfg.val_fraction, seed=cfg.seed, report=report
+            cfg.data,
+            variant=cfg.variant,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            report=report,
         )
         if self.is_main:
             report.write(report_path)
@@ -446,7 +466,9 @@ class Trainer:
             overrides["music"] = encoder.config
         self.encoder = encoder
         # --- tokenizer
-        tokenizer = self._tokenizer(train_rows, RecapConfig.preset(cfg.preset, cfg.size, **overrides))
+        tokenizer = self._tokenizer(
+            train_rows, RecapConfig.preset(cfg.preset, cfg.size, **overrides)
+        )
         overrides.update(_special_ids(tokenizer))
         if cfg.bart:
             model_cfg = RecapConfig.preset(cfg.preset, cfg.size, **overrides)
@@ -464,7 +486,9 @@ class Trainer:
             train_rows, tokenizer, mcfg.max_source_length, mcfg.max_target_length
         )
         val = val_rows[: cfg.val_max_examples] if cfg.val_max_examples else val_rows
-        self.val_examples = tokenize_rows(val, tokenizer, mcfg.max_source_length, mcfg.max_target_length)
+        self.val_examples = tokenize_rows(
+            val, tokenizer, mcfg.max_source_length, mcfg.max_target_length
+        )
         embeddings = None
         if cfg.preset != "bart":
             songs = sorted({e.song_id for e in self.train_examples + self.val_examples})
@@ -592,7 +616,9 @@ class Trainer:
         last = _existing_dir(self.run / "last")
         if last is None:
             raise RecapError(f"no checkpoint to resume in {self.run}")
-        load_model(acc.unwrap_model(self.model), str(last / "model.safetensors"), device=str(acc.device))
+        load_model(
+            acc.unwrap_model(self.model), str(last / "model.safetensors"), device=str(acc.device)
+        )
         self.optimizer.load_state_dict(
             torch.load(last / "optimizer.pt", map_location=acc.device, weights_only=False)
         )
@@ -606,7 +632,13 @@ class Trainer:
             )
         _set_rng_state(torch.load(rng, weights_only=False))
         state = TrainState.from_dict(json.loads((last / "state.json").read_text()))
-        logger.info("resuming %s at step %d (epoch %d, batch %d)", self.run, state.step, state.epoch, state.batch_in_epoch)
+        logger.info(
+            "resuming %s at step %d (epoch %d, batch %d)",
+            self.run,
+            state.step,
+            state.epoch,
+            state.batch_in_epoch,
+        )
         return state
 
     def save_best(self) -> None:
@@ -644,11 +676,10 @@ class Trainer:
             preds.extend(zip(idx, (t.strip() for t in texts)))
         if was_training:
             model.train()
+        # Every rank gets every prediction, so all take the same best/early-stop decision.
         everything = sorted(gather_object(preds)) if acc.num_processes > 1 else preds
-        seen: dict[int, str] = dict(everything)  # a padded shard may repeat nothing; dict dedups
-        order = sorted(seen)
-        references = [self.val_examples[i].caption for i in order]
-        return validation_scores([seen[i] for i in order], references)
+        references = [self.val_examples[i].caption for i, _ in everything]
+        return validation_scores([text for _, text in everything], references)
 
     # -------------------------------------------------------------- loop
     def fit(self) -> Path:
@@ -661,12 +692,30 @@ class Trainer:
         writer = _TensorBoard(run / "tb") if self.is_main else None
         log_path = run / "log.jsonl"
         if self.is_main and not resume:
-            _append_jsonl(log_path, {"event": "start", "seed": cfg.seed, "n_params": self.n_params, "n_train": len(self.train_examples), "n_val": len(self.val_examples), "processes": acc.num_processes, "mixed_precision": self.mixed_precision, "device": str(acc.device)})
+            _append_jsonl(
+                log_path,
+                {
+                    "event": "start",
+                    "seed": cfg.seed,
+                    "n_params": self.n_params,
+                    "n_train": len(self.train_examples),
+                    "n_val": len(self.val_examples),
+                    "processes": acc.num_processes,
+                    "mixed_precision": self.mixed_precision,
+                    "device": str(acc.device),
+                },
+            )
         model = self.model
         model.train()
         per_epoch = self.sampler.batches_per_epoch()
         total_steps = per_epoch * cfg.epochs
-        bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.preset}", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps,
+            initial=state.step,
+            desc=f"train {cfg.preset}",
+            disable=not (cfg.progress and self.is_main),
+            dynamic_ncols=True,
+        )
         # Loss terms summed on the device; read (one host sync) every log_every_steps steps.
         sums = torch.zeros(3, device=acc.device)
         n_sum, samples, tokens, t_last = 0, 0, 0, time.perf_counter()
@@ -683,7 +732,9 @@ class Trainer:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                sums += torch.stack([_term(out, "loss"), _term(out, "caption_loss"), _term(out, "align_loss")])
+                sums += torch.stack(
+                    [_term(out, "loss"), _term(out, "caption_loss"), _term(out, "align_loss")]
+                )
                 n_sum += 1
                 samples += len(batch["song_ids"]) * acc.num_processes
                 tokens += n_tokens * acc.num_processes  # other ranks' lengths are alike (approx.)
@@ -693,7 +744,16 @@ class Trainer:
                 if state.step % cfg.log_every_steps == 0:
                     values = (sums / n_sum).tolist()
                     elapsed = max(time.perf_counter() - t_last, 1e-9)
-                    record = {"step": state.step, "epoch": epoch, "loss": values[0], "caption_loss": values[1], "align_loss": values[2], "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": samples / elapsed, "tokens_per_s": tokens / elapsed}
+                    record = {
+                        "step": state.step,
+                        "epoch": epoch,
+                        "loss": values[0],
+                        "caption_loss": values[1],
+                        "align_loss": values[2],
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "samples_per_s": samples / elapsed,
+                        "tokens_per_s": tokens / elapsed,
+                    }
                     if self.is_main:
                         _append_jsonl(log_path, record)
                         writer.scalars(record, state.step)
@@ -729,7 +789,15 @@ class Trainer:
         if self.is_main:
             if not (run / "best").is_dir():  # no validation ran (e.g. an empty val split)
                 self.save_best()
-            result = {"step": state.step, "epochs": state.epoch, "best_metric": state.best_metric, "best_epoch": state.best_epoch, "val_metric": cfg.val_metric, "stopped_early": state.stopped_early, "validations": state.validations}
+            result = {
+                "step": state.step,
+                "epochs": state.epoch,
+                "best_metric": state.best_metric,
+                "best_epoch": state.best_epoch,
+                "val_metric": cfg.val_metric,
+                "stopped_early": state.stopped_early,
+                "validations": state.validations,
+            }
             atomic_write_json(run / DONE_NAME, result)
             _append_jsonl(log_path, {"event": "done", **result})
             writer.close()
@@ -773,12 +841,24 @@ class Trainer:
                 self.save_best()
         else:
             state.bad_validations += 1
-        record = {"event": "validation", "step": state.step, "epoch": state.epoch, **scores, "best": improved}
+        record = {
+            "event": "validation",
+            "step": state.step,
+            "epoch": state.epoch,
+            **scores,
+            "best": improved,
+        }
         state.validations.append(record)
         if self.is_main:
             _append_jsonl(log_path, record)
             writer.scalars({f"val/{k}": v for k, v in scores.items()}, state.step)
-            logger.info("epoch %d: %s %.4f%s", state.epoch, cfg.val_metric, value, " (best)" if improved else "")
+            logger.info(
+                "epoch %d: %s %.4f%s",
+                state.epoch,
+                cfg.val_metric,
+                value,
+                " (best)" if improved else "",
+            )
         self.accelerator.wait_for_everyone()
 
 
@@ -787,7 +867,10 @@ def _own_storage(module: torch.nn.Module) -> None:
     one) its own copy: safetensors refuses to save such views."""
     for sub in module.modules():
         for name, buf in list(sub._buffers.items()):
-            if buf is not None and buf.untyped_storage().nbytes() != buf.numel() * buf.element_size():
+            if (
+                buf is not None
+                and buf.untyped_storage().nbytes() != buf.numel() * buf.element_size()
+            ):
                 sub._buffers[name] = buf.clone()
 
 
@@ -860,7 +943,12 @@ class _TensorBoard:
 
     def scalars(self, record: Mapping[str, Any], step: int) -> None:
         for key, value in record.items():
-            if key not in ("step", "epoch", "time") and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            if (
+                key not in ("step", "epoch", "time")
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ):
                 self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
@@ -915,6 +1003,7 @@ def add_dataclass_arguments(
         kind, _ = _flag_type(hints[f.name])
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
         if kind is dict:
             parser.add_argument(
                 flag, dest=f.name, action="append", type=_parse_override, default=None,
@@ -928,7 +1017,12 @@ def add_dataclass_arguments(
         else:
             default = f.default if f.default is not dataclasses.MISSING else None
             parser.add_argument(
-                flag, dest=f.name, type=kind, default=None, help=f"{help_text} (default: {default})"
+                flag,
+                dest=f.name,
+                type=kind,
+                default=None,
+                choices=choices,
+                help=f"{help_text} (default: {default})",
             )
 
 
@@ -938,7 +1032,9 @@ def dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     for f in dataclasses.fields(cls):
         value = getattr(args, f.name, None)
         if value is not None:
-            values[f.name] = dict(value) if isinstance(value, list) and f.type in (dict, "dict") else value
+            values[f.name] = (
+                dict(value) if isinstance(value, list) and f.type in (dict, "dict") else value
+            )
     return cls(**values)
 
 
@@ -957,7 +1053,9 @@ def _handler(args: argparse.Namespace) -> int:
     done = run / DONE_NAME
     if done.exists():
         result = json.loads(done.read_text())
-        print(f"{run}: best {result['val_metric']} = {result['best_metric']} (epoch {result['best_epoch']})")
+        print(
+            f"{run}: best {result['val_metric']} = {result['best_metric']} (epoch {result['best_epoch']})"
+        )
     else:
         print(f"{run}: paused at max_steps; continue with --resume")
     return 0

@@ -249,8 +249,18 @@ def build_benchmark(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     if cfg.limit is not None:
         sources = sources[: cfg.limit]
     skipped = SkipReport("bench build")
+    # One work in two formats (music21 has a few .mxl/.xml twins) maps to one work id: keep the
+    # first, or its renderings would share song ids.
+    first_of: dict[str, str] = {}
+    unique = []
+    for src in sources:
+        if src.work_id in first_of:
+            skipped.add(src.path, f"duplicate of {first_of[src.work_id]} (same work id)")
+        else:
+            first_of[src.work_id] = src.path
+            unique.append(src)
     songs: list[dict] = []
-    jobs = [(src, cfg, soundfont) for src in sources]
+    jobs = [(src, cfg, soundfont) for src in unique]
     bar = tqdm(total=len(jobs), desc="bench build", unit="score", disable=not progress)
     if cfg.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(cfg.workers) as pool:
