@@ -1,6 +1,7 @@
 """Captioner API and `recap caption` on a tiny model trained in the test.
 
-`make_catalogue` and `make_tiny_model` are also used by tests/test_index.py and test_serve.py.
+`make_catalogue`, `tiny_model_dir` and `tone` are shared with test_index, test_serve and
+test_serve_browser (one tiny model per session).
 """
 
 from __future__ import annotations
@@ -16,23 +17,6 @@ import soundfile as sf
 from recap.captioner import Captioner, collect_inputs
 from recap.cli import main
 from recap.utils import RecapError
-
-
-def _hann_window_is_a_view() -> bool:
-    import torch
-
-    w = torch.hann_window(8, periodic=True)
-    return w.untyped_storage().nbytes() != w.numel() * w.element_size()
-
-
-if _hann_window_is_a_view():
-    # WORKAROUND (reported): torch.hann_window(periodic=True) returns a view into n+1 samples,
-    # and safetensors refuses to save or load the music encoder's `window` buffer made from it.
-    # Remove once recap.music_encoder registers `torch.hann_window(...).clone()`.
-    import torch as _torch
-
-    _hann = _torch.hann_window
-    _torch.hann_window = lambda *a, **k: _hann(*a, **k).clone()
 
 RATE = 22_050
 # (song id, tone frequencies in Hz, lyrics): distinct audio and distinct words per song.
@@ -66,7 +50,6 @@ def make_tiny_model(folder: Path, steps: int = 80) -> Path:
     """A tiny RECAP model, trained a few steps on SONGS so captions are words and the aligned
     space pairs each song's audio with its lyrics (retrieval better than chance)."""
     import torch
-
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model gains nothing from threads on a busy machine

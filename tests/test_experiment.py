@@ -155,3 +155,30 @@ def test_cli_parses_table1_and_sweep():
     assert cfg.variants == ("full",) and cfg.seeds == (0,)
     with pytest.raises(ex.RecapError):
         ex.ExperimentConfig(data="d", methods=("gpt",))
+
+
+def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
+    import os
+
+    from recap.evaluate import DecodeConfig
+
+    cfg = ex.ExperimentConfig(
+        data="d", decode=DecodeConfig(num_beams=2), meteor15=False, bootstrap=50
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "done.json").write_text("{}")
+    metrics = run / "metrics.json"
+    saved = {"decode": cfg.decode.to_dict(), "bootstrap": 50, "summary": {"ROUGE-L recall": 0.2}}
+    metrics.write_text(json.dumps(saved))
+    os.utime(run / "done.json", (1000, 1000))  # trained before the evaluation
+    assert ex._cached_metrics(metrics, cfg, run) == saved
+    other = ex.ExperimentConfig(
+        data="d", decode=DecodeConfig(num_beams=4), meteor15=False, bootstrap=50
+    )
+    assert ex._cached_metrics(metrics, other, run) is None  # other decoding
+    wants_m15 = ex.ExperimentConfig(data="d", decode=cfg.decode, bootstrap=50)
+    assert ex._cached_metrics(metrics, wants_m15, run) is None  # METEOR 1.5 missing
+    os.utime(run / "done.json", None)
+    os.utime(metrics, (1000, 1000))
+    assert ex._cached_metrics(metrics, cfg, run) is None  # retrained since

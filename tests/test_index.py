@@ -135,7 +135,7 @@ def test_eval_beats_chance(index_dir, tmp_path, capsys):
     assert main(["index", "eval", "--index", str(index_dir), "--split", "val"]) == 2
 
 
-def test_flat_and_ivf_agree():
+def test_flat_and_ivf_agree(tmp_path):
     rng = np.random.default_rng(0)
     n, dim = 2000, 32
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
@@ -152,6 +152,14 @@ def test_flat_and_ivf_agree():
     approx = [[h.song_id for h in hits] for hits in few.search(queries, "audio", 10)]
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert 0.1 < recall < 1.0  # approximate: most but not all neighbours
+    # Saved IVF lists are reused on load (no retraining); nprobe can be changed at load time.
+    few.save(tmp_path / "ivf")
+    assert (tmp_path / "ivf" / "audio.ivf.faiss").is_file()
+    again = SongIndex.load(tmp_path / "ivf")
+    assert [[h.song_id for h in hits] for hits in again.search(queries, "audio", 10)] == approx
+    wide = SongIndex.load(tmp_path / "ivf", nprobe=16)
+    assert [[h.song_id for h in hits] for hits in wide.search(queries, "audio", 10)] == exact
+    assert SongIndex.load(tmp_path / "ivf", kind="flat").settings.kind == "flat"
 
 
 def test_metrics_and_chance_by_hand():

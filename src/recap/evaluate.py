@@ -408,6 +408,7 @@ def evaluate(
         "n_songs": len(songs),
         "reference_policy": REFERENCE_POLICY,
         "skipped": len(report),
+        "bootstrap": bootstrap,
         "runs": runs,
         "summary": _mean_over_seeds(
             [{"seed": r["seed"], "summary": _run_summary(r)} for r in runs]

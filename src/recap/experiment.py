@@ -140,7 +140,7 @@ def train_and_evaluate(
     logger.info("train %s (%s, seed %d, w %s) → %s", method, variant, seed, align_weight, run)
     run = Path(train(tc))
     out = default_out_dir(resolve_target(run), "test", cfg.decode)
-    cached = _cached_metrics(out / METRICS_NAME, cfg)
+    cached = _cached_metrics(out / METRICS_NAME, cfg, run)
     if cached is not None:
         result = cached
     else:
@@ -171,10 +171,14 @@ def train_and_evaluate(
     }
 
 
-def _cached_metrics(path: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
-    """A finished evaluation with the same decoding and the METEOR 1.5 this config asks for."""
+def _cached_metrics(path: Path, cfg: ExperimentConfig, run: Path) -> dict[str, Any] | None:
+    """A finished evaluation of this run's current model, with the same decoding, bootstrap
+    and the METEOR 1.5 this config asks for; None when it must be (re)computed."""
     if not path.is_file():
         return None
+    done = run / "done.json"
+    if done.is_file() and done.stat().st_mtime > path.stat().st_mtime:
+        return None  # the run was retrained after this evaluation
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -182,6 +186,8 @@ def _cached_metrics(path: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
     if result.get("decode") != cfg.decode.to_dict():
         return None
     if cfg.meteor15 and "METEOR 1.5" not in result.get("summary", {}):
+        return None
+    if result.get("bootstrap") != cfg.bootstrap:
         return None
     return result
 

@@ -9,11 +9,11 @@ modalities. An index folder holds both sides of every song:
                     of the lyrics, a hash of the lyrics (songs sharing lyrics are one "work"), split
       audio.npy     (N, D) float32 unit vectors of the audio
       lyrics.npy    (N, D) float32 unit vectors of the lyrics
+      *.ivf.faiss   IVF only: the trained lists (k-means over 1e5 songs takes ~25 s on one core)
 
-The FAISS structures are rebuilt from the vectors on load (an IVF index is retrained with a fixed
-seed), which keeps the folder portable across faiss versions. Search is exact (`IndexFlatIP`) up
-to `IVF_THRESHOLD` songs and approximate (`IndexIVFFlat`, inner product) above it, unless the
-kind is given. An audio query searches the lyrics side ("which lyrics fit this music?"); a lyrics
+An exact index is rebuilt from the vectors on load (instant); so is an IVF index whose kind or
+nlist is overridden. Search is exact (`IndexFlatIP`) up to `IVF_THRESHOLD` songs and approximate
+(`IndexIVFFlat`, inner product) above it, unless the kind is given. An audio query searches the lyrics side ("which lyrics fit this music?"); a lyrics
 query searches the audio side ("which songs sound like these words?").
 """
 
@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,8 @@ class SongIndex:
     settings: IndexSettings
     model_path: str = ""
     model_fingerprint: str = ""
+    # (audio, lyrics) FAISS indexes read from disk; None = build them from the vectors.
+    prebuilt: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.audio.shape != self.lyrics.shape or self.audio.shape[0] != len(self.songs):
@@ -156,8 +158,15 @@ class SongIndex:
         if not self.songs:
             raise RecapError("an index needs at least one song")
         self.settings = self.settings.resolve(len(self.songs))
-        self._audio_index = make_faiss_index(self.audio, self.settings)
-        self._lyrics_index = make_faiss_index(self.lyrics, self.settings)
+        if self.prebuilt is not None:
+            self._audio_index, self._lyrics_index = self.prebuilt
+            for index in self.prebuilt:
+                if hasattr(index, "nprobe"):
+                    index.nprobe = self.settings.nprobe
+        else:
+            self._audio_index = make_faiss_index(self.audio, self.settings)
+            self._lyrics_index = make_faiss_index(self.lyrics, self.settings)
+        self.prebuilt = None
 
     def __len__(self) -> int:
         return len(self.songs)
@@ -232,6 +241,11 @@ class SongIndex:
         try:
             np.save(tmp / "audio.npy", self.audio)
             np.save(tmp / "lyrics.npy", self.lyrics)
+            if self.settings.kind == "ivf":  # k-means is slow: keep the trained lists
+                import faiss
+
+                faiss.write_index(self._audio_index, str(tmp / "audio.ivf.faiss"))
+                faiss.write_index(self._lyrics_index, str(tmp / "lyrics.ivf.faiss"))
             atomic_write_json(tmp / "meta.json", self._meta())
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
