@@ -276,7 +276,7 @@ def test_caption_cli_folder_with_bad_items(model_dir, songs_dir, tmp_path, capsy
     assert "captioned 2/4" in capsys.readouterr().err
 
 
-def test_caption_cli_manifest_csv_and_jsonl(model_dir, songs_dir, tmp_path):
+def test_caption_cli_manifest_csv_and_jsonl(model_dir, songs_dir, tmp_path, captioner):
     manifest = tmp_path / "songs.jsonl"
     lines = [
         {"id": sid, "audio": str(songs_dir / f"{sid}.wav"), "lyrics": lyr}
@@ -294,7 +294,10 @@ def test_caption_cli_manifest_csv_and_jsonl(model_dir, songs_dir, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert [r["id"] for r in rows] == ["river", "winter", "dance", "gone"]
     assert rows[3]["error"] and not rows[3]["caption"]
-    assert "dance" in rows[2]["caption"]
+    # The CLI's decoding flags reach the model: the same caption as the API with 2 beams.
+    assert rows[2]["caption"] == captioner.caption(
+        songs_dir / "dance.wav", SONGS[2][2], num_beams=2
+    )
     # Every item failing is a non-zero exit.
     bad = tmp_path / "bad.csv"
     bad.write_text("audio,lyrics\nmissing.wav,hello\n")

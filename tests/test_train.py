@@ -272,3 +272,19 @@ def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_p
     with pytest.raises(Exception, match="other settings"):
         train(tiny_config(data, tmp_path / "run", preset="bart", epochs=1, lr=0.5,
                           align_weight=None, optimizer="adamw", max_grad_norm=1.0))  # fmt: skip
+
+
+def test_checkpoint_swap_leaves_one_complete_copy(tmp_path):
+    from recap.train import _existing_dir, _swap_dir
+
+    last = tmp_path / "last"
+    for version in ("1", "2"):
+        tmp = tmp_path / ".last.tmp"
+        tmp.mkdir()
+        (tmp / "state.json").write_text(version)
+        _swap_dir(tmp, last)
+        assert (last / "state.json").read_text() == version
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+    # A kill between the two renames leaves only last.old: resume reads it.
+    last.rename(tmp_path / "last.old")
+    assert _existing_dir(last) == tmp_path / "last.old"

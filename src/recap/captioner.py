@@ -36,7 +36,15 @@ from recap.utils import RecapError, SkipReport, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".mp3", ".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".m4a")
+AUDIO_SUFFIXES = (
+    ".mp3",
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".aiff",
+    ".aif",
+)  # libsndfile reads these
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 AudioInput = str | os.PathLike | np.ndarray

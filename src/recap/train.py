@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recap.batching import LengthGroupedBatchSampler
-from recap.utils import RecapError, atomic_write_json
+from recap.utils import RecapError, SkipReport, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -432,9 +432,6 @@ class Trainer:
         from recap.model import RecapModel
 
         cfg, acc = self.cfg, self.accelerator
-        report_path = self.run / "skipped_rows.json"
-        from recap.utils import SkipReport
-
         report = SkipReport("load dataset")
         splits = load_splits(
             cfg.data,
@@ -444,7 +441,7 @@ class Trainer:
             report=report,
         )
         if self.is_main:
-            report.write(report_path)
+            report.write(self.run / "skipped_rows.json")
             if len(report):
                 logger.warning(report.summary())
         train_rows, val_rows = splits["train"], splits["val"]
@@ -456,6 +453,8 @@ class Trainer:
             if getattr(cfg, key) is not None:
                 overrides[key] = getattr(cfg, key)
         encoder = None
+        if cfg.preset == "bart" and cfg.encoder:
+            logger.warning("the bart preset hears no music; --encoder %s is not used", cfg.encoder)
         if cfg.preset != "bart":
             from recap.music_encoder import load_music_encoder
 
@@ -511,6 +510,11 @@ class Trainer:
                 self.val_examples = [e for e in self.val_examples if e.song_id not in lost]
         self.embeddings = embeddings
         self.collator = Collator(mcfg.pad_token_id, embeddings, cfg.pad_to_multiple_of)
+        if cfg.batch_size % acc.num_processes:
+            raise RecapError(
+                f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly "
+                f"among {acc.num_processes} processes"
+            )
         self.sampler = LengthGroupedBatchSampler(
             [e.length for e in self.train_examples],
             cfg.batch_size,
@@ -691,11 +695,12 @@ class Trainer:
         state = self.load_checkpoint() if resume else TrainState()
         writer = _TensorBoard(run / "tb") if self.is_main else None
         log_path = run / "log.jsonl"
-        if self.is_main and not resume:
+        if self.is_main:
             _append_jsonl(
                 log_path,
                 {
-                    "event": "start",
+                    "event": "resume" if resume else "start",
+                    "step": state.step,
                     "seed": cfg.seed,
                     "n_params": self.n_params,
                     "n_train": len(self.train_examples),
@@ -760,11 +765,11 @@ class Trainer:
                         bar.set_postfix(loss=f"{values[0]:.3f}")
                     sums.zero_()
                     n_sum, samples, tokens, t_last = 0, 0, 0, time.perf_counter()
-                if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
-                    self.save_checkpoint(state)
                 if cfg.max_steps and state.step >= cfg.max_steps:
                     paused = True
                     break
+                if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+                    self.save_checkpoint(state)
             if paused:
                 break
             # --- end of epoch: validate, keep the best, maybe stop

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 # Slots a wrong interpretation may get wrong: the closed-vocabulary ones (a wrong first line or
 # wrong salient words would just be another song's text).
-CORRUPTIBLE = ("melody", "accompaniment", "tempo", "key", "mode", "metre", "theme")
+CORRUPTIBLE = ("melody", "accompaniment", "tempo", "key", "theme")
 
 
 @dataclass
@@ -148,7 +148,7 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
             "mode": score.mode,
             "metre": metre_class(score.numerator),
             **facts.to_dict(),
-            "mood": mood_for(score.mode, tempo),
+            "mood": mood_for(tempo),
         }
         mp3 = audio_dir / f"{song_id}.mp3"
         if not mp3.is_file():
@@ -213,7 +213,7 @@ def make_interpretations(song: dict, cfg: BuildConfig) -> list[dict]:
             for slot in rng.sample(CORRUPTIBLE, rng.choice((1, 1, 2))):
                 stated[slot] = rng.choice([v for v in VOCABULARIES[slot] if v != truth[slot]])
             # The reading follows from what the comment claims to hear.
-            stated["mood"] = mood_for(stated["mode"], stated["tempo"])
+            stated["mood"] = mood_for(str(stated["tempo"]))
         correct = {slot: stated[slot] == truth[slot] for slot in ALL_SLOTS}
         if not all(correct.values()):
             votes = -rng.randint(1, 8)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS
+from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS
 from recap.utils import RecapError, atomic_write_json
 
 FEATURE_RATE = 22050
 # Categorical slots probed; first_line and salient_words are copies of the text, not labels.
-PROBED = AUDIO_SLOTS + ("language", "theme") + INTERPRETIVE_SLOTS
+# Mode and metre are probed too: the probe is why captions leave them out.
+PROBED = AUDIO_SLOTS + SCORE_ONLY_SLOTS + ("language", "theme") + INTERPRETIVE_SLOTS
 ONSET_LAGS = 64  # spectral-flux autocorrelation lags (frames of 512 samples: ~1.5 s)
 
 
@@ -140,7 +141,7 @@ def run_probe(
             "chance": _chance(y, groups, folds),
             "audio": _cv_accuracy(x_audio, y, groups, folds, scale=True),
             "lyrics": _cv_accuracy(x_text, y, groups, folds, scale=False),
-            "modality": "audio" if slot in AUDIO_SLOTS + INTERPRETIVE_SLOTS else "lyrics",
+            "modality": "lyrics" if slot in ("language", "theme") else "audio",
         }
     report = {"data_dir": str(data_dir), "songs": len(songs), "works": n_works,
               "folds": folds, "seconds": seconds, "slots": table}  # fmt: skip

@@ -1,7 +1,6 @@
 """The facts a benchmark caption states: slot names, their closed vocabularies, and the tags.
 
-Audio slots are chosen per rendering (instruments, tempo, transposition) or read from the score
-(mode, metre); lyrics slots come from the text alone. Every vocabulary is closed and its words are
+Audio slots are chosen per rendering (instruments, tempo, transposition → key); lyrics slots come from the text alone. Every vocabulary is closed and its words are
 disjoint from the other slots' words, so a caption can be parsed back whatever its sentence order.
 """
 
@@ -44,21 +43,18 @@ METRES: tuple[str, ...] = ("duple", "triple", "compound")
 LANGUAGES: tuple[str, ...] = ("German", "English", "French", "Italian", "Latin")
 THEMES: tuple[str, ...] = ("faith", "love", "death", "nature", "night", "joy", "longing")
 
-# The interpretive slot joins the two modalities' readings: a mood heard in the music (mode and
-# tempo) applied to what the text is about (theme).
-MOODS: dict[tuple[str, str], str] = {
-    ("major", "slow"): "tender",
-    ("major", "moderate"): "serene",
-    ("major", "fast"): "jubilant",
-    ("minor", "slow"): "mournful",
-    ("minor", "moderate"): "wistful",
-    ("minor", "fast"): "restless",
-}
+# The interpretive slot joins the two modalities' readings: a mood heard in the music applied to
+# what the text is about (theme). Mode would have made a richer mood (major/minor x tempo), but
+# neither mode nor metre is recoverable from the audio (`recap bench probe`, docs/benchmark.md):
+# both stay in the truth for reference and are left out of the captions.
+MOODS: dict[str, str] = {"slow": "solemn", "moderate": "serene", "fast": "jubilant"}
 
-AUDIO_SLOTS: tuple[str, ...] = ("melody", "accompaniment", "tempo", "key", "mode", "metre")
+AUDIO_SLOTS: tuple[str, ...] = ("melody", "accompaniment", "tempo", "key")
 LYRICS_SLOTS: tuple[str, ...] = ("language", "first_line", "salient_words", "theme")
 INTERPRETIVE_SLOTS: tuple[str, ...] = ("mood",)
 ALL_SLOTS: tuple[str, ...] = AUDIO_SLOTS + LYRICS_SLOTS + INTERPRETIVE_SLOTS
+# In the truth of every song, not stated by captions (the audio does not carry them).
+SCORE_ONLY_SLOTS: tuple[str, ...] = ("mode", "metre")
 
 # Slots whose value is one label of a closed vocabulary (the others are free text from the lyrics).
 VOCABULARIES: dict[str, tuple[str, ...]] = {
@@ -70,12 +66,12 @@ VOCABULARIES: dict[str, tuple[str, ...]] = {
     "metre": METRES,
     "language": LANGUAGES,
     "theme": THEMES,
-    "mood": tuple(sorted(set(MOODS.values()))),
+    "mood": tuple(MOODS.values()),
 }
 
 
-def mood_for(mode: str, tempo: str) -> str:
-    return MOODS[(mode, tempo)]
+def mood_for(tempo: str) -> str:
+    return MOODS[tempo]
 
 
 def metre_class(numerator: int) -> str:

@@ -11,7 +11,7 @@ import random
 import re
 
 from recap.bench.facts import normalize_phrase
-from recap.bench.slots import VOCABULARIES
+from recap.bench.slots import ALL_SLOTS, VOCABULARIES
 
 # One list of wordings per family; {a_melody} is the instrument with its article.
 SENTENCES: dict[str, tuple[str, ...]] = {
@@ -21,14 +21,9 @@ SENTENCES: dict[str, tuple[str, ...]] = {
         "{A_accompaniment} supports {a_melody} that leads the melody.",
     ),
     "tempo_key": (
-        "The tempo is {tempo}, in {key} {mode}.",
-        "It moves at a {tempo} pace in {key} {mode}.",
-        "Set in {key} {mode}, it goes at a {tempo} tempo.",
-    ),
-    "metre": (
-        "The pulse is {metre}.",
-        "It is written in {metre} time.",
-        "Its beats fall in a {metre} metre.",
+        "The tempo is {tempo}, in the key of {key}.",
+        "It moves at a {tempo} pace in the key of {key}.",
+        "Set in the key of {key}, it goes at a {tempo} tempo.",
     ),
     "text": (
         'The {language} text begins "{first_line}".',
@@ -51,7 +46,7 @@ FAMILIES: tuple[str, ...] = tuple(SENTENCES)
 _ARTICLE_AN = {"oboe", "organ"}
 _PLURAL = {"strings"}
 _QUOTED = re.compile(r'"([^"]*)"')
-_KEY = re.compile(r"\b([A-G](?:-flat|-sharp)?) (major|minor)\b")
+_KEY = re.compile(r"\bkey of ([A-G](?:-flat|-sharp)?)(?![\w-])")
 
 
 def _with_article(name: str) -> str:
@@ -114,10 +109,11 @@ def parse_caption(text: str) -> dict[str, object]:
     outside = _QUOTED.sub(" ", text)
     key = _KEY.search(outside)
     if key:
-        slots["key"], slots["mode"] = key.group(1), key.group(2)
+        slots["key"] = key.group(1)
     lowered = outside.lower()
-    for slot, vocab in VOCABULARIES.items():
-        if slot in ("key", "mode"):
+    for slot in ALL_SLOTS:
+        vocab = VOCABULARIES.get(slot)
+        if vocab is None or slot == "key":
             continue
         hits = []
         for value in vocab:
@@ -126,8 +122,4 @@ def parse_caption(text: str) -> dict[str, object]:
                 hits.append((m.start(), value))
         if hits:
             slots[slot] = min(hits)[1]  # the first one stated
-    if "mode" not in slots:  # a mode stated without a tonic
-        m = re.search(r"\b(major|minor)\b", lowered)
-        if m:
-            slots["mode"] = m.group(1)
     return slots
