@@ -19,7 +19,14 @@ _EXPORTS = {
     "RecapError": "recap.utils",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Captioner",
+    "MusicEncoder",
+    "MusicEncoderConfig",
+    "RecapConfig",
+    "RecapError",
+    "RecapModel",
+]
 
 if TYPE_CHECKING:
     from recap.captioner import Captioner

@@ -409,8 +409,8 @@ class RecapModel(nn.Module):
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         from safetensors.torch import save_file
 
-        state = {name: self.state_dict()[name] for name in _unique_state_names(self)}
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+        full = self.state_dict()
+        state = {k: full[k].detach().cpu().contiguous().clone() for k in _unique_state_names(full)}
         with atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "model": "recap.RecapModel"})
         if tokenizer is not None:
@@ -436,7 +436,8 @@ class RecapModel(nn.Module):
             missing, unexpected = self.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches
             raise RecapError(f"{weights} does not fit its config.json: {exc}") from exc
-        missing = set(missing) - (set(self.state_dict()) - set(_unique_state_names(self)))
+        full = self.state_dict()
+        missing = set(missing) - (set(full) - set(_unique_state_names(full)))
         if missing or unexpected:
             raise RecapError(
                 f"{weights} does not fit its config.json: missing {sorted(missing)[:5]}, "
@@ -514,12 +515,12 @@ class RecapModel(nn.Module):
         return model
 
 
-def _unique_state_names(module: nn.Module) -> list[str]:
+def _unique_state_names(state: dict[str, torch.Tensor]) -> list[str]:
     """State-dict names with tied aliases removed (the first name of each tensor is kept):
     BART's lm_head and token embeddings are one tensor, stored once."""
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     names = []
-    for name, tensor in module.state_dict().items():
+    for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
         if key not in seen:
             seen.add(key)

@@ -187,7 +187,10 @@ class Spectrogram(nn.Module):
         super().__init__()
         self.n_fft = n_fft
         self.hop_length = hop_length
-        self.register_buffer("window", torch.hann_window(n_fft, periodic=True))  # (n_fft,)
+        # clone(): the periodic window is a view into an (n_fft + 1) storage, which safetensors
+        # refuses to save.
+        window = torch.hann_window(n_fft, periodic=True).clone()  # (n_fft,)
+        self.register_buffer("window", window)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         # waveform (B, T) → (B, n_fft // 2 + 1, T // hop + 1)

@@ -536,7 +536,6 @@ class Trainer:
         )
 
         # --- model, optimizer
-        _own_storage(model)
         self._freeze_unused(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self._optimizer(params)
@@ -865,18 +864,6 @@ class Trainer:
                 " (best)" if improved else "",
             )
         self.accelerator.wait_for_everyone()
-
-
-def _own_storage(module: torch.nn.Module) -> None:
-    """Give every buffer that is a view into a larger storage (torch's periodic Hann window is
-    one) its own copy: safetensors refuses to save such views."""
-    for sub in module.modules():
-        for name, buf in list(sub._buffers.items()):
-            if (
-                buf is not None
-                and buf.untyped_storage().nbytes() != buf.numel() * buf.element_size()
-            ):
-                sub._buffers[name] = buf.clone()
 
 
 def _term(out: Any, name: str) -> torch.Tensor:
