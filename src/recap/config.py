@@ -330,7 +330,7 @@ def _small() -> dict[str, Any]:
         "encoder_ffn_dim": 512,
         "decoder_ffn_dim": 512,
         "max_position_embeddings": 512,
-        "max_source_length": 256,
+        "max_source_length": 128,
         "max_target_length": 128,
         "fusion_heads": 1,
         "music": "small",

@@ -9,6 +9,7 @@ reason, which the build records in its skip report.
 from __future__ import annotations
 
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,8 +184,11 @@ def load_score(src: ScoreSource) -> ScoreData:
     from music21 import converter
 
     try:
-        # forceSource: no pickles written into the user's music21 scratch folder.
-        score = converter.parse(src.path, forceSource=True)
+        # forceSource: no pickles written into the user's music21 scratch folder. music21 warns
+        # about notation it does not model (directions, spacing): noise for a build log.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            score = converter.parse(src.path, forceSource=True)
     except Exception as err:  # music21 raises many types for malformed files
         raise ScoreError(f"cannot parse: {type(err).__name__}: {err}"[:300]) from err
     parts = list(getattr(score, "parts", None) or [score])
