@@ -23,3 +23,30 @@ def _torch_threads():
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread on a shared two-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def songs_dir(tmp_path_factory) -> Path:
+    """Six tone "songs" with lyrics files beside them (tests/support.py)."""
+    from support import make_catalogue
+
+    return make_catalogue(tmp_path_factory.mktemp("songs"))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny RECAP model trained a few steps on those songs, once per session."""
+    from support import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("model"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_captioner import SONGS, make_catalogue, tiny_model_dir
+from support import SONGS
 
 from recap.cli import main
 from recap.index import (
@@ -20,16 +20,6 @@ from recap.index import (
     retrieval_metrics,
 )
 from recap.utils import RecapError
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_model_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def songs_dir(tmp_path_factory) -> Path:
-    return make_catalogue(tmp_path_factory.mktemp("songs"))
 
 
 @pytest.fixture(scope="session")

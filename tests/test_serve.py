@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from test_captioner import RATE, SONGS, make_catalogue, tiny_model_dir, tone
+from support import RATE, SONGS, tone
 
 from recap.captioner import Captioner, DecodeOptions
 from recap.index import Searcher, build_index
@@ -55,16 +55,6 @@ def start_server(model_dir: Path, songs_dir: Path, tmp: Path, **limits) -> LiveS
     searcher = Searcher(index, captioner)
     settings = ServeSettings(**limits)
     return LiveServer(create_app(captioner, searcher, settings))
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_model_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def songs_dir(tmp_path_factory) -> Path:
-    return make_catalogue(tmp_path_factory.mktemp("songs"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_captioner import SONGS, make_catalogue, tiny_model_dir
+from support import SONGS
 from test_serve import LiveServer, start_server
 
 from recap.captioner import Captioner
@@ -26,16 +26,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_model_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def songs_dir(tmp_path_factory) -> Path:
-    return make_catalogue(tmp_path_factory.mktemp("songs"))
 
 
 @pytest.fixture(scope="module")

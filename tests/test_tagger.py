@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from recap.bench import AUDIO_SLOTS
 from recap.tagger import TaggerConfig, format_metrics, tag_metrics, train_tagger
@@ -17,13 +16,7 @@ PITCH = {"flute": 880.0, "violin": 220.0}
 PULSE = {"slow": 1.0, "fast": 4.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread on a shared two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_benchmark(root: Path, per_class: int = 4) -> Path:

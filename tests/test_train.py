@@ -18,13 +18,7 @@ WORDS = "love night river sun rain heart road home fire sea".split()
 INSTRUMENTS = ["piano", "violin", "flute", "organ"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread on a shared two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- fixtures

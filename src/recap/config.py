@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recap.music_encoder import MusicEncoderConfig
-from recap.utils import RecapError, atomic_write_json
+from recap.utils import RecapError, atomic_write_json, known_fields
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -49,7 +49,7 @@ class GenerationSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenerationSettings:
-        return cls(**_known_fields(cls, data, "generation"))
+        return cls(**known_fields(cls, data, "generation"))
 
 
 @dataclass
@@ -264,7 +264,7 @@ class RecapConfig:
                 f"recap (it reads format_version {FORMAT_VERSION}); upgrade recap or re-export "
                 "the checkpoint"
             )
-        values = _known_fields(cls, data, "RecapConfig")
+        values = known_fields(cls, data, "RecapConfig")
         values["music"] = MusicEncoderConfig.from_dict(values.get("music") or {})
         values["generation"] = GenerationSettings.from_dict(values.get("generation") or {})
         values["fusion_layers"] = tuple(values.get("fusion_layers", ()))
@@ -296,14 +296,6 @@ class RecapConfig:
                 "is loaded with RecapModel.from_bart"
             )
         return cls.from_dict(data)
-
-
-def _known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise RecapError(f"unknown {what} field(s): {', '.join(sorted(unknown))}")
-    return dict(data)
 
 
 _METHOD_VALUES: dict[str, dict[str, Any]] = {

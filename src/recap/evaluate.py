@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json
+from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json, known_fields
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,7 @@ class DecodeConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DecodeConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise RecapError(f"unknown DecodeConfig field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data))
 
 
 @dataclass

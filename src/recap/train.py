@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recap.batching import LengthGroupedBatchSampler
-from recap.utils import RecapError, SkipReport, atomic_write_json
+from recap.utils import RecapError, SkipReport, atomic_write_json, known_fields
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +170,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise RecapError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data))
 
 
 # The paper's protocol at paper size (SPEC §2); CPU-sized values for the demo and the tests.

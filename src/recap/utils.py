@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,13 @@ class SkipReport:
         if not self.items:
             return f"{self.job}: nothing skipped"
         return f"{self.job}: skipped {len(self.items)} item(s); see the report for reasons"
+
+
+def known_fields(cls: type, data: Mapping[str, Any], what: str | None = None) -> dict[str, Any]:
+    """`data` as keyword arguments for the dataclass `cls`; unknown keys are an error (a file
+    written by another version, or a typo), not silently dropped."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise RecapError(f"unknown {what or cls.__name__} field(s): {', '.join(unknown)}")
+    return dict(data)
