@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Libraries that narrate their own loading at INFO drown the command's output.
+    for noisy in ("faiss", "numba", "matplotlib", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         rc = args.func(args)
     except RecapError as err:
