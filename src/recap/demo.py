@@ -44,8 +44,9 @@ class DemoConfig:
     renders_per_song: int = 2
     comments_per_render: int = 4
     workers: int = 2
-    # music encoder pretraining
-    tagger_epochs: int = 8
+    # music encoder pretraining: the recipe measured to learn fastest on 2 cores (docs/results.md)
+    tagger_preset: str = "tiny"
+    tagger_epochs: int = 45
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     epochs: int = 2
@@ -132,8 +133,13 @@ def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
         tagger.TaggerConfig(
             data=str(data),
             out=str(out),
-            preset=cfg.size if cfg.size in ("tiny", "small") else "small",
+            preset=cfg.tagger_preset,
             epochs=cfg.tagger_epochs,
+            batch_size=16,
+            lr=3e-3,
+            crop_seconds=2.0,
+            dropout=0.0,
+            token_loss_weight=1.0,
             seed=cfg.seed,
             workers=cfg.workers,
         )
@@ -297,6 +303,7 @@ def _handler(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
         workers=args.workers,
+        tagger_preset=args.tagger_preset,
         tagger_epochs=args.tagger_epochs,
         size=args.size,
         epochs=args.epochs,
@@ -323,6 +330,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
     p.add_argument("--workers", type=int, default=d.workers, help="render processes")
+    p.add_argument("--tagger-preset", default=d.tagger_preset, help="tiny | small | reference")
     p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
     p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
