@@ -42,11 +42,11 @@ class DemoConfig:
     # benchmark
     limit: int | None = None  # scores to render (None: all)
     renders_per_song: int = 2
-    comments_per_render: int = 4
+    comments_per_render: int = 3
     workers: int = 2
     # music encoder pretraining: the recipe measured to learn fastest on 2 cores (docs/results.md)
     tagger_preset: str = "tiny"
-    tagger_epochs: int = 45
+    tagger_epochs: int = 36
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     epochs: int = 2
