@@ -20,7 +20,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recap.utils import RecapError, atomic_path, atomic_write_json
+from recap.utils import RecapError, atomic_path, atomic_write_json, known_fields
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +124,7 @@ class MusicEncoderConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MusicEncoderConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RecapError(f"unknown MusicEncoderConfig field(s): {', '.join(unknown)}")
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data))
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MusicEncoderConfig:
