@@ -303,6 +303,7 @@ def _handler(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
         workers=args.workers,
+        comments_per_render=args.comments_per_render,
         tagger_preset=args.tagger_preset,
         tagger_epochs=args.tagger_epochs,
         size=args.size,
@@ -330,6 +331,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
     p.add_argument("--workers", type=int, default=d.workers, help="render processes")
+    p.add_argument(
+        "--comments-per-render",
+        type=int,
+        default=d.comments_per_render,
+        help="interpretations per rendering (more: more training rows, longer)",
+    )
     p.add_argument("--tagger-preset", default=d.tagger_preset, help="tiny | small | reference")
     p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
     p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
