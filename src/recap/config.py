@@ -291,6 +291,11 @@ class RecapConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise RecapError(f"cannot read RECAP config {path}: {exc}") from exc
         if not isinstance(data, dict) or "format_version" not in data:
+            if isinstance(data, dict) and data.get("model_type") == "bart":
+                raise RecapError(
+                    f"{path.parent} is a Hugging Face BART checkpoint, not a RECAP model: "
+                    "use RecapModel.from_bart to initialise a captioner from it"
+                )
             raise RecapError(
                 f"{path} is not a RECAP config (no format_version); a Hugging Face BART folder "
                 "is loaded with RecapModel.from_bart"

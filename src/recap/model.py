@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -456,19 +455,6 @@ class RecapModel(nn.Module):
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise RecapError(f"{directory} is not a RECAP model folder: {CONFIG_NAME} missing")
-        try:
-            raw = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecapError(f"cannot read {config_path}: {exc}") from exc
-        if (
-            isinstance(raw, dict)
-            and "format_version" not in raw
-            and raw.get("model_type") == "bart"
-        ):
-            raise RecapError(
-                f"{directory} is a Hugging Face BART checkpoint, not a RECAP model: "
-                "use RecapModel.from_bart to initialise a captioner from it"
-            )
         config = RecapConfig.load(config_path)
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
