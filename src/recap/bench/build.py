@@ -65,6 +65,8 @@ class BuildConfig:
     zero_vote_share: float = 0.25  # correct interpretations nobody voted on
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     transpose_range: tuple[int, int] = (-5, 6)
+    # auto: MusicXML through recap.bench.musicxml (~6x faster), other formats through music21
+    parser: str = "auto"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,7 +130,7 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
     An existing mp3 is kept (resume): its truth is drawn again from the same seed.
     """
     try:
-        score = load_score(src)
+        score = load_score(src, cfg.parser)
     except ScoreError as err:
         return [], [(src.path, str(err))]
     facts = lyrics_facts(score.lyrics)

@@ -21,6 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: FluidR3_GM)")
     b.add_argument("--workers", type=int, default=2, help="worker processes")
     b.add_argument("--seconds", type=float, default=30.0, help="clip length")
+    b.add_argument(
+        "--parser",
+        choices=("auto", "fast", "music21"),
+        default="auto",
+        help="score reader: auto = MusicXML by recap's reader, other formats by music21",
+    )
     b.set_defaults(func=_build)
 
     p = sub.add_parser("probe", help="check each slot is carried by the modality it should be")
@@ -47,6 +53,7 @@ def _build(args: argparse.Namespace) -> int:
         soundfont=args.soundfont,
         workers=args.workers,
         seconds=args.seconds,
+        parser=args.parser,
     )
     res = build_benchmark(cfg)
     print(

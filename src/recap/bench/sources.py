@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from recap.bench.musicxml import Unsupported, read_musicxml
 from recap.utils import RecapError
 
 SCORE_SUFFIXES = (".mxl", ".musicxml", ".xml", ".krn", ".abc")
+MUSICXML_SUFFIXES = (".mxl", ".musicxml", ".xml")
 DEFAULT_LIEDER = Path("..") / "shared" / "data" / "openscore-lieder"
 
 # Krumhansl-Kessler key profiles (probe-tone ratings), index 0 = tonic.
@@ -179,21 +181,52 @@ def estimate_key(events: np.ndarray) -> tuple[int, str]:
     return best[1], best[2]
 
 
-def load_score(src: ScoreSource) -> ScoreData:
-    """Parse one score into `ScoreData`; raises ScoreError with the reason it cannot be used."""
+def _read_music21(path: str) -> tuple[list[tuple[np.ndarray, str]], tuple[int, float] | None]:
+    """(events, lyrics) per part and the first time signature, through music21's parser."""
     from music21 import converter
 
-    try:
-        # forceSource: no pickles written into the user's music21 scratch folder. music21 warns
-        # about notation it does not model (directions, spacing): noise for a build log.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            score = converter.parse(src.path, forceSource=True)
-    except Exception as err:  # music21 raises many types for malformed files
-        raise ScoreError(f"cannot parse: {type(err).__name__}: {err}"[:300]) from err
+    # forceSource: no pickles written into the user's music21 scratch folder. music21 warns
+    # about notation it does not model (directions, spacing): noise for a build log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        score = converter.parse(path, forceSource=True)
     parts = list(getattr(score, "parts", None) or [score])
-    lyrics_by_part = [_lyrics_from_part(p) for p in parts]
-    events = [_events(p) for p in parts]
+    ts = score.recurse().getElementsByClass("TimeSignature").first()
+    time_sig = (int(ts.numerator), float(ts.barDuration.quarterLength)) if ts is not None else None
+    return [(_events(p), _lyrics_from_part(p)) for p in parts], time_sig
+
+
+def _read_fast(path: str) -> tuple[list[tuple[np.ndarray, str]], tuple[int, float] | None]:
+    """The same from the MusicXML directly (recap.bench.musicxml), for .mxl/.musicxml/.xml."""
+    score = read_musicxml(path)
+    return [(s.events(), s.lyrics()) for s in score.staves], score.time_signature
+
+
+def read_parts(
+    path: str, parser: str = "auto"
+) -> tuple[list[tuple[np.ndarray, str]], tuple[int, float] | None]:
+    """Per part (events, lyrics) and the first time signature; `parser` is auto, fast or music21.
+
+    auto reads MusicXML with the fast reader and everything else (and MusicXML it does not model)
+    with music21. Any parse failure is a ScoreError with the reason.
+    """
+    try:
+        if parser != "music21" and Path(path).suffix.lower() in MUSICXML_SUFFIXES:
+            try:
+                return _read_fast(path)
+            except Unsupported:
+                if parser == "fast":
+                    raise
+        return _read_music21(path)
+    except Exception as err:  # XML, zip and music21 errors of many types for malformed files
+        raise ScoreError(f"cannot parse: {type(err).__name__}: {err}"[:300]) from err
+
+
+def load_score(src: ScoreSource, parser: str = "auto") -> ScoreData:
+    """Parse one score into `ScoreData`; raises ScoreError with the reason it cannot be used."""
+    parts, time_sig = read_parts(src.path, parser)
+    lyrics_by_part = [lyr for _, lyr in parts]
+    events = [ev for ev, _ in parts]
     if not any(len(e) for e in events):
         raise ScoreError("no notes")
     # The melody is the part that carries the most text (the voice); ties go to the upper part.
@@ -218,8 +251,6 @@ def load_score(src: ScoreSource) -> ScoreData:
         accompaniment = melody.copy()
         accompaniment[:, 2] -= 12
     accompaniment = accompaniment[np.lexsort((accompaniment[:, 2], accompaniment[:, 0]))]
-    ts = score.recurse().getElementsByClass("TimeSignature").first()
-    numerator = int(ts.numerator) if ts is not None else 4
-    bar = float(ts.barDuration.quarterLength) if ts is not None else 4.0
+    numerator, bar = time_sig or (4, 4.0)
     tonic, mode = estimate_key(np.concatenate([melody, accompaniment]))
     return ScoreData(melody, accompaniment, lyrics, numerator, bar, tonic, mode)
