@@ -231,6 +231,23 @@ def test_config_round_trip_and_presets():
     assert again == config
     assert MusicEncoderConfig.preset("reference") == MusicEncoderConfig()
     assert MusicEncoderConfig.preset("small").hidden_size == 64
+    mini = MusicEncoderConfig.preset("mini")
+    assert (mini.hidden_size, mini.n_mels, mini.top_db) == (32, 32, 80.0)
+    assert MusicEncoderConfig().top_db is None  # the reference has no floor
+
+
+def test_top_db_floors_each_clip_below_its_peak():
+    floored = tiny(top_db=20.0)
+    plain = tiny()
+    plain.load_state_dict(floored.state_dict())
+    log_mel = torch.randn(2, 32, 64) * 30.0  # (B, n_mels, frames) dB
+    log_mel[1] += 50.0  # the second clip is louder: its floor is its own peak - 20
+    log_mel[:, :, :8] = -100.0  # digital silence
+    peak = log_mel.amax(dim=(1, 2), keepdim=True)
+    by_hand = torch.maximum(log_mel, peak - 20.0)
+    with torch.no_grad():
+        torch.testing.assert_close(floored.embed_log_mel(log_mel), plain.embed_log_mel(by_hand))
+        assert not torch.allclose(plain.embed_log_mel(log_mel), plain.embed_log_mel(by_hand))
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -305,6 +322,8 @@ def test_config_errors():
         MusicEncoderConfig(n_channels=6, n_heads=8)
     with pytest.raises(RecapError, match="tag_names"):
         MusicEncoderConfig(n_tags=2, tag_names=["a"])
+    with pytest.raises(RecapError, match="top_db must be positive"):
+        MusicEncoderConfig(top_db=0.0)
     with pytest.raises(RecapError, match="unknown music encoder preset"):
         MusicEncoderConfig.preset("huge")
     with pytest.raises(RecapError, match="unknown MusicEncoderConfig field"):

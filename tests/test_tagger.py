@@ -88,3 +88,22 @@ def test_tagger_learns_audible_tags_and_saves_the_encoder(tmp_path):
     assert encoder.config.n_tags == len(metrics["per_tag"])
     # A finished tagger is reused.
     assert train_tagger(cfg) == saved["test"]
+
+
+def test_token_probe_is_reported_and_selects_the_epoch(tmp_path):
+    data = make_benchmark(tmp_path / "bench", per_class=4)
+    cfg = TaggerConfig(
+        data=str(data), out=str(tmp_path / "enc"), preset="tiny", epochs=3, batch_size=4,
+        lr=3e-3, crop_seconds=4.0, workers=0, progress=False, token_loss_weight=1.0,
+    )  # fmt: skip
+    metrics = train_tagger(cfg)
+    probe = metrics["token_probe"]
+    assert 0.0 <= probe["mean_roc_auc"] <= 1.0 and "melody" in probe["per_slot"]
+    assert "mean-token probe" in format_metrics(metrics)
+    log = [json.loads(line) for line in (tmp_path / "enc" / "log.jsonl").read_text().splitlines()]
+    saved = json.loads((tmp_path / "enc" / "tagger_metrics.json").read_text())
+    # The epoch kept is the one whose token probe did best on validation.
+    best = max(log, key=lambda r: r["val_token_roc_auc"])
+    assert saved["best_epoch"] == best["epoch"]
+    assert saved["val_mean_roc_auc"] == pytest.approx(best["val_token_roc_auc"])
+    assert saved["selected_by"] == "token_probe"

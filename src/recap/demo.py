@@ -45,8 +45,9 @@ class DemoConfig:
     comments_per_render: int = 3
     workers: int = 2
     # music encoder pretraining: the recipe measured to learn fastest on 2 cores (docs/results.md)
-    tagger_preset: str = "tiny"
-    tagger_epochs: int = 36
+    tagger_preset: str = "mini"
+    tagger_epochs: int = 30
+    tagger_lr: float = 1e-3
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     epochs: int = 2
@@ -136,7 +137,7 @@ def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
             preset=cfg.tagger_preset,
             epochs=cfg.tagger_epochs,
             batch_size=16,
-            lr=3e-3,
+            lr=cfg.tagger_lr,
             crop_seconds=2.0,
             dropout=0.0,
             token_loss_weight=1.0,
@@ -306,6 +307,7 @@ def _handler(args: argparse.Namespace) -> int:
         comments_per_render=args.comments_per_render,
         tagger_preset=args.tagger_preset,
         tagger_epochs=args.tagger_epochs,
+        tagger_lr=args.tagger_lr,
         size=args.size,
         epochs=args.epochs,
         max_steps=args.max_steps,
@@ -337,8 +339,11 @@ def register(subparsers: Any) -> None:
         default=d.comments_per_render,
         help="interpretations per rendering (more: more training rows, longer)",
     )
-    p.add_argument("--tagger-preset", default=d.tagger_preset, help="tiny | small | reference")
+    p.add_argument(
+        "--tagger-preset", default=d.tagger_preset, help="tiny | mini | small | reference"
+    )
     p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
+    p.add_argument("--tagger-lr", type=float, default=d.tagger_lr)
     p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
