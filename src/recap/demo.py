@@ -42,7 +42,7 @@ class DemoConfig:
     # benchmark
     limit: int | None = None  # scores to render (None: all)
     renders_per_song: int = 2
-    comments_per_render: int = 3
+    comments_per_render: int = 4
     workers: int = 2
     # music encoder pretraining: the recipe measured to learn fastest on 2 cores (docs/results.md)
     tagger_preset: str = "mini"

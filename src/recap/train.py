@@ -176,7 +176,7 @@ class TrainConfig:
 # The paper's protocol at paper size (SPEC §2); CPU-sized values for the demo and the tests.
 SIZE_DEFAULTS: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 48, "lr": 6e-5, "epochs": 50},
-    "small": {"batch_size": 16, "lr": 1e-3, "epochs": 20},
+    "small": {"batch_size": 16, "lr": 3e-3, "epochs": 20},
     "tiny": {"batch_size": 4, "lr": 1e-3, "epochs": 2},
 }
 
