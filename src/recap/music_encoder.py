@@ -149,7 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"n_channels": 32, "n_heads": 4},
     # ~40 k params, 32 mel bands: for tests
     "tiny": {"n_channels": 8, "n_heads": 2, "n_mels": 32},
-    # ~0.1 M params, 32 mel bands, an 80 dB floor: the demo's tagger, trained in ~2 CPU-minutes
+    # ~0.17 M params, 32 mel bands, an 80 dB floor: the demo's tagger (~2 minutes on 2 cores)
     "mini": {"n_channels": 16, "n_heads": 2, "n_mels": 32, "top_db": 80.0},
 }
 

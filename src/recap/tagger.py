@@ -328,13 +328,11 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         # probe when there is one, since the captioner reads the tokens, not the tagging head.
         held = val if len(val.song_ids) else train
         head_probs, token_probs = predict(model, held.log_mels, cfg.batch_size, device, probe)
-        auc = record["val_mean_roc_auc"] = tag_metrics(head_probs, held.targets, tags)[
-            "mean_roc_auc"
-        ]
+        auc = tag_metrics(head_probs, held.targets, tags)["mean_roc_auc"]
+        record["val_mean_roc_auc"] = auc
         if token_probs is not None:
-            auc = record["val_token_roc_auc"] = tag_metrics(token_probs, held.targets, tags)[
-                "mean_roc_auc"
-            ]
+            auc = tag_metrics(token_probs, held.targets, tags)["mean_roc_auc"]
+            record["val_token_roc_auc"] = auc
         if auc is not None and auc > best_auc:
             best_auc, best_epoch = auc, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
@@ -360,7 +358,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         {
             "test": metrics,
             "best_epoch": best_epoch,
-            "val_mean_roc_auc": best_auc,  # of the selecting output:
+            "val_mean_roc_auc": best_auc,  # of the output named by selected_by
             "selected_by": "token_probe" if probe is not None else "tagging_head",
             "n_songs": {"train": n, "val": len(val.song_ids), "test": len(test.song_ids)},
             "train_seconds": time.perf_counter() - started,

@@ -1,10 +1,10 @@
 """A small partwise-MusicXML reader: note events, lyrics and the first time signature.
 
-music21 builds a full object model of a score (about 0.14 CPU-s for a chorale, seconds for a long
-song) and the benchmark then reads back only note onsets, durations, pitches, the sung text and the
-metre. This reader gets the same from the XML directly, about ten times faster, and is checked
-against music21 on its corpus (tests/test_bench.py). It follows music21's conventions where they
-matter to the benchmark:
+music21 builds a full object model of a score (about 0.15 CPU-s for a chorale, 0.44 s for an
+OpenScore song) and the benchmark then reads back only note onsets, durations, pitches, the sung
+text and the metre. This reader gets the same from the XML directly, 5-6x faster, and is checked
+against music21 on its corpus (tests/test_musicxml.py, benchmarks/score_reader.py). It follows
+music21's conventions where they matter to the benchmark:
 
 - a part with several staves becomes one "part" per staff (music21's PartStaff);
 - pitches are as written (a transposing instrument is not moved to sounding pitch);
@@ -156,7 +156,6 @@ def read_musicxml(path: str | Path) -> MusicXMLScore:
     if root.tag != "score-partwise":
         raise Unsupported(f"root element <{root.tag}>")
     time_sig = None
-    bar = Fraction(4)  # the current time signature's bar, for measures with no content
     staves: list[Staff] = []
     # Every part is placed on its own (as music21 does): the parts of a polymetric score (some
     # trecento motets) have measures of different lengths.
@@ -165,6 +164,7 @@ def read_musicxml(path: str | Path) -> MusicXMLScore:
         starts: list[float] = []  # each measure's start in quarter notes
         measure_start = Fraction(0)
         divisions = 1
+        bar = Fraction(4)  # the time signature in force, for measures with no content
         for m_index, measure in enumerate(part.iterfind("measure")):
             starts.append(float(measure_start))
             # Positions are integers in `divisions` per quarter note: exact, like music21's.
