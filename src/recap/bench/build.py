@@ -61,6 +61,7 @@ class BuildConfig:
     seconds: float = 30.0
     sample_rate: int = 44100
     synth_rate: int = 22050
+    polyphony: int = 32  # voices at once (recap.bench.render.render)
     wrong_share: float = 0.3  # interpretations with at least one false slot (negative votes)
     zero_vote_share: float = 0.25  # correct interpretations nobody voted on
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
@@ -157,7 +158,10 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
             events = schedule(
                 score.melody, score.accompaniment, perf, score.bar_quarters, cfg.seconds
             )
-            audio = render(events, perf, soundfont, cfg.seconds, cfg.sample_rate, cfg.synth_rate)
+            audio = render(
+                events, perf, soundfont, cfg.seconds, cfg.sample_rate, cfg.synth_rate,
+                cfg.polyphony,
+            )  # fmt: skip
             if is_silent(audio):
                 skipped.append((f"{src.path}#{k}", "rendered silent"))
                 continue
@@ -174,6 +178,7 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
                     "soundfont": Path(soundfont).name,
                     "seconds": cfg.seconds,
                     "sample_rate": cfg.sample_rate,
+                    "polyphony": cfg.polyphony,
                 },
             }  # fmt: skip
         )

@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: FluidR3_GM)")
     b.add_argument("--workers", type=int, default=2, help="worker processes")
     b.add_argument("--seconds", type=float, default=30.0, help="clip length")
+    b.add_argument("--polyphony", type=int, default=32, help="FluidSynth voices at once")
     b.add_argument(
         "--parser",
         choices=("auto", "fast", "music21"),
@@ -54,6 +55,7 @@ def _build(args: argparse.Namespace) -> int:
         workers=args.workers,
         seconds=args.seconds,
         parser=args.parser,
+        polyphony=args.polyphony,
     )
     res = build_benchmark(cfg)
     print(

