@@ -32,40 +32,52 @@ class Unsupported(Exception):
     """A valid score this reader does not model; music21 reads it instead."""
 
 
+Note = tuple[float, float, int, str | None]  # onset, quarter length, MIDI pitch, tie type
+
+
+def merge_ties(notes: list[Note]) -> np.ndarray:
+    """(n, 3) float array of onset, duration, pitch with tied notes merged (a running map of open
+    ties: music21's stripTies costs as much as its parse). Both readers' notes come here."""
+    # music21's flatten() orders by offset; the stable sort keeps chord and voice order.
+    rows: list[list[float]] = []
+    open_ties: dict[int, int] = {}  # MIDI pitch -> index of the row its tie extends
+    for on, q, midi, tie in sorted(notes, key=lambda n: n[0]):
+        if tie in ("stop", "continue") and midi in open_ties:
+            row = rows[open_ties[midi]]
+            row[1] = on + q - row[0]
+            if tie == "stop":
+                del open_ties[midi]
+            continue
+        rows.append([on, q, float(midi)])
+        if tie in ("start", "continue"):
+            open_ties[midi] = len(rows) - 1
+        else:
+            open_ties.pop(midi, None)
+    return np.array(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def join_verses(syllables: list[tuple[int, str, bool]]) -> str:
+    """(verse number, text, joined to the next) → the text verse after verse, syllables joined
+    by their `syllabic` marks (as music21 reads them)."""
+    verses: dict[int, list[str]] = {}
+    for number, text, joined in syllables:
+        verses.setdefault(number, []).append(text + ("" if joined else " "))
+    return " ".join("".join(verses[k]).strip() for k in sorted(verses)).strip()
+
+
 @dataclass
 class Staff:
     """One staff's notes in document order: (onset, quarter length, midi, tie) and lyrics."""
 
-    notes: list[tuple[float, float, int, str | None]] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     # (verse number, text, joined to the next syllable) in document order
     syllables: list[tuple[int, str, bool]] = field(default_factory=list)
 
     def events(self) -> np.ndarray:
-        """(n, 3) float array of onset, duration, pitch with tied notes merged."""
-        # music21's flatten() orders by offset; the stable sort keeps chord and voice order.
-        notes = sorted(self.notes, key=lambda n: n[0])
-        rows: list[list[float]] = []
-        open_ties: dict[int, int] = {}  # MIDI pitch -> index of the row its tie extends
-        for on, q, midi, tie in notes:
-            if tie in ("stop", "continue") and midi in open_ties:
-                row = rows[open_ties[midi]]
-                row[1] = on + q - row[0]
-                if tie == "stop":
-                    del open_ties[midi]
-                continue
-            rows.append([on, q, float(midi)])
-            if tie in ("start", "continue"):
-                open_ties[midi] = len(rows) - 1
-            else:
-                open_ties.pop(midi, None)
-        return np.array(rows, dtype=np.float64).reshape(-1, 3)
+        return merge_ties(self.notes)
 
     def lyrics(self) -> str:
-        """Verse after verse, syllables joined by their `syllabic` marks (as music21 reads them)."""
-        verses: dict[int, list[str]] = {}
-        for number, text, joined in self.syllables:
-            verses.setdefault(number, []).append(text + ("" if joined else " "))
-        return " ".join("".join(verses[k]).strip() for k in sorted(verses)).strip()
+        return join_verses(self.syllables)
 
 
 @dataclass

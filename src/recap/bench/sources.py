@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recap.bench.musicxml import Unsupported, read_musicxml
+from recap.bench.musicxml import Unsupported, join_verses, merge_ties, read_musicxml
 from recap.utils import RecapError
 
 SCORE_SUFFIXES = (".mxl", ".musicxml", ".xml", ".krn", ".abc")
@@ -128,42 +128,26 @@ def find_sources(source: str) -> list[ScoreSource]:
 
 def _lyrics_from_part(part) -> str:
     """The sung text of a part, verse after verse, syllables joined by their `syllabic` marks."""
-    verses: dict[int, list[str]] = {}
-    for n in part.recurse().notes:
-        for lyric in n.lyrics or ():
-            if not lyric.text:
-                continue
-            chunks = verses.setdefault(lyric.number or 1, [])
-            joined = lyric.syllabic in ("begin", "middle")
-            chunks.append(lyric.text + ("" if joined else " "))
-    return " ".join("".join(verses[k]).strip() for k in sorted(verses)).strip()
+    return join_verses(
+        [
+            (lyric.number or 1, lyric.text, lyric.syllabic in ("begin", "middle"))
+            for n in part.recurse().notes
+            for lyric in n.lyrics or ()
+            if lyric.text
+        ]
+    )
 
 
 def _events(part) -> np.ndarray:
-    """Note events of a part with tied notes merged (music21's stripTies costs as much as the
-    parse itself; a running map of open ties does the same here)."""
-    rows: list[list[float]] = []
-    open_ties: dict[int, int] = {}  # MIDI pitch -> index of the row its tie extends
+    """Note events of a part (each pitch of a chord with the chord's tie), tied notes merged."""
+    notes = []
     for n in part.flatten().notes:
         ql = float(n.quarterLength)
         if ql <= 0:  # grace notes
             continue
-        onset = float(n.offset)
         tie = n.tie.type if n.tie is not None else None
-        for p in getattr(n, "pitches", ()):
-            midi = int(p.midi)
-            if tie in ("stop", "continue") and midi in open_ties:
-                row = rows[open_ties[midi]]
-                row[1] = onset + ql - row[0]
-                if tie == "stop":
-                    del open_ties[midi]
-                continue
-            rows.append([onset, ql, float(midi)])
-            if tie in ("start", "continue"):
-                open_ties[midi] = len(rows) - 1
-            else:
-                open_ties.pop(midi, None)
-    return np.array(rows, dtype=np.float64).reshape(-1, 3)
+        notes += [(float(n.offset), ql, int(p.midi), tie) for p in getattr(n, "pitches", ())]
+    return merge_ties(notes)
 
 
 def estimate_key(events: np.ndarray) -> tuple[int, str]:
