@@ -78,8 +78,11 @@ def test_score_captions_counts_wrong_and_missing_slots():
 def test_lyrics_facts_language_and_theme():
     de = lyrics_facts("Nun danket alle Gott mit Herzen, Mund und Händen, der große Dinge tut, Gott")
     assert de is not None and de.language == "German" and de.theme == "faith"
-    assert de.first_line == "nun danket alle gott"
-    assert de.salient_words[0] == "gott"
+    # Quoted as written, so that stating them is copying the tokens the model reads.
+    assert de.first_line == "Nun danket alle Gott"
+    assert de.salient_words[0] == "Gott"
+    quoted = lyrics_facts('"Ah," she said:\nthe night, the night is deep and night falls')
+    assert quoted is not None and quoted.first_line == "Ah, she said: the"
     fr = lyrics_facts("Mon amour, mon coeur, je t'aime, amour de la nuit et du coeur tendre")
     assert fr is not None and fr.language == "French" and fr.theme == "love"
     assert lyrics_facts("la la") is None

@@ -110,6 +110,10 @@ class RecapConfig:
 
     # --- caption loss and lengths (SPEC §1.2, §1.5) ---
     loss_includes_padding: bool = False
+    # Weight of an auxiliary loss predicting each lyrics token from the encoder's output (tied LM
+    # head). Not in the paper (0 there): the small sizes trained from scratch need it, or their
+    # lyrics encoder collapses to input-independent states (docs/training.md, issue 11).
+    reconstruct_weight: float = 0.0
     max_source_length: int = 512
     max_target_length: int = 512
 
@@ -142,6 +146,8 @@ class RecapConfig:
             raise RecapError(f"d_model {self.d_model} not divisible by fusion_heads")
         if self.align_temperature <= 0:
             raise RecapError("align_temperature must be > 0")
+        if self.reconstruct_weight < 0:
+            raise RecapError("reconstruct_weight must be >= 0")
 
     @property
     def music_dim(self) -> int:

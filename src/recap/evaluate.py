@@ -286,6 +286,30 @@ def _attribute_accuracy(
     return bench.score_captions([per_song[s] for s in ids], [truths[s] for s in ids])
 
 
+def _grounding(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Any],
+    captions: Mapping[tuple[str, str], str],
+    music: Mapping[str, np.ndarray] | None,
+    data_dir: Path,
+    decode: DecodeConfig,
+    seed: int | None,
+    progress: bool,
+) -> dict[str, Any]:
+    from recap import bench
+    from recap.diagnose import grounding
+
+    truths = bench.load_truth(data_dir) if (data_dir / "songs.jsonl").is_file() else None
+
+    def generate(pairs: Sequence[tuple[str, str]]) -> list[str]:
+        return generate_captions(
+            model, tokenizer, pairs, music, decode, seed=seed, progress=progress, desc="swap test"
+        )
+
+    return grounding(model, tokenizer, rows, captions, music, truths, generate)
+
+
 def _mean_over_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Headline numbers averaged over seeds, with each seed's value and the range."""
     keys = list(runs[0]["summary"])
@@ -311,6 +335,7 @@ def evaluate(
     device: Any = None,
     limit: int = 0,
     progress: bool = True,
+    grounding: bool = True,
 ) -> dict[str, Any]:
     """Caption every row of `split`, score it, write predictions CSV + metrics JSON; return the
     metrics (also at `result["out_dir"]/metrics.json`).
@@ -318,6 +343,8 @@ def evaluate(
     `model_dir`: a RUN folder or a model folder. `variant` only matters for `val` (the test
     split is shared; default: the run's variant). `embeddings`: song id → music sequence, to
     bypass the cache (tests, custom encoders). `limit`: first N rows only (0: all).
+    `grounding`: add `recap.diagnose.grounding` on the first seed's captions (distinct captions,
+    input dependence, lyrics / audio gaps, and the swap test on a benchmark with truth).
     """
     import torch
 
@@ -390,6 +417,10 @@ def evaluate(
         accuracy = _attribute_accuracy(data_dir, captions)
         if accuracy is not None:
             run["attribute_accuracy"] = accuracy
+        if grounding and not runs:
+            run["grounding"] = _grounding(
+                model, tokenizer, rows, captions, music, data_dir, decode, seed, progress
+            )
         runs.append(run)
 
     result: dict[str, Any] = {
@@ -427,6 +458,19 @@ def _run_summary(run: Mapping[str, Any]) -> dict[str, float]:
         # recap.bench.score_captions: mean slot accuracy over the audio slots / the lyrics slots.
         summary["attribute accuracy audio"] = float(acc["audio_mean"])
         summary["attribute accuracy lyrics"] = float(acc["lyrics_mean"])
+    ground = run.get("grounding")
+    if isinstance(ground, Mapping):
+        summary["distinct captions"] = float(ground["distinct"]["rate"])
+        diag = ground.get("diagnosis")
+        if isinstance(diag, Mapping):
+            summary["encoder dependence"] = float(diag["dependence_ratio"])
+            summary["lyrics gap"] = float(diag["lyrics_gap"])
+            if "audio_gap" in diag:
+                summary["audio gap"] = float(diag["audio_gap"])
+        swap = ground.get("swap")
+        if isinstance(swap, Mapping):
+            summary["swap audio"] = float(swap["audio_mean"])
+            summary["swap lyrics"] = float(swap["lyrics_mean"])
     return summary
 
 

@@ -64,6 +64,15 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("ROUGE-L F1", "ROUGE-L F1"),
     ("Attr. audio", "attribute accuracy audio"),
     ("Attr. lyrics", "attribute accuracy lyrics"),
+    ("Distinct", "distinct captions"),
+    ("Swap audio", "swap audio"),
+    ("Swap lyrics", "swap lyrics"),
+)
+# Grounding measures that are not percentages (recap.diagnose): shown in a table of their own.
+GROUNDING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("Lyrics gap (nats/token)", "lyrics gap"),
+    ("Audio gap (nats/token)", "audio gap"),
+    ("Encoder output / embeddings dependence", "encoder dependence"),
 )
 
 
@@ -218,7 +227,7 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "runs": [r["run"] for r in recs],
             "n_examples": recs[0].get("n_examples"),
         }
-        for _, key in TABLE_COLUMNS:
+        for _, key in TABLE_COLUMNS + GROUNDING_COLUMNS:
             values = [r["summary"][key] for r in recs if key in r["summary"]]
             if not values:
                 continue
@@ -278,11 +287,44 @@ def render_table1(
         "over seeds when several). The paper's rows are its Song Interpretation Dataset "
         "results, not comparable in level with a different dataset or model size.",
     ]
+    notes[-1] += (
+        " Distinct: different captions per different input (songs; distinct lyrics for the "
+        "lyrics-only BART). Swap: captions of (audio of song A, lyrics of song B) for a fixed "
+        "pairing, A's audio facts and B's lyrics facts right."
+    )
     if decode is not None:
         notes.append(
             f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
         )
-    return "\n".join(lines + notes) + "\n"
+    return "\n".join(lines + notes + render_grounding(rows)) + "\n"
+
+
+def render_grounding(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: the loss gaps and encoder input dependence (`recap diagnose`), mean and
+    standard deviation over seeds; empty when no run measured them."""
+    columns = [(c, k) for c, k in GROUNDING_COLUMNS if any(k in r for r in rows)]
+    if not columns:
+        return []
+    lines = [
+        "",
+        "| Training data | Method | " + " | ".join(c for c, _ in columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for r in rows:
+        cells = []
+        for _, key in columns:
+            stat = r.get(key)
+            cells.append("—" if stat is None else f"{stat['mean']:+.3f} ± {stat['seed_std']:.3f}")
+        variant, method = VARIANT_NAMES[r["variant"]], METHOD_NAMES[r["method"]]
+        lines.append(f"| {variant} | {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Gaps: the teacher-forced caption loss on test references with another song's lyrics "
+        "(or music) minus with the song's own; ≈ 0 means the model ignores that input. "
+        "Dependence: how far two songs' encoder outputs are apart, as a share of how far their "
+        "embeddings are (a collapsed encoder gives ≈ 0). ± is the spread over seeds.",
+    ]
+    return lines
 
 
 def table1_csv(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -132,6 +132,7 @@ class LossTerms:
     loss: torch.Tensor
     caption_loss: torch.Tensor
     align_loss: torch.Tensor
+    reconstruct_loss: torch.Tensor
 
     def to_dict(self) -> dict[str, float]:
         """Detached floats, for logging."""
@@ -139,6 +140,7 @@ class LossTerms:
             "loss": float(self.loss.detach()),
             "caption_loss": float(self.caption_loss.detach()),
             "align_loss": float(self.align_loss.detach()),
+            "reconstruct_loss": float(self.reconstruct_loss.detach()),
         }
 
 
@@ -153,12 +155,17 @@ def recap_loss(
     temperature: float = 0.3,
     pad_token_id: int | None = 1,
     include_padding: bool = False,
+    reconstruct_logits: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    reconstruct_weight: float = 0.0,
 ) -> LossTerms:
-    """`loss = caption_loss + align_weight * align_loss`.
+    """`loss = caption_loss + align_weight * align_loss + reconstruct_weight * reconstruct_loss`.
 
     Without music (the `bart` method) the alignment term is a zero tensor, so logging stays uniform.
     The alignment term is computed whenever vectors are given, even at w = 0, so BART-fusion
-    runs report how aligned their (untrained) spaces are.
+    runs report how aligned their (untrained) spaces are. The reconstruction term (given
+    `reconstruct_logits`, see `reconstruction_loss`) is zero when absent.
     """
     cap = caption_loss(logits, labels, pad_token_id, include_padding)
     if music is None or lyrics is None:
@@ -166,4 +173,29 @@ def recap_loss(
     else:
         align = alignment_loss(music, lyrics, song_ids, align_kind, temperature)
     total = cap + align_weight * align if align_weight else cap
-    return LossTerms(loss=total, caption_loss=cap, align_loss=align)
+    recon = cap.new_zeros(())
+    if reconstruct_logits is not None and input_ids is not None:
+        recon = reconstruction_loss(reconstruct_logits, input_ids, attention_mask)
+        if reconstruct_weight:
+            total = total + reconstruct_weight * recon
+    return LossTerms(loss=total, caption_loss=cap, align_loss=align, reconstruct_loss=recon)
+
+
+def reconstruction_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy of each lyrics token predicted from the encoder's output at its own
+    position (`logits` (B, L, V) from the tied LM head; padding masked).
+
+    Why: trained from scratch on captions, a small encoder collapses to states that no longer
+    depend on its input (the decoder first learns the captions' template language, and any
+    input-dependent variation is noise to it until it learns to read). This term keeps every
+    token readable at the output, so copying the lyrics is one cross-attention away.
+    """
+    targets = input_ids.to(logits.device)
+    if attention_mask is not None:
+        targets = targets.masked_fill(attention_mask.to(logits.device) == 0, IGNORE_INDEX)
+    # (B, L, V) -> (B*L, V)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )

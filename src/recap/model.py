@@ -72,6 +72,7 @@ class RecapOutput(ModelOutput):
     loss: torch.Tensor | None = None
     caption_loss: torch.Tensor | None = None
     align_loss: torch.Tensor | None = None
+    reconstruct_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     lyrics_vector: torch.Tensor | None = None
     music_vector: torch.Tensor | None = None
@@ -327,6 +328,11 @@ class RecapModel(nn.Module):
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
             use_cache=False,
         )
+        reconstruct_logits = None
+        if labels is not None and self.config.reconstruct_weight:
+            # (B, L, d) -> (B, L, V) through the tied output embedding, as the decoder's tokens.
+            hidden = encoded.last_hidden_state
+            reconstruct_logits = self.bart.lm_head(hidden) + self.bart.final_logits_bias
         result = RecapOutput(
             logits=out.logits,
             lyrics_vector=encoded.lyrics_vector,
@@ -345,10 +351,15 @@ class RecapModel(nn.Module):
                 temperature=self.config.align_temperature,
                 pad_token_id=self.config.pad_token_id,
                 include_padding=self.config.loss_includes_padding,
+                reconstruct_logits=reconstruct_logits,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                reconstruct_weight=self.config.reconstruct_weight,
             )
             result.loss = terms.loss
             result.caption_loss = terms.caption_loss
             result.align_loss = terms.align_loss
+            result.reconstruct_loss = terms.reconstruct_loss
         return result
 
     # ------------------------------------------------------------------ generation

@@ -717,7 +717,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         # Loss terms summed on the device; read (one host sync) every log_every_steps steps.
-        sums = torch.zeros(3, device=acc.device)
+        terms = ("loss", "caption_loss", "align_loss", "reconstruct_loss")
+        sums = torch.zeros(len(terms), device=acc.device)
         n_sum, samples, tokens, t_last = 0, 0, 0, time.perf_counter()
         paused = False
         for epoch in range(state.epoch, cfg.epochs):
@@ -732,9 +733,7 @@ class Trainer:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                sums += torch.stack(
-                    [_term(out, "loss"), _term(out, "caption_loss"), _term(out, "align_loss")]
-                )
+                sums += torch.stack([_term(out, name) for name in terms])
                 n_sum += 1
                 samples += len(batch["song_ids"]) * acc.num_processes
                 tokens += n_tokens * acc.num_processes  # other ranks' lengths are alike (approx.)
@@ -747,9 +746,7 @@ class Trainer:
                     record = {
                         "step": state.step,
                         "epoch": epoch,
-                        "loss": values[0],
-                        "caption_loss": values[1],
-                        "align_loss": values[2],
+                        **dict(zip(terms, values)),
                         "lr": self.optimizer.param_groups[0]["lr"],
                         "samples_per_s": samples / elapsed,
                         "tokens_per_s": tokens / elapsed,
@@ -826,6 +823,8 @@ class Trainer:
             # Equal rows per rank, so averaging the ranks' means is the global mean (up to songs
             # that repeat across ranks, which the per-rank de-duplication counts once per rank).
             loss = loss + mcfg.align_weight * out.align_loss
+        if out.reconstruct_loss is not None and mcfg.reconstruct_weight:
+            loss = loss + mcfg.reconstruct_weight * out.reconstruct_loss
         return loss
 
     def _validate_and_select(self, state: TrainState, log_path: Path, writer: Any) -> None:

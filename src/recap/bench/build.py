@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from recap.bench.facts import lyrics_facts
+from recap.bench.facts import lyrics_facts, normalize_phrase
 from recap.bench.render import (
     Performance,
     default_soundfont,
@@ -195,7 +195,7 @@ def assign_splits(songs: list[dict], cfg: BuildConfig) -> dict[str, str]:
     line is seen in training and tested."""
     group_of: dict[str, str] = {}
     for s in songs:
-        group_of.setdefault(s["work_id"], s["truth"]["first_line"])
+        group_of.setdefault(s["work_id"], normalize_phrase(s["truth"]["first_line"]))
     groups = sorted(set(group_of.values()))
     rng_for(cfg.seed, "splits").shuffle(groups)
     n = len(groups)

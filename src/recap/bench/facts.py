@@ -18,6 +18,9 @@ from recap.bench.slots import LANGUAGES, THEMES
 
 FIRST_LINE_WORDS = 4  # the "first line" is the text's first few words: a lyric has no line breaks
 SALIENT_WORDS = 3
+# Captions quote the lyrics as written (case, apostrophes) so that stating them is copying the
+# tokens the model reads; a lower-cased quote would ask a captioner to learn a case mapping for
+# every word it has never seen. Scoring compares both sides through `normalize_phrase`.
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
 
 
@@ -46,8 +49,25 @@ def _lexicon(name: str) -> dict:
 
 def words(text: str) -> list[str]:
     """Lower-cased words (letters only; an elision like "l'amour" stays one token)."""
-    text = unicodedata.normalize("NFC", text)
-    return [w.lower().replace("’", "'") for w in _WORD.findall(text)]
+    return [_lower(m.group()) for m in _word_matches(text)]
+
+
+def _lower(word: str) -> str:
+    return word.lower().replace("’", "'")
+
+
+def _word_matches(text: str) -> list[re.Match[str]]:
+    return list(_WORD.finditer(unicodedata.normalize("NFC", text)))
+
+
+def opening(text: str, n: int = FIRST_LINE_WORDS) -> str:
+    """The text's first `n` words as written, punctuation between them included (line breaks
+    become spaces): what a caption quotes as the first line."""
+    found = _word_matches(text)[:n]
+    if not found:
+        return ""
+    span = found[0].string[found[0].start() : found[-1].end()]
+    return " ".join(span.replace('"', " ").split())  # a quote inside would end the caption's
 
 
 def normalize_phrase(text: str) -> str:
@@ -90,16 +110,20 @@ def salient_words(tokens: list[str], language: str, k: int = SALIENT_WORDS) -> l
 
 def lyrics_facts(text: str) -> LyricsFacts | None:
     """The lyrics slots of one text, or None when it has too few words to state them."""
-    tokens = words(text)
+    found = _word_matches(text)
+    tokens = [_lower(m.group()) for m in found]
     if len(tokens) < FIRST_LINE_WORDS + SALIENT_WORDS:
         return None
     language = detect_language(tokens)
     salient = salient_words(tokens, language)
     if len(salient) < SALIENT_WORDS:
         return None
+    written: dict[str, str] = {}
+    for low, m in zip(tokens, found):
+        written.setdefault(low, m.group())  # the form of its first occurrence
     return LyricsFacts(
         language=language,
-        first_line=" ".join(tokens[:FIRST_LINE_WORDS]),
-        salient_words=salient,
+        first_line=opening(text),
+        salient_words=[written[w] for w in salient],
         theme=detect_theme(tokens, language),
     )

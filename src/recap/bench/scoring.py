@@ -53,7 +53,7 @@ def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, obj
         parsed = parse_caption(caption)
         for slot in EXACT_SLOTS:
             correct[slot] += _same(slot, parsed.get(slot), truth.get(slot))
-        pred_words = set(parsed.get("salient_words", ()))  # type: ignore[arg-type]
+        pred_words = {normalize_phrase(str(w)) for w in parsed.get("salient_words", ())}  # type: ignore[union-attr]
         true_words = {normalize_phrase(str(w)) for w in truth.get("salient_words", ())}  # type: ignore[union-attr]
         tp += len(pred_words & true_words)
         n_pred += len(pred_words)

@@ -98,10 +98,10 @@ def parse_caption(text: str) -> dict[str, object]:
     so a lyric word such as "piano" is never read as an instrument.
     """
     slots: dict[str, object] = {}
-    quoted = [normalize_phrase(q) for q in _QUOTED.findall(text)]
-    quoted = [q for q in quoted if q]
-    phrases = [q for q in quoted if " " in q]
-    singles = [q for q in quoted if " " not in q]
+    # Quotes are kept as written (scoring normalises both sides); their word count decides.
+    quoted = [q.strip() for q in _QUOTED.findall(text) if normalize_phrase(q)]
+    phrases = [q for q in quoted if " " in normalize_phrase(q)]
+    singles = [q for q in quoted if " " not in normalize_phrase(q)]
     if phrases:
         slots["first_line"] = phrases[0]
     if singles:
