@@ -100,6 +100,7 @@ class TrainConfig:
     lr_schedule: str = _opt("constant", "constant | step (StepLR per epoch, authors' code)")
     lr_step_epochs: int = _opt(10, "StepLR step size in epochs")
     lr_step_gamma: float = _opt(0.1, "StepLR factor")
+    warmup_steps: int = _opt(0, "linear learning-rate warm-up over the first N steps (0: none)")
     seed: int = _opt(42, "seed of weights, dropout, data order and the validation split")
     mega_batch_mult: int = _opt(50, "batches per length-sorted group (1: no length grouping)")
     max_steps: int = _opt(0, "stop after this many optimizer steps in all, resumably (0: off)")
@@ -154,6 +155,8 @@ class TrainConfig:
         cfg = dataclasses.replace(self, **values)
         if cfg.optimizer not in ("adafactor", "adamw"):
             raise RecapError(f"optimizer must be adafactor or adamw, got {cfg.optimizer!r}")
+        if cfg.warmup_steps < 0:
+            raise RecapError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
         if cfg.lr_schedule not in ("constant", "step"):
             raise RecapError(f"lr_schedule must be constant or step, got {cfg.lr_schedule!r}")
         if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -727,6 +730,11 @@ class Trainer:
             for batch in self.loader:
                 n_tokens = batch.pop("n_tokens")
                 batch = _to_device(batch, acc.device)
+                if state.step <= cfg.warmup_steps:
+                    # Derived from the step, so a resumed run warms up exactly as an unbroken one.
+                    factor = min(1.0, (state.step + 1) / max(cfg.warmup_steps, 1))
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = cfg.lr * factor
                 out = model(**batch)
                 acc.backward(self._global_loss(out, batch["labels"]))
                 if cfg.max_grad_norm > 0:
