@@ -61,6 +61,10 @@ class DemoConfig:
             "checkpoint_every_steps": 0,
         }
     )
+    # generalisation: the captioners evaluated on renderings of a corpus they never saw (the
+    # first scores of OpenScore Lieder, all of them test songs); skipped when it is not there
+    cross_source: str = "../shared/data/openscore-lieder"
+    cross_limit: int = 40
     # evaluation
     beams: int = 4
     max_new_tokens: int = 96  # the benchmark's interpretations are ~70 BPE tokens
@@ -184,6 +188,51 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
     )
 
 
+def cross_corpus(cfg: DemoConfig, encoder: Path, records: list[dict[str, Any]]) -> dict | None:
+    """Build a small all-test benchmark from `cfg.cross_source` and evaluate every Table 1
+    captioner on it with the same encoder and decoding; None when the source is missing."""
+    from recap.bench.build import BuildConfig, build_benchmark
+    from recap.cache import ensure_embeddings
+    from recap.evaluate import evaluate
+
+    if not Path(cfg.cross_source).is_dir():
+        print(f"skipped: {cfg.cross_source} not found")
+        return None
+    out = cfg.root / "cross" / "bench"
+    if not (out / "songs.jsonl").is_file():
+        build_benchmark(
+            BuildConfig(
+                source=cfg.cross_source,
+                out=str(out),
+                renders_per_song=cfg.renders_per_song,
+                comments_per_render=cfg.comments_per_render,
+                limit=cfg.cross_limit,
+                seed=cfg.seed,
+                workers=cfg.workers,
+                split_fractions=(0.0, 0.0, 1.0),  # every work is a test work
+            )
+        )
+    from recap.bench import load_truth
+
+    ensure_embeddings(out, str(encoder), sorted(load_truth(out)))
+    exp = experiment_config(cfg, out, encoder)
+    runs = []
+    for r in records:
+        result = evaluate(
+            r["run"],
+            out,
+            split="test",
+            decode=exp.decode,
+            out_dir=cfg.root / "cross" / "eval" / f"{r['method']}-seed{r['seed']}",
+            meteor15=False,
+            encoder=str(encoder) if r["method"] != "bart" else None,
+            bootstrap=cfg.bootstrap,
+        )
+        runs.append({**r, "metrics": str(Path(result["out_dir"]) / "metrics.json")})
+    slots = slot_table(runs)
+    return {"source": cfg.cross_source, "limit": cfg.cross_limit, "slots": slots}
+
+
 def example_caption(metrics_path: str | Path) -> dict[str, str]:
     """The first test song of an evaluation: its lyrics' first line, reference and caption."""
     result = json.loads(Path(metrics_path).read_text(encoding="utf-8"))
@@ -200,23 +249,109 @@ def example_caption(metrics_path: str | Path) -> dict[str, str]:
     }
 
 
+def code_version() -> str | None:
+    """The git commit the demo ran at ("+dirty" with uncommitted changes), None outside git."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def slot_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, seed): each slot's accuracy and the swap test, from the runs' metrics.json."""
+    out = []
+    for r in records:
+        run = json.loads(Path(r["metrics"]).read_text(encoding="utf-8"))["runs"][0]
+        acc = run.get("attribute_accuracy") or {}
+        ground = run.get("grounding") or {}
+        out.append(
+            {
+                "variant": r["variant"],
+                "method": r["method"],
+                "seed": r["seed"],
+                "accuracy": acc.get("accuracy", {}),
+                "salient_words_f1": (acc.get("salient_words") or {}).get("f1"),
+                "audio_mean": acc.get("audio_mean"),
+                "lyrics_mean": acc.get("lyrics_mean"),
+                "distinct": ground.get("distinct"),
+                "diagnosis": ground.get("diagnosis"),
+                "swap": ground.get("swap"),
+            }
+        )
+    return out
+
+
+def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
+    from recap.bench.slots import AUDIO_SLOTS, LYRICS_SLOTS
+
+    names = [s for s in AUDIO_SLOTS + LYRICS_SLOTS if s != "salient_words"]
+    lines = [
+        "| method | seed | " + " | ".join(n.replace("_", " ") for n in names)
+        + " | salient words F1 | distinct | swap: A's audio | swap: B's lyrics |",
+        "|---|---:|" + "---:|" * (len(names) + 4),
+    ]  # fmt: skip
+    for s in slots:
+        cells = [f"{100 * s['accuracy'].get(n, 0.0):.0f}" for n in names]
+        f1 = s["salient_words_f1"]
+        cells.append("—" if f1 is None else f"{100 * f1:.0f}")
+        d = s["distinct"]
+        cells.append("—" if not d else f"{d['captions']}/{d['inputs']}")
+        swap = s["swap"] or {}
+        for key in ("audio_mean", "lyrics_mean"):
+            cells.append(f"{100 * swap[key]:.0f}" if key in swap else "—")
+        lines.append(f"| {s['method']} | {s['seed']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def results_markdown(
     cfg: DemoConfig,
     table_md: str,
     sweep: dict[str, Any],
     example: dict[str, str],
     stages: dict[str, float],
+    slots: list[dict[str, Any]] | None = None,
+    commit: str | None = None,
+    cross: dict[str, Any] | None = None,
 ) -> str:
     lines = [
         "# Demo results",
         "",
         f"`recap demo --source {cfg.source} --out {cfg.out}{' --full' if cfg.full else ''}` "
-        f"(size {cfg.size}, {cfg.epochs} epochs per captioner, seed {cfg.seed}).",
+        f"(size {cfg.size}, {cfg.epochs} epochs per captioner, seed {cfg.seed}), at commit "
+        f"`{commit or 'unknown'}`.",
         "",
         "## Table 1 on the rendered-songs benchmark (test split)",
         "",
         table_md.rstrip(),
         "",
+        "## Each fact, and whether the captioners read and hear (test split, percent)",
+        "",
+        *slot_markdown(slots or []),
+        "",
+        "Distinct: different captions / different inputs. Swap: captions of (audio of song A, "
+        "lyrics of song B), A's audio facts and B's lyrics facts right.",
+        "",
+        *(
+            [
+                f"## On a corpus the captioners never saw ({cross['source']}, first "
+                f"{cross['limit']} scores, every one a test song)",
+                "",
+                *slot_markdown(cross["slots"]),
+                "",
+            ]
+            if cross
+            else []
+        ),
         "## Figure 2: ROUGE-L recall against the alignment weight w",
         "",
         f"![sweep]({Path(sweep['png']).name}) — `{sweep['png']}`",
@@ -261,6 +396,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     exp = experiment_config(cfg, data, encoder)
     table = stages.run("4. train + evaluate BART, BART-fusion, RECAP", lambda: run_table1(exp))
     sweep = stages.run("5. alignment-weight sweep", lambda: run_sweep(exp, cfg.sweep_weights()))
+    cross = stages.run(
+        "6. another corpus (generalisation)",
+        lambda: cross_corpus(cfg, encoder, table["records"]),
+    )
     recap_record = next(
         r for r in table["records"] if r["method"] == "recap" and r["variant"] == "full"
     )
@@ -278,8 +417,27 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     local_png = cfg.root / png.name
     if png.resolve() != local_png.resolve():
         local_png.write_bytes(png.read_bytes())
-    md = results_markdown(cfg, table["markdown"], sweep, example, stages.seconds)
+    slots = slot_table(table["records"])
+    commit = code_version()
+    md = results_markdown(
+        cfg, table["markdown"], sweep, example, stages.seconds, slots, commit, cross
+    )
     atomic_write_text(cfg.root / "results.md", md)
+    atomic_write_json(
+        cfg.root / "results.json",
+        {
+            "commit": commit,
+            "command": f"recap demo --source {cfg.source} --out {cfg.out}",
+            "demo_config": asdict(cfg),
+            "table1": table["rows"],
+            "slots": slots,
+            "sweep": sweep["points"],
+            "cross_corpus": cross,
+            "example": example,
+            "seconds": stages.seconds,
+            "total_minutes": round(sum(stages.seconds.values()) / 60, 2),
+        },
+    )
     total = sum(stages.seconds.values())
     print(f"\nresults: {cfg.root / 'results.md'}  (total {total / 60:.1f} min)")
     return {
