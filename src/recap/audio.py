@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from recap.utils import RecapError
+from recap.utils import RecapError, is_file
 
 # Bump when the decoding/resampling code changes its output, so cached features are rebuilt.
 PIPELINE_VERSION = 1
@@ -169,7 +169,7 @@ def load_excerpt(path: str | os.PathLike, config: AudioConfig = AudioConfig()) -
     """
     path = Path(path)
     where = str(path)
-    if not path.is_file():
+    if not is_file(path):
         raise AudioError("missing", f"{where}: no such file")
     if path.stat().st_size == 0:
         raise AudioError("empty", f"{where}: the file is empty (0 bytes)")
@@ -253,7 +253,7 @@ def check_audio_file(path: str | os.PathLike, block_frames: int = 1 << 18) -> st
     Used by `recap data stats` to tell found-and-readable from found-but-unreadable files.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         return "missing"
     if path.stat().st_size == 0:
         return "empty file"

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.utils import RecapError, SkipReport, atomic_write_text
+from recap.utils import RecapError, SkipReport, atomic_write_text, is_file
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class Captioner:
             except Exception as exc:  # e.g. a 3-D array
                 raise RecapError(f"unusable audio array: {exc}") from exc
         path = Path(audio)
-        if not path.is_file():
+        if not is_file(path):
             raise RecapError(f"audio file {path} does not exist")
         return load_excerpt(path, self.audio_config).waveform
 

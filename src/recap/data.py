@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recap.utils import RecapError, SkipReport
+from recap.utils import RecapError, SkipReport, is_file
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,11 @@ def audio_path(data_dir: str | os.PathLike, song_id: str) -> Path:
     base = Path(data_dir) / "audios"
     for ext in AUDIO_EXTENSIONS:
         candidate = base / f"{song_id}{ext}"
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # "File name too long": no such file can exist, so it is missing
+            break
     return base / f"{song_id}.mp3"
 
 
@@ -598,7 +601,7 @@ def audio_stats(data_dir: Path, song_ids: list[str], workers: int | None = None)
     from recap.audio import check_audio_file
 
     paths = {sid: audio_path(data_dir, sid) for sid in song_ids}
-    missing = [sid for sid, p in paths.items() if not p.is_file()]
+    missing = [sid for sid, p in paths.items() if not is_file(p)]
     present = [sid for sid in song_ids if sid not in set(missing)]
     # libsndfile releases the GIL while decoding, so threads use every core without the start-up
     # cost of processes.

@@ -27,7 +27,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from recap.captioner import (
     read_manifest,
     resolve_model_dir,
 )
-from recap.utils import RecapError, SkipReport, atomic_write_json
+from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +236,7 @@ class SongIndex:
         if path.exists() and not (path / "meta.json").is_file():
             raise RecapError(f"{path} exists and is not a recap index; refusing to overwrite it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = make_temp_dir(path.parent, f".{path.name}.")
         try:
             np.save(tmp / "audio.npy", self.audio)
             np.save(tmp / "lyrics.npy", self.lyrics)
