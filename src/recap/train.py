@@ -982,9 +982,7 @@ def _check_same_config(saved: TrainConfig, now: TrainConfig, run: Path) -> None:
         k
         for k in a
         if k not in ignore
-        and (
-            _canonical(a[k]) != _canonical(b.get(k)) if k in _PATH_SETTINGS else a[k] != b.get(k)
-        )
+        and (_canonical(a[k]) != _canonical(b.get(k)) if k in _PATH_SETTINGS else a[k] != b.get(k))
     )
     if changed:
         details = "; ".join(f"{k}: {a[k]!r} then, {b.get(k)!r} now" for k in changed[:5])
