@@ -57,7 +57,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise RecapError(f"model folder {path} does not exist")
-    for candidate in (path, path / "best"):
+    # best.old: a kill between the two renames that replace best/ leaves only that copy.
+    for candidate in (path, path / "best", path / "best.old"):
         if (candidate / "config.json").is_file():
             return candidate
     raise RecapError(
