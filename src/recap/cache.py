@@ -167,8 +167,11 @@ class FeatureStore(Mapping[str, np.ndarray]):
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise RecapError(f"{self.root} is not a feature cache (no meta.json)")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        self.kind: str = self.meta["kind"]
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.kind: str = self.meta["kind"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise RecapError(f"{meta_path} is corrupt: {exc!r}") from exc
 
     @classmethod
     def create(cls, root: str | os.PathLike, meta: dict[str, Any]) -> FeatureStore:

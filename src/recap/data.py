@@ -228,11 +228,14 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             if not raw.strip():
                 continue
             try:
-                yield where, json.loads(raw.decode("utf-8"))
+                # utf-8-sig: a byte-order mark at the start of the file is not data
+                yield where, json.loads(raw.decode("utf-8-sig"))
             except UnicodeDecodeError:
                 yield where, _BadRecord("non-UTF-8 bytes in the line")
             except json.JSONDecodeError as err:
                 yield where, _BadRecord(f"invalid JSON ({err.msg})")
+            except RecursionError:
+                yield where, _BadRecord("JSON nested too deeply")
 
 
 def _json_records(obj: Any, path: Path) -> list[Any]:
@@ -256,17 +259,21 @@ def _json_records(obj: Any, path: Path) -> list[Any]:
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     # surrogateescape keeps undecodable bytes as markers that the row check reports per row,
     # instead of failing the whole file.
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise RecapError(f"{path}: invalid JSON ({err})") from err
+    except RecursionError as err:
+        raise RecapError(f"{path}: JSON nested too deeply to be a dataset") from err
     return [(f"{path.name}[{i}]", rec) for i, rec in enumerate(_json_records(obj, path))]
 
 
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
     csv.field_size_limit(sys.maxsize if sys.maxsize < 2**63 else 2**31 - 1)
-    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as f:
+    # utf-8-sig: spreadsheet programs write a byte-order mark, which would otherwise turn the
+    # first column "music4all_id" into "\ufeffmusic4all_id" and refuse the whole file.
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return []
