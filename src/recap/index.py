@@ -170,7 +170,11 @@ class SongIndex:
     def __post_init__(self) -> None:
         for side in ("audio", "lyrics"):
             array = getattr(self, side)
-            if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+            if (
+                array.ndim != 2
+                or array.shape[1] == 0
+                or not np.issubdtype(array.dtype, np.floating)
+            ):
                 raise RecapError(
                     f"the index's {side} vectors must be a 2-D float array, got "
                     f"{array.dtype} of shape {array.shape}"
