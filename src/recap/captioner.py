@@ -84,6 +84,7 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: Any = None) -> tup
             f"cannot load the model in {folder}: {type(exc).__name__}: {exc} "
             "(corrupt checkpoint, or written by an incompatible version of recap?)"
         ) from exc
+    # NaN weights make every caption an empty string with no error at all: catch them here.
     bad = [
         name
         for name, t in model.state_dict().items()
@@ -674,7 +675,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         device=args.device,
         decode=decode_from_args(args),
     )
-    failed = len(skipped)
+    failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
     print(
         f"captioned {len(results) - failed}/{len(results)} song(s); {skipped.summary()}",
         file=sys.stderr,
