@@ -364,7 +364,19 @@ def precompute(
     def flush() -> None:
         if not batch:
             return
-        for sid, array in zip([s for s, _ in batch], _run_batch(model, kind, batch, device)):
+        try:
+            arrays = _run_batch(model, kind, batch, device)
+        except Exception:  # noqa: BLE001 - run the songs one by one to find the one at fault
+            arrays = []
+            for item in batch:
+                try:
+                    arrays.extend(_run_batch(model, kind, [item], device))
+                except Exception as exc:  # noqa: BLE001 - reported per song
+                    report.add(item[0], f"the encoder failed: {type(exc).__name__}: {exc}")
+                    arrays.append(None)
+        for sid, array in zip([s for s, _ in batch], arrays):
+            if array is None:
+                continue
             if np.isfinite(array).all():
                 store.put(sid, array)
             else:  # e.g. values beyond float16's range
