@@ -94,7 +94,7 @@ def test_precompute_resumes_and_second_run_is_a_noop(
     def counting(model, kind, batch, device):
         calls.append([sid for sid, _ in batch])
         if fail_on is not None and len(calls) == fail_on:
-            raise RuntimeError("simulated crash")
+            raise KeyboardInterrupt("simulated kill")  # an encoder error no longer stops the job
         return real(model, kind, batch, device)
 
     monkeypatch.setattr(cache, "_run_batch", counting)
@@ -105,7 +105,7 @@ def test_precompute_resumes_and_second_run_is_a_noop(
     # 2. a run that dies on its second batch: the first batch's files survive, no temp files
     calls.clear()
     fail_on = 2
-    with pytest.raises(RuntimeError, match="simulated"):
+    with pytest.raises(KeyboardInterrupt, match="simulated"):
         precompute(dataset, encoder, batch_size=1, num_workers=0, progress=False)
     assert calls == [["s1"], ["s2"]]
     store = EmbeddingStore.open(dataset)
@@ -167,3 +167,19 @@ def test_precompute_command(
     out = capsys.readouterr().out
     assert "skipped: 2" in out and "missing audio" in out
     assert recap.cli.main(["precompute", "--data", str(dataset)]) == 2  # no encoder given
+
+
+def test_a_song_the_encoder_fails_on_does_not_stop_the_others(dataset: Path, encoder, monkeypatch):
+    import recap.cache as cache_mod
+
+    real = cache_mod._run_batch
+
+    def fails_on_s2(model, kind, batch, device):
+        if any(sid == "s2" for sid, _ in batch):
+            raise RuntimeError("encoder blew up")
+        return real(model, kind, batch, device)
+
+    monkeypatch.setattr(cache_mod, "_run_batch", fails_on_s2)
+    store, report = precompute(dataset, encoder, batch_size=4, num_workers=0, progress=False)
+    assert sorted(store) == sorted(set(GOOD) - {"s2"})  # its batch-mates were still cached
+    assert any(i["item"] == "s2" and "encoder blew up" in i["reason"] for i in report.items)

@@ -144,7 +144,7 @@ def test_flat_and_ivf_agree(tmp_path):
     assert 0.1 < recall < 1.0  # approximate: most but not all neighbours
     # Saved IVF lists are reused on load (no retraining); nprobe can be changed at load time.
     few.save(tmp_path / "ivf")
-    assert (tmp_path / "ivf" / "audio.ivf.faiss").is_file()
+    assert (tmp_path / "ivf" / "audio.ivf_centroids.npy").is_file()
     again = SongIndex.load(tmp_path / "ivf")
     assert [[h.song_id for h in hits] for hits in again.search(queries, "audio", 10)] == approx
     wide = SongIndex.load(tmp_path / "ivf", nprobe=16)

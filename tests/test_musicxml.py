@@ -170,3 +170,35 @@ def test_errors_name_the_reason(tmp_path):
         zf.writestr("readme.txt", "nothing")
     with pytest.raises(ScoreError, match="no MusicXML file"):
         read_parts(str(empty))
+
+
+def test_malformed_container_falls_back_to_the_only_score(tmp_path, song):
+    mxl = tmp_path / "song.mxl"
+    with zipfile.ZipFile(mxl, "w") as zf:
+        # an apostrophe inside a single-quoted attribute: not well-formed XML
+        zf.writestr("META-INF/container.xml",
+                    "<container><rootfiles><rootfile full-path='Tom's song.xml'/></rootfiles>"
+                    "</container>")  # fmt: skip
+        zf.writestr("Tom's song.xml", song.read_text("utf-8"))
+    parts, time_sig = read_parts(str(mxl), "auto")
+    assert parts[0][1] == "Ah Hallelu_ia O" and time_sig == (3, 3.0)
+    assert read_musicxml(mxl).staves[0].lyrics() == "Ah Hallelu_ia O"
+
+
+def test_zip_bomb_is_refused_before_it_is_unpacked(tmp_path, song, monkeypatch):
+    import recap.bench.sources as sources
+
+    bomb = tmp_path / "bomb.mxl"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("score.xml", song.read_text("utf-8"))
+        zf.writestr("padding.xml", b"\0" * (65 * 1024 * 1024))  # 65 MB in ~64 kB
+    assert bomb.stat().st_size < 200_000
+    read = []
+    real_read = zipfile.ZipExtFile.read
+    monkeypatch.setattr(zipfile.ZipExtFile, "read",
+                        lambda self, n=-1: read.append(n) or real_read(self, n))  # fmt: skip
+    with pytest.raises(ScoreError, match="unpacks to"):
+        read_parts(str(bomb), "auto")
+    assert read == []  # refused from the archive's directory, nothing decompressed
+    assert sources._has_lyrics_marker(bomb)  # the corpus scan leaves the verdict to the parser
+    assert read == []

@@ -203,3 +203,95 @@ def test_search_without_an_index(model_dir, songs_dir):
         assert httpx.get(f"{live.url}/health").json()["index"] is None
     finally:
         live.close()
+
+
+# ----------------------------------------------------------------------------- hostile requests
+def _asgi_post(app, chunks, headers=()) -> tuple[int, dict, int]:
+    """POST /caption straight into the ASGI app, the body in `chunks` as a chunked upload
+    would arrive; returns (status, JSON body, bytes the app pulled from the client)."""
+    import asyncio
+    import json
+
+    pulled = 0
+    it = iter(chunks)
+    sent: list[dict] = []
+
+    async def receive():
+        nonlocal pulled
+        chunk = next(it, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    boundary = b"xyz"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/caption", "raw_path": b"/caption", "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"multipart/form-data; boundary=" + boundary),
+                    (b"transfer-encoding", b"chunked"), *headers],
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body), pulled
+
+
+def test_chunked_upload_is_cut_off_at_the_limit(model_dir):
+    app = create_app(Captioner.from_pretrained(model_dir), settings=ServeSettings(max_upload_mb=1))
+    head = (b'--xyz\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n")  # fmt: skip
+    chunk = b"\0" * (64 * 1024)
+    total = 32 * 1024 * 1024  # a hostile client streams on; 32 MB shows the cut-off
+
+    status, body, pulled = _asgi_post(app, [head] + [chunk] * (total // len(chunk)))
+    assert status == 413 and body["error"]["code"] == "file_too_large"
+    assert pulled < 2 * 1024 * 1024  # stopped at the limit, not after 32 MB
+    # a declared Content-Length over the limit is refused before any byte is read
+    status, body, pulled = _asgi_post(app, [head, chunk], [(b"content-length", b"999999999")])
+    assert (status, pulled) == (413, 0)
+
+
+def test_decode_options_are_checked_against_the_model(client, songs_dir):
+    lyr = {"lyrics": "some words"}
+    r = client.post("/caption", files=upload(songs_dir, "river"),
+                    data={**lyr, "do_sample": "true", "seed": str(2**64)})  # fmt: skip
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_option"
+    assert "seed" in r.json()["error"]["message"]
+    r = client.post("/caption", files=upload(songs_dir, "river"),
+                    data={**lyr, "max_new_tokens": "500"})  # fmt: skip
+    assert r.status_code == 422 and "position limit" in r.json()["error"]["message"]
+
+
+def test_error_messages_show_no_server_internals(client, songs_dir, tmp_path):
+    garbage = {"audio": ("song.mp3", b"\xff\x00" * 4000, "audio/mpeg")}
+    r = client.post("/caption", files=garbage, data={"lyrics": "words"})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 422 and "song.mp3" in message
+    assert "/tmp" not in message and "does not exist" not in message
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, tone((440.0,)) * 1e30, RATE, subtype="FLOAT")
+    r = client.post("/caption", files={"audio": ("loud.wav", loud.read_bytes(), "audio/wav")},
+                    data={"lyrics": "words"})  # fmt: skip
+    message = r.json()["error"]["message"]
+    assert r.status_code == 422 and "loud.wav" in message and "[-1, 1]" in message
+    assert "/tmp" not in message
+
+
+def test_unexpected_failures_are_json_500s_without_internals(model_dir, songs_dir):
+    from starlette.testclient import TestClient
+
+    captioner = Captioner.from_pretrained(model_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("/srv/secret/path exploded")
+
+    captioner.caption_waveforms = broken
+    with TestClient(create_app(captioner), raise_server_exceptions=False) as c:
+        r = c.post("/caption", files=upload(songs_dir, "river"), data={"lyrics": "words"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert "secret" not in r.text

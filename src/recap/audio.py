@@ -10,7 +10,7 @@ real context at the edges), which is why this is faster than decoding the whole 
 
 Policy for bad audio (each raises `AudioError` with the reason, so jobs can record and skip it):
 - missing file, empty file, file with no frames, corrupt or truncated data;
-- NaN or infinite samples;
+- NaN or infinite samples, or samples far outside [-1, 1] (above MAX_ABS_SAMPLE);
 - source sample rate outside [MIN_SOURCE_RATE, MAX_SOURCE_RATE] or more than MAX_CHANNELS channels;
 - a silent excerpt (peak below `AudioConfig.silence_threshold`), unless `allow_silent=True`:
   15 s of digital silence carries nothing for a captioner and is almost always a broken file
@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from recap.utils import RecapError
+from recap.utils import RecapError, is_file
 
 # Bump when the decoding/resampling code changes its output, so cached features are rebuilt.
 PIPELINE_VERSION = 1
@@ -40,6 +40,10 @@ MIN_SOURCE_RATE = 8_000
 MAX_SOURCE_RATE = 192_000
 MAX_CHANNELS = 8
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg")
+# A float file's samples belong in [-1, 1]; far beyond that the mel power overflows float32 and
+# the encoder's output turns to NaN (an empty caption, with no error). 1e4 is 80 dB over full
+# scale: no real recording, only an unscaled or corrupt file.
+MAX_ABS_SAMPLE = 1e4
 # Source frames decoded beyond each edge of the excerpt: the soxr HQ filter is a few ms long, so
 # 50 ms of real context removes the edge transient that zero-extension would cause.
 _MARGIN_SECONDS = 0.05
@@ -50,7 +54,9 @@ class AudioError(RecapError):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.reason = reason  # missing|empty|corrupt|truncated|silent|nonfinite|rate|channels|shape
+        self.reason = (
+            reason  # missing|empty|corrupt|truncated|silent|nonfinite|range|rate|channels|shape
+        )
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,13 @@ def _finish(
     or zero-pad to exactly config.n_samples. Returns (waveform, padded)."""
     if not np.isfinite(mono).all():
         raise AudioError("nonfinite", f"{where}: audio contains NaN or infinite samples")
+    peak = float(np.max(np.abs(mono), initial=0.0))
+    if peak > MAX_ABS_SAMPLE:
+        raise AudioError(
+            "range",
+            f"{where}: sample values reach {peak:.3g}; audio samples belong in [-1, 1] "
+            "(an unscaled float file?)",
+        )
     if src_rate != config.sample_rate:
         mono = soxr.resample(mono, src_rate, config.sample_rate, quality=config.quality)
     mono = np.asarray(mono[skip_out:], dtype=np.float32)
@@ -162,6 +175,15 @@ def _finish(
     return out, padded
 
 
+def decode_error_reason(err: BaseException) -> str:
+    """libsndfile's reason without the file path it quotes, and without its misleading "File
+    does not exist" (what it says of an existing file in a format it does not know)."""
+    reason = getattr(err, "error_string", None) or str(err)
+    if "does not exist" in reason or "not a regular file" in reason:
+        return "not a supported audio format, or corrupt data"
+    return reason.rstrip(".")
+
+
 def load_excerpt(path: str | os.PathLike, config: AudioConfig = AudioConfig()) -> Excerpt:
     """Decode the excerpt `config` describes from an audio file (mp3/wav/flac/ogg, any channels).
 
@@ -169,7 +191,7 @@ def load_excerpt(path: str | os.PathLike, config: AudioConfig = AudioConfig()) -
     """
     path = Path(path)
     where = str(path)
-    if not path.is_file():
+    if not is_file(path):
         raise AudioError("missing", f"{where}: no such file")
     if path.stat().st_size == 0:
         raise AudioError("empty", f"{where}: the file is empty (0 bytes)")
@@ -193,7 +215,7 @@ def load_excerpt(path: str | os.PathLike, config: AudioConfig = AudioConfig()) -
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise AudioError("corrupt", f"{where}: cannot decode ({err})") from err
+        raise AudioError("corrupt", f"{where}: cannot decode ({decode_error_reason(err)})") from err
     # libsndfile trusts the header for the frame count; a decoder that stops well short of what
     # the header promised means the file was cut off (a half-finished download, typically).
     expected = min(wanted, max(0, declared - read_from))
@@ -253,7 +275,7 @@ def check_audio_file(path: str | os.PathLike, block_frames: int = 1 << 18) -> st
     Used by `recap data stats` to tell found-and-readable from found-but-unreadable files.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         return "missing"
     if path.stat().st_size == 0:
         return "empty file"
@@ -273,7 +295,7 @@ def check_audio_file(path: str | os.PathLike, block_frames: int = 1 << 18) -> st
     except AudioError as err:
         return str(err)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        return f"cannot decode ({err})"
+        return f"cannot decode ({decode_error_reason(err)})"
     if declared - got > max(2048, 0.01 * declared):
         return f"truncated: header declares {declared} frames, decoded {got}"
     return None

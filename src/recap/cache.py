@@ -16,7 +16,9 @@ renamed (atomic), so an interrupted run leaves only complete files, "is it cache
 resuming needs no index to repair, and readers can memory-map single songs. 27,834 songs make
 27,834 files of ~61 kB (embeddings), which any file system handles. File names are the song id,
 percent-escaped, plus 8 hex digits of its SHA-1, so ids that differ only in case (Music4All ids
-are case-sensitive) never collide on case-insensitive file systems.
+are case-sensitive) never collide on case-insensitive file systems. An id whose escaped form is
+too long for a file name (long or non-ASCII ids) keeps a 96-character readable prefix plus its
+SHA-256, and its full id goes into a `.id` file beside the array.
 """
 
 from __future__ import annotations
@@ -39,7 +41,14 @@ import numpy as np
 
 from recap.audio import AudioConfig, AudioError, Excerpt, load_excerpt
 from recap.data import audio_path, load_rows
-from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json
+from recap.utils import (
+    RecapError,
+    SkipReport,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    is_file,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -120,13 +129,34 @@ def cache_key(kind: str, audio_config: AudioConfig, encoder: MusicEncoder | None
 # --------------------------------------------------------------------------- store
 
 
+# File names stay well under the 255-byte limit of common file systems whatever the id: a
+# percent-escaped non-ASCII character takes 9 bytes, so a 30-character id can already overflow.
+_MAX_READABLE = 96
+
+
 def _file_name(song_id: str) -> str:
-    digest = hashlib.sha1(song_id.encode()).hexdigest()[:8]
-    return f"{quote(song_id, safe='')}~{digest}.npy"
+    """`<escaped id>~<8 hex of SHA-1>.npy`; an id whose escaped form is longer than
+    _MAX_READABLE keeps a readable prefix and gets the full SHA-256 instead (the prefix alone
+    no longer tells songs apart), with the id itself in a `.id` file beside it."""
+    escaped = quote(song_id, safe="")
+    if len(escaped) <= _MAX_READABLE:
+        return f"{escaped}~{hashlib.sha1(song_id.encode()).hexdigest()[:8]}.npy"
+    cut = escaped[:_MAX_READABLE]
+    if "%" in cut[-2:]:  # never split a %XX escape
+        cut = cut[: cut.rindex("%")]
+    return f"{cut}~{hashlib.sha256(song_id.encode()).hexdigest()[:32]}.npy"
 
 
-def _song_id_of(file_name: str) -> str:
-    return unquote(file_name[: -len(".npy")].rsplit("~", 1)[0])
+def _song_id_of(path: Path) -> str | None:
+    """The song id of a store file, or None for a file this scheme did not write."""
+    prefix, _, digest = path.name[: -len(".npy")].rpartition("~")
+    candidate = unquote(prefix)
+    if len(digest) == 8 and hashlib.sha1(candidate.encode()).hexdigest()[:8] == digest:
+        return candidate
+    try:
+        return path.with_suffix(".id").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class FeatureStore(Mapping[str, np.ndarray]):
@@ -137,8 +167,11 @@ class FeatureStore(Mapping[str, np.ndarray]):
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
             raise RecapError(f"{self.root} is not a feature cache (no meta.json)")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        self.kind: str = self.meta["kind"]
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.kind: str = self.meta["kind"]
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise RecapError(f"{meta_path} is corrupt: {exc!r}") from exc
 
     @classmethod
     def create(cls, root: str | os.PathLike, meta: dict[str, Any]) -> FeatureStore:
@@ -169,7 +202,7 @@ class FeatureStore(Mapping[str, np.ndarray]):
         return self.root / _file_name(song_id)
 
     def __contains__(self, song_id: object) -> bool:
-        return isinstance(song_id, str) and self.path_for(song_id).is_file()
+        return isinstance(song_id, str) and is_file(self.path_for(song_id))
 
     def __getitem__(self, song_id: str) -> np.ndarray:
         path = self.path_for(song_id)
@@ -180,14 +213,19 @@ class FeatureStore(Mapping[str, np.ndarray]):
     def __iter__(self) -> Iterator[str]:
         for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
             if entry.name.endswith(".npy") and not entry.name.startswith("."):
-                yield _song_id_of(entry.name)
+                song_id = _song_id_of(Path(entry.path))
+                if song_id is not None:
+                    yield song_id
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def put(self, song_id: str, array: np.ndarray) -> None:
         """Write one song atomically (temp file + rename): a killed run never leaves half a file."""
-        with atomic_path(self.path_for(song_id), suffix=".npy") as tmp:
+        path = self.path_for(song_id)
+        if not path.name.startswith(quote(song_id, safe="")):  # a shortened name: keep the id
+            atomic_write_bytes(path.with_suffix(".id"), song_id.encode("utf-8"))
+        with atomic_path(path, suffix=".npy") as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, np.ascontiguousarray(array, dtype=STORE_DTYPE), allow_pickle=False)
 
@@ -314,7 +352,7 @@ def precompute(
     jobs = []
     for sid in todo:
         path = audio_path(data_dir, sid)
-        if path.is_file():
+        if is_file(path):
             jobs.append((sid, path))
         else:
             report.add(sid, f"missing audio: {path}")
@@ -326,7 +364,19 @@ def precompute(
     def flush() -> None:
         if not batch:
             return
-        for sid, array in zip([s for s, _ in batch], _run_batch(model, kind, batch, device)):
+        try:
+            arrays = _run_batch(model, kind, batch, device)
+        except Exception:  # noqa: BLE001 - run the songs one by one to find the one at fault
+            arrays = []
+            for item in batch:
+                try:
+                    arrays.extend(_run_batch(model, kind, [item], device))
+                except Exception as exc:  # noqa: BLE001 - reported per song
+                    report.add(item[0], f"the encoder failed: {type(exc).__name__}: {exc}")
+                    arrays.append(None)
+        for sid, array in zip([s for s, _ in batch], arrays):
+            if array is None:
+                continue
             if np.isfinite(array).all():
                 store.put(sid, array)
             else:  # e.g. values beyond float16's range

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.utils import RecapError, SkipReport, atomic_write_text
+from recap.utils import RecapError, SkipReport, is_file
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ AUDIO_SUFFIXES = (
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 AudioInput = str | os.PathLike | np.ndarray
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 
 
 # ---------------------------------------------------------------------------- model folders
@@ -56,7 +57,8 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise RecapError(f"model folder {path} does not exist")
-    for candidate in (path, path / "best"):
+    # best.old: a kill between the two renames that replace best/ leaves only that copy.
+    for candidate in (path, path / "best", path / "best.old"):
         if (candidate / "config.json").is_file():
             return candidate
     raise RecapError(
@@ -82,6 +84,18 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: Any = None) -> tup
             f"cannot load the model in {folder}: {type(exc).__name__}: {exc} "
             "(corrupt checkpoint, or written by an incompatible version of recap?)"
         ) from exc
+    # NaN weights make every caption an empty string with no error at all: catch them here.
+    bad = [
+        name
+        for name, t in model.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise RecapError(
+            f"the model in {folder} has NaN or infinite weights ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); its captions would be empty: retrain or "
+            "re-export it"
+        )
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise RecapError(f"{folder} holds no tokenizer files (tokenizer.json); re-save the model")
@@ -118,18 +132,41 @@ class DecodeOptions:
     no_repeat_ngram_size: int | None = None
     seed: int | None = None
 
-    def merged(self, defaults: Any) -> dict[str, Any]:
-        """generate() keyword arguments: these values over the model's `GenerationSettings`."""
+    def merged(self, defaults: Any, max_positions: int | None = None) -> dict[str, Any]:
+        """generate() keyword arguments: these values over the model's `GenerationSettings`.
+
+        Every value is checked here, before any work starts, so that a bad option is a clear
+        RecapError (a 422 from the server) and never a failure deep inside generation.
+        `max_positions`: the decoder's position limit, which caps max_new_tokens.
+        """
         kwargs: dict[str, Any] = {}
         for name in ("num_beams", "do_sample", "top_p", "max_new_tokens", "no_repeat_ngram_size"):
             value = getattr(self, name)
             kwargs[name] = value if value is not None else getattr(defaults, name)
+        for name in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
+            if isinstance(kwargs[name], bool) or not isinstance(kwargs[name], int):
+                raise RecapError(f"{name} must be an integer, got {kwargs[name]!r}")
         if kwargs["num_beams"] < 1:
             raise RecapError("num_beams must be >= 1")
+        if isinstance(kwargs["top_p"], bool) or not isinstance(kwargs["top_p"], int | float):
+            raise RecapError(f"top_p must be a number, got {kwargs['top_p']!r}")
         if not 0 < kwargs["top_p"] <= 1:
             raise RecapError("top_p must be in (0, 1]")
         if kwargs["max_new_tokens"] < 1:
             raise RecapError("max_new_tokens must be >= 1")
+        if max_positions is not None and kwargs["max_new_tokens"] > max_positions:
+            raise RecapError(
+                f"max_new_tokens must be at most {max_positions}, the model's position limit "
+                f"(got {kwargs['max_new_tokens']})"
+            )
+        if kwargs["no_repeat_ngram_size"] < 0:
+            raise RecapError("no_repeat_ngram_size must be >= 0")
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise RecapError(f"seed must be an integer from 0 to {MAX_SEED} (2**64 - 1)")
         if not kwargs["do_sample"]:
             kwargs.pop("top_p")  # only meaningful when sampling; HF warns otherwise
         return kwargs
@@ -163,10 +200,13 @@ class CaptionResult:
 
 
 def collect_inputs(
-    source: str | os.PathLike, lyrics: str | os.PathLike | None = None
+    source: str | os.PathLike,
+    lyrics: str | os.PathLike | None = None,
+    report: SkipReport | None = None,
 ) -> list[SongInput]:
     """The songs named by `source`: an audio file (lyrics from `lyrics` or `<stem>.txt`), a
-    folder of audio files with `<stem>.txt` lyrics beside them, or a CSV/JSONL manifest."""
+    folder of audio files with `<stem>.txt` lyrics beside them, or a CSV/JSONL manifest (its
+    unusable rows go to `report`)."""
     source = Path(source)
     if not source.exists():
         raise RecapError(f"{source} does not exist")
@@ -182,56 +222,118 @@ def collect_inputs(
     if source.suffix.lower() in MANIFEST_SUFFIXES:
         if lyrics is not None:
             raise RecapError("--lyrics goes with a single audio file; a manifest holds the lyrics")
-        return read_manifest(source)
+        return read_manifest(source, report)
     lyrics_path = Path(lyrics) if lyrics is not None else source.with_suffix(".txt")
     if lyrics is not None and not lyrics_path.is_file():
         raise RecapError(f"lyrics file {lyrics_path} does not exist")
     return [SongInput(source.stem, source, _read_lyrics_file(lyrics_path))]
 
 
-def read_manifest(path: str | os.PathLike) -> list[SongInput]:
+def read_manifest(path: str | os.PathLike, report: SkipReport | None = None) -> list[SongInput]:
     """Rows of a CSV / JSONL / JSON-list manifest. Columns: `audio` (path, relative to the
-    manifest's folder), `lyrics` (text) or `lyrics_path`; optional `id` and `split`."""
+    manifest's folder), `lyrics` (text) or `lyrics_path`; optional `id` and `split`.
+
+    A row that cannot be used (no audio, lyrics that are not text, a line that is not JSON) is
+    logged and recorded in `report` with its line number, and the other rows go on.
+    """
     path = Path(path)
+    report = report if report is not None else SkipReport("manifest")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark, which would
+        # otherwise become part of the first column's name.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecapError(f"cannot read manifest {path}: {exc}") from exc
-    rows: list[dict[str, Any]]
     suffix = path.suffix.lower()
+    rows: list[tuple[str, Any]] = []
     try:
         if suffix == ".csv":
-            rows = list(csv.DictReader(io.StringIO(text)))
+            reader = csv.DictReader(io.StringIO(text))
+            rows = [(f"{path.name}:{reader.line_num}", row) for row in reader]
         elif suffix == ".json":
-            rows = json.loads(text)
+            data = json.loads(text)
+            if not isinstance(data, list):
+                raise RecapError(f"manifest {path} must hold a JSON list of objects, one per song")
+            rows = [(f"{path.name}[{i}]", row) for i, row in enumerate(data)]
         else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                where = f"{path.name}:{number}"
+                try:
+                    rows.append((where, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    _skip_row(report, where, f"not valid JSON ({exc.msg}, column {exc.colno})")
+                except RecursionError:
+                    _skip_row(report, where, "JSON nested too deeply")
     except (json.JSONDecodeError, csv.Error) as exc:
         raise RecapError(f"manifest {path} is not valid {suffix[1:].upper()}: {exc}") from exc
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise RecapError(f"manifest {path} must hold one object per song")
+    except RecursionError as exc:
+        raise RecapError(f"manifest {path}: JSON nested too deeply") from exc
     items = []
-    for n, row in enumerate(rows, start=1):
-        audio = row.get("audio") or row.get("audio_path") or row.get("path")
-        if not audio:
-            raise RecapError(f"manifest {path}, row {n}: no 'audio' column")
-        audio_path = Path(audio) if Path(audio).is_absolute() else path.parent / audio
-        text_value = row.get("lyrics")
-        if not text_value and row.get("lyrics_path"):
-            lp = Path(row["lyrics_path"])
-            text_value = _read_lyrics_file(lp if lp.is_absolute() else path.parent / lp)
-        song_id = str(row.get("id") or row.get("song_id") or audio_path.stem)
-        items.append(SongInput(song_id, audio_path, text_value or None, split=row.get("split")))
+    for where, row in rows:
+        try:
+            items.append(_manifest_song(row, path.parent))
+        except ValueError as exc:
+            _skip_row(report, where, str(exc))
     if not items:
-        raise RecapError(f"manifest {path} has no rows")
+        raise RecapError(
+            f"manifest {path} has no usable rows"
+            + (f" ({report.items[0]['item']}: {report.items[0]['reason']})" if len(report) else "")
+        )
     return items
 
 
+def _skip_row(report: SkipReport, where: str, reason: str) -> None:
+    log.warning("skipping %s: %s", where, reason)
+    report.add(where, reason)
+
+
+def _manifest_song(row: Any, base: Path) -> SongInput:
+    """One manifest row as a SongInput; ValueError says what is wrong with it."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected an object with audio and lyrics, got {type(row).__name__}")
+    audio = row.get("audio") or row.get("audio_path") or row.get("path")
+    if audio is None or (isinstance(audio, str) and not audio.strip()):
+        raise ValueError("no audio file named (empty or missing 'audio' column)")
+    if not isinstance(audio, str):
+        raise ValueError(f"'audio' must be a file name, got {type(audio).__name__}")
+    audio_path = Path(audio) if Path(audio).is_absolute() else base / audio
+    text_value = row.get("lyrics")
+    if text_value is not None and not isinstance(text_value, str):
+        raise ValueError(f"'lyrics' must be text, got {type(text_value).__name__}")
+    lyrics_path = row.get("lyrics_path")
+    if not text_value and lyrics_path:
+        if not isinstance(lyrics_path, str):
+            raise ValueError(f"'lyrics_path' must be a file name, got {type(lyrics_path).__name__}")
+        lp = Path(lyrics_path)
+        text_value = _read_lyrics_file(lp if lp.is_absolute() else base / lp)
+    song_id = row.get("id") or row.get("song_id") or audio_path.stem
+    split = row.get("split")
+    return SongInput(
+        str(song_id), audio_path, text_value or None, split=str(split) if split else None
+    )
+
+
 def _read_lyrics_file(path: Path) -> str | None:
+    """The text of a lyrics file, or None when it does not exist or cannot be read."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        data = path.read_bytes()
+    except OSError:
         return None
+    return decode_text(data)
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (a byte-order mark is dropped); else Windows-1252, else Latin-1, which decodes any
+    bytes: older lyrics files are often in a Western 8-bit encoding, and reading them as
+    "missing" would lose the song."""
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
 
 
 # ---------------------------------------------------------------------------- the captioner
@@ -273,7 +375,7 @@ class Captioner:
             except Exception as exc:  # e.g. a 3-D array
                 raise RecapError(f"unusable audio array: {exc}") from exc
         path = Path(audio)
-        if not path.is_file():
+        if not is_file(path):
             raise RecapError(f"audio file {path} does not exist")
         return load_excerpt(path, self.audio_config).waveform
 
@@ -328,6 +430,7 @@ class Captioner:
         from recap.audio import AudioError
 
         options = DecodeOptions(**decode)
+        self.decode_kwargs(options)  # a bad option fails here, before any song is decoded
         songs = [_as_song(item, n) for n, item in enumerate(items)]
         bar = tqdm(total=len(songs), desc="caption", unit="song", disable=not progress)
         for start in range(0, len(songs), max(1, batch_size)):
@@ -345,12 +448,32 @@ class Captioner:
                 except (AudioError, RecapError) as exc:
                     results[i].error = f"unreadable audio: {exc}"
             if ready:
-                captions = self.caption_waveforms(waves, [chunk[i].lyrics for i in ready], options)
+                try:
+                    captions = self.caption_waveforms(
+                        waves, [chunk[i].lyrics for i in ready], options
+                    )
+                except Exception:  # noqa: BLE001 - find the item at fault, caption the rest
+                    captions = []
+                    for i, wave in zip(ready, waves):
+                        try:
+                            captions.extend(
+                                self.caption_waveforms([wave], [chunk[i].lyrics], options)
+                            )
+                        except Exception as exc:  # noqa: BLE001 - reported per item
+                            captions.append(None)
+                            results[i].error = _item_error(exc)
                 for i, text in zip(ready, captions):
-                    results[i].caption = text
+                    if text is not None:
+                        results[i].caption = text
             bar.update(len(chunk))
             yield from results
         bar.close()
+
+    def decode_kwargs(self, options: DecodeOptions) -> dict[str, Any]:
+        """generate() arguments for `options`, checked against this model (RecapError)."""
+        return options.merged(
+            self.model.config.generation, max_positions=self.model.config.max_position_embeddings
+        )
 
     def caption_waveforms(
         self, waveforms: Sequence[np.ndarray], lyrics: Sequence[str], options: DecodeOptions
@@ -358,17 +481,32 @@ class Captioner:
         """Generate for prepared excerpts: waveforms (each (240000,)) and their lyrics."""
         import torch
 
-        kwargs = options.merged(self.model.config.generation)
+        kwargs = self.decode_kwargs(options)
         batch = self.encode_lyrics(lyrics)
         # (B, T): every excerpt has the same length, so stacking needs no padding.
         wave = torch.from_numpy(np.stack(waveforms).astype(np.float32)).to(self.device)
-        if options.seed is not None:
-            torch.manual_seed(options.seed)  # sampling draws from torch's global generator
         with torch.inference_mode():
+            music = self.model.music_sequence(waveform=wave)  # None for the lyrics-only method
+            if music is not None:
+                finite = torch.isfinite(music).flatten(1).all(dim=1)
+                if not bool(finite.all()):
+                    rows = [int(i) for i in torch.nonzero(~finite).flatten()]
+                    raise RecapError(
+                        f"the music encoder gave NaN or infinite values for item(s) {rows} of "
+                        "the batch (audio far outside [-1, 1], or a broken model)"
+                    )
+            if options.seed is not None:
+                torch.manual_seed(options.seed)  # sampling draws from torch's global generator
             out = self.model.generate(
-                batch["input_ids"], batch["attention_mask"], waveform=wave, **kwargs
+                batch["input_ids"], batch["attention_mask"], music_embeds=music, **kwargs
             )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def _item_error(exc: BaseException) -> str:
+    if isinstance(exc, RecapError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _as_song(item: SongInput | tuple, n: int) -> SongInput:
@@ -383,22 +521,47 @@ def _as_song(item: SongInput | tuple, n: int) -> SongInput:
 
 
 # ---------------------------------------------------------------------------- output
-def format_results(results: Sequence[CaptionResult], fmt: str) -> str:
+_FIELDS = ["id", "audio", "caption", "error"]
+
+
+def _format_one(r: CaptionResult, fmt: str) -> str:
     if fmt == "text":
-        return "".join(
-            (f"{r.caption}\n" if r.error is None else f"[{r.id}] error: {r.error}\n")
-            for r in results
-        )
+        return f"{r.caption}\n" if r.error is None else f"[{r.id}] error: {r.error}\n"
     if fmt == "jsonl":
-        return "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in results)
+        return json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["id", "audio", "caption", "error"])
-        writer.writeheader()
-        for r in results:
-            writer.writerow(r.to_dict())
+        csv.DictWriter(buf, fieldnames=_FIELDS).writerow(r.to_dict())
         return buf.getvalue()
     raise RecapError(f"unknown format {fmt!r}")
+
+
+def _header(fmt: str) -> str:
+    return ",".join(_FIELDS) + "\r\n" if fmt == "csv" else ""
+
+
+def format_results(results: Sequence[CaptionResult], fmt: str) -> str:
+    if fmt not in ("text", "jsonl", "csv"):
+        raise RecapError(f"unknown format {fmt!r}")
+    return _header(fmt) + "".join(_format_one(r, fmt) for r in results)
+
+
+def check_output_path(out: str | os.PathLike) -> Path:
+    """Refuse an output file that cannot be written, before any work is done."""
+    out = Path(out)
+    if out.is_dir():
+        raise RecapError(
+            f"--out {out} is a folder; give a file name such as {out / 'captions.jsonl'}"
+        )
+    parent = out.parent
+    existing = parent
+    while not existing.exists():  # the nearest folder that exists must let us create the rest
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RecapError(f"cannot write {out}: {existing} is not a folder")
+    if not os.access(out if out.exists() else existing, os.W_OK):
+        raise RecapError(f"cannot write {out}: permission denied")
+    return out
 
 
 def caption_files(
@@ -414,33 +577,42 @@ def caption_files(
 ) -> tuple[list[CaptionResult], SkipReport]:
     """The job behind `recap caption`: caption `source`, write the results, report failures.
 
-    Writes to `out` (atomically; format from `fmt` or the suffix) or prints to stdout. Failed
-    items stay in the output with their error and go into `<out>.skipped.json`.
+    Writes to `out` (format from `fmt` or the suffix) or to stdout, one result at a time as it
+    is made, so a killed job keeps every caption made so far. Failed items stay in the output
+    with their error and go into `<out>.skipped.json`, with the manifest rows that could not be
+    read.
     """
-    songs = collect_inputs(source, lyrics)
+    if out is not None:
+        check_output_path(out)
+    skipped = SkipReport("caption")
+    songs = collect_inputs(source, lyrics, skipped)
     captioner = Captioner.from_pretrained(model, device=device)
     decode = decode or DecodeOptions()
-    results = list(
-        captioner.caption_results(
-            songs, batch_size=batch_size, progress=progress, **dataclasses.asdict(decode)
-        )
-    )
+    captioner.decode_kwargs(decode)  # a bad option is refused before any captioning
     if fmt is None:
         suffix = Path(out).suffix.lower() if out else ""
         fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}.get(
             suffix, "text" if len(songs) == 1 else "jsonl"
         )
-    skipped = SkipReport("caption")
-    for r in results:
-        if r.error is not None:
-            skipped.add(f"{r.id} ({r.audio})", r.error)
-    text = format_results(results, fmt)
-    if out:
-        atomic_write_text(out, text)
-        if len(skipped):
-            skipped.write(Path(out).with_suffix(".skipped.json"))
-    else:
-        sys.stdout.write(text)
+    if fmt not in ("text", "jsonl", "csv"):
+        raise RecapError(f"unknown format {fmt!r}")
+    results: list[CaptionResult] = []
+    stream = open(out, "w", encoding="utf-8", newline="") if out else sys.stdout  # noqa: SIM115
+    try:
+        stream.write(_header(fmt))
+        for r in captioner.caption_results(
+            songs, batch_size=batch_size, progress=progress, **dataclasses.asdict(decode)
+        ):
+            results.append(r)
+            stream.write(_format_one(r, fmt))
+            stream.flush()
+            if r.error is not None:
+                skipped.add(f"{r.id} ({r.audio})", r.error)
+    finally:
+        if out:
+            stream.close()
+            if len(skipped):
+                skipped.write(Path(out).with_suffix(".skipped.json"))
     return results, skipped
 
 
@@ -503,7 +675,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         device=args.device,
         decode=decode_from_args(args),
     )
-    failed = len(skipped)
+    failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
     print(
         f"captioned {len(results) - failed}/{len(results)} song(s); {skipped.summary()}",
         file=sys.stderr,

@@ -294,8 +294,8 @@ class RecapConfig:
             raise RecapError(f"no RECAP config at {path}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecapError(f"cannot read RECAP config {path}: {exc}") from exc
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise RecapError(f"cannot read RECAP config {path}: {exc!r}") from exc
         if not isinstance(data, dict) or "format_version" not in data:
             if isinstance(data, dict) and data.get("model_type") == "bart":
                 raise RecapError(

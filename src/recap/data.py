@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recap.utils import RecapError, SkipReport
+from recap.utils import RecapError, SkipReport, is_file
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,11 @@ def audio_path(data_dir: str | os.PathLike, song_id: str) -> Path:
     base = Path(data_dir) / "audios"
     for ext in AUDIO_EXTENSIONS:
         candidate = base / f"{song_id}{ext}"
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # "File name too long": no such file can exist, so it is missing
+            break
     return base / f"{song_id}.mp3"
 
 
@@ -225,11 +228,14 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             if not raw.strip():
                 continue
             try:
-                yield where, json.loads(raw.decode("utf-8"))
+                # utf-8-sig: a byte-order mark at the start of the file is not data
+                yield where, json.loads(raw.decode("utf-8-sig"))
             except UnicodeDecodeError:
                 yield where, _BadRecord("non-UTF-8 bytes in the line")
             except json.JSONDecodeError as err:
                 yield where, _BadRecord(f"invalid JSON ({err.msg})")
+            except RecursionError:
+                yield where, _BadRecord("JSON nested too deeply")
 
 
 def _json_records(obj: Any, path: Path) -> list[Any]:
@@ -253,17 +259,21 @@ def _json_records(obj: Any, path: Path) -> list[Any]:
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     # surrogateescape keeps undecodable bytes as markers that the row check reports per row,
     # instead of failing the whole file.
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise RecapError(f"{path}: invalid JSON ({err})") from err
+    except RecursionError as err:
+        raise RecapError(f"{path}: JSON nested too deeply to be a dataset") from err
     return [(f"{path.name}[{i}]", rec) for i, rec in enumerate(_json_records(obj, path))]
 
 
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
     csv.field_size_limit(sys.maxsize if sys.maxsize < 2**63 else 2**31 - 1)
-    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as f:
+    # utf-8-sig: spreadsheet programs write a byte-order mark, which would otherwise turn the
+    # first column "music4all_id" into "\ufeffmusic4all_id" and refuse the whole file.
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return []
@@ -598,7 +608,7 @@ def audio_stats(data_dir: Path, song_ids: list[str], workers: int | None = None)
     from recap.audio import check_audio_file
 
     paths = {sid: audio_path(data_dir, sid) for sid in song_ids}
-    missing = [sid for sid, p in paths.items() if not p.is_file()]
+    missing = [sid for sid, p in paths.items() if not is_file(p)]
     present = [sid for sid in song_ids if sid not in set(missing)]
     # libsndfile releases the GIL while decoding, so threads use every core without the start-up
     # cost of processes.

@@ -9,10 +9,12 @@ modalities. An index folder holds both sides of every song:
                     of the lyrics, a hash of the lyrics (songs sharing lyrics are one "work"), split
       audio.npy     (N, D) float32 unit vectors of the audio
       lyrics.npy    (N, D) float32 unit vectors of the lyrics
-      *.ivf.faiss   IVF only: the trained lists (k-means over 1e5 songs takes ~25 s on one core)
+      *.ivf_centroids.npy  IVF only: the trained list centroids (k-means over 1e5 songs takes
+                    ~25 s on one core), so loading only assigns the vectors to their lists
 
-An exact index is rebuilt from the vectors on load (instant); so is an IVF index whose kind or
-nlist is overridden. Search is exact (`IndexFlatIP`) up to `IVF_THRESHOLD` songs and approximate
+An exact index is rebuilt from the vectors on load (instant); an IVF index whose kind or nlist is
+overridden (or whose centroid files are missing) is trained again. Nothing in the folder is
+unpickled or parsed by FAISS: it is JSON and .npy arrays, checked on load. Search is exact (`IndexFlatIP`) up to `IVF_THRESHOLD` songs and approximate
 (`IndexIVFFlat`, inner product) above it, unless the kind is given. An audio query searches the lyrics side ("which lyrics fit this music?"); a lyrics
 query searches the audio side ("which songs sound like these words?").
 """
@@ -20,6 +22,7 @@ query searches the audio side ("which songs sound like these words?").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +30,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +45,7 @@ from recap.captioner import (
     read_manifest,
     resolve_model_dir,
 )
-from recap.utils import RecapError, SkipReport, atomic_write_json
+from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,12 @@ class IndexSettings:
         return IndexSettings("ivf", nlist, min(nprobe, nlist), self.ivf_threshold)
 
 
-def make_faiss_index(vectors: np.ndarray, settings: IndexSettings) -> Any:
-    """A FAISS inner-product index over unit `vectors` (N, D), exact or IVF as resolved."""
+def make_faiss_index(
+    vectors: np.ndarray, settings: IndexSettings, centroids: np.ndarray | None = None
+) -> Any:
+    """A FAISS inner-product index over unit `vectors` (N, D), exact or IVF as resolved. An IVF
+    index takes its list centroids from `centroids` when given (saved at build time), which
+    skips k-means: assigning the vectors to the lists is all that loading costs."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -91,11 +97,23 @@ def make_faiss_index(vectors: np.ndarray, settings: IndexSettings) -> Any:
     else:
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, s.nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = 1234  # k-means initialisation: the same vectors give the same lists
-        index.train(vectors)
+        if centroids is not None:
+            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            index.is_trained = True
+        else:
+            index.cp.seed = 1234  # k-means initialisation: the same vectors give the same lists
+            index.train(vectors)
         index.nprobe = s.nprobe
     index.add(vectors)
     return index
+
+
+def ivf_centroids(index: Any) -> np.ndarray | None:
+    """The (nlist, D) list centroids of an IVF index, None for an exact one."""
+    quantizer = getattr(index, "quantizer", None)
+    if quantizer is None:
+        return None
+    return quantizer.reconstruct_n(0, quantizer.ntotal)
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -146,10 +164,33 @@ class SongIndex:
     settings: IndexSettings
     model_path: str = ""
     model_fingerprint: str = ""
-    # (audio, lyrics) FAISS indexes read from disk; None = build them from the vectors.
-    prebuilt: tuple[Any, Any] | None = field(default=None, repr=False)
+    # (audio, lyrics) IVF list centroids read from disk; None = train them (k-means).
+    centroids: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        for side in ("audio", "lyrics"):
+            array = getattr(self, side)
+            if (
+                array.ndim != 2
+                or array.shape[1] == 0
+                or not np.issubdtype(array.dtype, np.floating)
+            ):
+                raise RecapError(
+                    f"the index's {side} vectors must be a 2-D float array, got "
+                    f"{array.dtype} of shape {array.shape}"
+                )
+            bad = ~np.isfinite(array).all(axis=1)
+            if bad.any():
+                # A NaN vector matches nothing, so searches would quietly return no hits.
+                ids = [
+                    self.songs[i].song_id for i in np.flatnonzero(bad)[:5] if i < len(self.songs)
+                ]
+                raise RecapError(
+                    f"{int(bad.sum())} {side} vector(s) of the index are NaN or infinite "
+                    f"(songs {', '.join(ids)}); rebuild the index"
+                )
+        self.audio = np.ascontiguousarray(self.audio, dtype=np.float32)
+        self.lyrics = np.ascontiguousarray(self.lyrics, dtype=np.float32)
         if self.audio.shape != self.lyrics.shape or self.audio.shape[0] != len(self.songs):
             raise RecapError(
                 f"index sides disagree: audio {self.audio.shape}, lyrics {self.lyrics.shape}, "
@@ -158,15 +199,10 @@ class SongIndex:
         if not self.songs:
             raise RecapError("an index needs at least one song")
         self.settings = self.settings.resolve(len(self.songs))
-        if self.prebuilt is not None:
-            self._audio_index, self._lyrics_index = self.prebuilt
-            for index in self.prebuilt:
-                if hasattr(index, "nprobe"):
-                    index.nprobe = self.settings.nprobe
-        else:
-            self._audio_index = make_faiss_index(self.audio, self.settings)
-            self._lyrics_index = make_faiss_index(self.lyrics, self.settings)
-        self.prebuilt = None
+        audio_c, lyrics_c = self.centroids if self.centroids is not None else (None, None)
+        self._audio_index = make_faiss_index(self.audio, self.settings, audio_c)
+        self._lyrics_index = make_faiss_index(self.lyrics, self.settings, lyrics_c)
+        self.centroids = None
 
     def __len__(self) -> int:
         return len(self.songs)
@@ -182,6 +218,8 @@ class SongIndex:
         if side not in ("audio", "lyrics"):
             raise RecapError(f"side must be 'audio' or 'lyrics', not {side!r}")
         queries = normalize(np.atleast_2d(queries))  # (Q, D)
+        if not np.isfinite(queries).all():
+            raise RecapError("the query vector is NaN or infinite (a broken model or input)")
         if queries.shape[1] != self.dim:
             raise RecapError(
                 f"query vectors have {queries.shape[1]} dimensions, the index {self.dim}: "
@@ -234,18 +272,18 @@ class SongIndex:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index folder; an existing index there is replaced in one rename."""
         path = Path(path)
-        if path.exists() and not (path / "meta.json").is_file():
-            raise RecapError(f"{path} exists and is not a recap index; refusing to overwrite it")
+        check_index_out(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = make_temp_dir(path.parent, f".{path.name}.")
         try:
-            np.save(tmp / "audio.npy", self.audio)
-            np.save(tmp / "lyrics.npy", self.lyrics)
+            np.save(tmp / "audio.npy", self.audio, allow_pickle=False)
+            np.save(tmp / "lyrics.npy", self.lyrics, allow_pickle=False)
             if self.settings.kind == "ivf":  # k-means is slow: keep the trained lists
-                import faiss
-
-                faiss.write_index(self._audio_index, str(tmp / "audio.ivf.faiss"))
-                faiss.write_index(self._lyrics_index, str(tmp / "lyrics.ivf.faiss"))
+                # As plain arrays, not FAISS's own serialisation: loading parses no binary
+                # format beyond .npy, and the lists are rebuilt from them without k-means.
+                for side, index in (("audio", self._audio_index), ("lyrics", self._lyrics_index)):
+                    np.save(tmp / f"{side}{CENTROIDS_SUFFIX}", ivf_centroids(index),
+                            allow_pickle=False)  # fmt: skip
             atomic_write_json(tmp / "meta.json", self._meta())
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -280,8 +318,10 @@ class SongIndex:
             raise RecapError(f"{path} is not a recap index (no meta.json)")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecapError(f"cannot read {meta_path}: {exc}") from exc
+        except (OSError, ValueError, RecursionError) as exc:
+            raise RecapError(f"cannot read {meta_path} (corrupt index?): {exc}") from exc
+        if not isinstance(meta, dict):
+            raise RecapError(f"corrupt index {path}: meta.json is not an object")
         if meta.get("format") != "recap-index" or meta.get("format_version") != FORMAT_VERSION:
             raise RecapError(
                 f"{path} holds index format {meta.get('format')!r} version "
@@ -292,23 +332,63 @@ class SongIndex:
             audio = np.load(path / "audio.npy", allow_pickle=False)
             lyrics = np.load(path / "lyrics.npy", allow_pickle=False)
             songs = [SongEntry(**s) for s in meta["songs"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RecapError(f"corrupt index {path}: {exc}") from exc
-        settings = IndexSettings(**meta["settings"])
+            for s in songs:
+                if not isinstance(s.song_id, str) or not isinstance(s.first_line, str):
+                    raise TypeError(f"song entry {s} has non-text fields")
+            stored = IndexSettings(**meta["settings"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RecapError(f"corrupt index {path}: {type(exc).__name__}: {exc}") from exc
+        settings = dataclasses.replace(stored)
         for key, value in overrides.items():
             if value is not None:
                 setattr(settings, key, value)
-        if overrides.get("kind") and overrides["kind"] != meta["settings"]["kind"]:
+        if overrides.get("kind") and overrides["kind"] != stored.kind:
             settings.nlist = overrides.get("nlist")  # the stored nlist belongs to the old kind
             settings.nprobe = overrides.get("nprobe")
-        return cls(
-            songs,
-            audio,
-            lyrics,
-            settings,
-            meta.get("model_path", ""),
-            meta.get("model_fingerprint", ""),
-        )
+        centroids = None
+        if stored.kind == "ivf" and settings.kind == stored.kind and settings.nlist == stored.nlist:
+            centroids = _load_centroids(path, stored.nlist, audio.shape[-1])
+        try:
+            return cls(
+                songs,
+                audio,
+                lyrics,
+                settings,
+                str(meta.get("model_path", "")),
+                str(meta.get("model_fingerprint", "")),
+                centroids=centroids,
+            )
+        except RecapError as exc:
+            raise RecapError(f"corrupt index {path}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - FAISS refusing crafted settings or arrays
+            raise RecapError(f"corrupt index {path}: {type(exc).__name__}: {exc}") from exc
+
+
+CENTROIDS_SUFFIX = ".ivf_centroids.npy"
+
+
+def _load_centroids(
+    path: Path, nlist: int | None, dim: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The saved IVF centroids of both sides, or None (with a note) when they are missing or
+    do not fit, in which case the lists are trained again."""
+    out = []
+    for side in ("audio", "lyrics"):
+        file = path / f"{side}{CENTROIDS_SUFFIX}"
+        try:
+            c = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "%s: cannot use %s (%s); training the IVF lists again", path, file.name, exc
+            )
+            return None
+        if c.ndim != 2 or c.shape != (nlist, dim) or not np.isfinite(c).all():
+            log.warning(
+                "%s: %s does not fit the index; training the IVF lists again", path, file.name
+            )
+            return None
+        out.append(c.astype(np.float32))
+    return out[0], out[1]
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -407,9 +487,29 @@ def embed_songs(
             except RecapError as exc:
                 skipped.add(f"{song.id} ({song.audio_label})", f"unreadable audio: {exc}")
         if chunk_songs:
-            audio_parts.append(embed_audio(captioner, waves))
-            lyrics_parts.append(embed_lyrics(captioner, [s.lyrics for s in chunk_songs]))
-            kept.extend(chunk_songs)
+            try:
+                parts = [(embed_audio(captioner, waves),
+                          embed_lyrics(captioner, [s.lyrics for s in chunk_songs]))]  # fmt: skip
+                groups = [chunk_songs]
+            except Exception:  # noqa: BLE001 - embed one by one to find the item at fault
+                parts, groups = [], []
+                for song, wave in zip(chunk_songs, waves):
+                    try:
+                        parts.append((embed_audio(captioner, [wave]),
+                                      embed_lyrics(captioner, [song.lyrics])))  # fmt: skip
+                        groups.append([song])
+                    except Exception as exc:  # noqa: BLE001 - reported per song
+                        skipped.add(f"{song.id} ({song.audio_label})", f"cannot embed: {exc}")
+            for group, (a, lyr) in zip(groups, parts):
+                # NaN vectors would sit in the index matching nothing: refuse them per song.
+                ok = np.isfinite(a).all(axis=1) & np.isfinite(lyr).all(axis=1)
+                for song in (g for g, good in zip(group, ok) if not good):
+                    skipped.add(
+                        f"{song.id} ({song.audio_label})", "the model gave NaN or infinite vectors"
+                    )
+                audio_parts.append(a[ok])
+                lyrics_parts.append(lyr[ok])
+                kept.extend(g for g, good in zip(group, ok) if good)
         bar.update(min(batch_size, len(songs) - start))
     bar.close()
     if not kept:
@@ -417,7 +517,18 @@ def embed_songs(
     return kept, np.concatenate(audio_parts), np.concatenate(lyrics_parts), skipped
 
 
-def catalogue_songs(data: str | os.PathLike) -> list[SongInput]:
+def check_index_out(out: str | os.PathLike) -> None:
+    """Refuse an index destination that `SongIndex.save` would refuse, before any work."""
+    out = Path(out)
+    if out.exists() and not (
+        out.is_dir() and ((out / "meta.json").is_file() or not any(out.iterdir()))
+    ):
+        raise RecapError(
+            f"{out} exists and is not a recap index; refusing to overwrite it (choose a new folder)"
+        )
+
+
+def catalogue_songs(data: str | os.PathLike, report: SkipReport | None = None) -> list[SongInput]:
     """The songs of a dataset folder (dataset.jsonl + audios/), an audio folder with <stem>.txt
     lyrics, or a CSV/JSONL manifest. A dataset's songs appear once (first row's lyrics)."""
     data = Path(data)
@@ -425,7 +536,7 @@ def catalogue_songs(data: str | os.PathLike) -> list[SongInput]:
         from recap.data import audio_path, load_rows
 
         songs: dict[str, SongInput] = {}
-        for row in load_rows(data):
+        for row in load_rows(data, report):
             if row.song_id not in songs:
                 songs[row.song_id] = SongInput(
                     str(row.song_id), audio_path(data, row.song_id), row.lyrics, split=row.split
@@ -434,8 +545,8 @@ def catalogue_songs(data: str | os.PathLike) -> list[SongInput]:
             raise RecapError(f"no rows in {data}")
         return list(songs.values())
     if data.is_file():
-        return read_manifest(data)
-    return collect_inputs(data)
+        return read_manifest(data, report)
+    return collect_inputs(data, report=report)
 
 
 def model_fingerprint(model_dir: Path) -> str:
@@ -460,9 +571,13 @@ def build_index(
     progress: bool = True,
 ) -> tuple[SongIndex, SkipReport]:
     """Embed a catalogue and (if `out`) save the index; skipped songs go to `out/skipped.json`."""
+    if out is not None:
+        check_index_out(out)  # before hours of embedding, not after
     captioner = model if isinstance(model, Captioner) else Captioner.from_pretrained(model, device)
-    songs = catalogue_songs(data)
+    rows = SkipReport("index build")
+    songs = catalogue_songs(data, rows)
     kept, audio, lyrics, skipped = embed_songs(captioner, songs, batch_size, progress)
+    skipped.items[:0] = rows.items
     source = captioner.source
     entries = [
         SongEntry(s.id, first_line(s.lyrics or ""), lyrics_key(s.lyrics or ""), s.split)

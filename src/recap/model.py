@@ -545,11 +545,13 @@ def _resolve_folder(name_or_path: str | os.PathLike) -> Path:
 
 def _maybe_tokenizer(name_or_path: str | os.PathLike) -> Any:
     """The tokenizer saved beside a model, or None when there is none."""
-    from recap.tokenizer import has_tokenizer_files, load_tokenizer
+    from recap.tokenizer import has_tokenizer_files, load_tokenizer, refuse_remote_code
 
     path = Path(name_or_path)
-    if path.is_dir() and not has_tokenizer_files(path):
-        return None
+    if path.is_dir():
+        refuse_remote_code(path)  # a folder that asks to run its own code is an error, not "none"
+        if not has_tokenizer_files(path):
+            return None
     try:
         return load_tokenizer(name_or_path)
     except RecapError:

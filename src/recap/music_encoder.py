@@ -541,7 +541,7 @@ class MusicEncoder(nn.Module):
                 raise RecapError(f"{directory} is not a saved music encoder: {path.name} missing")
         try:
             config = MusicEncoderConfig.from_dict(json.loads(config_path.read_text("utf-8")))
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+        except (ValueError, TypeError, RecursionError) as err:
             raise RecapError(f"{config_path} is not a valid music encoder config: {err}") from err
         try:
             state = load_file(str(weights_path))

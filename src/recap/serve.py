@@ -7,7 +7,10 @@
 
 Every bad request gets a JSON body `{"error": {"code": ..., "message": ...}}` with a proper
 status: 413 (upload, duration or lyrics over the limit), 415 (not an audio file), 422 (corrupt
-audio, empty lyrics, bad option, missing field), 503 (search without an index).
+audio, empty lyrics, bad option, missing field), 503 (search without an index); anything
+unexpected is a 500 in the same shape, without internals. The body limit counts the bytes as
+they arrive (`BodyLimit`), so a chunked upload without Content-Length is cut off at the limit
+too. Messages never show the server's temporary file names.
 
 The model is not thread-safe in a useful sense (and sampling seeds torch's global generator),
 so every model call holds one lock: requests are decoded in parallel, run one at a time, and
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from recap.audio import decode_error_reason
 from recap.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
 from recap.utils import RecapError
 
@@ -101,15 +105,18 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Any:
-        # Refuse a declared oversized body before the multipart parser spools it to disk.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_upload_bytes + _FORM_OVERHEAD:
-            return JSONResponse(
-                error_body("file_too_large", _too_large_message(settings)), status_code=413
-            )
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not a bad request: logged with its traceback here, and answered in the same
+        # JSON shape without internals (paths, tracebacks) in the text.
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "the server failed to handle this request"),
+            status_code=500,
+        )
+
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + _FORM_OVERHEAD,
+                       message=_too_large_message(settings))  # fmt: skip
 
     # -- request pieces
     def read_audio(upload: UploadFile) -> Any:
@@ -125,11 +132,12 @@ def create_app(
                 f"{upload.filename or 'the upload'} ({ctype or 'no type'}) is not an audio file; "
                 f"send one of {', '.join(AUDIO_SUFFIXES)}",
             )
+        name = upload.filename or "the upload"
         with tempfile.NamedTemporaryFile(suffix=suffix or ".audio") as tmp:
             size = 0
             while chunk := upload.file.read(_CHUNK):
                 size += len(chunk)
-                if size > settings.max_upload_bytes:  # a body without Content-Length
+                if size > settings.max_upload_bytes:  # the file alone, within the body limit
                     raise ApiError(413, "file_too_large", _too_large_message(settings))
                 tmp.write(chunk)
             tmp.flush()
@@ -139,7 +147,7 @@ def create_app(
                 duration = sf.info(tmp.name).duration
             except Exception as exc:  # libsndfile: unknown format, garbage header ...
                 raise ApiError(
-                    422, "unreadable_audio", f"cannot decode {upload.filename}: {exc}"
+                    422, "unreadable_audio", f"cannot decode {name}: {decode_error_reason(exc)}"
                 ) from exc
             if duration > settings.max_duration_s:
                 raise ApiError(
@@ -150,7 +158,11 @@ def create_app(
             try:
                 return captioner.load_waveform(tmp.name)
             except RecapError as exc:
-                raise ApiError(422, "unreadable_audio", f"{upload.filename}: {exc}") from exc
+                # The message names the file it read: the client's name, not our temporary one.
+                message = str(exc).replace(tmp.name, name)
+                if not message.startswith(name):
+                    message = f"{name}: {message}"
+                raise ApiError(422, "unreadable_audio", message) from exc
 
     def check_lyrics(text: str | None) -> str:
         if text is None or not text.strip():
@@ -164,7 +176,7 @@ def create_app(
     def decode_options(**values: Any) -> DecodeOptions:
         options = DecodeOptions(**values)
         try:
-            options.merged(captioner.model.config.generation)
+            captioner.decode_kwargs(options)
         except RecapError as exc:
             raise ApiError(422, "invalid_option", str(exc)) from exc
         if options.num_beams is not None and options.num_beams > settings.max_beams:
@@ -244,6 +256,77 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: at most `limit` request-body bytes reach the application, whether the
+    client declared a Content-Length or streams a chunked body. A declared oversized body is
+    refused before any of it is read; a stream is cut off at the limit (so the multipart
+    parser never spools more than that to disk) and answered 413 in the usual JSON shape."""
+
+    def __init__(self, app: Any, limit: int, message: str) -> None:
+        self.app, self.limit, self.message = app, limit, message
+
+    async def _refuse(self, send: Any) -> None:
+        import json
+
+        body = json.dumps(error_body("file_too_large", self.message)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"").decode("latin-1").strip()
+        if length.isdigit() and int(length) > self.limit:
+            await self._refuse(send)
+            return
+        received = 0
+        exceeded = False
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    exceeded = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if exceeded and not started:
+                return  # whatever the app made of the cut-off body, the answer is 413
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._refuse(send)
 
 
 def _too_large_message(settings: ServeSettings) -> str:

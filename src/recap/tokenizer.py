@@ -92,6 +92,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
 
     path = Path(name_or_path)
     if path.is_dir():
+        refuse_remote_code(path)
         if (path / "tokenizer.json").is_file():
             return _auto(AutoTokenizer, path)
         if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
@@ -106,8 +107,30 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
     return _auto(AutoTokenizer, name_or_path)
 
 
+def refuse_remote_code(folder: Path) -> None:
+    """A tokenizer config with `auto_map` asks transformers to import Python files shipped with
+    the model; recap never runs code from a model folder, so such a folder is refused outright
+    (transformers would otherwise ask "[y/N]" and run the code on "y")."""
+    import json
+
+    for name in ("tokenizer_config.json", "config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise RecapError(f"cannot read {file}: {exc}") from exc
+        if isinstance(config, dict) and config.get("auto_map"):
+            raise RecapError(
+                f"{file} names custom tokenizer code (auto_map); recap never runs code from a "
+                "model folder — remove auto_map to use the standard tokenizer"
+            )
+
+
 def _auto(auto: Any, source: str | os.PathLike) -> Any:
     try:
-        return auto.from_pretrained(str(source))
-    except (OSError, ValueError, KeyError) as exc:
+        # trust_remote_code=False: code shipped with a model is refused, never prompted for.
+        return auto.from_pretrained(str(source), trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RecapError(f"cannot load a tokenizer from {source!s}: {exc}") from exc

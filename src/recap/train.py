@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -327,22 +328,59 @@ class TrainState:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+    """Every generator's state as tensors, ints and strings only, so that it loads with
+    `torch.load(weights_only=True)`: a run folder is data, and unpickling it must not run code."""
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64)},
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
+    if gauss is not None:
+        state["python"]["gauss"] = float(gauss)
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py.get("gauss")))
+    npy = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": npy["bit_generator"],
+            "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]},
+            "has_gauss": npy["has_gauss"],
+            "gauss": npy["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_state_file(path: Path, what: str, map_location: Any = None) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain containers only. A file that needs
+    more (a planted pickle payload, or a file written by an old recap) is refused, never run."""
+    if not path.is_file():
+        raise RecapError(f"{path.parent} is incomplete: the {what} file {path.name} is missing")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise RecapError(
+            f"refused to load {path}: it holds objects other than tensors and plain data "
+            "(a tampered file, or one written by an older recap); nothing in it was run"
+        ) from exc
+    except Exception as exc:  # truncated zip, bad tensor records ...
+        raise RecapError(f"cannot read the {what} in {path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _swap_dir(tmp: Path, final: Path) -> None:
@@ -411,14 +449,14 @@ class Trainer:
                     raise RecapError(f"{run} is not a training run; refusing to delete it")
                 shutil.rmtree(run)
             if saved.exists():
-                _check_same_config(TrainConfig.from_dict(json.loads(saved.read_text())), cfg, run)
+                _check_same_config(_read_train_config(saved), cfg, run)
             run.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
         if _existing_dir(run / "last") is not None:
             if not cfg.resume:
                 raise RecapError(
-                    f"{run} holds an unfinished run; pass --resume to continue it or "
-                    "--overwrite to start again"
+                    f"{run} holds an unfinished run; pass --resume to continue it "
+                    "(--overwrite deletes it and starts again)"
                 )
             resume = True
         if self.is_main:
@@ -612,28 +650,49 @@ class Trainer:
         acc.wait_for_everyone()
 
     def load_checkpoint(self) -> TrainState:
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
         acc = self.accelerator
         last = _existing_dir(self.run / "last")
         if last is None:
             raise RecapError(f"no checkpoint to resume in {self.run}")
-        load_model(
-            acc.unwrap_model(self.model), str(last / "model.safetensors"), device=str(acc.device)
-        )
-        self.optimizer.load_state_dict(
-            torch.load(last / "optimizer.pt", map_location=acc.device, weights_only=False)
-        )
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(torch.load(last / "scheduler.pt", weights_only=False))
-        rng = last / f"rng_state_{acc.process_index}.pt"
-        if not rng.exists():
-            raise RecapError(
-                f"{last} was written by fewer processes than now run ({acc.num_processes}); "
-                "resume with the same number of processes"
+        weights = last / "model.safetensors"
+        if not weights.is_file():
+            raise RecapError(f"{last} is incomplete: model.safetensors is missing")
+        try:
+            load_model(acc.unwrap_model(self.model), str(weights), device=str(acc.device))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise RecapError(f"cannot read the checkpoint {weights}: {exc}") from exc
+        try:
+            self.optimizer.load_state_dict(
+                _load_state_file(last / "optimizer.pt", "optimizer state", acc.device)
             )
-        _set_rng_state(torch.load(rng, weights_only=False))
-        state = TrainState.from_dict(json.loads((last / "state.json").read_text()))
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(
+                    _load_state_file(last / "scheduler.pt", "scheduler state")
+                )
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise RecapError(f"the optimizer state in {last} does not fit this run: {exc}") from exc
+        rng = last / f"rng_state_{acc.process_index}.pt"
+        written = len(list(last.glob("rng_state_*.pt")))
+        if written != acc.num_processes and (written or acc.num_processes > 1):
+            raise RecapError(
+                f"{last} holds RNG states of {written} process(es) but {acc.num_processes} now "
+                "run; resume with the same number of processes"
+            )
+        rng_state = _load_state_file(rng, "RNG state")
+        try:
+            _set_rng_state(rng_state)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise RecapError(f"{rng} is not a valid RNG state: {exc}") from exc
+        state_path = last / "state.json"
+        try:
+            state = TrainState.from_dict(json.loads(state_path.read_text(encoding="utf-8")))
+        except FileNotFoundError as exc:
+            raise RecapError(f"{last} is incomplete: state.json is missing") from exc
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
+            raise RecapError(f"cannot read {state_path}: {exc}") from exc
         logger.info(
             "resuming %s at step %d (epoch %d, batch %d)",
             self.run,
@@ -899,13 +958,45 @@ def _music_preset_name(config: Any) -> str:
     raise RecapError("pass --encoder: the music config is no preset")
 
 
+def _read_train_config(path: Path) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        raise RecapError(f"cannot read {path} (corrupt?): {exc}") from exc
+
+
+# Settings that name files: compared by what they point at, not by how they are spelled.
+_PATH_SETTINGS = ("data", "encoder", "bart")
+
+
+def _canonical(value: Any) -> Any:
+    """An existing local path as its resolved absolute form; anything else (a hub name, a
+    preset, a path that no longer exists) as written."""
+    if not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    try:
+        return str(path.resolve()) if path.exists() else os.path.normpath(value)
+    except OSError:
+        return value
+
+
 def _check_same_config(saved: TrainConfig, now: TrainConfig, run: Path) -> None:
     a, b = saved.to_dict(), now.to_dict()
-    changed = sorted(k for k in a if k not in RESUME_MUTABLE and a[k] != b.get(k))
+    # `out` is where the run is now: a run folder may be moved or named by another path.
+    ignore = RESUME_MUTABLE | {"out"}
+    changed = sorted(
+        k
+        for k in a
+        if k not in ignore
+        and (_canonical(a[k]) != _canonical(b.get(k)) if k in _PATH_SETTINGS else a[k] != b.get(k))
+    )
     if changed:
+        details = "; ".join(f"{k}: {a[k]!r} then, {b.get(k)!r} now" for k in changed[:5])
+        # Never suggest --overwrite here: it deletes the run the user is trying to continue.
         raise RecapError(
-            f"{run} was trained with other settings ({', '.join(changed)}); use another --out "
-            "or --overwrite"
+            f"{run} was trained with other settings ({details}); pass the run's own settings "
+            f"(saved in {run / TRAIN_CONFIG_NAME}) to continue it, or use another --out"
         )
 
 
@@ -958,7 +1049,7 @@ def train(config: TrainConfig) -> Path:
     if (run / DONE_NAME).exists() and not cfg.overwrite:
         saved = run / TRAIN_CONFIG_NAME
         if saved.exists():
-            _check_same_config(TrainConfig.from_dict(json.loads(saved.read_text())), cfg, run)
+            _check_same_config(_read_train_config(saved), cfg, run)
         logger.info("%s is finished; reusing it (pass --overwrite to train again)", run)
         return run
     return Trainer(cfg).fit()

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +25,47 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_unique(
+        lambda p: os.close(os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)),
+        path.parent,
+        f".{path.name}.",
+        suffix or ".tmp",
+    )
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _create_unique(create: Any, parent: Path, prefix: str, suffix: str = "") -> Path:
+    """Create a new entry `parent/prefix<random>suffix` with `create(path)`, retrying on a name
+    clash. Unlike tempfile's mkstemp/mkdtemp (0600 files, 0700 folders) the entry gets the
+    usual permissions under the user's umask: outputs are meant to be shared like any file."""
+    for _ in range(100):
+        candidate = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name in {parent}")  # pragma: no cover
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new, empty folder in `parent` with normal (umask) permissions, for staging output
+    that is renamed into place when complete."""
+    return _create_unique(lambda p: os.mkdir(p, 0o777), Path(parent), prefix)
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """`Path.is_file`, but False (not OSError) for a name the file system cannot hold, such
+    as one over 255 bytes built from a long song id: no such file can exist."""
+    try:
+        return Path(path).is_file()
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

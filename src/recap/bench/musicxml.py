@@ -92,17 +92,67 @@ class MusicXMLScore:
     time_signature: tuple[int, float] | None  # (numerator, bar length in quarter notes)
 
 
+# A compressed score (.mxl) is a zip archive, and a zip member can unpack to a thousand times its
+# stored size (a "zip bomb": a 1.5 MB file holding 1.5 GiB). The largest real MusicXML scores
+# are a few tens of MB, so a member declared larger is refused before anything is read, and
+# reads stop at the limit whatever the header claims.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+
+class ArchiveTooLarge(ValueError):
+    """An .mxl member that unpacks to more than MAX_MEMBER_BYTES."""
+
+
+def check_archive(path: str | Path, limit: int = MAX_MEMBER_BYTES) -> None:
+    """Refuse an .mxl whose members declare more than `limit` bytes each (before music21 or
+    any other reader unpacks them; Python's zipfile never returns more than the declared size)."""
+    with zipfile.ZipFile(path) as zf:
+        total = 0
+        for info in zf.infolist():
+            if info.file_size > limit:
+                raise ArchiveTooLarge(
+                    f"{info.filename} unpacks to {info.file_size:,} bytes, over the "
+                    f"{limit:,}-byte limit for one score member"
+                )
+            total += info.file_size
+        if total > 2 * limit:  # many members just under the limit are a bomb too
+            raise ArchiveTooLarge(f"the archive unpacks to {total:,} bytes in all")
+
+
+def read_member(zf: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """One member's bytes, never more than `limit` of them (a size check before reading)."""
+    info = zf.getinfo(name)
+    if info.file_size > limit:
+        raise ArchiveTooLarge(f"{name} unpacks to {info.file_size:,} bytes (limit {limit:,})")
+    with zf.open(info) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ArchiveTooLarge(f"{name} unpacks to more than {limit:,} bytes")
+    return data
+
+
+def _container_rootfile(zf: zipfile.ZipFile, names: list[str]) -> str | None:
+    """The score named by META-INF/container.xml; None when there is none, it is not
+    well-formed XML (real collections hold such files, e.g. an apostrophe inside a single-quoted
+    full-path) or it names a member the archive lacks."""
+    if "META-INF/container.xml" not in names:
+        return None
+    try:
+        container = ET.fromstring(read_member(zf, "META-INF/container.xml"))
+    except ET.ParseError:
+        return None
+    for el in container.iter():
+        if el.tag.endswith("rootfile") and el.get("full-path"):
+            inner = el.get("full-path")
+            return inner if inner in names else None
+    return None
+
+
 def _read_root(path: Path) -> ET.Element:
     if path.suffix.lower() == ".mxl":
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-            inner = None
-            if "META-INF/container.xml" in names:
-                container = ET.fromstring(zf.read("META-INF/container.xml"))
-                for el in container.iter():
-                    if el.tag.endswith("rootfile") and el.get("full-path"):
-                        inner = el.get("full-path")
-                        break
+            inner = _container_rootfile(zf, names)
             if inner is None:
                 candidates = [
                     n
@@ -111,8 +161,11 @@ def _read_root(path: Path) -> ET.Element:
                 ]
                 if not candidates:
                     raise ValueError("no MusicXML file inside the .mxl archive")
+                if len(candidates) > 1 and "META-INF/container.xml" in names:
+                    # The container should have said which one; let music21 decide.
+                    raise Unsupported("unreadable META-INF/container.xml and several scores")
                 inner = candidates[0]
-            return ET.fromstring(zf.read(inner))
+            return ET.fromstring(read_member(zf, inner))
     return ET.parse(path).getroot()
 
 

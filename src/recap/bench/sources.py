@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from recap.bench.musicxml import Unsupported, join_verses, merge_ties, read_musicxml
+from recap.bench.musicxml import (
+    ArchiveTooLarge,
+    Unsupported,
+    check_archive,
+    join_verses,
+    merge_ties,
+    read_member,
+    read_musicxml,
+)
 from recap.utils import RecapError
 
 SCORE_SUFFIXES = (".mxl", ".musicxml", ".xml", ".krn", ".abc")
@@ -68,11 +76,14 @@ def _has_lyrics_marker(path: Path) -> bool:
     """A cheap look into the file for lyrics, so the corpus scan does not parse ~3,000 scores."""
     try:
         if path.suffix == ".mxl":
+            check_archive(path)
             with zipfile.ZipFile(path) as zf:
-                data = b"".join(zf.read(n) for n in zf.namelist() if not n.startswith("META-INF"))
+                data = b"".join(
+                    read_member(zf, n) for n in zf.namelist() if not n.startswith("META-INF")
+                )
         else:
             data = path.read_bytes()
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, zipfile.BadZipFile, ArchiveTooLarge):
         return True  # let the parser report the real problem
     if path.suffix in (".mxl", ".musicxml", ".xml"):
         return b"<lyric" in data
@@ -195,6 +206,8 @@ def read_parts(
     with music21. Any parse failure is a ScoreError with the reason.
     """
     try:
+        if Path(path).suffix.lower() == ".mxl":
+            check_archive(path)  # every reader unpacks it: refuse a zip bomb first
         if parser != "music21" and Path(path).suffix.lower() in MUSICXML_SUFFIXES:
             try:
                 return _read_fast(path)
