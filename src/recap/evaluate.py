@@ -529,20 +529,26 @@ def format_summary(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_decode_arguments(parser: argparse.ArgumentParser, seeds_flag: str = "--seeds") -> None:
+def add_decode_arguments(
+    parser: argparse.ArgumentParser, seeds_flag: str = "--seeds", seeds_help: str | None = None
+) -> None:
     """Decoding flags; `seeds_flag` names the sampling seeds (`recap experiment` keeps
     `--seeds` for training seeds and calls this one `--sample-seeds`)."""
     d = DecodeConfig()
     parser.add_argument("--beams", type=int, default=d.num_beams, help="beam width (default 4)")
     parser.add_argument(
-        "--sample", action="store_true", help="the authors' sampled decoding (top-p, over seeds)"
+        "--sample",
+        action="store_true",
+        help="the authors' sampled decoding (top-p 0.92, beams 4): a fresh caption for every "
+        "row (default: deterministic beam search, one caption per song)",
     )
     parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass when sampling")
     parser.add_argument(
         seeds_flag,
         dest="sample_seeds",
         default=",".join(str(s) for s in d.seeds),
-        help="comma-separated sampling seeds (with --sample); metrics are averaged over them",
+        help=seeds_help
+        or "comma-separated sampling seeds (with --sample); metrics are averaged over them",
     )
     parser.add_argument(
         "--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size, help="(default 3)"
