@@ -125,6 +125,12 @@ def test_every_row_is_evaluated_with_a_partial_last_batch(setup, tmp_path):
     assert caption["n_items"] == len(SONGS) and caption["n_references"] == len(TEST_ROWS)
     assert saved["runs"][0]["paper"]["n_items"] == len(TEST_ROWS)
     assert "per_example" not in json.dumps(saved)  # the CSV holds the texts
+    # `recap score` reads the written predictions back, row by row.
+    from recap.score import score_predictions
+
+    rescored = score_predictions(tmp_path / "predictions.csv", data, meteor15=False, bootstrap=20)
+    assert rescored["matching"]["rows_matched_by_reference"] == len(TEST_ROWS)
+    assert set(rescored["summary"]) == set(s) - {"per_seed"}
 
 
 def test_batch_size_does_not_change_beam_search(setup, tmp_path):

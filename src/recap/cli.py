@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "recap.tagger",  # tagger train
     "recap.train",  # train
     "recap.evaluate",  # evaluate
+    "recap.score",  # score
     "recap.experiment",  # experiment table1 | sweep
     "recap.demo",  # demo
     "recap.captioner",  # caption

@@ -491,10 +491,41 @@ def _default_device() -> Any:
 # ------------------------------------------------------------------------------ CLI
 
 
+def format_metric_blocks(
+    summary: Mapping[str, Any], metric_sets: Mapping[str, Any] | None
+) -> list[str]:
+    """Lines of headline numbers in percent with their intervals, one block per labelled
+    metric set, then any other numbers (attribute accuracy)."""
+
+    def line(key: str) -> str:
+        low, high = summary.get(f"{key} low"), summary.get(f"{key} high")
+        band = (
+            f"  [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
+        )
+        return f"    {key:<26} {100 * summary[key]:6.2f}{band}"
+
+    lines: list[str] = []
+    shown: set[str] = set()
+    for name, spec in (metric_sets or {}).items():
+        keys = [k for k in spec["keys"] if k in summary]
+        if keys:
+            lines.append(f"  {name} metrics ({spec['references']})")
+            lines += [line(k) for k in keys]
+            shown.update(keys)
+    rest = [
+        k
+        for k in summary
+        if k != "per_seed" and k not in shown and not k.endswith((" low", " high"))
+    ]
+    if rest:
+        lines.append("  other")
+        lines += [line(k) for k in rest]
+    return lines
+
+
 def format_summary(result: Mapping[str, Any]) -> str:
     """Human-readable headline numbers, in percent, with the bootstrap interval, one block per
     labelled metric set (and the benchmark's attribute accuracy)."""
-    s = result["summary"]
     lines = [
         f"{result['method']} on {result['split']} ({result['n_examples']} examples, "
         f"{result['n_songs']} songs; decode {DecodeConfig.from_dict(result['decode']).tag()})"
@@ -502,27 +533,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
     status = result.get("run_status") or {}
     if status.get("finished") is False:
         lines.append(f"  WARNING: {status['note']}")
-
-    def line(key: str) -> str:
-        low, high = s.get(f"{key} low"), s.get(f"{key} high")
-        band = (
-            f"  [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
-        )
-        return f"    {key:<26} {100 * s[key]:6.2f}{band}"
-
-    shown: set[str] = set()
-    for name, spec in (result.get("metric_sets") or {}).items():
-        keys = [k for k in spec["keys"] if k in s]
-        if keys:
-            lines.append(f"  {name} metrics ({spec['references']})")
-            lines += [line(k) for k in keys]
-            shown.update(keys)
-    rest = [
-        k for k in s if k != "per_seed" and k not in shown and not k.endswith((" low", " high"))
-    ]
-    if rest:
-        lines.append("  other")
-        lines += [line(k) for k in rest]
+    lines += format_metric_blocks(result["summary"], result.get("metric_sets"))
     if len(result["runs"]) > 1:
         lines.append(f"  (means over seeds {', '.join(str(r['seed']) for r in result['runs'])})")
     lines.append(f"written to {result['out_dir']}")
