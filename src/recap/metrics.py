@@ -381,7 +381,7 @@ def _meteor_jar() -> Path:
         import pycocoevalcap
     except ImportError as err:
         raise RecapError(
-            "METEOR 1.5 needs pycocoevalcap (pip install 'recap[meteor15]'); or pass --no-meteor15"
+            "METEOR 1.5 needs pycocoevalcap (pip install pycocoevalcap); or pass --no-meteor15"
         ) from err
     # pycocoevalcap is a namespace-like package without __file__ on some installs.
     roots = [Path(p) for p in getattr(pycocoevalcap, "__path__", [])]
@@ -572,7 +572,7 @@ def _pycocoevalcap_dir() -> Path:
     except ImportError as err:
         raise RecapError(
             "the caption metrics (BLEU, CIDEr-D, ROUGE-L, METEOR 1.5) need pycocoevalcap: "
-            "pip install 'recap[meteor15]'"
+            "pip install pycocoevalcap"
         ) from err
     for root in getattr(pycocoevalcap, "__path__", []):
         return Path(root)
@@ -781,6 +781,7 @@ def caption_set(
     of references (raw text: tokenised here). `summary` holds the labelled headline numbers
     (fractions; CIDEr-D as pycocoevalcap returns it, ×100 in tables like the rest)."""
     _check_multi(predictions, references)
+    _pycocoevalcap_dir()  # a clear error now when it is not installed
     flat_refs = [r for refs in references for r in refs]
     tokens, tokenizer_label = coco_tokenize([*predictions, *flat_refs], tokenizer)
     preds_tok, rest = tokens[: len(predictions)], tokens[len(predictions) :]
