@@ -1,7 +1,8 @@
 """Evaluation: caption a split with a trained model and score it as the papers did (SPEC §2).
 
     recap evaluate --model RUN --data DIR --split test                     # beam 4, deterministic
-    recap evaluate --model RUN --data DIR --sample --seeds 2022,2021,2020  # the authors' setting
+    recap evaluate --model RUN --data DIR --sample --seeds 2022            # sampled, as the authors
+                                          # (they sampled each trained model once, with its seed)
 
 Two labelled metric sets (`recap.metrics`): **paper** — the authors' evaluation, every
 (song, interpretation) row of the split one example scored against that one interpretation
