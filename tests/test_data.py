@@ -136,6 +136,56 @@ def test_authors_csvs(tmp_path: Path) -> None:
     assert len(one) == 1 and one[0].split == "train"
 
 
+def _full_256_clean(folder: Path) -> Path:
+    """A file of exactly the public `dataset_full_256_clean.json`'s shape: a JSON list of
+    records with `music4all_id` and `comment` only (no lyrics, no split, no vote field), and
+    Music4All's `lyrics/{id}.txt` beside it. Song "gone" has no lyrics file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = [
+        {"music4all_id": "0009fFIM1eYThaPg", "comment": "A song about leaving home. " * 12},
+        {"music4all_id": "0009fFIM1eYThaPg", "comment": "It is really about a lost friend. " * 9},
+        {"music4all_id": "0010xmHR6UICBOYT", "comment": "The singer regrets the war years. " * 9},
+        {"music4all_id": "gone", "comment": "This one has no lyrics anywhere at all. " * 8},
+    ]
+    (folder / "dataset_full_256_clean.json").write_text(json.dumps(records))
+    (folder / "lyrics").mkdir()
+    (folder / "lyrics" / "0009fFIM1eYThaPg.txt").write_text("I left my home\nin the rain\n")
+    (folder / "lyrics" / "0010xmHR6UICBOYT.txt").write_text("war and years\ngone by\n")
+    return folder
+
+
+def test_full_256_clean_json_takes_lyrics_from_music4all_files(tmp_path, caplog, capsys, cli_main):
+    folder = _full_256_clean(tmp_path / "data")
+    report = SkipReport("t")
+    rows = load_rows(folder, report)
+    assert [(r.song_id, r.split, r.votes) for r in rows] == [
+        ("0009fFIM1eYThaPg", None, None),
+        ("0009fFIM1eYThaPg", None, None),
+        ("0010xmHR6UICBOYT", None, None),
+    ]
+    assert rows[0].lyrics == "I left my home;in the rain;"  # '\n' → ';' as for any release
+    assert report.items == [
+        {"item": "dataset_full_256_clean.json[3] (song gone)",
+         "reason": "no lyrics in the record and no lyrics/gone.txt"},
+    ]  # fmt: skip
+    # No split: everything is train (val: the 90/10 random split), the test split is empty,
+    # and that is said, with where the paper's test split comes from.
+    splits = load_splits(folder)
+    assert len(splits["train"]) + len(splits["val"]) == 3 and splits["test"] == []
+    assert "no split field" in caplog.text and "df_test.csv" in caplog.text
+    with pytest.raises(RecapError, match="no vote"):
+        load_splits(folder, "positive")
+    assert cli_main(["data", "stats", str(folder), "--no-audio"]) == 0
+    printed = capsys.readouterr().out
+    assert "splits: none 3" in printed and "warning:" in printed and "df_test.csv" in printed
+    # The authors' df_test.csv beside the JSON is its test split.
+    write_csv(folder / "df_test.csv", [RECORDS[4]])
+    caplog.clear()
+    splits = load_splits(folder)
+    assert [(r.song_id, r.split) for r in splits["test"]] == [("dD4", "test")]
+    assert len(splits["train"]) + len(splits["val"]) == 3 and "no test rows" not in caplog.text
+
+
 def test_pickle_formats(tmp_path: Path, mymodel: types.ModuleType) -> None:
     cls = mymodel.LyricsCommentData
     fields = ("music4all_id", "songmeanings_id", "lyrics", "comment")

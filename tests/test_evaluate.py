@@ -111,6 +111,26 @@ def test_every_row_is_evaluated_with_a_partial_last_batch(setup, tmp_path):
     assert s["ROUGE-L recall low"] <= s["ROUGE-L recall"] <= s["ROUGE-L recall high"]
     assert "METEOR 1.5" not in s
     assert result["runs"][0]["seed"] is None  # beam search: deterministic, one run
+    assert result["runs"][0]["captions_generated"] == len(SONGS)  # once per song
+    # Two labelled sets, each with intervals; the caption set is multi-reference per song.
+    sets = saved["metric_sets"]
+    assert sets["paper"]["keys"][:3] == ["ROUGE-1 recall", "ROUGE-2 recall", "ROUGE-L recall"]
+    assert sets["caption"]["keys"] == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4"] + [
+        "ROUGE-L (COCO)",
+        "CIDEr-D",
+    ]
+    for key in sets["paper"]["keys"] + sets["caption"]["keys"]:
+        assert s[f"{key} low"] <= s[f"{key} high"] and s[key] >= 0
+    caption = saved["runs"][0]["caption"]
+    assert caption["n_items"] == len(SONGS) and caption["n_references"] == len(TEST_ROWS)
+    assert saved["runs"][0]["paper"]["n_items"] == len(TEST_ROWS)
+    assert "per_example" not in json.dumps(saved)  # the CSV holds the texts
+    # `recap score` reads the written predictions back, row by row.
+    from recap.score import score_predictions
+
+    rescored = score_predictions(tmp_path / "predictions.csv", data, meteor15=False, bootstrap=20)
+    assert rescored["matching"]["rows_matched_by_reference"] == len(TEST_ROWS)
+    assert set(rescored["summary"]) == set(s) - {"per_seed"}
 
 
 def test_batch_size_does_not_change_beam_search(setup, tmp_path):
@@ -150,6 +170,8 @@ def test_fusion_model_sampled_over_seeds_reads_music(setup, tmp_path):
         progress=False,
     )
     assert [r["seed"] for r in result["runs"]] == [2022, 2021]
+    # Sampling draws a fresh caption for every row, as the authors' loop did.
+    assert [r["captions_generated"] for r in result["runs"]] == [len(TEST_ROWS)] * 2
     for seed in (2022, 2021):
         assert len(_read_csv(tmp_path / f"predictions_seed{seed}.csv")) == len(TEST_ROWS)
     per_seed = result["summary"]["per_seed"]
@@ -171,7 +193,7 @@ def test_fusion_model_sampled_over_seeds_reads_music(setup, tmp_path):
     assert "s5" in (tmp_path / "partial" / "skipped.json").read_text()
 
 
-def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path):
+def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path, caplog):
     import shutil
 
     _, data, bart, _ = setup
@@ -186,6 +208,16 @@ def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path):
     result = evaluate(run, data, decode=decode, meteor15=False, bootstrap=5, progress=False)
     assert Path(result["out_dir"]) == run / "eval" / "test-beam1-len4"
     assert (run / "eval" / "test-beam1-len4" / "metrics.json").is_file()
+    # No done.json: an unfinished run is evaluated, with a warning in the log, JSON and printout.
+    assert result["run_status"]["finished"] is False
+    assert "unfinished run" in caplog.text
+    from recap.evaluate import format_summary
+
+    assert "WARNING" in format_summary(result) and "done.json" in format_summary(result)
+    (run / "done.json").write_text("{}")
+    caplog.clear()
+    finished = evaluate(run, data, decode=decode, meteor15=False, bootstrap=5, progress=False)
+    assert finished["run_status"]["finished"] is True and "unfinished" not in caplog.text
 
 
 def test_decode_config_checks_and_cli_parse():

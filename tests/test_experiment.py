@@ -83,9 +83,15 @@ def test_table1_markdown_has_ours_and_paper_rows_labelled(tmp_path):
         },
     )
     lines = md.splitlines()
-    assert lines[0].startswith(
+    assert lines[0].startswith("**Paper metrics")
+    assert lines[2].startswith(
         "| Training data | Method | Source | ROUGE-1 | ROUGE-2 | ROUGE-L | METEOR |"
     )
+    caption_head = lines.index(next(ln for ln in lines if ln.startswith("**Caption metrics")))
+    assert "| METEOR 1.5 |" in lines[caption_head + 2]
+    # The paper's numbers appear in the paper set only: it has no caption metrics.
+    caption_block = lines[caption_head : caption_head + 16]
+    assert not any("| paper |" in ln for ln in caption_block)
     recap_ours = next(ln for ln in lines if "| Dataset full | RECAP | ours" in ln)
     assert "37.0 [36.0, 38.0]" in recap_ours  # ROUGE-1 mean over seeds with the interval
     recap_paper = next(ln for ln in lines if "| Dataset full | RECAP | paper" in ln)
@@ -149,10 +155,20 @@ def test_cli_parses_table1_and_sweep():
     cfg = ex.config_from_args(args)
     assert cfg.seeds == (0, 1) and cfg.variants == ("full", "positive")
     assert cfg.train_overrides == {"epochs": 3, "lr_schedule": "step"}
-    assert cfg.decode.do_sample and cfg.decode.seeds == (7,)
+    # Explicit --sample-seeds: every model is sampled with each of them.
+    assert cfg.decode.do_sample and cfg.decode.seeds == (7,) and not cfg.paired_sampling
+    assert cfg.decode_for(1).seeds == (7,)
     args = parser.parse_args(["experiment", "sweep", "--data", "d", "--weights", "0,0.02"])
     cfg = ex.config_from_args(args)
-    assert cfg.variants == ("full",) and cfg.seeds == (0,)
+    assert cfg.variants == ("full",) and cfg.seeds == (0,) and not cfg.decode.do_sample
+    assert "deterministic" in cfg.protocol()
+    # --sample alone: the authors' protocol, one model per seed, sampled with its own seed.
+    cfg = ex.config_from_args(
+        parser.parse_args(["experiment", "table1", "--data", "d", "--sample"])
+    )
+    assert cfg.seeds == (2022, 2021, 2020) and cfg.paired_sampling
+    assert cfg.decode_for(2021).seeds == (2021,) and cfg.decode_for(2021).do_sample
+    assert "authors' protocol" in cfg.protocol()
     with pytest.raises(ex.RecapError):
         ex.ExperimentConfig(data="d", methods=("gpt",))
 
@@ -169,7 +185,14 @@ def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     run.mkdir()
     (run / "done.json").write_text("{}")
     metrics = run / "metrics.json"
-    saved = {"decode": cfg.decode.to_dict(), "bootstrap": 50, "summary": {"ROUGE-L recall": 0.2}}
+    from recap.metrics import METRICS_VERSION
+
+    saved = {
+        "decode": cfg.decode.to_dict(),
+        "bootstrap": 50,
+        "summary": {"ROUGE-L recall": 0.2},
+        "metrics_version": METRICS_VERSION,
+    }
     metrics.write_text(json.dumps(saved))
     os.utime(run / "done.json", (1000, 1000))  # trained before the evaluation
     assert ex._cached_metrics(metrics, cfg, run) == saved
@@ -179,6 +202,51 @@ def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     assert ex._cached_metrics(metrics, other, run) is None  # other decoding
     wants_m15 = ex.ExperimentConfig(data="d", decode=cfg.decode, bootstrap=50)
     assert ex._cached_metrics(metrics, wants_m15, run) is None  # METEOR 1.5 missing
+    metrics.write_text(json.dumps({**saved, "metrics_version": METRICS_VERSION - 1}))
+    assert ex._cached_metrics(metrics, cfg, run) is None  # older metric definitions
+    metrics.write_text(json.dumps(saved))
     os.utime(run / "done.json", None)
     os.utime(metrics, (1000, 1000))
     assert ex._cached_metrics(metrics, cfg, run) is None  # retrained since
+
+
+def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path, monkeypatch):
+    """The authors' seed protocol, checked on the calls (training and decoding are stubbed)."""
+    import recap.evaluate
+    import recap.train
+    from recap.evaluate import DecodeConfig
+
+    trained, evaluated = [], []
+
+    def fake_train(tc):
+        run = tmp_path / "runs" / f"{tc.preset}-{tc.seed}"
+        (run / "best").mkdir(parents=True, exist_ok=True)
+        (run / "best" / "config.json").write_text("{}")
+        (run / "train_config.json").write_text(json.dumps({"seed": tc.seed}))
+        trained.append((tc.preset, tc.seed))
+        return run
+
+    def fake_evaluate(run, data, decode, **kwargs):
+        evaluated.append((json.loads((run / "train_config.json").read_text())["seed"], decode))
+        return {"summary": fake_summary(0.3, 0.5), "decode": decode.to_dict(), "n_examples": 3}
+
+    monkeypatch.setattr(recap.train, "train", fake_train)
+    monkeypatch.setattr(recap.evaluate, "evaluate", fake_evaluate)
+    cfg = ex.ExperimentConfig(
+        data="d",
+        out=str(tmp_path / "out"),
+        variants=("full",),
+        methods=("recap",),
+        decode=DecodeConfig.paper_sampled(),
+        meteor15=False,
+        progress=False,
+    )
+    result = ex.run_table1(cfg)
+    assert trained == [("recap", 2022), ("recap", 2021), ("recap", 2020)]
+    assert [(seed, d.seeds, d.do_sample) for seed, d in evaluated] == [
+        (2022, (2022,), True),
+        (2021, (2021,), True),
+        (2020, (2020,), True),
+    ]
+    assert "each sampled once with its own seed" in result["markdown"]
+    assert result["rows"][0]["seeds"] == [2022, 2021, 2020]

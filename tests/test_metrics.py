@@ -100,3 +100,99 @@ def test_meteor_15_runs_offline_and_is_labelled():
     mismatch, identical = m["per_example"][1], m["per_example"][2]
     assert 0 < m["per_example"][0] < 1 and 0 < mismatch < 0.9 < identical <= 1
     assert 0 < m["corpus"] < 1
+    # Several references in one segment: the matching one decides (pycocoevalcap's Meteor).
+    multi = metrics.meteor_15(
+        preds[2:], [["an organ fugue in a minor key", "a slow piano waltz"]], bootstrap=5
+    )
+    assert multi["per_example"][0] == pytest.approx(identical, abs=0.02)
+
+
+# ----------------------------------------------------------------------------- caption set
+
+# A fixed example: four songs, two or three interpretations each, punctuation and case to
+# tokenise. The expected values are pycocoevalcap's own pipeline on the same input.
+CAPTION_PREDS = [
+    "A slow piano waltz about love.",
+    "The singer is sad, isn't she?",
+    "a fast organ song (in D major)",
+    "Rain on the road home",
+]
+CAPTION_REFS = [
+    ["A slow waltz for piano; it is about love.", "love song, slow piano"],
+    ["The vocalist sounds sad.", "She is sad and the singer knows it!", "a sad song"],
+    ["An organ song in D major, fast.", "fast organ"],
+    ["a song about the rain and the road", "Going home in the rain."],
+]
+
+
+def _pycocoevalcap_reference(preds, refs):
+    """BLEU-1..4, CIDEr-D and ROUGE-L exactly as pycocoevalcap's COCOEvalCap computes them."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    gts = {i: [{"caption": r} for r in rs] for i, rs in enumerate(refs)}
+    res = {i: [{"caption": p}] for i, p in enumerate(preds)}
+    tok = PTBTokenizer()
+    gts, res = tok.tokenize(gts), tok.tokenize(res)
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    cider, _ = Cider().compute_score(gts, res)
+    rouge, _ = Rouge().compute_score(gts, res)
+    return bleu, float(cider), float(rouge)
+
+
+def test_caption_set_equals_pycocoevalcap_on_a_fixed_example():
+    bleu, cider, rouge = _pycocoevalcap_reference(CAPTION_PREDS, CAPTION_REFS)
+    assert 0 < bleu[3] < bleu[0] < 1 and cider > 0  # a non-degenerate example
+    m = metrics.caption_set(CAPTION_PREDS, CAPTION_REFS, meteor15=False, bootstrap=200)
+    s = m["summary"]
+    assert m["tokenizer"] == metrics.PTB_TOKENIZER_LABEL
+    for n in range(4):
+        assert s[f"BLEU-{n + 1}"] == pytest.approx(bleu[n], rel=1e-12)
+    assert s["CIDEr-D"] == pytest.approx(cider, rel=1e-12)
+    assert s["ROUGE-L (COCO)"] == pytest.approx(rouge, rel=1e-12)
+    for key in m["summary"]:
+        if not key.endswith((" low", " high")):
+            assert s[f"{key} low"] <= s[f"{key} high"]
+    # Multi-reference matters: against only the first reference every score is lower.
+    single = metrics.caption_set(
+        CAPTION_PREDS, [r[:1] for r in CAPTION_REFS], meteor15=False, bootstrap=10
+    )
+    assert single["summary"]["BLEU-1"] < s["BLEU-1"]
+    assert single["summary"]["CIDEr-D"] != pytest.approx(s["CIDEr-D"])
+
+
+def test_python_tokenizer_stands_in_for_ptb():
+    ptb, label = metrics.coco_tokenize(CAPTION_PREDS + ['He said "don\'t" -- twice...'], "ptb")
+    py, py_label = metrics.coco_tokenize(CAPTION_PREDS + ['He said "don\'t" -- twice...'], "python")
+    assert label != py_label
+    assert ptb == py
+    assert ptb[0] == "a slow piano waltz about love"  # lower-cased, punctuation removed
+
+
+def test_bleu_by_hand_and_its_bootstrap():
+    # One item, tokens already split: "a b c d" against "a b c e".
+    # 1-grams 3/4, 2-grams 2/3, 3-grams 1/2, 4-grams 0/1 (+1e-15 smoothing); no brevity penalty.
+    b = metrics.bleu_scores(["a b c d"], [["a b c e"]], bootstrap=20)
+    assert b["BLEU-1"]["corpus"] == pytest.approx(0.75)
+    assert b["BLEU-2"]["corpus"] == pytest.approx((0.75 * 2 / 3) ** 0.5)
+    assert b["BLEU-3"]["corpus"] == pytest.approx((0.75 * 2 / 3 * 0.5) ** (1 / 3))
+    assert b["BLEU-4"]["corpus"] < 1e-3
+    # The closest reference length sets the brevity penalty: "a b" vs a 4-token reference.
+    short = metrics.bleu_scores(["a b"], [["a b c d", "x y z w v u"]], bootstrap=5)
+    assert short["BLEU-1"]["corpus"] == pytest.approx(np.exp(1 - 4 / 2))
+
+
+def test_metric_sets_are_labelled_and_group_references_by_song():
+    songs = ["s1", "s1", "s2", "s3"]
+    refs = ["a slow song about love", "a love song", "a fast dance", "rain on the road"]
+    preds = ["a slow love song", "a slow love song", "a dance song", "the road in rain"]
+    r = metrics.metric_sets(songs, refs, preds, meteor15=False, bootstrap=20)
+    assert r["paper"]["n_items"] == 4 and r["caption"]["n_items"] == 3
+    assert r["caption"]["n_references"] == 4 and r["caption"]["n_songs_with_several_captions"] == 0
+    assert r["metric_sets"]["paper"][0] == "ROUGE-1 recall"
+    assert "CIDEr-D" in r["metric_sets"]["caption"] and "BLEU-4" in r["metric_sets"]["caption"]
+    assert set(r["summary"]) >= {"ROUGE-L recall", "METEOR (NLTK)", "BLEU-4", "CIDEr-D"}
+    with pytest.raises(RecapError, match="one of each per row"):
+        metrics.metric_sets(songs, refs, preds[:3], meteor15=False)

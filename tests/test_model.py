@@ -105,6 +105,49 @@ def test_fusion_parameters_exist_once():
     assert tiny("bart").fusion is None and tiny("bart").align_proj is None
 
 
+def test_fusion_linears_are_initialised_as_the_reference():
+    block = tiny("recap").fusion[0]
+    linears = [block.query, block.key, block.value, block.attention.out_proj]
+    for lin in linears:
+        assert lin.bias.abs().max() == 0
+        # normal(0, 0.02): the sample std of thousands of draws is within a few percent.
+        assert lin.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    gated = tiny("recap", fusion_gate=True).fusion[0].gate
+    assert gated.bias.abs().max() == 0 and gated.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    # The old PyTorch default (uniform, nonzero biases) stays available for old runs.
+    old = tiny("recap", fusion_init="pytorch").fusion[0].query
+    assert old.bias.abs().max() > 0
+    with pytest.raises(RecapError, match="fusion_init"):
+        RecapConfig.preset("recap", "tiny", fusion_init="xavier")
+
+
+def test_pad_to_max_source_length_pads_inside_the_model():
+    ids, mask, labels, music = batch(tiny("recap").config)
+    plain = tiny("recap")
+    padded = tiny("recap", pad_to_max_source_length=True)
+    padded.load_state_dict(plain.state_dict())
+    a = plain(ids, mask, labels=labels, music_embeds=music)
+    b = padded(ids, mask, labels=labels, music_embeds=music)
+    assert b.encoder_last_hidden_state.shape[1] == padded.config.max_source_length == 64
+    # Padding is masked everywhere but in a pool that includes it: same captions and vectors.
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.lyrics_vector, b.lyrics_vector, rtol=1e-4, atol=1e-5)
+    # The authors' setting: the pooled lyrics vector now averages over 64 positions, mostly pads.
+    authors = tiny("recap", pad_to_max_source_length=True, pool_includes_padding=True)
+    unpadded = tiny("recap", pool_includes_padding=True)
+    for m in (authors, unpadded):
+        m.load_state_dict(plain.state_dict())
+    va = authors.embed_lyrics(ids, mask)
+    vu = unpadded.embed_lyrics(ids, mask)
+    assert (va - vu).abs().max() > 1e-3
+    torch.testing.assert_close(va, authors.encode(ids, mask, music_embeds=music).lyrics_vector)
+    gen = dict(num_beams=1, do_sample=False, max_new_tokens=5)
+    assert torch.equal(
+        plain.generate(ids, mask, music_embeds=music, **gen),
+        padded.generate(ids, mask, music_embeds=music, **gen),
+    )
+
+
 def test_alignment_gradient_reaches_only_projection_embeddings_and_layers_0_to_3():
     model = tiny("recap", with_music_encoder=True).train()
     ids, mask, labels, music = batch(model.config)

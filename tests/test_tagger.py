@@ -100,6 +100,14 @@ def test_token_probe_is_reported_and_selects_the_epoch(tmp_path):
     probe = metrics["token_probe"]
     assert 0.0 <= probe["mean_roc_auc"] <= 1.0 and "melody" in probe["per_slot"]
     assert "mean-token probe" in format_metrics(metrics)
+    # The table says which split it scores and on how many songs.
+    n_test = json.loads((tmp_path / "enc" / "tagger_metrics.json").read_text())["n_songs"]["test"]
+    assert metrics["n_songs"] == n_test > 0
+    assert (
+        format_metrics(metrics)
+        .splitlines()[0]
+        .startswith(f"tagger on the test split, n = {n_test} songs")
+    )
     log = [json.loads(line) for line in (tmp_path / "enc" / "log.jsonl").read_text().splitlines()]
     saved = json.loads((tmp_path / "enc" / "tagger_metrics.json").read_text())
     # The epoch kept is the one whose token probe did best on validation.

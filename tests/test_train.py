@@ -191,6 +191,37 @@ def test_train_config_flags_come_from_the_dataclass():
         TrainConfig(val_metric="bleu").resolved()
 
 
+def test_paper_preset_builds_the_authors_adafactor():
+    """Paper size: Hugging Face's default `scale_parameter=True` (a step is lr x RMS(weight));
+    the demo sizes keep the unscaled step their lr was measured with."""
+    paper = TrainConfig.for_preset("recap", "paper")
+    small = TrainConfig.for_preset("recap", "small")
+    assert paper.adafactor_scale_parameter is True and small.adafactor_scale_parameter is False
+    opt = train_mod.build_optimizer(paper, [torch.nn.Parameter(torch.zeros(2))])
+    d = opt.defaults
+    assert (d["scale_parameter"], d["relative_step"], d["warmup_init"]) == (True, False, False)
+    assert d["lr"] == paper.lr
+
+    def update_rms(cfg: TrainConfig) -> float:
+        torch.manual_seed(0)
+        weight = torch.nn.Parameter(0.02 * torch.randn(64, 64))  # std 0.02, as BART's init
+        before = weight.detach().clone()
+        opt = train_mod.build_optimizer(cfg, [weight])
+        weight.grad = torch.randn(64, 64)
+        opt.step()
+        return float((weight.detach() - before).pow(2).mean().sqrt())
+
+    lr = paper.lr
+    # Scaled: the step is about lr x RMS(weight) = lr x 0.02; unscaled it is about lr.
+    scaled = update_rms(paper)
+    unscaled = update_rms(TrainConfig.for_preset("recap", "paper", adafactor_scale_parameter=False))
+    assert scaled == pytest.approx(lr * 0.02, rel=0.2)
+    assert unscaled == pytest.approx(lr, rel=0.2)
+    # A run saved before the flag existed was trained unscaled: it still reads that way.
+    old = {k: v for k, v in small.to_dict().items() if k != "adafactor_scale_parameter"}
+    assert TrainConfig.from_dict(old).adafactor_scale_parameter is False
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "recap.train",  # train
     "recap.evaluate",  # evaluate
     "recap.diagnose",  # diagnose
+    "recap.score",  # score
     "recap.experiment",  # experiment table1 | sweep
     "recap.demo",  # demo
     "recap.captioner",  # caption

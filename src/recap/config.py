@@ -100,6 +100,9 @@ class RecapConfig:
     fusion_scale: float = 0.1
     fusion_shared: bool = True
     fusion_gate: bool = False
+    # "normal": the reference's normal(0, init_std) weights and zero biases for the fusion
+    # Linears; "pytorch": PyTorch's default init (what recap used before; kept to rerun old runs).
+    fusion_init: str = "normal"
 
     # --- alignment (SPEC §1.4) ---
     align_weight: float = 0.02
@@ -114,6 +117,10 @@ class RecapConfig:
     # head). Not in the paper (0 there): the small sizes trained from scratch need it, or their
     # lyrics encoder collapses to input-independent states (docs/training.md, issue 11).
     reconstruct_weight: float = 0.0
+    # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
+    # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
+    # True pads each input to max_source_length inside the model; False pads per batch.
+    pad_to_max_source_length: bool = False
     max_source_length: int = 512
     max_target_length: int = 512
 
@@ -148,6 +155,8 @@ class RecapConfig:
             raise RecapError("align_temperature must be > 0")
         if self.reconstruct_weight < 0:
             raise RecapError("reconstruct_weight must be >= 0")
+        if self.fusion_init not in ("normal", "pytorch"):
+            raise RecapError(f"fusion_init must be 'normal' or 'pytorch', got {self.fusion_init!r}")
 
     @property
     def music_dim(self) -> int:

@@ -15,6 +15,11 @@ Row fields: `music4all_id` (or `song_id`) is the song id (the audio's file name)
 (`valid`, `validation`, `dev` map to val). Anything else (songmeanings_id, slots, work_id, ...) is
 kept in `Row.extra`.
 
+A record without lyrics (the public `dataset_full_256_clean.json` holds only `music4all_id` and
+`comment`) takes them from Music4All's own lyrics file, `<data folder>/lyrics/{music4all_id}.txt`.
+A folder holding one JSON/JSONL/pickle release without test rows plus the authors' `df_test.csv`
+takes its test split from that CSV (the JSON release is the paper's train + valid only).
+
 Rows that cannot be used (missing id, empty lyrics or comment, wrong types, non-UTF-8 bytes, a
 repeated (song, comment) pair) are skipped and recorded in a `SkipReport` with their position.
 """
@@ -161,13 +166,49 @@ def _split(value: Any, default: str | None) -> str | None:
     return _SPLIT_ALIASES[value.strip().lower()]
 
 
-def _make_row(record: Any, newline_to_semicolon: bool, split_default: str | None = None) -> Row:
+class LyricsFiles:
+    """Music4All's lyrics files, `folder/{music4all_id}.txt`, read once per song (UTF-8)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self._cache: dict[str, str | None] = {}
+
+    def get(self, song_id: str) -> str | None:
+        if song_id not in self._cache:
+            path = self.folder / f"{song_id}.txt"
+            try:
+                self._cache[song_id] = path.read_bytes().decode("utf-8")
+            except FileNotFoundError:
+                self._cache[song_id] = None
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"cannot read {path}: {err}") from err
+        return self._cache[song_id]
+
+
+def _has_text(value: Any) -> bool:
+    return isinstance(value, str | bytes) and bool(value.strip())
+
+
+def _make_row(
+    record: Any,
+    newline_to_semicolon: bool,
+    split_default: str | None = None,
+    lyrics_files: LyricsFiles | None = None,
+) -> Row:
     """A raw mapping → Row; raises ValueError with the reason when the row is unusable."""
     if not isinstance(record, dict):
         raise ValueError(f"row is a {type(record).__name__}, expected an object")
     id_key = next((k for k in ID_FIELDS if k in record), None)
     song_id = _song_id(record.get(id_key) if id_key else None)
-    lyrics = _text(record.get("lyrics"), "lyrics")
+    lyrics_value = record.get("lyrics")
+    if not _has_text(lyrics_value) and lyrics_files is not None:
+        # Releases without lyrics rely on Music4All's lyrics/{id}.txt.
+        lyrics_value = lyrics_files.get(song_id)
+        if lyrics_value is None:
+            raise ValueError(
+                f"no lyrics in the record and no {lyrics_files.folder.name}/{song_id}.txt"
+            )
+    lyrics = _text(lyrics_value, "lyrics")
     comment = _text(record.get("comment"), "comment")
     vote_key = next((k for k in VOTE_FIELDS if k in record), None)
     votes = _votes(record[vote_key]) if vote_key else None
@@ -186,6 +227,7 @@ def _collect(
     newline_to_semicolon: bool,
     split_default: str | None = None,
     seen: dict[tuple[str, str], str] | None = None,
+    lyrics_files: LyricsFiles | None = None,
 ) -> list[Row]:
     """Validate (position, record) pairs; bad ones and repeated (song, comment) pairs → report."""
     rows: list[Row] = []
@@ -195,7 +237,7 @@ def _collect(
             report.add(where, record.reason)
             continue
         try:
-            row = _make_row(record, newline_to_semicolon, split_default)
+            row = _make_row(record, newline_to_semicolon, split_default, lyrics_files)
         except ValueError as err:
             rid = (
                 record.get("music4all_id", record.get("song_id"))
@@ -432,9 +474,17 @@ def _dataset_file(folder: Path) -> Path | None:
     for name in ("dataset.jsonl", "dataset.json"):
         if (folder / name).is_file():
             return folder / name
-    if _csv_files(folder):
+    csvs = _csv_files(folder)
+    if any(split != "test" for _, split in csvs):
         return None  # the CSV set is read as a whole
-    candidates = [p for p in sorted(folder.iterdir()) if p.suffix in _DATASET_SUFFIXES]
+    # df_test.csv alone is the test split beside a JSON/pickle release, not a dataset of its own.
+    candidates = [
+        p
+        for p in sorted(folder.iterdir())
+        if p.suffix in _DATASET_SUFFIXES and p not in csvs.values()
+    ]
+    if not candidates and csvs:
+        return None
     if len(candidates) == 1:
         return candidates[0]
     raise RecapError(
@@ -462,31 +512,49 @@ def load_rows(
     path: str | os.PathLike,
     report: SkipReport | None = None,
     newline_to_semicolon: bool = True,
+    lyrics_dir: str | os.PathLike | None = None,
 ) -> list[Row]:
     """Every usable row of a dataset folder or file; skipped rows go to `report` with reasons.
 
     For a folder of the authors' CSVs the rows are df_full_train + df_full_val + df_test (the
-    full variant holds the others); use `load_splits` for a variant.
+    full variant holds the others); use `load_splits` for a variant. A JSON/JSONL/pickle release
+    without test rows and a `df_test.csv` beside it get that CSV's rows as test. Records without
+    lyrics read `lyrics_dir/{id}.txt` (default: the data folder's `lyrics/`, Music4All's layout).
     """
     path = Path(path)
     report = report if report is not None else SkipReport("load_rows")
     if not path.exists():
         raise RecapError(f"{path}: no such file or folder")
+    folder = path if path.is_dir() else path.parent
+    lyrics_path = Path(lyrics_dir) if lyrics_dir is not None else folder / "lyrics"
+    lyrics_files = LyricsFiles(lyrics_path) if lyrics_path.is_dir() else None
+    seen: dict[tuple[str, str], str] = {}
+    csvs = _csv_files(folder)
     if path.is_dir():
         file = _dataset_file(path)
         if file is None:
-            csvs = _csv_files(path)
-            seen: dict[tuple[str, str], str] = {}
             rows: list[Row] = []
             for key in (("full", "train"), ("full", "val"), ("*", "test")):
                 if key in csvs:
                     rows += _collect(
-                        _read_csv(csvs[key]), report, newline_to_semicolon, key[1], seen
+                        _read_csv(csvs[key]),
+                        report,
+                        newline_to_semicolon,
+                        key[1],
+                        seen,
+                        lyrics_files,
                     )
             return rows
         path = file
     records, split_default = _read_file(path)
-    return _collect(records, report, newline_to_semicolon, split_default)
+    rows = _collect(records, report, newline_to_semicolon, split_default, seen, lyrics_files)
+    test_csv = csvs.get(("*", "test"))
+    beside = test_csv is not None and path not in csvs.values()
+    if beside and not any(r.split == "test" for r in rows):
+        rows += _collect(
+            _read_csv(test_csv), report, newline_to_semicolon, "test", seen, lyrics_files
+        )
+    return rows
 
 
 def random_split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -520,23 +588,27 @@ def load_splits(
         raise RecapError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     path = Path(path)
     report = report if report is not None else SkipReport("load_splits")
+    has_split = True
     if path.is_dir() and (csvs := _csv_files(path)) and _dataset_file(path) is None:
+        lyrics_files = LyricsFiles(path / "lyrics") if (path / "lyrics").is_dir() else None
+
+        def read(csv_path: Path | None, split: str) -> list[Row]:
+            if csv_path is None:
+                return []
+            records = _read_csv(csv_path)
+            return _collect(records, report, newline_to_semicolon, split, None, lyrics_files)
+
         train_path = csvs.get((variant, "train"))
         if train_path is None:
             raise RecapError(f"{path}: no df_{variant}_train.csv")
-        out = {"train": _collect(_read_csv(train_path), report, newline_to_semicolon, "train")}
-        val_path = csvs.get((variant, "val"))
-        out["val"] = (
-            _collect(_read_csv(val_path), report, newline_to_semicolon, "val") if val_path else []
-        )
-        test_path = csvs.get(("*", "test"))
-        out["test"] = (
-            _collect(_read_csv(test_path), report, newline_to_semicolon, "test")
-            if test_path
-            else []
-        )
+        out = {
+            "train": read(train_path, "train"),
+            "val": read(csvs.get((variant, "val")), "val"),
+            "test": read(csvs.get(("*", "test")), "test"),
+        }
     else:
         rows = load_rows(path, report, newline_to_semicolon)
+        has_split = any(r.split is not None for r in rows)
         by_split: dict[str, list[Row]] = {s: [] for s in SPLITS}
         for row in rows:
             by_split[row.split or "train"].append(row)
@@ -552,8 +624,18 @@ def load_splits(
             [out["train"][i] for i in val_idx],
         )
     if not out["test"]:
-        logger.warning("%s has no test rows; the test split is empty", path)
+        logger.warning(_no_test_warning(path, has_split))
     return out
+
+
+def _no_test_warning(path: Path, has_split: bool) -> str:
+    why = "its rows carry no split field" if not has_split else "no row is marked test"
+    return (
+        f"{path} has no test rows ({why}): the test split is empty, so `recap evaluate` and "
+        "`recap experiment` have nothing to score. The paper's test split is the authors' "
+        "df_test.csv (columns music4all_id, lyrics, comment): put it in the data folder beside "
+        "the release, or give the rows a split field (docs/reproducing.md)"
+    )
 
 
 # --------------------------------------------------------------------------- stats
@@ -642,6 +724,9 @@ def _format_stats(stats: dict[str, Any]) -> str:
         for sid, why in a["unreadable_files"].items():
             print(f"  unreadable {sid}: {why}", file=out)
     print(f"skipped rows: {stats['skipped_rows']}", file=out)
+    if not stats["splits"].get("test"):
+        has_split = set(stats["splits"]) != {"none"}
+        print(f"warning: {_no_test_warning(Path(stats['path']), has_split)}", file=out)
     return out.getvalue()
 
 

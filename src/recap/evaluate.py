@@ -1,15 +1,21 @@
 """Evaluation: caption a split with a trained model and score it as the papers did (SPEC §2).
 
     recap evaluate --model RUN --data DIR --split test                     # beam 4, deterministic
-    recap evaluate --model RUN --data DIR --sample --seeds 2022,2021,2020  # the authors' setting
+    recap evaluate --model RUN --data DIR --sample --seeds 2022            # sampled, as the authors
+                                          # (they sampled each trained model once, with its seed)
 
-References. The Song Interpretation Dataset has several interpretations per song; in the authors'
-evaluation every (song, interpretation) row of the test split is one example, scored against
-that one interpretation. We keep that: ROUGE and METEOR are means over rows. The caption depends
-only on (song, lyrics), so it is generated once per song and reused for each of its rows; this
-changes nothing in the scores and saves a factor of rows/song in time. Unlike the authors' loop,
-which dropped the last partial batch, every row is evaluated. Attribute accuracy (rendered-songs
-benchmark only) is per song: one caption against the song's true facts.
+Two labelled metric sets (`recap.metrics`): **paper** — the authors' evaluation, every
+(song, interpretation) row of the split one example scored against that one interpretation
+(rouge_score ROUGE recall and F1, NLTK METEOR; comparable with the paper's Table 1) — and
+**caption** — the caption literature's pycocoevalcap metrics (BLEU-1..4, METEOR 1.5, ROUGE-L,
+CIDEr-D), one caption per song against all of the song's interpretations. Both with bootstrap
+intervals. Unlike the authors' loop, which dropped the last partial batch, every row is evaluated.
+
+Captions. With beam search the caption depends only on (song, lyrics): it is generated once per
+song and shared by the song's rows (identical scores, rows/song times less work). With sampling
+(`--sample`) every row draws its own caption, as the authors' loop did, so a song's rows differ.
+Attribute accuracy (rendered-songs benchmark only) is per song: the song's (first) caption
+against its true facts.
 
 Outputs, in RUN/eval/<split>-<decode tag>/ (or --out): `predictions.csv` (song_id, lyrics,
 reference, prediction; `predictions_seed<S>.csv` per seed when sampling) and `metrics.json`.
@@ -38,8 +44,10 @@ logger = logging.getLogger(__name__)
 PAPER_SAMPLING_SEEDS = (2022, 2021, 2020)  # the authors' RECAP code (SPEC §2)
 METRICS_NAME = "metrics.json"
 REFERENCE_POLICY = (
-    "one example per (song, interpretation) row, scored against that row's interpretation; "
-    "the caption is generated once per (song, lyrics) and shared by the song's rows"
+    "paper set: one example per (song, interpretation) row, scored against that row's "
+    "interpretation; caption set: one caption per song against all of the song's "
+    "interpretations. Beam search generates one caption per (song, lyrics), shared by its rows; "
+    "sampling draws one per row"
 )
 
 
@@ -247,38 +255,67 @@ def generate_captions(
 # ------------------------------------------------------------------------------ evaluation
 
 
-def _write_predictions(
-    path: Path, rows: Sequence[Any], captions: Mapping[tuple[str, str], str]
-) -> None:
+def _write_predictions(path: Path, rows: Sequence[Any], predictions: Sequence[str]) -> None:
+    """One line per row: song_id, lyrics, reference, prediction (`recap score` reads it back)."""
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["song_id", "lyrics", "reference", "prediction"])
-            for r in rows:
-                writer.writerow([r.song_id, r.lyrics, r.comment, captions[(r.song_id, r.lyrics)]])
+            for r, pred in zip(rows, predictions):
+                writer.writerow([r.song_id, r.lyrics, r.comment, pred])
 
 
-def _strip_per_example(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The metrics without per-example lists (the CSV holds the texts; JSON stays small)."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out[key] = {k: v for k, v in value.items() if k != "per_example"}
-        else:
-            out[key] = value
-    return out
+def row_captions(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Any],
+    music: Mapping[str, np.ndarray] | None,
+    decode: DecodeConfig,
+    seed: int | None = None,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """One caption per row. Beam search: generated once per (song, lyrics) and shared by the
+    song's rows. Sampling: drawn afresh for every row, as the authors' evaluation loop did."""
+    if decode.do_sample:
+        units = [(r.song_id, r.lyrics) for r in rows]
+        return generate_captions(
+            model, tokenizer, units, music, decode, seed=seed, progress=progress, desc=desc
+        )
+    songs = list(dict.fromkeys((r.song_id, r.lyrics) for r in rows))
+    texts = generate_captions(
+        model, tokenizer, songs, music, decode, seed=seed, progress=progress, desc=desc
+    )
+    captions = dict(zip(songs, texts))
+    return [captions[(r.song_id, r.lyrics)] for r in rows]
+
+
+def run_status(run_dir: Path | None) -> dict[str, Any]:
+    """Whether a training RUN finished (its done.json exists); a model folder has no run."""
+    if run_dir is None:
+        return {"finished": None, "note": "a model folder, not a training run"}
+    if (run_dir / "done.json").is_file():
+        return {"finished": True}
+    return {
+        "finished": False,
+        "note": f"{run_dir} has no done.json: training did not finish (still running, killed or "
+        "stopped by --max-steps); its best/ is the best checkpoint validated so far",
+    }
 
 
 def _attribute_accuracy(
-    data_dir: Path, captions: Mapping[tuple[str, str], str]
+    data_dir: Path, song_ids: Sequence[str], predictions: Sequence[str]
 ) -> dict[str, Any] | None:
-    """Per-slot accuracy on a rendered-songs benchmark folder (one with songs.jsonl)."""
+    """Per-slot accuracy on a rendered-songs benchmark folder (one with songs.jsonl): each
+    song's first caption against its true facts."""
     if not (data_dir / "songs.jsonl").is_file():
         return None
     from recap import bench
 
     truths = bench.load_truth(data_dir)
-    per_song = {sid: text for (sid, _), text in captions.items()}
+    per_song: dict[str, str] = {}
+    for sid, text in zip(song_ids, predictions):
+        per_song.setdefault(sid, text)
     missing = sorted(set(per_song) - set(truths))
     if missing:
         raise RecapError(f"{len(missing)} song(s) have no truth in songs.jsonl, e.g. {missing[0]}")
@@ -349,12 +386,15 @@ def evaluate(
     import torch
 
     from recap.data import load_splits
-    from recap.metrics import caption_metrics
+    from recap.metrics import METRIC_SETS, METRICS_VERSION, metric_sets, strip_per_example
     from recap.model import RecapModel
 
     decode = decode or DecodeConfig()
     data_dir = Path(data_dir)
     target = resolve_target(model_dir)
+    status = run_status(target.run_dir)
+    if status["finished"] is False:
+        logger.warning("evaluating an unfinished run: %s", status["note"])
     tc = target.train_config
     variant = variant or tc.get("variant", "full")
     report = SkipReport(f"evaluate {split}")
@@ -394,27 +434,30 @@ def evaluate(
     out = Path(out_dir) if out_dir is not None else default_out_dir(target, split, decode)
     out.mkdir(parents=True, exist_ok=True)
     references = [r.comment for r in rows]
+    song_ids = [r.song_id for r in rows]
     runs: list[dict[str, Any]] = []
     for seed in decode.run_seeds:
         t0 = time.perf_counter()
         label = f"generate (seed {seed})" if seed is not None else "generate"
-        texts = generate_captions(
-            model, tokenizer, songs, music, decode, seed=seed, progress=progress, desc=label
+        predictions = row_captions(
+            model, tokenizer, rows, music, decode, seed=seed, progress=progress, desc=label
         )
         gen_s = time.perf_counter() - t0
-        captions = dict(zip(songs, texts))
+        n_generated = len(rows) if decode.do_sample else len(songs)
         name = "predictions.csv" if seed is None else f"predictions_seed{seed}.csv"
-        _write_predictions(out / name, rows, captions)
-        predictions = [captions[(r.song_id, r.lyrics)] for r in rows]
-        scores = caption_metrics(predictions, references, meteor15=meteor15, bootstrap=bootstrap)
+        _write_predictions(out / name, rows, predictions)
+        scores = metric_sets(
+            song_ids, references, predictions, meteor15=meteor15, bootstrap=bootstrap
+        )
         run: dict[str, Any] = {
             "seed": seed,
             "predictions": name,
+            "captions_generated": n_generated,
             "generation_seconds": round(gen_s, 3),
-            "songs_per_second": round(len(songs) / gen_s, 3) if gen_s > 0 else None,
-            **_strip_per_example(scores),
+            "captions_per_second": round(n_generated / gen_s, 3) if gen_s > 0 else None,
+            **strip_per_example(scores),
         }
-        accuracy = _attribute_accuracy(data_dir, captions)
+        accuracy = _attribute_accuracy(data_dir, song_ids, predictions)
         if accuracy is not None:
             run["attribute_accuracy"] = accuracy
         if grounding and not runs:
@@ -434,6 +477,16 @@ def evaluate(
         "n_examples": len(rows),
         "n_songs": len(songs),
         "reference_policy": REFERENCE_POLICY,
+        "metrics_version": METRICS_VERSION,
+        "metric_sets": {
+            name: {
+                "description": spec["description"],
+                "references": spec["references"],
+                "keys": runs[0]["metric_sets"][name],
+            }
+            for name, spec in METRIC_SETS.items()
+        },
+        "run_status": status,
         "skipped": len(report),
         "bootstrap": bootstrap,
         "runs": runs,
@@ -483,41 +536,75 @@ def _default_device() -> Any:
 # ------------------------------------------------------------------------------ CLI
 
 
+def format_metric_blocks(
+    summary: Mapping[str, Any], metric_sets: Mapping[str, Any] | None
+) -> list[str]:
+    """Lines of headline numbers in percent with their intervals, one block per labelled
+    metric set, then any other numbers (attribute accuracy)."""
+
+    def line(key: str) -> str:
+        low, high = summary.get(f"{key} low"), summary.get(f"{key} high")
+        band = (
+            f"  [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
+        )
+        return f"    {key:<26} {100 * summary[key]:6.2f}{band}"
+
+    lines: list[str] = []
+    shown: set[str] = set()
+    for name, spec in (metric_sets or {}).items():
+        keys = [k for k in spec["keys"] if k in summary]
+        if keys:
+            lines.append(f"  {name} metrics ({spec['references']})")
+            lines += [line(k) for k in keys]
+            shown.update(keys)
+    rest = [
+        k
+        for k in summary
+        if k != "per_seed" and k not in shown and not k.endswith((" low", " high"))
+    ]
+    if rest:
+        lines.append("  other")
+        lines += [line(k) for k in rest]
+    return lines
+
+
 def format_summary(result: Mapping[str, Any]) -> str:
-    """Human-readable headline numbers, in percent, with the bootstrap interval."""
-    s = result["summary"]
+    """Human-readable headline numbers, in percent, with the bootstrap interval, one block per
+    labelled metric set (and the benchmark's attribute accuracy)."""
     lines = [
         f"{result['method']} on {result['split']} ({result['n_examples']} examples, "
         f"{result['n_songs']} songs; decode {DecodeConfig.from_dict(result['decode']).tag()})"
     ]
-    for key, value in s.items():
-        if key == "per_seed" or key.endswith((" low", " high")):
-            continue
-        low, high = s.get(f"{key} low"), s.get(f"{key} high")
-        band = (
-            f"  [{100 * low:.1f}, {100 * high:.1f}]" if low is not None and high is not None else ""
-        )
-        lines.append(f"  {key:<28} {100 * value:6.2f}{band}")
+    status = result.get("run_status") or {}
+    if status.get("finished") is False:
+        lines.append(f"  WARNING: {status['note']}")
+    lines += format_metric_blocks(result["summary"], result.get("metric_sets"))
     if len(result["runs"]) > 1:
         lines.append(f"  (means over seeds {', '.join(str(r['seed']) for r in result['runs'])})")
     lines.append(f"written to {result['out_dir']}")
     return "\n".join(lines)
 
 
-def add_decode_arguments(parser: argparse.ArgumentParser, seeds_flag: str = "--seeds") -> None:
+def add_decode_arguments(
+    parser: argparse.ArgumentParser, seeds_flag: str = "--seeds", seeds_help: str | None = None
+) -> None:
     """Decoding flags; `seeds_flag` names the sampling seeds (`recap experiment` keeps
     `--seeds` for training seeds and calls this one `--sample-seeds`)."""
     d = DecodeConfig()
     parser.add_argument("--beams", type=int, default=d.num_beams, help="beam width (default 4)")
     parser.add_argument(
-        "--sample", action="store_true", help="the authors' sampled decoding (top-p, over seeds)"
+        "--sample",
+        action="store_true",
+        help="the authors' sampled decoding (top-p 0.92, beams 4): a fresh caption for every "
+        "row (default: deterministic beam search, one caption per song)",
     )
     parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass when sampling")
     parser.add_argument(
         seeds_flag,
         dest="sample_seeds",
         default=",".join(str(s) for s in d.seeds),
-        help="comma-separated sampling seeds (with --sample); metrics are averaged over them",
+        help=seeds_help
+        or "comma-separated sampling seeds (with --sample); metrics are averaged over them",
     )
     parser.add_argument(
         "--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size, help="(default 3)"
@@ -567,7 +654,7 @@ def _handler(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="caption a split and score it (ROUGE, METEOR, attribute accuracy)",
+        help="caption a split and score it (paper and caption metric sets, attribute accuracy)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -29,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from recap.evaluate import METRICS_NAME, DecodeConfig, add_decode_arguments, decode_from_args
+from recap.evaluate import (
+    METRICS_NAME,
+    PAPER_SAMPLING_SEEDS,
+    DecodeConfig,
+    add_decode_arguments,
+    decode_from_args,
+)
 from recap.utils import RecapError, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -53,21 +60,53 @@ PAPER_TABLE1: dict[str, dict[str, dict[str, float]]] = {
     },
 }
 
-# Table columns: (column name, key in evaluate()'s summary). ROUGE is recall, as the papers;
-# "METEOR" in the paper is NLTK's.
-TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("ROUGE-1", "ROUGE-1 recall"),
-    ("ROUGE-2", "ROUGE-2 recall"),
-    ("ROUGE-L", "ROUGE-L recall"),
-    ("METEOR", "METEOR (NLTK)"),
-    ("METEOR 1.5", "METEOR 1.5"),
-    ("ROUGE-L F1", "ROUGE-L F1"),
-    ("Attr. audio", "attribute accuracy audio"),
-    ("Attr. lyrics", "attribute accuracy lyrics"),
-    ("Distinct", "distinct captions"),
-    ("Swap audio", "swap audio"),
-    ("Swap lyrics", "swap lyrics"),
+# Table 1's column groups: (metric set, heading, ((column name, key in evaluate()'s summary),
+# ...)). The paper set is the one comparable with the paper's numbers (ROUGE is recall, as the
+# papers; "METEOR" in the paper is NLTK's); the caption set is the caption literature's.
+TABLE_SETS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "paper",
+        "Paper metrics (the papers' evaluation; comparable with the paper's Table 1)",
+        (
+            ("ROUGE-1", "ROUGE-1 recall"),
+            ("ROUGE-2", "ROUGE-2 recall"),
+            ("ROUGE-L", "ROUGE-L recall"),
+            ("METEOR", "METEOR (NLTK)"),
+            ("ROUGE-L F1", "ROUGE-L F1"),
+        ),
+    ),
+    (
+        "caption",
+        "Caption metrics (pycocoevalcap, multi-reference: comparable with other captioners)",
+        (
+            ("BLEU-1", "BLEU-1"),
+            ("BLEU-2", "BLEU-2"),
+            ("BLEU-3", "BLEU-3"),
+            ("BLEU-4", "BLEU-4"),
+            ("METEOR 1.5", "METEOR 1.5"),
+            ("ROUGE-L (COCO)", "ROUGE-L (COCO)"),
+            ("CIDEr-D", "CIDEr-D"),
+        ),
+    ),
+    (
+        "attributes",
+        "Attribute accuracy (rendered-songs benchmark only)",
+        (
+            ("Attr. audio", "attribute accuracy audio"),
+            ("Attr. lyrics", "attribute accuracy lyrics"),
+        ),
+    ),
+    (
+        "grounding",
+        "Grounding (rendered-songs benchmark: do the captions follow the lyrics and the audio?)",
+        (
+            ("Distinct", "distinct captions"),
+            ("Swap audio", "swap audio"),
+            ("Swap lyrics", "swap lyrics"),
+        ),
+    ),
 )
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = tuple(c for _, _, cols in TABLE_SETS for c in cols)
 # Grounding measures that are not percentages (recap.diagnose): shown in a table of their own.
 GROUNDING_COLUMNS: tuple[tuple[str, str], ...] = (
     ("Lyrics gap (nats/token)", "lyrics gap"),
@@ -91,9 +130,13 @@ class ExperimentConfig:
     bart: str | None = None
     variants: tuple[str, ...] = ("full", "positive")
     methods: tuple[str, ...] = METHODS
-    seeds: tuple[int, ...] = (0,)
+    # Training seeds; None: 0, or with sampling the authors' 2022, 2021, 2020.
+    seeds: tuple[int, ...] | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    # With sampling: True samples each trained model once with its own training seed (the
+    # authors' protocol); False samples every model with each of `decode.seeds`.
+    paired_sampling: bool = True
     meteor15: bool = True
     bootstrap: int = 1000
     device: str | None = None
@@ -102,6 +145,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
         self.methods = tuple(self.methods)
+        if self.seeds is None:
+            self.seeds = PAPER_SAMPLING_SEEDS if self.decode.do_sample else (0,)
         self.seeds = tuple(int(s) for s in self.seeds)
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
@@ -114,6 +159,32 @@ class ExperimentConfig:
 
     def run_dir(self, variant: str, name: str, seed: int) -> Path:
         return Path(self.out) / variant / name / f"seed{seed}"
+
+    def decode_for(self, seed: int) -> DecodeConfig:
+        """The decoding of the model trained with `seed`: under paired sampling it is sampled
+        once, with that same seed (the authors' code); otherwise `decode` as given."""
+        if self.decode.do_sample and self.paired_sampling:
+            return dataclasses.replace(self.decode, seeds=(seed,))
+        return self.decode
+
+    def protocol(self) -> str:
+        """One line saying how the seeds were used, for the table's notes."""
+        seeds = ", ".join(str(s) for s in self.seeds)
+        if not self.decode.do_sample:
+            return (
+                f"deterministic beam search (the default): one trained model per training seed "
+                f"({seeds}), one caption per song"
+            )
+        if self.paired_sampling:
+            return (
+                f"the authors' protocol: one trained model per seed ({seeds}), each sampled "
+                "once with its own seed; a fresh caption for every test row"
+            )
+        samples = ", ".join(str(s) for s in self.decode.seeds)
+        return (
+            f"sampling: models trained with seeds {seeds}, each sampled with seeds {samples} "
+            "(metrics averaged over them); a fresh caption for every test row"
+        )
 
 
 # ------------------------------------------------------------------------------ one run
@@ -148,8 +219,9 @@ def train_and_evaluate(
     )
     logger.info("train %s (%s, seed %d, w %s) → %s", method, variant, seed, align_weight, run)
     run = Path(train(tc))
-    out = default_out_dir(resolve_target(run), "test", cfg.decode)
-    cached = _cached_metrics(out / METRICS_NAME, cfg, run)
+    decode = cfg.decode_for(seed)
+    out = default_out_dir(resolve_target(run), "test", decode)
+    cached = _cached_metrics(out / METRICS_NAME, cfg, run, decode)
     if cached is not None:
         result = cached
     else:
@@ -157,7 +229,7 @@ def train_and_evaluate(
             run,
             cfg.data,
             split="test",
-            decode=cfg.decode,
+            decode=decode,
             out_dir=out,
             meteor15=cfg.meteor15,
             encoder=cfg.encoder if method != "bart" else None,
@@ -180,9 +252,15 @@ def train_and_evaluate(
     }
 
 
-def _cached_metrics(path: Path, cfg: ExperimentConfig, run: Path) -> dict[str, Any] | None:
-    """A finished evaluation of this run's current model, with the same decoding, bootstrap
-    and the METEOR 1.5 this config asks for; None when it must be (re)computed."""
+def _cached_metrics(
+    path: Path, cfg: ExperimentConfig, run: Path, decode: DecodeConfig | None = None
+) -> dict[str, Any] | None:
+    """A finished evaluation of this run's current model, with the same metric definitions,
+    decoding (`decode`, default the config's), bootstrap and the METEOR 1.5 this config asks
+    for; None when it must be (re)computed."""
+    from recap.metrics import METRICS_VERSION
+
+    decode = decode or cfg.decode
     if not path.is_file():
         return None
     done = run / "done.json"
@@ -192,7 +270,9 @@ def _cached_metrics(path: Path, cfg: ExperimentConfig, run: Path) -> dict[str, A
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if result.get("decode") != cfg.decode.to_dict():
+    if result.get("metrics_version") != METRICS_VERSION:
+        return None  # scored with older metric definitions
+    if result.get("decode") != decode.to_dict():
         return None
     if cfg.meteor15 and "METEOR 1.5" not in result.get("summary", {}):
         return None
@@ -257,41 +337,55 @@ def _cell(stat: Mapping[str, Any] | None, intervals: bool = True) -> str:
 
 
 def render_table1(
-    rows: Sequence[Mapping[str, Any]], decode: Mapping[str, Any] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    decode: Mapping[str, Any] | None = None,
+    protocol: str | None = None,
 ) -> str:
-    """Markdown Table 1: our numbers (with 95% bootstrap intervals) and, on the line below each,
-    the paper's, labelled. Percent."""
-    columns = [c for c, key in TABLE_COLUMNS if any(key in r for r in rows)]
-    keys = dict(TABLE_COLUMNS)
-    head = ["Training data", "Method", "Source", *columns]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * len(columns)) + "|",
-    ]
-    for r in rows:
-        seeds = ",".join(str(s) for s in r["seeds"])
-        ours = [_cell(r.get(keys[c])) for c in columns]
-        variant, method = VARIANT_NAMES[r["variant"]], METHOD_NAMES[r["method"]]
-        lines.append(f"| {variant} | {method} | ours (seed {seeds}) | " + " | ".join(ours) + " |")
-        paper = PAPER_TABLE1.get(r["variant"], {}).get(r["method"])
-        if paper is not None:
-            cells = [f"{paper[c]:.1f}" if c in paper else "—" for c in columns]
-            lines.append(f"| {variant} | {method} | paper | " + " | ".join(cells) + " |")
+    """Markdown Table 1, one table per labelled metric set: our numbers (with 95% bootstrap
+    intervals) and, in the paper set, the paper's on the line below each, labelled. Percent."""
+    lines: list[str] = []
+    for name, heading, columns in TABLE_SETS:
+        present = [(c, key) for c, key in columns if any(key in r for r in rows)]
+        if not present:
+            continue
+        head = ["Training data", "Method", "Source", *(c for c, _ in present)]
+        lines += [
+            f"**{heading}**",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "|".join(["---"] * 3 + ["---:"] * len(present)) + "|",
+        ]
+        for r in rows:
+            seeds = ",".join(str(s) for s in r["seeds"])
+            ours = [_cell(r.get(key)) for _, key in present]
+            variant, method = VARIANT_NAMES[r["variant"]], METHOD_NAMES[r["method"]]
+            lines.append(
+                f"| {variant} | {method} | ours (seed {seeds}) | " + " | ".join(ours) + " |"
+            )
+            paper = PAPER_TABLE1.get(r["variant"], {}).get(r["method"]) if name == "paper" else None
+            if paper is not None:
+                cells = [f"{paper[c]:.1f}" if c in paper else "—" for c, _ in present]
+                lines.append(f"| {variant} | {method} | paper | " + " | ".join(cells) + " |")
+        lines.append("")
     notes = [
-        "",
-        "Percent. ROUGE-1/2/L: recall (`mid.recall` of rouge_score's bootstrap, no stemmer), as "
-        "the papers report; ROUGE-L F1 beside it. METEOR: NLTK's `single_meteor_score` (the "
-        "papers' METEOR); METEOR 1.5: the Java jar of the caption literature (about half the NLTK "
-        "figure). Attr.: mean attribute accuracy over the benchmark's audio / lyrics slots "
-        "(the paper has none). Brackets: 95% bootstrap intervals over test examples (averaged "
-        "over seeds when several). The paper's rows are its Song Interpretation Dataset "
-        "results, not comparable in level with a different dataset or model size.",
+        "Percent. Paper metrics: ROUGE-1/2/L recall (`mid.recall` of rouge_score's bootstrap, no "
+        "stemmer), as the papers report, ROUGE-L F1 beside it, and METEOR = NLTK's "
+        "`single_meteor_score` (the papers' METEOR); every test row scored against its own "
+        "interpretation. Caption metrics: pycocoevalcap's BLEU-1..4, METEOR 1.5 (the Java jar; "
+        "about half the NLTK figure), ROUGE-L (LCS F-measure, beta 1.2) and CIDEr-D on "
+        "PTB-tokenised text, one caption per song against all of its interpretations. Attr.: "
+        "mean attribute accuracy over the benchmark's audio / lyrics slots (the paper has none). "
+        "Brackets: 95% bootstrap intervals over test rows (paper) or songs (caption), averaged "
+        "over seeds when several. The paper's rows are its Song Interpretation Dataset results, "
+        "not comparable in level with a different dataset or model size.",
     ]
     notes[-1] += (
         " Distinct: different captions per different input (songs; distinct lyrics for the "
         "lyrics-only BART). Swap: captions of (audio of song A, lyrics of song B) for a fixed "
         "pairing, A's audio facts and B's lyrics facts right."
     )
+    if protocol:
+        notes.append(f"Seeds: {protocol}.")
     if decode is not None:
         notes.append(
             f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
@@ -363,14 +457,24 @@ def write_table1(
     out: str | os.PathLike,
     decode: Mapping[str, Any] | None,
     records: Sequence[Mapping[str, Any]] = (),
+    protocol: str | None = None,
 ) -> dict[str, Path]:
-    """table1.md, table1.json (rows, the paper's numbers, every run record) and table1.csv."""
+    """table1.md, table1.json (rows, the metric sets, the paper's numbers, every run record)
+    and table1.csv."""
     out = Path(out)
     paths = {"md": out / "table1.md", "json": out / "table1.json", "csv": out / "table1.csv"}
-    atomic_write_text(paths["md"], render_table1(rows, decode))
+    atomic_write_text(paths["md"], render_table1(rows, decode, protocol))
+    sets = {name: [key for _, key in cols] for name, _, cols in TABLE_SETS}
     atomic_write_json(
         paths["json"],
-        {"rows": list(rows), "paper": PAPER_TABLE1, "decode": decode, "runs": list(records)},
+        {
+            "rows": list(rows),
+            "metric_sets": sets,
+            "paper": PAPER_TABLE1,
+            "decode": decode,
+            "seed_protocol": protocol,
+            "runs": list(records),
+        },
     )
     atomic_write_text(paths["csv"], table1_csv(rows))
     return paths
@@ -385,12 +489,12 @@ def run_table1(cfg: ExperimentConfig) -> dict[str, Any]:
         for seed in cfg.seeds
     ]
     rows = aggregate(records)
-    paths = write_table1(rows, cfg.out, cfg.decode.to_dict(), records)
+    paths = write_table1(rows, cfg.out, cfg.decode.to_dict(), records, cfg.protocol())
     return {
         "rows": rows,
         "records": records,
         "paths": {k: str(v) for k, v in paths.items()},
-        "markdown": render_table1(rows, cfg.decode.to_dict()),
+        "markdown": render_table1(rows, cfg.decode.to_dict(), cfg.protocol()),
     }
 
 
@@ -537,6 +641,12 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    # Without --sample-seeds, sampling pairs each model with its own training seed (the authors').
+    paired = args.sample_seeds is None
+    if paired:  # decode.seeds is then only a placeholder: each run gets its own seed
+        paper_seeds = ",".join(str(s) for s in PAPER_SAMPLING_SEEDS)
+        args = argparse.Namespace(**{**vars(args), "sample_seeds": paper_seeds})
+    decode = decode_from_args(args)
     return ExperimentConfig(
         data=args.data,
         out=args.out,
@@ -544,9 +654,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         encoder=args.encoder,
         bart=args.bart,
         variants=_csv_list(args.variants) if hasattr(args, "variants") else (args.variant,),
-        seeds=_csv_list(args.seeds, int),
+        seeds=_csv_list(args.seeds, int) if args.seeds else None,
         train_overrides=_parse_set(args.train),
-        decode=decode_from_args(args),
+        decode=decode,
+        paired_sampling=paired,
         meteor15=not args.no_meteor15,
         bootstrap=args.bootstrap,
         device=args.device,
@@ -581,7 +692,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--encoder", default=None, help="music encoder (tagger folder or CNNSA checkpoint)"
     )
     p.add_argument("--bart", default=None, help="pretrained BART (e.g. facebook/bart-base)")
-    p.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="training seeds, comma-separated (default 0; with --sample the authors' "
+        "2022,2021,2020, each model sampled once with its own seed)",
+    )
     p.add_argument(
         "--train",
         action="append",
@@ -589,7 +705,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="TrainConfig override (repeatable), e.g. epochs=5",
     )
-    add_decode_arguments(p, seeds_flag="--sample-seeds")
+    add_decode_arguments(
+        p,
+        seeds_flag="--sample-seeds",
+        seeds_help="with --sample: sample EVERY model with each of these seeds (metrics averaged) "
+        "instead of the authors' protocol (each model once, with its own training seed)",
+    )
+    # None = paired: each model sampled with its own training seed; a list overrides that.
+    p.set_defaults(sample_seeds=None)
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")

@@ -4,8 +4,15 @@
     a = MultiheadAttention(d, heads)(Q, K, V)            # no masks: every music token is real
     text = LayerNorm_new(text + scale * a)               # scale 0.1; a NEW LayerNorm, not BART's
 
-The reference projects Q/K/V before `nn.MultiheadAttention`, which projects them again; the
-extra Linear layers are kept so the parameter count and the function match the reference.
+The reference projects Q/K/V before `nn.MultiheadAttention`, which projects them again; those
+extra Linear layers are kept, so the function and every parameter the reference uses are here.
+The parameter count is the reference's used parameters only: the reference also defines a
+`_linear_4` that its forward never calls, which this block leaves out.
+
+Initialisation as the reference, whose Hugging Face `_init_weights` visits every `nn.Linear` of
+the model: weights normal(0, init_std = 0.02), biases zero — Q/K/V, the attention's output
+projection and the gate. The attention's packed input projection is not an `nn.Linear` and keeps
+PyTorch's own (xavier-uniform) init there as here. `init_std=None` leaves PyTorch's defaults.
 An optional sigmoid gate (off in the reference) scales `a` per feature.
 """
 
@@ -26,6 +33,7 @@ class FusionBlock(nn.Module):
         scale: float = 0.1,
         gate: bool = False,
         dropout: float = 0.0,
+        init_std: float | None = 0.02,
     ) -> None:
         super().__init__()
         self.scale = scale
@@ -38,6 +46,11 @@ class FusionBlock(nn.Module):
         self.layer_norm = nn.LayerNorm(d_model)
         # Gate g = sigmoid(W [text; a]) in (0, 1) per feature: how much of the music to let in.
         self.gate = nn.Linear(2 * d_model, d_model) if gate else None
+        if init_std is not None:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):  # includes the attention's out_proj
+                    nn.init.normal_(module.weight, mean=0.0, std=init_std)
+                    nn.init.zeros_(module.bias)
 
     def forward(self, text: torch.Tensor, music: torch.Tensor) -> torch.Tensor:
         # text: (B, L, d); music: (B, M, m)

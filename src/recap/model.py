@@ -108,6 +108,7 @@ class RecapModel(nn.Module):
                     num_heads=config.fusion_heads,
                     scale=config.fusion_scale,
                     gate=config.fusion_gate,
+                    init_std=config.init_std if config.fusion_init == "normal" else None,
                 )
                 for _ in range(n_blocks)
             )
@@ -212,6 +213,19 @@ class RecapModel(nn.Module):
         return nn.functional.normalize(vector, dim=-1) if normalize else vector
 
     # ------------------------------------------------------------------ encoder
+    def _pad_source(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention mask (ones when None), and with `pad_to_max_source_length` both padded
+        on the right to `max_source_length` (the authors' padding); longer inputs are kept."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        extra = self.config.max_source_length - input_ids.size(1)
+        if self.config.pad_to_max_source_length and extra > 0:
+            input_ids = nn.functional.pad(input_ids, (0, extra), value=self.config.pad_token_id)
+            attention_mask = nn.functional.pad(attention_mask, (0, extra), value=0)
+        return input_ids, attention_mask
+
     def _pool_lyrics(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = None if self.config.pool_includes_padding else attention_mask
         return self.align_proj(masked_mean(hidden, mask))  # (B, L, d) -> (B, d) -> (B, m)
@@ -254,9 +268,9 @@ class RecapModel(nn.Module):
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
     ) -> RecapEncoderOutput:
-        """Run the fused encoder once: input_ids (B, L) (+ music) → `RecapEncoderOutput`."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        """Run the fused encoder once: input_ids (B, L) (+ music) → `RecapEncoderOutput`
+        (L becomes max_source_length with `pad_to_max_source_length`)."""
+        input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         music = self.music_sequence(music_embeds, waveform)
         states = self._run_encoder(input_ids, attention_mask, music)
         lyrics_vector = music_vector = None
@@ -287,8 +301,7 @@ class RecapModel(nn.Module):
         """
         if self.align_proj is None:
             raise RecapError(f"method {self.config.method!r} has no lyrics projection")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         music = None
         if any(layer < self.config.align_layer for layer in self.config.fusion_layers):
             music = self.music_sequence(music_embeds, waveform)
@@ -313,8 +326,7 @@ class RecapModel(nn.Module):
         `decoder_input_ids` default to labels shifted right. `song_ids` (one per row) make the
         alignment loss count each song once.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
         if decoder_input_ids is None:
             if labels is None:
@@ -401,8 +413,7 @@ class RecapModel(nn.Module):
         `max_new_tokens`, `num_return_sequences`, `generation_config=`… Seed sampling with
         `torch.manual_seed` beforehand.
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
         return self.bart.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),

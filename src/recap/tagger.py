@@ -178,8 +178,14 @@ def tag_metrics(probs: np.ndarray, targets: np.ndarray, tags: Sequence[str]) -> 
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """A plain-text table: per slot, then per tag."""
-    lines = [f"{'slot':<16}{'accuracy':>10}{'chance':>10}{'n':>6}"]
+    """A plain-text table: which split and how many songs, then per slot, then per tag."""
+    lines = []
+    n = metrics.get("n_songs")
+    if n is not None:
+        # With few songs each accuracy moves in steps of 1/n: say so beside the numbers.
+        coarse = f" (few songs: accuracies move in steps of {1 / n:.2f})" if 0 < n < 30 else ""
+        lines.append(f"tagger on the {metrics.get('split', 'test')} split, n = {n} songs{coarse}")
+    lines.append(f"{'slot':<16}{'accuracy':>10}{'chance':>10}{'n':>6}")
     for slot, m in metrics["per_slot"].items():
         lines.append(f"{slot:<16}{m['accuracy']:>10.3f}{m['chance']:>10.3f}{m['n']:>6}")
     lines.append("")
@@ -242,7 +248,11 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         raise RecapError("the tagger needs --data (a benchmark folder) and --out")
     if (out / METRICS_NAME).is_file() and not cfg.overwrite:
         logger.info("%s holds a trained tagger; reusing it (--overwrite to retrain)", out)
-        return json.loads((out / METRICS_NAME).read_text())["test"]
+        saved = json.loads((out / METRICS_NAME).read_text())
+        metrics = saved["test"]
+        metrics.setdefault("split", "test")
+        metrics.setdefault("n_songs", (saved.get("n_songs") or {}).get("test"))
+        return metrics
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = torch.device(cfg.device)
@@ -348,6 +358,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     model.eval()
     head_probs, token_probs = predict(model, test.log_mels, cfg.batch_size, device, probe)
     metrics = tag_metrics(head_probs, test.targets, tags)
+    metrics["split"], metrics["n_songs"] = "test", len(test.song_ids)
     if token_probs is not None:
         probe_metrics = tag_metrics(token_probs, test.targets, tags)
         metrics["token_probe"] = {k: probe_metrics[k] for k in ("mean_roc_auc", "per_slot")}
