@@ -461,6 +461,10 @@ def evaluate(
         if accuracy is not None:
             run["attribute_accuracy"] = accuracy
         if grounding and not runs:
+            # One caption per song (each song's first row's, when sampling draws per row).
+            captions: dict[tuple[str, str], str] = {}
+            for r, text in zip(rows, predictions):
+                captions.setdefault((r.song_id, r.lyrics), text)
             run["grounding"] = _grounding(
                 model, tokenizer, rows, captions, music, data_dir, decode, seed, progress
             )
