@@ -117,6 +117,9 @@ class RecapConfig:
     # head). Not in the paper (0 there): the small sizes trained from scratch need it, or their
     # lyrics encoder collapses to input-independent states (docs/training.md, issue 11).
     reconstruct_weight: float = 0.0
+    # A pointer-generator output (recap.pointer): the decoder may copy lyrics tokens. Not in the
+    # paper (off there); the small sizes need it to quote lyrics they never saw in training.
+    copy_head: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.

@@ -15,6 +15,7 @@ encoder, so generation never has to expand it per beam.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import os
@@ -35,6 +36,7 @@ from recap.config import CONFIG_NAME, RecapConfig
 from recap.fusion import FusionBlock
 from recap.losses import SongIds, masked_mean, recap_loss
 from recap.music_encoder import MusicEncoder, load_music_encoder
+from recap.pointer import CopyHead
 from recap.utils import RecapError, atomic_path, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
@@ -117,6 +119,9 @@ class RecapModel(nn.Module):
         # The projection exists whenever music does, so a BART-fusion model (w = 0) can still be
         # fine-tuned with alignment later and its parameter count matches RECAP's.
         self.align_proj = nn.Linear(config.d_model, config.music_dim) if config.use_music else None
+        self.copy_head = CopyHead(config.d_model) if config.copy_head else None
+        if self.copy_head is not None:
+            self.bart.lm_head.register_forward_hook(self.copy_head.hook)
         self.music_encoder: MusicEncoder | None = None
         if music_encoder is not None:
             self.attach_music_encoder(music_encoder)
@@ -334,12 +339,13 @@ class RecapModel(nn.Module):
             decoder_input_ids = shift_tokens_right(
                 labels, self.config.pad_token_id, self.config.decoder_start_token_id
             )
-        out = self.bart(
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
-            use_cache=False,
-        )
+        with self._copying(encoded.last_hidden_state, input_ids, attention_mask):
+            out = self.bart(
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
+                use_cache=False,
+            )
         reconstruct_logits = None
         if labels is not None and self.config.reconstruct_weight:
             # (B, L, d) -> (B, L, V) through the tied output embedding, as the decoder's tokens.
@@ -415,11 +421,20 @@ class RecapModel(nn.Module):
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
-        return self.bart.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
-            attention_mask=attention_mask,
-            **generate_kwargs,
-        )
+        with self._copying(encoded.last_hidden_state, input_ids, attention_mask):
+            return self.bart.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
+                attention_mask=attention_mask,
+                **generate_kwargs,
+            )
+
+    def _copying(
+        self, states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> contextlib.AbstractContextManager:
+        """The copy head's source for one call of BART (a no-op without a copy head)."""
+        if self.copy_head is None:
+            return contextlib.nullcontext()
+        return self.copy_head.attend(states, input_ids, attention_mask)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Path:

@@ -1,0 +1,74 @@
+"""A copy (pointer-generator) head for the small captioners: quoting the lyrics is pointing at them.
+
+Not in the paper, and off in its `paper` preset. A small BART trained from scratch for a few
+hundred steps does not learn to copy unseen words from its input (issue 11: the first line of a
+test song was never stated; the captioners wrote first lines memorised from training songs). The
+head mixes BART's output distribution with a distribution over the source tokens (See et al.,
+2017):
+
+    p(w) = g · softmax(logits)(w) + (1 − g) · Σ_s a_s [src_s = w],   g = σ(w_g · h)
+
+where `a` (B, T, S) is one attention of the decoder state `h` over the encoder's output. Each key
+also sees the encoder state of the *previous* source position, so "the token after the one I just
+wrote" is a direct match: continuing a quotation needs no positional arithmetic.
+
+It is attached to BART's `lm_head` as a forward hook, so Hugging Face's `generate` (beam search,
+sampling, caches) runs unchanged; the returned "logits" are log-probabilities, which every
+decoding strategy and the cross-entropy treat exactly as logits. `RecapModel` sets the source
+(`attend`) around each call of BART and clears it after.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CopyHead(nn.Module):
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.key_previous = nn.Linear(d_model, d_model, bias=False)
+        self.gate = nn.Linear(d_model, 1)
+        self._source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @contextmanager
+    def attend(
+        self, encoder_states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> Iterator[None]:
+        """Within the block, BART's output distribution can copy from these source tokens:
+        encoder_states (B, S, d), input_ids and attention_mask (B, S)."""
+        self._source = (encoder_states, input_ids, attention_mask)
+        try:
+            yield
+        finally:
+            self._source = None
+
+    def hook(self, _module: nn.Module, args: tuple[torch.Tensor, ...], logits: torch.Tensor):
+        """Forward hook of `lm_head`: its input is the decoder state (B', T, d), its output the
+        vocabulary logits (B', T, V); returns log p(w) of the mixture. B' is B times the number
+        of beams during beam search (HF repeats each row's encoder output that way)."""
+        if self._source is None:
+            return logits
+        hidden = args[0]
+        states, ids, mask = self._source
+        if hidden.size(0) != states.size(0):
+            repeat = hidden.size(0) // states.size(0)
+            states, ids, mask = (t.repeat_interleave(repeat, dim=0) for t in (states, ids, mask))
+        previous = F.pad(states[:, :-1], (0, 0, 1, 0))  # (B, S, d): state of position s - 1
+        keys = self.key(states) + self.key_previous(previous)  # (B, S, d)
+        scores = self.query(hidden) @ keys.transpose(1, 2) / math.sqrt(keys.size(-1))  # (B, T, S)
+        scores = scores.float().masked_fill(mask[:, None, :] == 0, float("-inf"))
+        attention = scores.softmax(dim=-1)  # (B, T, S)
+        index = ids[:, None, :].expand(-1, hidden.size(1), -1)  # (B, T, S)
+        copy = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+        copy.scatter_add_(2, index, attention)  # (B, T, V): attention summed per token id
+        generate = torch.sigmoid(self.gate(hidden).float())  # (B, T, 1)
+        probs = generate * logits.float().softmax(dim=-1) + (1.0 - generate) * copy
+        return probs.clamp_min(1e-12).log().to(logits.dtype)
