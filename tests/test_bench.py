@@ -374,3 +374,16 @@ def test_probe_reads_the_coupling_from_the_lyrics(tmp_path):
         # Uncoupled, the lyrics say nothing about the audio: near chance.
         assert none[slot]["meaning"] < none[slot]["chance"] + 0.15
     assert "meaning" in format_table({"songs": 1, "works": 1, "folds": 3, "slots": full})
+
+
+def test_demo_passes_the_coupling_and_keeps_benchmarks_apart(built, tmp_path):
+    from recap.demo import DemoConfig, build_bench, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["demo", "--coupling", "0.5"]).coupling == 0.5
+    assert parser.parse_args(["demo"]).coupling == 0.0
+    shutil.copytree(built, tmp_path / "bench")  # an uncoupled benchmark from an earlier run
+    assert build_bench(DemoConfig(out=str(tmp_path))) == tmp_path / "bench"  # reused
+    with pytest.raises(RecapError, match="coupling"):
+        build_bench(DemoConfig(out=str(tmp_path), coupling=0.5))
