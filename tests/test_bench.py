@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import random
 import shutil
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +24,20 @@ from recap.bench import (
     parse_caption,
     score_captions,
 )
-from recap.bench.build import BuildConfig, build_benchmark
+from recap.bench.build import BuildConfig, build_benchmark, rng_for
+from recap.bench.coupling import COUPLING, Rendering, is_coupled, theme_and_colour, transpose_to
 from recap.bench.facts import lyrics_facts
-from recap.bench.slots import ALL_SLOTS, VOCABULARIES, mood_for
+from recap.bench.slots import (
+    ALL_SLOTS,
+    MELODY_INSTRUMENTS,
+    TEMPO_CLASSES,
+    THEMES,
+    TONICS,
+    VOCABULARIES,
+    mood_for,
+)
 from recap.bench.templates import FAMILIES, SENTENCES, render_caption
+from recap.utils import RecapError
 
 
 def _random_slots(rng: random.Random) -> dict[str, object]:
@@ -202,3 +214,179 @@ def test_probe_writes_table(built, tmp_path):
     for r in report["slots"].values():
         assert 0.0 <= r["audio"] <= 1.0 and 0.0 <= r["lyrics"] <= 1.0 and 0.0 <= r["chance"] <= 1.0
     assert "melody" in format_table(report)
+
+
+def build_digest(out: Path) -> str:
+    """sha256 of a build's dataset.jsonl bytes and of songs.jsonl without the machine-dependent
+    parts (the score's absolute path, the soundfont's name)."""
+    h = hashlib.sha256((out / "dataset.jsonl").read_bytes())
+    for line in (out / "songs.jsonl").read_text("utf-8").splitlines():
+        song = json.loads(line)
+        song["source"] = Path(song["source"]).name
+        song["render"].pop("soundfont")
+        h.update(json.dumps(song, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+# Computed from the tiny build above with the code as it was before `--coupling` existed
+# (commit d3af52c): any extra draw from the existing random streams changes it.
+DIGEST_BEFORE_COUPLING = "5fb9d848323d9f3226dffbb2b3c76c5517345a1b987955445958a4e11d6d5f79"
+
+
+def test_uncoupled_build_is_unchanged(built):
+    assert build_digest(built) == DIGEST_BEFORE_COUPLING
+
+
+# --- coupling ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def coupled(score_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("coupled")
+    cfg = BuildConfig(
+        source=str(score_dir), out=str(out), renders_per_song=2, comments_per_render=6,
+        seed=3, workers=1, seconds=3.0, coupling=1.0,
+    )  # fmt: skip
+    build_benchmark(cfg, progress=False)
+    return out
+
+
+def test_coupled_build_follows_the_table(built, coupled):
+    plain = {s["song_id"]: s for s in _rows(built / "songs.jsonl")}
+    songs = _rows(coupled / "songs.jsonl")
+    assert len(songs) == len(plain)
+    for song in songs:
+        truth, render = song["truth"], song["render"]
+        about, colour = COUPLING[truth["theme"]], COUPLING[truth["colour"]]
+        assert truth["coupled"] is True
+        assert (truth["melody"], truth["tempo"]) == (colour.melody, colour.tempo)
+        assert (truth["accompaniment"], truth["key"]) == (about.accompaniment, about.key)
+        assert render["melody_program"] == MELODY_INSTRUMENTS[colour.melody]
+        lo, hi = TEMPO_CLASSES[colour.tempo]
+        assert lo <= render["bpm"] <= hi and -5 <= render["transpose"] <= 6
+        assert truth["mood"] == mood_for(truth["tempo"])
+        # Same score, same window: only what the mapping sets differs from the plain rendering.
+        before = plain[song["song_id"]]
+        assert render["start_bar"] == before["render"]["start_bar"]
+        assert {k: v for k, v in truth.items() if k not in ("coupled", "colour")}.keys() == set(
+            before["truth"]
+        )
+        for slot in LYRICS_SLOTS + ("mode", "metre"):
+            assert truth[slot] == before["truth"][slot]
+    for row in _rows(coupled / "dataset.jsonl"):
+        assert parse_caption(row["comment"]) == row["slots"]
+    assert json.loads((coupled / "build.json").read_text())["coupling"] == 1.0
+
+
+def test_partial_coupling_leaves_the_other_renderings_as_they_were(score_dir, built, tmp_path):
+    cfg = BuildConfig(
+        source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
+        seed=3, workers=1, seconds=3.0, coupling=0.5,
+    )  # fmt: skip
+    build_benchmark(cfg, progress=False)
+    plain = {s["song_id"]: s for s in _rows(built / "songs.jsonl")}
+    songs = _rows(tmp_path / "songs.jsonl")
+    for song in songs:
+        if not song["truth"].pop("coupled"):
+            song["truth"].pop("colour")
+            before = plain[song["song_id"]]
+            assert (song["truth"], song["render"]) == (before["truth"], before["render"])
+            name = f"{song['song_id']}.mp3"
+            assert (tmp_path / "audios" / name).read_bytes() == (
+                built / "audios" / name
+            ).read_bytes()
+
+
+def test_coupling_share_follows_p():
+    for p in (0.0, 0.3, 1.0):
+        hits = [is_coupled(rng_for(0, f"w{i}", 0, "coupling"), p) for i in range(4000)]
+        assert abs(sum(hits) / len(hits) - p) < 0.03
+
+
+def test_coupling_options_are_checked(built):
+    with pytest.raises(RecapError):
+        BuildConfig(coupling=1.5)
+    with pytest.raises(RecapError):  # some keys out of reach
+        BuildConfig(coupling=0.5, transpose_range=(-2, 2))
+    assert "coupling" not in BuildConfig().to_dict()
+    assert BuildConfig.from_dict(BuildConfig(coupling=0.25).to_dict()).coupling == 0.25
+    with pytest.raises(RecapError, match="coupling"):  # its kept MP3s are uncoupled renderings
+        build_benchmark(BuildConfig(source="unused", out=str(built), seed=3, coupling=1.0))
+
+
+def test_theme_colour_and_transposition():
+    assert theme_and_colour("the lord god holy and his love in the heart of god", "English") == (
+        "faith",
+        "love",
+    )
+    assert theme_and_colour("the lord god holy", "English") == ("faith", "faith")
+    for tonic in range(12):
+        for key in TONICS:
+            t = transpose_to(tonic, key, (-5, 6))
+            assert -5 <= t <= 6 and TONICS[(tonic + t) % 12] == key
+
+
+def test_docs_state_the_coupling_table():
+    """docs/benchmark.md's table of the mapping is the code's table."""
+    doc = (Path(__file__).parent.parent / "docs" / "benchmark.md").read_text("utf-8")
+    section = doc.split("## Coupled renderings", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip(" `*") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in COUPLING:
+            rows[cells[0]] = Rendering(*cells[1:])
+    assert rows == COUPLING
+
+
+def _fake_benchmark(root: Path, coupling: float, n: int = 140) -> Path:
+    """Songs whose lyrics state a theme and a colour in English words; their audio slots follow
+    COUPLING with probability `coupling`, else drawn at random (no audio files: the probe is
+    asked for the lyrics only)."""
+    lexicon = resources.files("recap.bench").joinpath("lexicon").joinpath("themes.json")
+    stems = {t: json.loads(lexicon.read_text("utf-8"))[t]["English"] for t in THEMES}
+    rng = random.Random(7)
+    root.mkdir()
+    songs, rows = [], []
+    for i in range(n):
+        theme, colour = rng.choice(THEMES), rng.choice(THEMES)
+        words = rng.sample(stems[theme], 3) + ([stems[colour][0]] if colour != theme else [])
+        text = " ".join(["and the", *words, "in all the world"])
+        th, co = theme_and_colour(text, "English")
+        if rng.random() < coupling:
+            truth = {
+                "melody": COUPLING[co].melody, "tempo": COUPLING[co].tempo,
+                "accompaniment": COUPLING[th].accompaniment, "key": COUPLING[th].key,
+            }  # fmt: skip
+        else:
+            truth = {s: rng.choice(VOCABULARIES[s]) for s in AUDIO_SLOTS}
+        truth.update(theme=th, language="English")
+        songs.append({"song_id": f"s{i}", "work_id": f"w{i}", "truth": truth})
+        rows.append({"music4all_id": f"s{i}", "lyrics": text})
+    (root / "songs.jsonl").write_text("".join(json.dumps(s) + "\n" for s in songs), "utf-8")
+    (root / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    return root
+
+
+def test_probe_reads_the_coupling_from_the_lyrics(tmp_path):
+    from recap.bench.probe import format_table, run_probe
+
+    full = run_probe(_fake_benchmark(tmp_path / "p1", 1.0), folds=3, audio=False)["slots"]
+    none = run_probe(_fake_benchmark(tmp_path / "p0", 0.0), folds=3, audio=False)["slots"]
+    for slot in AUDIO_SLOTS:
+        assert full[slot]["meaning"] >= 0.9 and full[slot]["audio"] is None
+        # Uncoupled, the lyrics say nothing about the audio: near chance.
+        assert none[slot]["meaning"] < none[slot]["chance"] + 0.15
+    assert "meaning" in format_table({"songs": 1, "works": 1, "folds": 3, "slots": full})
+
+
+def test_demo_passes_the_coupling_and_keeps_benchmarks_apart(built, tmp_path):
+    from recap.demo import DemoConfig, build_bench, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["demo", "--coupling", "0.5"]).coupling == 0.5
+    assert parser.parse_args(["demo"]).coupling == 0.0
+    shutil.copytree(built, tmp_path / "bench")  # an uncoupled benchmark from an earlier run
+    assert build_bench(DemoConfig(out=str(tmp_path))) == tmp_path / "bench"  # reused
+    with pytest.raises(RecapError, match="coupling"):
+        build_bench(DemoConfig(out=str(tmp_path), coupling=0.5))

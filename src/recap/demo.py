@@ -44,6 +44,7 @@ class DemoConfig:
     renders_per_song: int = 2
     comments_per_render: int = 4
     workers: int = 2
+    coupling: float = 0.0  # share of renderings that follow the lyrics (BuildConfig.coupling)
     # music encoder pretraining: the recipe measured to learn fastest on 2 cores (docs/results.md)
     tagger_preset: str = "mini"
     tagger_epochs: int = 30
@@ -108,6 +109,14 @@ def build_bench(cfg: DemoConfig) -> Path:
 
     out = cfg.root / "bench"
     if (out / "songs.jsonl").is_file() and (out / "dataset.jsonl").is_file():
+        record = out / "build.json"
+        built = json.loads(record.read_text("utf-8")) if record.is_file() else {}
+        # A benchmark with another coupling is another experiment, not a gap to fill.
+        if built.get("coupling", 0.0) != cfg.coupling:
+            raise RecapError(
+                f"{out} was built with coupling {built.get('coupling', 0.0)}, not "
+                f"{cfg.coupling}: use another --out"
+            )
         print(f"reusing the benchmark in {out}")
         return out
     result = build_benchmark(
@@ -119,6 +128,7 @@ def build_bench(cfg: DemoConfig) -> Path:
             limit=cfg.limit,
             seed=cfg.seed,
             workers=cfg.workers,
+            coupling=cfg.coupling,
         )
     )
     print(
@@ -326,7 +336,8 @@ def results_markdown(
     lines = [
         "# Demo results",
         "",
-        f"`recap demo --source {cfg.source} --out {cfg.out}{' --full' if cfg.full else ''}` "
+        f"`recap demo --source {cfg.source} --out {cfg.out}{' --full' if cfg.full else ''}"
+        f"{f' --coupling {cfg.coupling:g}' if cfg.coupling else ''}` "
         f"(size {cfg.size}, {cfg.epochs} epochs per captioner, seed {cfg.seed}), at commit "
         f"`{commit or 'unknown'}`.",
         "",
@@ -462,6 +473,7 @@ def _handler(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
         workers=args.workers,
+        coupling=args.coupling,
         comments_per_render=args.comments_per_render,
         tagger_preset=args.tagger_preset,
         tagger_epochs=args.tagger_epochs,
@@ -491,6 +503,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
     p.add_argument("--workers", type=int, default=d.workers, help="render processes")
+    p.add_argument(
+        "--coupling",
+        type=float,
+        default=d.coupling,
+        metavar="P",
+        help="share of renderings whose audio follows the lyrics' theme (recap bench build)",
+    )
     p.add_argument(
         "--comments-per-render",
         type=int,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from recap.bench.coupling import couple, is_coupled, theme_and_colour
 from recap.bench.facts import lyrics_facts, normalize_phrase
 from recap.bench.render import (
     Performance,
@@ -68,9 +69,26 @@ class BuildConfig:
     transpose_range: tuple[int, int] = (-5, 6)
     # auto: MusicXML through recap.bench.musicxml (~6x faster), other formats through music21
     parser: str = "auto"
+    # Share of renderings whose audio follows the lyrics' meaning (recap.bench.coupling).
+    coupling: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.coupling <= 1.0:
+            raise RecapError(f"coupling must be in [0, 1], not {self.coupling}")
+        lo, hi = self.transpose_range
+        if self.coupling > 0 and hi - lo < 11:
+            raise RecapError(
+                f"coupling needs a transpose range of 12 semitones to reach every key, "
+                f"not {self.transpose_range}"
+            )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # An uncoupled build writes the build.json it wrote before coupling existed (the whole
+        # build stays byte-identical); from_dict reads the absent field as 0.
+        if not self.coupling:
+            del d["coupling"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> BuildConfig:
@@ -139,10 +157,19 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
         return [], [(src.path, "lyrics too short for the text facts")]
     audio_dir = Path(cfg.out) / "audios"
     bar_count = max(1, int(score.length_quarters // score.bar_quarters))
+    colour = theme_and_colour(score.lyrics, facts.language)[1]
     songs, skipped = [], []
     for k in range(cfg.renders_per_song):
         song_id = f"{src.work_id}-{k}"
         perf, tempo = draw_performance(rng_for(cfg.seed, src.work_id, k), bar_count, cfg)
+        # The coupling has its own stream, drawn after the plain choices: the uncoupled songs and
+        # the excerpt window of the coupled ones are what an uncoupled build would give.
+        coupling_rng = rng_for(cfg.seed, src.work_id, k, "coupling")
+        coupled = is_coupled(coupling_rng, cfg.coupling)
+        if coupled:
+            perf, tempo = couple(
+                perf, facts.theme, colour, score.tonic_pc, cfg.transpose_range, coupling_rng
+            )
         truth = {
             "melody": _PROGRAM_NAMES[("melody", perf.melody_program)],
             "accompaniment": _PROGRAM_NAMES[("accompaniment", perf.accompaniment_program)],
@@ -153,6 +180,8 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
             **facts.to_dict(),
             "mood": mood_for(tempo),
         }
+        if cfg.coupling:
+            truth.update(coupled=coupled, colour=colour)
         mp3 = audio_dir / f"{song_id}.mp3"
         if not mp3.is_file():
             events = schedule(
@@ -244,10 +273,29 @@ def make_interpretations(song: dict, cfg: BuildConfig) -> list[dict]:
     return rows
 
 
+def check_resumable(out: Path, cfg: BuildConfig) -> None:
+    """Refuse to build into a finished build with another seed or coupling: its kept MP3s
+    (resume) would not be the renderings the new truth describes."""
+    path = out / "build.json"
+    if not path.is_file():
+        return
+    # Read as a plain dict: a build.json from an older version may not fit BuildConfig.
+    old = json.loads(path.read_text("utf-8"))
+    defaults = BuildConfig()
+    for name in ("seed", "coupling"):
+        was, now = old.get(name, getattr(defaults, name)), getattr(cfg, name)
+        if was != now:
+            raise RecapError(
+                f"{out} holds a build with {name} {was}, not {now}: build into another "
+                f"folder (its audio would be kept)"
+            )
+
+
 def build_benchmark(cfg: BuildConfig, progress: bool = True) -> BuildResult:
     """Build the benchmark into `cfg.out` (see docs/benchmark.md for the layout)."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    check_resumable(out, cfg)
     (out / "audios").mkdir(parents=True, exist_ok=True)
     soundfont = str(cfg.soundfont or default_soundfont())
     if not Path(soundfont).is_file():

@@ -28,6 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="score reader: auto = MusicXML by recap's reader, other formats by music21",
     )
+    b.add_argument(
+        "--coupling",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of renderings whose instruments, tempo and key follow the lyrics' theme "
+        "(0: independent, as before; docs/benchmark.md)",
+    )
     b.set_defaults(func=_build)
 
     p = sub.add_parser("probe", help="check each slot is carried by the modality it should be")
@@ -36,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seconds", type=float, default=15.0, help="audio read per clip")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--lyrics-only", action="store_true", help="skip the audio features (the slow part)"
+    )
     p.set_defaults(func=_probe)
 
 
@@ -56,11 +67,13 @@ def _build(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         parser=args.parser,
         polyphony=args.polyphony,
+        coupling=args.coupling,
     )
     res = build_benchmark(cfg)
+    coupled = f", coupling {cfg.coupling:g}" if cfg.coupling else ""
     print(
         f"wrote {res.rows} interpretations of {res.songs} renderings ({res.works} works) to "
-        f"{res.out} in {res.seconds:.1f} s ({res.renders_per_second:.1f} renderings/s)"
+        f"{res.out} in {res.seconds:.1f} s ({res.renders_per_second:.1f} renderings/s){coupled}"
     )
     for item in res.skipped.items:
         print(f"  skipped {item['item']}: {item['reason']}")
@@ -72,6 +85,6 @@ def _probe(args: argparse.Namespace) -> int:
     from recap.bench.probe import format_table, run_probe
 
     report = run_probe(args.data_dir, out=args.out, folds=args.folds, seconds=args.seconds,
-                       workers=args.workers)  # fmt: skip
+                       workers=args.workers, audio=not args.lyrics_only)  # fmt: skip
     print(format_table(report))
     return 0

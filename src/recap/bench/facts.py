@@ -87,13 +87,18 @@ def _matches(token: str, stem: str) -> bool:
     return token == stem or (len(stem) >= 4 and token.startswith(stem))
 
 
-def detect_theme(tokens: list[str], language: str) -> str:
-    """The theme with the most keyword hits in the text's own language (ties: order of THEMES)."""
+def theme_counts(tokens: list[str], language: str) -> dict[str, int]:
+    """Per theme, how many tokens match one of its keyword stems in the text's own language."""
     themes = _lexicon("themes.json")
-    counts = {
+    return {
         theme: sum(any(_matches(t, s) for s in themes[theme][language]) for t in tokens)
         for theme in THEMES
     }
+
+
+def detect_theme(tokens: list[str], language: str) -> str:
+    """The theme with the most keyword hits in the text's own language (ties: order of THEMES)."""
+    counts = theme_counts(tokens, language)
     return max(THEMES, key=lambda theme: counts[theme])
 
 

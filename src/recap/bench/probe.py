@@ -4,6 +4,11 @@ Logistic regression on audio features (log-mel statistics, chroma, and spectral-
 autocorrelation) against logistic regression on lyrics TF-IDF, cross-validated with folds grouped
 by work (no work in both the training and the held-out fold). An audio slot should be predictable
 from audio and sit at chance from lyrics; a lyrics slot the other way round.
+
+A third probe reads the lyrics' meaning as the coupling does (theme and colour from the theme
+lexicon, `recap.bench.coupling`): on a build with `--coupling P` it shows how much of the audio
+the lyrics determine (chance at P = 0, all of the coupled slots at P = 1); TF-IDF shows how much
+of that a bag-of-words learner finds.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS
+from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS, THEMES
 from recap.utils import RecapError, atomic_write_json
 
 FEATURE_RATE = 22050
@@ -95,14 +100,29 @@ def _chance(y: np.ndarray, groups: np.ndarray, folds: int) -> float:
     return hits / len(y)
 
 
+def meaning_features(lyrics: list[str]) -> np.ndarray:
+    """One-hot theme and one-hot colour of each text, read from the text alone (songs, 2 x themes)."""
+    from recap.bench.coupling import theme_and_colour
+    from recap.bench.facts import detect_language, words
+
+    x = np.zeros((len(lyrics), 2 * len(THEMES)), dtype=np.float32)
+    for i, text in enumerate(lyrics):
+        theme, colour = theme_and_colour(text, detect_language(words(text)))
+        x[i, THEMES.index(theme)] = 1.0
+        x[i, len(THEMES) + THEMES.index(colour)] = 1.0
+    return x
+
+
 def run_probe(
     data_dir: str | Path,
     out: str | Path | None = None,
     folds: int = 5,
     seconds: float = 15.0,
     workers: int = 2,
+    audio: bool = True,
 ) -> dict:
-    """Probe every categorical slot from audio and from lyrics; write and return the report."""
+    """Probe every categorical slot from audio (unless `audio` is false) and from the lyrics
+    (TF-IDF, and the meaning the coupling reads); write and return the report."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from tqdm import tqdm
 
@@ -118,46 +138,64 @@ def run_probe(
     n_works = len(set(groups))
     if n_works < folds:
         raise RecapError(f"{n_works} works: too few for {folds} folds grouped by work")
-    with ProcessPoolExecutor(max(1, workers)) as pool:
-        feats = list(
-            tqdm(
-                pool.map(audio_features, paths, [seconds] * len(paths), chunksize=4),
-                total=len(paths),
-                desc="audio features",
-                unit="clip",
-            )  # fmt: skip
-        )
-    x_audio = np.stack(feats)  # (songs, features)
-    x_text = TfidfVectorizer(sublinear_tf=True, min_df=2).fit_transform(
-        [lyrics[s["song_id"]] for s in songs]
-    )  # (songs, vocabulary), sparse
+    x_audio = None
+    if audio:
+        with ProcessPoolExecutor(max(1, workers)) as pool:
+            feats = list(
+                tqdm(
+                    pool.map(audio_features, paths, [seconds] * len(paths), chunksize=4),
+                    total=len(paths),
+                    desc="audio features",
+                    unit="clip",
+                )  # fmt: skip
+            )
+        x_audio = np.stack(feats)  # (songs, features)
+    texts = [lyrics[s["song_id"]] for s in songs]
+    x_text = TfidfVectorizer(sublinear_tf=True, min_df=2).fit_transform(texts)  # sparse
+    x_meaning = meaning_features(texts)  # (songs, 2 x themes)
     table = {}
-    for slot in PROBED:
+    for slot in PROBED + ("colour",):
+        if not all(slot in s["truth"] for s in songs):
+            continue  # colour: only coupled builds state it
         y = np.array([str(s["truth"][slot]) for s in songs])
         if len(set(y)) < 2:
             continue
         table[slot] = {
             "classes": len(set(y)),
             "chance": _chance(y, groups, folds),
-            "audio": _cv_accuracy(x_audio, y, groups, folds, scale=True),
+            "audio": None if x_audio is None else _cv_accuracy(x_audio, y, groups, folds, True),
             "lyrics": _cv_accuracy(x_text, y, groups, folds, scale=False),
-            "modality": "lyrics" if slot in ("language", "theme") else "audio",
+            "meaning": _cv_accuracy(x_meaning, y, groups, folds, scale=False),
+            "modality": "lyrics" if slot in ("language", "theme", "colour") else "audio",
         }
+    build = data_dir / "build.json"
+    coupling = (
+        json.loads(build.read_text("utf-8")).get("coupling", 0.0) if build.is_file() else None
+    )
+    coupled = sum(bool(s["truth"].get("coupled")) for s in songs)
     report = {"data_dir": str(data_dir), "songs": len(songs), "works": n_works,
+              "coupling": coupling, "coupled_songs": coupled,
               "folds": folds, "seconds": seconds, "slots": table}  # fmt: skip
     atomic_write_json(Path(out) if out else data_dir / "probe.json", report)
     return report
 
 
 def format_table(report: dict) -> str:
+    def cell(v: float | None) -> str:
+        return f"{'—':>8}" if v is None else f"{v:>8.2f}"
+
+    coupling = report.get("coupling")
     lines = [
         f"probe: {report['songs']} renderings of {report['works']} works, "
-        f"{report['folds']}-fold CV grouped by work",
-        f"{'slot':<14}{'expected':>9}{'classes':>8}{'chance':>8}{'audio':>8}{'lyrics':>8}",
+        f"{report['folds']}-fold CV grouped by work; coupling "
+        f"{'unknown' if coupling is None else f'{coupling:g}'} "
+        f"({report.get('coupled_songs', 0)} renderings coupled)",
+        f"{'slot':<14}{'expected':>9}{'classes':>8}{'chance':>8}{'audio':>8}{'lyrics':>8}"
+        f"{'meaning':>8}",
     ]
     for slot, r in report["slots"].items():
         lines.append(
-            f"{slot:<14}{r['modality']:>9}{r['classes']:>8}{r['chance']:>8.2f}"
-            f"{r['audio']:>8.2f}{r['lyrics']:>8.2f}"
+            f"{slot:<14}{r['modality']:>9}{r['classes']:>8}{cell(r['chance'])}{cell(r['audio'])}"
+            f"{cell(r['lyrics'])}{cell(r.get('meaning'))}"
         )
     return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Coupled renderings: audio choices that follow what the lyrics are about.
+
+In the plain benchmark every audio choice is drawn independently of the text, so nothing links a
+song's sound to its words and an audio↔lyrics alignment has nothing to find. `recap bench build
+--coupling P` renders a share P of the songs the way real songs tend to sound: a hymn with an
+organ, a love song with strings, a lament slow. Which renderings are coupled is drawn from its
+own seeded stream, so the other choices (and the whole build at P = 0) stay as they were.
+
+The lyrics' meaning is read with the benchmark's own theme lexicon (`recap.bench.facts`): the
+*theme* (the theme with most keyword hits, the `theme` slot) and the *colour* (the runner-up theme
+with at least one hit, else the theme itself). The theme chooses the accompaniment and the key,
+the colour the tempo and the melody instrument. The colour matters because the music21 corpus is
+88 % faith: with the theme alone nearly every coupled song would sound the same.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from recap.bench.facts import theme_counts, words
+from recap.bench.render import Performance
+from recap.bench.slots import ACCOMPANIMENTS, MELODY_INSTRUMENTS, TEMPO_CLASSES, THEMES, TONICS
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """One theme's row of the mapping."""
+
+    tempo: str  # when it is the colour
+    melody: str  # when it is the colour
+    accompaniment: str  # when it is the theme
+    key: str  # when it is the theme: the tonic the score is transposed to (mode stays the score's)
+
+
+# THE mapping (docs/benchmark.md, "Coupled renderings", mirrors it; a test keeps them equal).
+# Keys loosely after Schubart's key characteristics (1806): E-flat devotion, A love, F (minor)
+# funeral lament, G the pastoral, B-flat (minor) "garments of night", D triumph and rejoicing,
+# B (minor) patient awaiting.
+COUPLING: dict[str, Rendering] = {
+    "faith": Rendering(tempo="slow", melody="choir", accompaniment="organ", key="E-flat"),
+    "love": Rendering(tempo="moderate", melody="violin", accompaniment="strings", key="A"),
+    "death": Rendering(tempo="slow", melody="horn", accompaniment="organ", key="F"),
+    "nature": Rendering(tempo="fast", melody="flute", accompaniment="harp", key="G"),
+    "night": Rendering(tempo="slow", melody="clarinet", accompaniment="guitar", key="B-flat"),
+    "joy": Rendering(tempo="fast", melody="trumpet", accompaniment="piano", key="D"),
+    "longing": Rendering(tempo="moderate", melody="oboe", accompaniment="piano", key="B"),
+}
+
+
+def theme_and_colour(lyrics: str, language: str) -> tuple[str, str]:
+    """The text's theme (as `facts.detect_theme` gives it) and its colour (the runner-up theme
+    with at least one keyword hit, ties in the order of THEMES; the theme when none has a hit)."""
+    counts = theme_counts(words(lyrics), language)
+    theme = max(THEMES, key=lambda t: counts[t])
+    others = [t for t in THEMES if t != theme]
+    runner_up = max(others, key=lambda t: counts[t])
+    return theme, runner_up if counts[runner_up] > 0 else theme
+
+
+def is_coupled(rng: random.Random, coupling: float) -> bool:
+    # At P = 0 or 1 nothing is drawn: the answer is certain.
+    if coupling <= 0.0:
+        return False
+    return coupling >= 1.0 or rng.random() < coupling
+
+
+def transpose_to(tonic_pc: int, key: str, transpose_range: tuple[int, int]) -> int:
+    """The transposition inside `transpose_range` that puts the score's tonic on `key` (the
+    smallest in size when the range holds several)."""
+    target = TONICS.index(key)
+    fits = [
+        t
+        for t in range(transpose_range[0], transpose_range[1] + 1)
+        if (tonic_pc + t) % 12 == target
+    ]
+    if not fits:
+        raise ValueError(f"no transposition in {transpose_range} reaches {key}")
+    return min(fits, key=lambda t: (abs(t), t))
+
+
+def couple(
+    perf: Performance,
+    theme: str,
+    colour: str,
+    tonic_pc: int,
+    transpose_range: tuple[int, int],
+    rng: random.Random,
+) -> tuple[Performance, str]:
+    """`perf` with programs, tempo and transposition from the mapping; the excerpt window is kept.
+    The BPM inside the tempo class is drawn from `rng` (the coupling's own stream)."""
+    about, coloured = COUPLING[theme], COUPLING[colour]
+    lo, hi = TEMPO_CLASSES[coloured.tempo]
+    coupled = replace(
+        perf,
+        melody_program=MELODY_INSTRUMENTS[coloured.melody],
+        accompaniment_program=ACCOMPANIMENTS[about.accompaniment],
+        bpm=float(rng.randint(lo, hi)),
+        transpose=transpose_to(tonic_pc, about.key, transpose_range),
+    )
+    return coupled, coloured.tempo
