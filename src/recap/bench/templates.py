@@ -2,7 +2,13 @@
 
 A caption is one sentence from each sentence family, in a shuffled order. Every family has several
 wordings; each slot value is either a word of a closed vocabulary that no template uses elsewhere,
-or a quoted piece of the lyrics, so `parse_caption` finds the slots whatever the order or wording.
+the quoted first line, or one of the salient words, which stand unquoted at fixed places of the
+"words" sentences, so `parse_caption` finds the slots whatever the order or wording.
+
+Why the salient words are not quoted: a word right after a quotation mark is a different BPE token
+from the same word after a space (`"Gott` vs ` Gott`), and in the lyrics the words stand after
+spaces. Unquoted, stating them is copying the lyrics' own tokens; the first line is quoted because
+the lyrics begin with it, without a space before.
 """
 
 from __future__ import annotations
@@ -31,9 +37,9 @@ SENTENCES: dict[str, tuple[str, ...]] = {
         'The words, in {language}, start "{first_line}".',
     ),
     "words": (
-        'Words like "{w1}", "{w2}" and "{w3}" point to {theme}.',
-        'Its key words, "{w1}", "{w2}" and "{w3}", speak of {theme}.',
-        'The song keeps returning to "{w1}", "{w2}" and "{w3}": it is about {theme}.',
+        "Words like {w1}, {w2} and {w3} point to {theme}.",
+        "Its key words, {w1}, {w2} and {w3}, speak of {theme}.",
+        "The song keeps returning to {w1}, {w2} and {w3}: it is about {theme}.",
     ),
     "reading": (
         "Together the music makes it a {mood} song about {theme}.",
@@ -46,6 +52,17 @@ FAMILIES: tuple[str, ...] = tuple(SENTENCES)
 _ARTICLE_AN = {"oboe", "organ"}
 _PLURAL = {"strings"}
 _QUOTED = re.compile(r'"([^"]*)"')
+# The "words" sentences with their three words as groups (a word: letters, elisions).
+_WORDS_SENTENCES = [
+    re.compile(
+        re.escape(t)
+        .replace(re.escape("{w1}"), r"([^\W\d_]+(?:['’][^\W\d_]+)?)")
+        .replace(re.escape("{w2}"), r"([^\W\d_]+(?:['’][^\W\d_]+)?)")
+        .replace(re.escape("{w3}"), r"([^\W\d_]+(?:['’][^\W\d_]+)?)")
+        .replace(re.escape("{theme}"), r"\w+")
+    )
+    for t in SENTENCES["words"]
+]
 _KEY = re.compile(r"\bkey of ([A-G](?:-flat|-sharp)?)(?![\w-])")
 
 
@@ -93,9 +110,10 @@ def random_caption(slots: dict[str, object], rng: random.Random) -> str:
 def parse_caption(text: str) -> dict[str, object]:
     """The slot values a caption states; slots it does not state are absent.
 
-    Quoted pieces are lyrics: the one with several words is the first line, single words are the
-    salient words. Everything else is matched against the closed vocabularies outside the quotes,
-    so a lyric word such as "piano" is never read as an instrument.
+    A quoted piece of several words is the first line; the salient words are those at the word
+    places of a "words" sentence (or single quoted words, as benchmarks built before 2026-12
+    wrote them). Everything else is matched against the closed vocabularies outside the quotes
+    and the word places, so a lyric word such as "piano" is never read as an instrument.
     """
     slots: dict[str, object] = {}
     # Quotes are kept as written (scoring normalises both sides); their word count decides.
@@ -104,9 +122,15 @@ def parse_caption(text: str) -> dict[str, object]:
     singles = [q for q in quoted if " " not in normalize_phrase(q)]
     if phrases:
         slots["first_line"] = phrases[0]
+    outside = _QUOTED.sub(lambda m: " " * len(m.group()), text)
+    found = next((m for p in _WORDS_SENTENCES if (m := p.search(outside))), None)
+    if found:
+        singles = list(found.groups())
+        for i in range(1, 4):  # blank the words, keep the sentence's theme
+            start, end = found.span(i)
+            outside = outside[:start] + " " * (end - start) + outside[end:]
     if singles:
         slots["salient_words"] = list(dict.fromkeys(singles))
-    outside = _QUOTED.sub(" ", text)
     key = _KEY.search(outside)
     if key:
         slots["key"] = key.group(1)
