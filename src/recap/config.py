@@ -355,6 +355,11 @@ def _small() -> dict[str, Any]:
         "attention_dropout": 0.0,
         "activation_dropout": 0.0,
         "fusion_scale": 1.0,
+        # Trained from scratch, the lyrics encoder collapses to input-independent states and
+        # the decoder never learns to quote unseen lyrics (issue 11): keep every token readable
+        # at the encoder's output and let the decoder point at the lyrics (docs/training.md).
+        "reconstruct_weight": 1.0,
+        "copy_head": True,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }

@@ -122,6 +122,9 @@ class RecapModel(nn.Module):
         self.copy_head = CopyHead(config.d_model) if config.copy_head else None
         if self.copy_head is not None:
             self.bart.lm_head.register_forward_hook(self.copy_head.hook)
+            self.bart.get_decoder().register_forward_pre_hook(
+                self.copy_head.read_decoder_ids, with_kwargs=True
+            )
         self.music_encoder: MusicEncoder | None = None
         if music_encoder is not None:
             self.attach_music_encoder(music_encoder)

@@ -9,8 +9,9 @@ head mixes BART's output distribution with a distribution over the source tokens
     p(w) = g · softmax(logits)(w) + (1 − g) · Σ_s a_s [src_s = w],   g = σ(w_g · h)
 
 where `a` (B, T, S) is one attention of the decoder state `h` over the encoder's output. Each key
-also sees the encoder state of the *previous* source position, so "the token after the one I just
-wrote" is a direct match: continuing a quotation needs no positional arithmetic.
+also sees the encoder state of the *previous* source position, and a learned bonus goes to the
+positions whose previous source token is the token the decoder just read: "the token after the
+one I just wrote" is a direct match, so continuing a quotation needs no positional arithmetic.
 
 It is attached to BART's `lm_head` as a forward hook, so Hugging Face's `generate` (beam search,
 sampling, caches) runs unchanged; the returned "logits" are log-probabilities, which every
@@ -36,7 +37,9 @@ class CopyHead(nn.Module):
         self.key = nn.Linear(d_model, d_model)
         self.key_previous = nn.Linear(d_model, d_model, bias=False)
         self.gate = nn.Linear(d_model, 1)
+        self.continue_bonus = nn.Parameter(torch.tensor(2.0))
         self._source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._decoder_ids: torch.Tensor | None = None
 
     @contextmanager
     def attend(
@@ -49,6 +52,13 @@ class CopyHead(nn.Module):
             yield
         finally:
             self._source = None
+            self._decoder_ids = None
+
+    def read_decoder_ids(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of BART's decoder: remember the tokens it reads, (B', T) — the whole
+        shifted caption in training, the last token per step when generating with a cache."""
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._decoder_ids = ids if self._source is not None else None
 
     def hook(self, _module: nn.Module, args: tuple[torch.Tensor, ...], logits: torch.Tensor):
         """Forward hook of `lm_head`: its input is the decoder state (B', T, d), its output the
@@ -64,6 +74,11 @@ class CopyHead(nn.Module):
         previous = F.pad(states[:, :-1], (0, 0, 1, 0))  # (B, S, d): state of position s - 1
         keys = self.key(states) + self.key_previous(previous)  # (B, S, d)
         scores = self.query(hidden) @ keys.transpose(1, 2) / math.sqrt(keys.size(-1))  # (B, T, S)
+        read = self._decoder_ids
+        if read is not None and read.shape == hidden.shape[:2]:
+            previous_ids = F.pad(ids[:, :-1], (1, 0), value=-1)  # (B, S): source token at s - 1
+            follows = read[:, :, None] == previous_ids[:, None, :]  # (B, T, S)
+            scores = scores + self.continue_bonus * follows
         scores = scores.float().masked_fill(mask[:, None, :] == 0, float("-inf"))
         attention = scores.softmax(dim=-1)  # (B, T, S)
         index = ids[:, None, :].expand(-1, hidden.size(1), -1)  # (B, T, S)
