@@ -164,12 +164,15 @@ def htk_mel_filterbank(
     n_mels: int,
     sample_rate: int,
     dtype: torch.dtype = torch.float32,
+    freq_scale: float = 1.0,
 ) -> torch.Tensor:
     """Triangular HTK-mel filterbank without normalisation, (n_freqs, n_mels).
 
     torchaudio's `melscale_fbanks(..., norm=None, mel_scale="htk")` construction. In float32
     (the default) it equals the `fb` torchaudio stores in checkpoints bit for bit; float64
     differs from it by up to 1.3e-5 (float32 rounding of the mel grid) and equals librosa's.
+    `freq_scale` multiplies every band edge (1: the mel filterbank itself); the tagger's pitch
+    shift reads a spectrum moved k semitones with freq_scale 2^(-k/12).
     """
     all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=dtype)  # (F,)
 
@@ -178,6 +181,8 @@ def htk_mel_filterbank(
 
     m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=dtype)
     f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)  # (n_mels + 2,) band edges in Hz
+    if freq_scale != 1.0:
+        f_pts = f_pts * freq_scale
     f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,)
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (F, n_mels + 2)
     down = -slopes[:, :-2] / f_diff[:-1]  # (F, n_mels) rising edge
