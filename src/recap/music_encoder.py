@@ -135,7 +135,8 @@ class MusicEncoderConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MusicEncoderConfig:
-        """`reference` (10.52 M params, the public checkpoints), `small` (CPU-trainable), `tiny` (tests)."""
+        """`reference` (10.52 M params, the public checkpoints), `small` (CPU-trainable), `tiny`
+        (tests), `mini` and `demo` (the demo's taggers, before and since issue 11)."""
         if name not in PRESETS:
             raise RecapError(
                 f"unknown music encoder preset {name!r}; choose one of {', '.join(PRESETS)}"
@@ -149,8 +150,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"n_channels": 32, "n_heads": 4},
     # ~40 k params, 32 mel bands: for tests
     "tiny": {"n_channels": 8, "n_heads": 2, "n_mels": 32},
-    # ~0.17 M params, 32 mel bands, an 80 dB floor: the demo's tagger (~2 minutes on 2 cores)
+    # ~0.17 M params, 32 mel bands, an 80 dB floor: the demo's tagger before issue 11
     "mini": {"n_channels": 16, "n_heads": 2, "n_mels": 32, "top_db": 80.0},
+    # ~0.17 M params, the demo's tagger since issue 11: `mini`'s network on a front end that
+    # resolves pitch (n_fft 2048: 7.8 Hz bins; 64 mel bands over 60 Hz-4 kHz, the melody's
+    # register) with hop 512 (32 ms frames, 256 ms tokens: half the CNN work per second)
+    "demo": {
+        "n_channels": 16,
+        "n_heads": 2,
+        "n_mels": 64,
+        "n_fft": 2048,
+        "hop_length": 512,
+        "f_min": 60.0,
+        "f_max": 4000.0,
+        "top_db": 80.0,
+    },
 }
 
 

@@ -51,7 +51,7 @@ class TaggerConfig:
 
     data: str = _opt("", "benchmark folder (songs.jsonl, audios/)")
     out: str = _opt("", "output folder: the trained encoder")
-    preset: str = _opt("small", "encoder size: tiny | small | reference")
+    preset: str = _opt("small", "encoder size: tiny | mini | demo | small | reference")
     epochs: int = _opt(12, "training epochs (the best by validation mean ROC-AUC is kept)")
     batch_size: int = _opt(32, "clips per step")
     lr: float = _opt(1e-3, "AdamW learning rate")
