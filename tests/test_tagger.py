@@ -150,12 +150,13 @@ def test_key_rotations_move_only_the_key_tags():
     assert {tags[j] for j in np.flatnonzero(y[rotations[-2]])} == {"key=A", "melody=flute"}
 
 
-def test_pitch_shifted_cosine_training_runs_from_waveforms(tmp_path):
+@pytest.mark.parametrize("pitch_shift", [3, 0])
+def test_pitch_shifted_cosine_training_runs_from_waveforms(tmp_path, pitch_shift):
     data = make_benchmark(tmp_path / "bench", per_class=4)
     cfg = TaggerConfig(
         data=str(data), out=str(tmp_path / "enc"), preset="tiny", epochs=2, batch_size=4,
         lr=3e-3, crop_seconds=4.0, workers=0, progress=False, token_loss_weight=1.0,
-        pitch_shift=3, schedule="cosine", chroma_loss_weight=1.0,
+        pitch_shift=pitch_shift, schedule="cosine", chroma_loss_weight=1.0,
     )  # fmt: skip
     metrics = train_tagger(cfg)
     assert {"melody", "tempo"} <= set(metrics["token_probe"]["per_slot"])

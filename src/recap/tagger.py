@@ -395,7 +395,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     if not len(test.song_ids):
         raise RecapError(f"{cfg.data}: no test songs to report on")
     frames = int(round(cfg.crop_seconds * encoder_cfg.sample_rate / encoder_cfg.hop_length))
-    shifter = PitchShifter(model, cfg.pitch_shift) if from_waves else None
+    shifter = PitchShifter(model, cfg.pitch_shift) if cfg.pitch_shift else None
     chroma = (
         pitch_class_profile(train.waveforms, encoder_cfg.sample_rate)
         if cfg.chroma_loss_weight and train.waveforms is not None
@@ -404,7 +404,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     chroma_head = (
         torch.nn.Linear(encoder_cfg.hidden_size, 12).to(device) if chroma is not None else None
     )
-    rotations = key_rotations(tags, cfg.pitch_shift) if from_waves else {}
+    rotations = key_rotations(tags, cfg.pitch_shift)  # {0: identity} without shifts
 
     # Training-only linear probe on the mean token (B, hidden) → (B, n_tags); not saved.
     # Made only when used, so that the default run draws the same random numbers as before.
@@ -448,11 +448,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
             if shifter is not None:
                 samples = (frames - 1) * encoder_cfg.hop_length  # `frames` frames (center=True)
                 waves = torch.from_numpy(random_wave_crops(train.waveforms[idx], samples, rng))
-                shifts = (
-                    rng.integers(-cfg.pitch_shift, cfg.pitch_shift + 1, size=len(idx))
-                    if cfg.pitch_shift
-                    else np.zeros(len(idx), dtype=int)
-                )
+                shifts = rng.integers(-cfg.pitch_shift, cfg.pitch_shift + 1, size=len(idx))
                 x = shifter(waves.to(device), shifts)  # (B, n_mels, frames) dB
                 targets = np.stack(
                     [t[rotations[int(k)]] for t, k in zip(train.targets[idx], shifts)]
@@ -461,6 +457,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
                 crops = random_crops(train.log_mels[idx], frames, rng)
                 x = torch.from_numpy(crops).to(device).float()
                 targets = train.targets[idx]
+                shifts = np.zeros(len(idx), dtype=int)
             y = torch.from_numpy(targets).to(device)
             sequence = model.embed_log_mel(x)  # (B, 1 + T', hidden)
             logits = model.tag_logits_from_sequence(sequence)  # (B, n_tags)
