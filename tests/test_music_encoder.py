@@ -233,6 +233,11 @@ def test_config_round_trip_and_presets():
     assert MusicEncoderConfig.preset("small").hidden_size == 64
     mini = MusicEncoderConfig.preset("mini")
     assert (mini.hidden_size, mini.n_mels, mini.top_db) == (32, 32, 80.0)
+    demo = MusicEncoderConfig.preset("demo")
+    assert (demo.hidden_size, demo.n_mels, demo.n_fft, demo.hop_length) == (32, 64, 2048, 512)
+    assert (demo.f_min, demo.f_max, demo.top_db) == (60.0, 4000.0, 80.0)
+    # 15 s → 469 frames → 59 tokens + CLS: half the reference's sequence
+    assert MusicEncoder(demo).output_length(240_000) == 60
     assert MusicEncoderConfig().top_db is None  # the reference has no floor
 
 

@@ -115,3 +115,71 @@ def test_token_probe_is_reported_and_selects_the_epoch(tmp_path):
     assert saved["best_epoch"] == best["epoch"]
     assert saved["val_mean_roc_auc"] == pytest.approx(best["val_token_roc_auc"])
     assert saved["selected_by"] == "token_probe"
+
+
+def test_pitch_shifter_moves_partials_by_semitones():
+    import math
+
+    import torch
+
+    from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.tagger import PitchShifter
+
+    model = MusicEncoder(
+        MusicEncoderConfig.preset("tiny", n_fft=2048, n_mels=64, f_min=60.0, f_max=4000.0)
+    )
+    shifter = PitchShifter(model, max_shift=6)
+    t = torch.arange(16_000) / 16_000
+
+    def tone(hz: float) -> torch.Tensor:
+        return torch.sin(2 * math.pi * hz * t).unsqueeze(0)  # (1, T)
+
+    # k = 0 is the encoder's own front end
+    assert torch.equal(shifter(tone(440.0), [0]), model.log_mel(tone(440.0)))
+    for hz in (110.0, 262.0, 440.0):
+        for k in (-5, -1, 2, 6):
+            moved = shifter(tone(hz), [k])[0].mean(dim=1)
+            played = model.log_mel(tone(hz * 2 ** (k / 12)))[0].mean(dim=1)
+            assert moved.argmax() == played.argmax()
+
+
+def test_key_rotations_move_only_the_key_tags():
+    from recap.bench import audio_tag_vocabulary
+    from recap.tagger import key_rotations
+
+    tags = audio_tag_vocabulary()
+    rotations = key_rotations(tags, max_shift=2)
+    assert sorted(rotations) == [-2, -1, 0, 1, 2]
+    assert list(rotations[0]) == list(range(len(tags)))
+    y = np.zeros(len(tags), np.float32)
+    y[tags.index("key=B")] = y[tags.index("melody=flute")] = 1.0
+    up = y[rotations[2]]
+    assert {tags[j] for j in np.flatnonzero(up)} == {"key=D-flat", "melody=flute"}
+    assert {tags[j] for j in np.flatnonzero(y[rotations[-2]])} == {"key=A", "melody=flute"}
+
+
+@pytest.mark.parametrize("pitch_shift", [3, 0])
+def test_pitch_shifted_cosine_training_runs_from_waveforms(tmp_path, pitch_shift):
+    data = make_benchmark(tmp_path / "bench", per_class=4)
+    cfg = TaggerConfig(
+        data=str(data), out=str(tmp_path / "enc"), preset="tiny", epochs=2, batch_size=4,
+        lr=3e-3, crop_seconds=4.0, workers=0, progress=False, token_loss_weight=1.0,
+        pitch_shift=pitch_shift, schedule="cosine", chroma_loss_weight=1.0,
+    )  # fmt: skip
+    metrics = train_tagger(cfg)
+    assert {"melody", "tempo"} <= set(metrics["token_probe"]["per_slot"])
+    # the waveform cache was filled, not the log-mel one
+    assert [p.name.split("-")[0] for p in (data / "cache").iterdir()] == ["waveform"]
+    with pytest.raises(Exception, match="schedule"):
+        train_tagger(TaggerConfig(**{**cfg.to_dict(), "schedule": "linear", "overwrite": True}))
+
+
+def test_pitch_class_profile_names_the_tone():
+    from recap.tagger import pitch_class_profile
+
+    t = np.arange(16_000) / 16_000
+    a4, e5 = np.sin(2 * np.pi * 440.0 * t), np.sin(2 * np.pi * 659.26 * t)
+    chroma = pitch_class_profile(np.stack([a4, a4 + e5]).astype(np.float32), 16_000)
+    assert chroma.shape == (2, 12) and np.allclose(chroma.sum(axis=1), 1.0)
+    assert chroma[0].argmax() == 9  # A
+    assert set(np.argsort(chroma[1])[-2:]) == {9, 4}  # A and E

@@ -135,7 +135,8 @@ class MusicEncoderConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MusicEncoderConfig:
-        """`reference` (10.52 M params, the public checkpoints), `small` (CPU-trainable), `tiny` (tests)."""
+        """`reference` (10.52 M params, the public checkpoints), `small` (CPU-trainable), `tiny`
+        (tests), `mini` and `demo` (the demo's taggers, before and since issue 11)."""
         if name not in PRESETS:
             raise RecapError(
                 f"unknown music encoder preset {name!r}; choose one of {', '.join(PRESETS)}"
@@ -149,8 +150,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"n_channels": 32, "n_heads": 4},
     # ~40 k params, 32 mel bands: for tests
     "tiny": {"n_channels": 8, "n_heads": 2, "n_mels": 32},
-    # ~0.17 M params, 32 mel bands, an 80 dB floor: the demo's tagger (~2 minutes on 2 cores)
+    # ~0.17 M params, 32 mel bands, an 80 dB floor: the demo's tagger before issue 11
     "mini": {"n_channels": 16, "n_heads": 2, "n_mels": 32, "top_db": 80.0},
+    # ~0.17 M params, the demo's tagger since issue 11: `mini`'s network on a front end that
+    # resolves pitch (n_fft 2048: 7.8 Hz bins; 64 mel bands over 60 Hz-4 kHz, the melody's
+    # register) with hop 512 (32 ms frames, 256 ms tokens: half the CNN work per second)
+    "demo": {
+        "n_channels": 16,
+        "n_heads": 2,
+        "n_mels": 64,
+        "n_fft": 2048,
+        "hop_length": 512,
+        "f_min": 60.0,
+        "f_max": 4000.0,
+        "top_db": 80.0,
+    },
 }
 
 
@@ -164,12 +178,15 @@ def htk_mel_filterbank(
     n_mels: int,
     sample_rate: int,
     dtype: torch.dtype = torch.float32,
+    freq_scale: float = 1.0,
 ) -> torch.Tensor:
     """Triangular HTK-mel filterbank without normalisation, (n_freqs, n_mels).
 
     torchaudio's `melscale_fbanks(..., norm=None, mel_scale="htk")` construction. In float32
     (the default) it equals the `fb` torchaudio stores in checkpoints bit for bit; float64
     differs from it by up to 1.3e-5 (float32 rounding of the mel grid) and equals librosa's.
+    `freq_scale` multiplies every band edge (1: the mel filterbank itself); the tagger's pitch
+    shift reads a spectrum moved k semitones with freq_scale 2^(-k/12).
     """
     all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=dtype)  # (F,)
 
@@ -178,6 +195,8 @@ def htk_mel_filterbank(
 
     m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=dtype)
     f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)  # (n_mels + 2,) band edges in Hz
+    if freq_scale != 1.0:
+        f_pts = f_pts * freq_scale
     f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,)
     slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (F, n_mels + 2)
     down = -slopes[:, :-2] / f_diff[:-1]  # (F, n_mels) rising edge

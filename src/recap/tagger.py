@@ -51,11 +51,16 @@ class TaggerConfig:
 
     data: str = _opt("", "benchmark folder (songs.jsonl, audios/)")
     out: str = _opt("", "output folder: the trained encoder")
-    preset: str = _opt("small", "encoder size: tiny | small | reference")
+    preset: str = _opt("small", "encoder size: tiny | mini | demo | small | reference")
     epochs: int = _opt(12, "training epochs (the best by validation mean ROC-AUC is kept)")
     batch_size: int = _opt(32, "clips per step")
     lr: float = _opt(1e-3, "AdamW learning rate")
     weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    schedule: str = _opt(
+        "constant",
+        "learning-rate schedule: constant, or cosine (linear warm-up over the first epoch, then "
+        "cosine decay to 0 at the last step)",
+    )
     crop_seconds: float = _opt(3.0, "random training crop (0: the whole excerpt)")
     dropout: float | None = _opt(
         None,
@@ -68,7 +73,21 @@ class TaggerConfig:
         "makes the token sequence the captioner reads learn the tags directly instead of only "
         "through the slow fixed-CLS path; the probe is reported and selects the epoch, not saved",
     )
-    seed: int = _opt(0, "seed of the weights, crops and batch order")
+    pitch_shift: int = _opt(
+        0,
+        "transpose each training crop by a random k in -N..N semitones (0: off): the crop's "
+        "power spectrum is read through the mel filterbank with its band edges scaled by "
+        "2^(-k/12), which moves every partial k semitones without changing the tempo, and the "
+        "key tags rotate by k; trains from the waveform cache instead of the log-mel cache",
+    )
+    chroma_loss_weight: float = _opt(
+        0.0,
+        "weight of an auxiliary target (0: off): a linear head on the mean encoder token "
+        "predicts the excerpt's pitch-class profile (chroma, 60 Hz-2 kHz; rotated with the "
+        "pitch shift) by soft cross-entropy, so that the tokens carry the pitch classes the "
+        "key is read from; training-only, not saved; trains from the waveform cache",
+    )
+    seed: int = _opt(0, "seed of the weights, crops, shifts and batch order")
     workers: int | None = _opt(None, "audio-decoding processes for the log-mel cache (None: all)")
     device: str = _opt("cpu", "torch device")
     progress: bool = _opt(True, "progress bars")
@@ -88,6 +107,7 @@ class TagData:
     song_ids: list[str]
     log_mels: np.ndarray  # (N, n_mels, frames) float16 dB, before the encoder's BatchNorm
     targets: np.ndarray  # (N, n_tags) float32 in {0, 1}
+    waveforms: np.ndarray | None = None  # (N, samples) float16, for pitch-shifted crops
 
 
 def read_songs(data_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -130,6 +150,86 @@ def random_crops(log_mels: np.ndarray, frames: int, rng: np.random.Generator) ->
         return log_mels
     starts = rng.integers(0, total - frames + 1, size=len(log_mels))
     return np.stack([m[:, s : s + frames] for m, s in zip(log_mels, starts)])
+
+
+def key_rotations(tags: Sequence[str], max_shift: int) -> dict[int, np.ndarray]:
+    """Per shift k, the column permutation that transposes a tag matrix by k semitones:
+    `y[:, perm]` moves "key=C" to "key=D" for k = 2; every other tag stays in place."""
+    from recap.bench.slots import TONICS
+
+    index = {t: j for j, t in enumerate(tags)}
+    rotations = {}
+    for k in range(-max_shift, max_shift + 1):
+        perm = np.arange(len(tags))
+        for i, tonic in enumerate(TONICS):
+            src, dst = f"key={tonic}", f"key={TONICS[(i + k) % 12]}"
+            if src in index and dst in index:
+                perm[index[dst]] = index[src]
+        rotations[k] = perm
+    return rotations
+
+
+class PitchShifter:
+    """Log-mels of waveform crops transposed by whole semitones, in the mel front end.
+
+    A partial at f Hz, moved k semitones, falls into the mel band that covers f * 2^(k/12); the
+    same weight is read by the band whose edges are divided by 2^(k/12), applied to the
+    unshifted power spectrum. So a shift costs one filterbank per k (built once) and no
+    resampling, and the time axis (tempo) is untouched.
+    """
+
+    def __init__(self, model: Any, max_shift: int) -> None:
+        from recap.music_encoder import htk_mel_filterbank
+
+        c = model.config
+        self.spectrogram = model.spec.spectrogram
+        self.max_shift = max_shift
+        self.filterbanks = {
+            k: htk_mel_filterbank(
+                c.n_freqs, c.f_min, c.f_max, c.n_mels, c.sample_rate, freq_scale=2 ** (-k / 12)
+            )
+            for k in range(-max_shift, max_shift + 1)
+        }  # fmt: skip
+
+    def __call__(self, waveforms: torch.Tensor, shifts: Sequence[int]) -> torch.Tensor:
+        """(B, samples) float, B shifts → dB log-mels (B, n_mels, frames), as `log_mel`."""
+        power = self.spectrogram(waveforms.float())  # (B, n_freqs, frames)
+        fb = torch.stack([self.filterbanks[int(k)] for k in shifts]).to(power)  # (B, F, M)
+        mel = torch.bmm(power.transpose(1, 2), fb).transpose(1, 2)  # (B, M, frames)
+        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+
+
+def pitch_class_profile(waveforms: np.ndarray, sample_rate: int, n_fft: int = 4096) -> np.ndarray:
+    """(N, samples) → (N, 12) chroma summing to 1 (index 0 = C): the square-rooted STFT
+    magnitude of the bins between 60 Hz and 2 kHz, each given to its nearest pitch class,
+    averaged over time."""
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    band = (freqs > 60.0) & (freqs < 2000.0)
+    pcs = np.round(12 * np.log2(freqs[band] / 440.0) + 69).astype(int) % 12
+    to_pc = torch.zeros(int(band.sum()), 12)
+    to_pc[torch.arange(len(pcs)), torch.from_numpy(pcs)] = 1.0
+    window = torch.hann_window(n_fft)
+    out = []
+    for wave in waveforms:
+        spec = torch.stft(
+            torch.from_numpy(np.asarray(wave, np.float32)),
+            n_fft,
+            n_fft // 4,
+            window=window,
+            return_complex=True,
+        ).abs()  # (F, frames)
+        out.append((spec[torch.from_numpy(band)].sqrt().T @ to_pc).mean(0))
+    chroma = torch.stack(out).numpy() if out else np.zeros((0, 12), np.float32)
+    return chroma / np.maximum(chroma.sum(axis=1, keepdims=True), 1e-12)
+
+
+def random_wave_crops(waves: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """One random window of `samples` samples per clip: (B, T) → (B, samples)."""
+    total = waves.shape[-1]
+    if samples <= 0 or samples >= total:
+        return waves
+    starts = rng.integers(0, total - samples + 1, size=len(waves))
+    return np.stack([w[s : s + samples] for w, s in zip(waves, starts)])
 
 
 # ============================================================================ metrics
@@ -269,22 +369,35 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     )
     model = MusicEncoder(encoder_cfg).to(device)
 
-    # Log-mels once, in the cache (they depend only on the mel front end, not on the weights).
+    # Log-mels once, in the cache (they depend only on the mel front end, not on the weights);
+    # with pitch shifts, the waveforms, whose crops are transposed at every step.
+    from_waves = bool(cfg.pitch_shift or cfg.chroma_loss_weight)
+    kind = "waveform" if from_waves else "logmel"
     store, report = precompute(
-        cfg.data, model, kind="logmel", song_ids=list(songs), num_workers=cfg.workers,
-        device=str(device), progress=cfg.progress,
+        cfg.data, None if from_waves else model, kind=kind, song_ids=list(songs),
+        num_workers=cfg.workers, device=str(device), progress=cfg.progress,
     )  # fmt: skip
     if len(report):
         logger.warning("%s (reasons in %s)", report.summary(), store.root / "skipped.json")
 
+    @torch.no_grad()
+    def log_mels_of(waves: np.ndarray) -> np.ndarray:
+        out = [
+            model.log_mel(torch.from_numpy(waves[i : i + 32]).float()).cpu().numpy()
+            for i in range(0, len(waves), 32)
+        ]
+        return np.concatenate(out).astype(np.float16)
+
     def split(name: str) -> TagData:
         ids = [s for s, rec in songs.items() if rec["split"] == name and s in store]
-        mels = (
-            np.stack([store[s] for s in ids])
-            if ids
-            else np.zeros((0, encoder_cfg.n_mels, 1), np.float16)
-        )
-        return TagData(ids, mels, tag_matrix([songs[s]["truth"] for s in ids], tags))
+        arrays = np.stack([store[s] for s in ids]) if ids else None
+        waves = arrays if from_waves else None
+        if arrays is None:
+            mels = np.zeros((0, encoder_cfg.n_mels, 1), np.float16)
+        else:
+            mels = log_mels_of(arrays) if from_waves else arrays
+        targets = tag_matrix([songs[s]["truth"] for s in ids], tags)
+        return TagData(ids, mels, targets, waves)
 
     train, val, test = split("train"), split("val"), split("test")
     if not len(train.song_ids):
@@ -292,6 +405,16 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     if not len(test.song_ids):
         raise RecapError(f"{cfg.data}: no test songs to report on")
     frames = int(round(cfg.crop_seconds * encoder_cfg.sample_rate / encoder_cfg.hop_length))
+    shifter = PitchShifter(model, cfg.pitch_shift) if cfg.pitch_shift else None
+    chroma = (
+        pitch_class_profile(train.waveforms, encoder_cfg.sample_rate)
+        if cfg.chroma_loss_weight and train.waveforms is not None
+        else None
+    )  # (N, 12)
+    chroma_head = (
+        torch.nn.Linear(encoder_cfg.hidden_size, 12).to(device) if chroma is not None else None
+    )
+    rotations = key_rotations(tags, cfg.pitch_shift)  # {0: identity} without shifts
 
     # Training-only linear probe on the mean token (B, hidden) → (B, n_tags); not saved.
     # Made only when used, so that the default run draws the same random numbers as before.
@@ -300,7 +423,9 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         if cfg.token_loss_weight
         else None
     )
-    params = list(model.parameters()) + (list(probe.parameters()) if probe is not None else [])
+    params = list(model.parameters())
+    for head in (probe, chroma_head):
+        params += list(head.parameters()) if head is not None else []
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
@@ -308,6 +433,18 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     best_auc, best_state, best_probe, best_epoch = -1.0, None, None, -1
     n = len(train.song_ids)
     steps = cfg.epochs * -(-n // cfg.batch_size)
+    if cfg.schedule not in ("constant", "cosine"):
+        raise RecapError(f"unknown schedule {cfg.schedule!r}: constant or cosine")
+    warmup = -(-n // cfg.batch_size)
+
+    def lr_factor(step: int) -> float:
+        if cfg.schedule == "constant":
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     bar = tqdm(total=steps, desc="tagger", disable=not cfg.progress, dynamic_ncols=True)
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
@@ -318,19 +455,37 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
             idx = order[i : i + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on one clip
                 continue
-            x = torch.from_numpy(random_crops(train.log_mels[idx], frames, rng)).to(device).float()
-            y = torch.from_numpy(train.targets[idx]).to(device)
+            if shifter is not None:
+                samples = (frames - 1) * encoder_cfg.hop_length  # `frames` frames (center=True)
+                waves = torch.from_numpy(random_wave_crops(train.waveforms[idx], samples, rng))
+                shifts = rng.integers(-cfg.pitch_shift, cfg.pitch_shift + 1, size=len(idx))
+                x = shifter(waves.to(device), shifts)  # (B, n_mels, frames) dB
+                targets = np.stack(
+                    [t[rotations[int(k)]] for t, k in zip(train.targets[idx], shifts)]
+                )
+            else:
+                crops = random_crops(train.log_mels[idx], frames, rng)
+                x = torch.from_numpy(crops).to(device).float()
+                targets = train.targets[idx]
+                shifts = np.zeros(len(idx), dtype=int)
+            y = torch.from_numpy(targets).to(device)
             sequence = model.embed_log_mel(x)  # (B, 1 + T', hidden)
             logits = model.tag_logits_from_sequence(sequence)  # (B, n_tags)
             loss = F.binary_cross_entropy_with_logits(logits, y)
+            mean_token = sequence[:, 1:].mean(dim=1)  # (B, hidden), CLS left out
             if probe is not None:
-                mean_token = sequence[:, 1:].mean(dim=1)  # (B, hidden), CLS left out
                 loss = loss + cfg.token_loss_weight * F.binary_cross_entropy_with_logits(
                     probe(mean_token), y
                 )
+            if chroma_head is not None:  # the profile moves with the shift: roll by k
+                pcp = np.stack([np.roll(chroma[j], int(k)) for j, k in zip(idx, shifts)])
+                log_p = F.log_softmax(chroma_head(mean_token), dim=-1)  # (B, 12)
+                soft_ce = -(torch.from_numpy(pcp).to(device).float() * log_p).sum(dim=-1)
+                loss = loss + cfg.chroma_loss_weight * soft_ce.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total += loss.detach() * len(idx)
             bar.update(1)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total.item() / n}
