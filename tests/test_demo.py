@@ -10,7 +10,7 @@ from recap.demo import DemoConfig, run_demo
 def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread):
     cfg = DemoConfig(
         out=str(tmp_path / "demo"),
-        limit=8,
+        limit=20,  # two test works at least: the swap test pairs different lyrics
         workers=1,
         comments_per_render=2,
         tagger_preset="tiny",

@@ -11,6 +11,7 @@ from recap.losses import (
     infonce_alignment_loss,
     masked_mean,
     recap_loss,
+    reconstruction_loss,
 )
 
 PAD = 1
@@ -115,4 +116,29 @@ def test_recap_loss_combines_named_terms():
     assert infonce.align_loss.item() == pytest.approx(
         infonce_alignment_loss(music, lyrics, temperature=0.3).item(), rel=1e-6
     )
-    assert set(terms.to_dict()) == {"loss", "caption_loss", "align_loss"}
+    assert set(terms.to_dict()) == {"loss", "caption_loss", "align_loss", "reconstruct_loss"}
+    assert terms.reconstruct_loss.item() == 0.0  # no reconstruction logits given
+
+
+def test_reconstruction_term_reads_every_lyrics_token_and_is_weighted():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 4, 11), torch.randint(0, 11, (2, 4))
+    ids = torch.randint(3, 11, (2, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    perfect = torch.full((2, 5, 11), -30.0).scatter(2, ids[..., None], 30.0)  # (B, L, V)
+    assert reconstruction_loss(perfect, ids, mask).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = perfect.roll(1, dims=2)
+    # padded positions do not count: corrupting them changes nothing
+    padded = wrong.clone()
+    padded[1, 3:] = perfect[1, 3:]
+    assert reconstruction_loss(padded, ids, mask) == pytest.approx(
+        reconstruction_loss(wrong, ids, mask)
+    )
+    terms = recap_loss(
+        logits, labels, reconstruct_logits=wrong, input_ids=ids, attention_mask=mask,
+        reconstruct_weight=0.5,
+    )  # fmt: skip
+    assert terms.reconstruct_loss.item() > 10
+    assert terms.loss.item() == pytest.approx(
+        terms.caption_loss.item() + 0.5 * terms.reconstruct_loss.item(), rel=1e-6
+    )

@@ -348,11 +348,12 @@ def _grounding(
 
 
 def _mean_over_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Headline numbers averaged over seeds, with each seed's value and the range."""
-    keys = list(runs[0]["summary"])
+    """Headline numbers averaged over seeds, with each seed's value and the range. A measure
+    only some seeds have (the grounding measures: the first seed's) is averaged over those."""
+    keys = list(dict.fromkeys(k for r in runs for k in r["summary"]))
     out: dict[str, Any] = {}
     for key in keys:
-        values = [r["summary"][key] for r in runs]
+        values = [r["summary"][key] for r in runs if key in r["summary"]]
         out[key] = float(np.mean(values))
     out["per_seed"] = {str(r["seed"]): r["summary"] for r in runs}
     return out
