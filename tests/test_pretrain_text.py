@@ -272,3 +272,18 @@ def test_cli_flags(tmp_path):
         ["pretrain-text", "--out", "x"])).curriculum == PretrainConfig().curriculum  # fmt: skip
     with pytest.raises(Exception, match="curriculum"):
         PretrainConfig(out="x", curriculum=[2]).resolved()
+
+
+def test_copy_attention_loss_reads_the_diagonal_of_copies_only():
+    # One copy and one corrupted row whose labels are longer than any source in the batch.
+    copy = pt.Corrupted([10, 11, 12], [10, 11, 12], [False] * 3, True)
+    noisy = pt.Corrupted([MASK, 13], [20, 21, 22, 23, 13], [True] * 4 + [False], False)
+    batch = pt.make_batch([copy, noisy], 0, 2, 1)
+    b, s = batch["input_ids"].shape
+    t = batch["labels"].shape[1]
+    assert t > s
+    perfect = torch.zeros(b, 2, t, s)
+    perfect[:, 0, torch.arange(s), torch.arange(s)] = 1.0
+    assert pt.copy_attention_loss([perfect], batch).item() < 1e-4
+    uniform = torch.full((b, 2, t, s), 1.0 / s)
+    assert pt.copy_attention_loss([uniform, uniform], batch).item() == pytest.approx(np.log(s))

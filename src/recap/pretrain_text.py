@@ -104,6 +104,14 @@ class PretrainConfig:
     reconstruct_weight: float = _opt(
         1.0, "weight of predicting each input token from the encoder output (0: off)"
     )
+    copy_attention_weight: float = _opt(
+        1.0,
+        "weight of a guided cross-attention loss on copies: head 0 of each decoder layer "
+        "attends to the source token it copies (0: off)",
+    )
+    decoder_input_dropout: float = _opt(
+        0.0, "share of decoder input tokens replaced by <mask> in training (0: off)"
+    )
     # --- optimisation
     curriculum: list = _opt(
         [16, 32, 64, 128], "input-length caps in tokens, trained in turn for equal step shares"
@@ -140,6 +148,10 @@ class PretrainConfig:
             raise RecapError("curriculum: one or more length caps of at least 4 tokens")
         if self.max_steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise RecapError("max_steps and batch_size must be positive and lr > 0")
+        if self.copy_attention_weight < 0 or self.reconstruct_weight < 0:
+            raise RecapError("loss weights must be >= 0")
+        if not 0 <= self.decoder_input_dropout < 1:
+            raise RecapError("decoder_input_dropout must lie in [0, 1)")
         if self.poisson_lambda <= 0:
             raise RecapError("poisson_lambda must be > 0")
         return dataclasses.replace(self, curriculum=[int(c) for c in self.curriculum])
@@ -529,6 +541,10 @@ def _bart_config(cfg: PretrainConfig, tokenizer: Any) -> Any:
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.eos_token_id,  # BART decodes from </s>
     )
+    if cfg.copy_attention_weight > 0:
+        # Attention weights are returned by the eager implementation only; the saved config
+        # does not keep it (from_bart chooses its own).
+        overrides["attn_implementation"] = "eager"
     rc = RecapConfig.preset("bart", cfg.size, **overrides)
     needed = max(cfg.curriculum) + 2  # <s> ... </s>
     if rc.max_position_embeddings < needed:
@@ -580,34 +596,73 @@ def make_batch(pairs: Sequence[Corrupted], bos: int, eos: int, pad: int) -> dict
         "attention_mask": (input_ids != pad).long(),
         "labels": labels,
         "masked": masked,
+        "copy": torch.tensor([p.copy for p in pairs], dtype=torch.bool),
     }
 
 
-def _losses(model: Any, batch: dict[str, torch.Tensor], reconstruct: bool) -> dict[str, Any]:
+def _losses(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    cfg: PretrainConfig | None = None,
+    mask_id: int | None = None,
+) -> dict[str, Any]:
+    """The denoising loss and, with `cfg` (training), the auxiliary terms it switches on."""
     from transformers.models.bart.modeling_bart import shift_tokens_right
 
     from recap.losses import reconstruction_loss
 
-    cfg = model.config
+    config = model.config
     labels = batch["labels"]
     enc = model.model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     dec_in = shift_tokens_right(
-        labels.masked_fill(labels == -100, cfg.pad_token_id),
-        cfg.pad_token_id,
-        cfg.decoder_start_token_id,
+        labels.masked_fill(labels == -100, config.pad_token_id),
+        config.pad_token_id,
+        config.decoder_start_token_id,
     )
+    if cfg is not None and cfg.decoder_input_dropout > 0:
+        # Hide some of the tokens the decoder has written so far: a decoder that can predict
+        # the next word from its own prefix never needs the encoder (the LM shortcut).
+        drop = torch.rand(dec_in.shape) < cfg.decoder_input_dropout
+        drop[:, :2] = False  # the start tokens </s> <s>
+        dec_in = dec_in.masked_fill(drop & (dec_in != config.pad_token_id), mask_id)
+    guided = cfg is not None and cfg.copy_attention_weight > 0 and bool(batch["copy"].any())
     out = model(
         encoder_outputs=enc,
         attention_mask=batch["attention_mask"],
         decoder_input_ids=dec_in,
         labels=labels,
+        output_attentions=guided,
     )
     result = {"loss": out.loss, "denoise": out.loss, "logits": out.logits}
-    if reconstruct:
+    if cfg is not None and cfg.reconstruct_weight > 0:
         logits = model.lm_head(enc.last_hidden_state) + model.final_logits_bias
-        rec = reconstruction_loss(logits, batch["input_ids"], batch["attention_mask"])
-        result["reconstruct"] = rec
+        result["reconstruct"] = reconstruction_loss(
+            logits, batch["input_ids"], batch["attention_mask"]
+        )
+    if guided:
+        result["copy_attention"] = copy_attention_loss(out.cross_attentions, batch)
     return result
+
+
+def copy_attention_loss(cross_attentions: Sequence[torch.Tensor], batch: dict) -> torch.Tensor:
+    """-log of the attention that head 0 of each decoder layer pays, at decoder step j of a copy,
+    to source position j (the token that step writes: both read <s> x1 … xn </s>).
+
+    Why: copying needs cross-attention to walk the source in step with the output. Learned from
+    the token loss alone that alignment took longer than the demo's budget (the decoder first
+    learns the language and ignores the encoder); told which position to read, as guided
+    attention does in speech synthesis, it is learned in tens of steps. Only head 0 is guided;
+    the others stay free for infilling."""
+    rows = batch["copy"]
+    # A copy's source is as long as its labels; the batch's padded widths need not agree.
+    length = min(batch["labels"].shape[1], batch["input_ids"].shape[1])
+    valid = batch["labels"][rows, :length] != -100  # (B, T)
+    idx = torch.arange(length)
+    total = torch.zeros(())
+    for attn in cross_attentions:
+        diag = attn[rows][:, 0, idx, idx]  # (B, T): step j on source position j
+        total = total - torch.log(diag.clamp_min(1e-6))[valid].mean()
+    return total / len(cross_attentions)
 
 
 # ============================================================================ evaluation
@@ -684,7 +739,7 @@ def evaluate(
             for i in pick[start : start + 32]
         ]
         batch = make_batch(pairs, bos, eos, pad)
-        logits = _losses(model, batch, False)["logits"]
+        logits = _losses(model, batch)["logits"]
         pred = logits.argmax(-1)
         m = batch["masked"]
         right += int((pred[m] == batch["labels"][m]).sum())
@@ -851,10 +906,12 @@ def pretrain_text(config: PretrainConfig) -> Path:
         batch = make_batch(pairs, bos, eos, pad)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        terms = _losses(model, batch, cfg.reconstruct_weight > 0)
+        terms = _losses(model, batch, cfg, tokenizer.mask_token_id)
         loss = terms["denoise"]
         if "reconstruct" in terms:
             loss = loss + cfg.reconstruct_weight * terms["reconstruct"]
+        if "copy_attention" in terms:
+            loss = loss + cfg.copy_attention_weight * terms["copy_attention"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
@@ -862,7 +919,7 @@ def pretrain_text(config: PretrainConfig) -> Path:
         optimizer.step()
         step += 1
         bar.update()
-        for k in ("denoise", "reconstruct"):
+        for k in ("denoise", "reconstruct", "copy_attention"):
             if k in terms:
                 sums[k] = sums.get(k, 0.0) + float(terms[k].detach())
         if step % cfg.log_every_steps == 0 or step == cfg.max_steps:
