@@ -96,10 +96,12 @@ def test_sentences_and_line_normalisation():
     text = "Meine Seel’ erhebt den Herren; und mein Geist freut sich. Amen!"
     assert split_sentences(text) == [
         "Meine Seel’ erhebt den Herren;",
-        "und mein Geist freut sich.",
-        "Amen!",
+        " und mein Geist freut sich.",
+        " Amen!",
     ]
+    # Line breaks (';' without a space) and the poet's '; ' both survive a round trip.
     assert split_sentences("one line;two line") == ["one line;", "two line"]
+    assert "".join(split_sentences(text)) == text
     assert normalize_line("Meine SEEL’, erhebt!") == normalize_line("meine seel erhebt")
 
 
@@ -162,7 +164,11 @@ def test_segments_pack_sentences_within_the_cap():
         segs = pt.make_segments(docs, tok, cap)
         assert all(0 < len(s.ids) <= cap for s in segs)
     whole = pt.make_segments(docs[:1], tok, 1000)[0]
-    assert tok.decode(whole.ids) == " ".join(docs[0])
+    # A whole song is its text, tokenised as the captioner tokenises it.
+    assert tok.decode(whole.ids) == texts[0]
+    assert whole.ids == tok(texts[0], add_special_tokens=False)["input_ids"]
+    second = pt.make_segments([docs[0][1:]], tok, 1000)[0]
+    assert tok.decode(second.ids) == "".join(docs[0][1:]).lstrip()
     assert len(whole.starts) == len(docs[0])
 
 

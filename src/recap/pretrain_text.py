@@ -118,7 +118,7 @@ class PretrainConfig:
     curriculum: list = _opt(
         [16, 32, 64, 128], "input-length caps in tokens, trained in turn for equal step shares"
     )
-    max_steps: int = _opt(800, "optimizer steps in all")
+    max_steps: int = _opt(600, "optimizer steps in all")
     batch_size: int = _opt(32, "sequences per step")
     lr: float = _opt(2e-3, "peak learning rate (AdamW)")
     warmup_steps: int = _opt(50, "linear warm-up steps")
@@ -187,13 +187,16 @@ def prepare(text: str) -> str:
     return prepare_lyrics(text)
 
 
-_SENTENCE_END = re.compile(r"(?<=;)|(?<=[.!?:])\s+")
+_SENTENCE_END = re.compile(r"(?<=;)|(?<=[.!?:])(?=\s)")
 
 
 def split_sentences(text: str) -> list[str]:
-    """The sentences (lines) of a prepared text: after each ';' (a line break or the poet's) and
-    after . ! ? : followed by a space. Stripped and non-empty; they concatenate back with ' '."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    """The sentences (lines) of a prepared text: cut after each ';' (a line break or the poet's)
+    and after . ! ? : before a space. The space stays at the start of the next sentence, so the
+    sentences concatenate back to the text exactly: the captioner reads "a;b" (a line break) and
+    "a; b" (punctuation), and so must the pretraining."""
+    parts = _SENTENCE_END.split(text.strip())
+    return [p for p in parts if p.strip()]
 
 
 def normalize_line(text: str) -> str:
@@ -403,7 +406,7 @@ def split_corpus(
     # The same text twice (one chorale in two harmonisations) is trained on once.
     unique = []
     for run in train:
-        key = " ".join(run)
+        key = "".join(run).strip()
         if key not in seen_texts:
             seen_texts.add(key)
             unique.append(run)
@@ -435,9 +438,9 @@ def make_segments(
     documents: Sequence[Sequence[str]], tokenizer: Any, cap: int, encoded: dict | None = None
 ) -> list[Segment]:
     """Pack each document's consecutive sentences greedily into segments of at most `cap` tokens
-    (a longer sentence alone is cut at `cap`). Within a segment sentences follow each other
-    after a space, which byte-level BPE makes part of the next sentence's first token; so each
-    sentence is tokenised twice (with and without the space) and the tokens concatenate."""
+    (a longer sentence alone is cut at `cap`). A segment's text is its sentences concatenated,
+    its first one without leading space; byte-level BPE pre-tokenises at these cuts, so the
+    sentences' tokens concatenate to the segment's."""
     encoded = {} if encoded is None else encoded
 
     def enc(text: str) -> list[int]:
@@ -450,10 +453,10 @@ def make_segments(
         ids: list[int] = []
         starts: list[int] = []
         for sentence in doc:
-            if ids and len(ids) + len(enc(" " + sentence)) > cap:
+            if ids and len(ids) + len(enc(sentence)) > cap:
                 segments.append(Segment(ids, starts))
                 ids, starts = [], []
-            piece = enc(" " + sentence) if ids else enc(sentence)
+            piece = enc(sentence) if ids else enc(sentence.lstrip())
             starts.append(len(ids))
             ids = ids + piece[: cap - len(ids)]
         if ids:
@@ -798,7 +801,7 @@ def _tokenizer_for(cfg: PretrainConfig, corpus: Corpus, work: Path) -> Any:
     if not (tok_dir / "tokenizer.json").is_file():
         vocab = cfg.vocab_size or RecapConfig.preset("bart", cfg.size).vocab_size
         # Trained on the training text only: held-out lines stay unseen even by the BPE.
-        train_bpe_tokenizer((" ".join(d) for d in corpus.train), vocab, out_dir=tok_dir)
+        train_bpe_tokenizer(("".join(d).strip() for d in corpus.train), vocab, out_dir=tok_dir)
     return load_tokenizer(tok_dir)
 
 
