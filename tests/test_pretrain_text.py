@@ -276,6 +276,9 @@ def test_cli_flags(tmp_path):
     assert cfg.curriculum == [8, 16] and cfg.copy_share == 0.3 and not cfg.permute_sentences
     assert dataclass_from_args(PretrainConfig, build_parser().parse_args(
         ["pretrain-text", "--out", "x"])).curriculum == PretrainConfig().curriculum  # fmt: skip
+    only_text = build_parser().parse_args(["pretrain-text", "--out", "x", "--source", "none",
+                                           "--text", "a.txt"])  # fmt: skip
+    assert dataclass_from_args(PretrainConfig, only_text).resolved().source == []
     with pytest.raises(Exception, match="curriculum"):
         PretrainConfig(out="x", curriculum=[2]).resolved()
 

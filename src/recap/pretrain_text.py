@@ -78,7 +78,7 @@ class PretrainConfig:
     out: str = _opt("", "output folder DIR (a Hugging Face BART checkpoint)")
     source: list = _opt(
         ["music21", "openscore-lieder"],
-        "lyrics of scores: music21 | openscore-lieder | a folder of scores ([] with --text only)",
+        "lyrics of scores: music21 | openscore-lieder | a folder of scores | none (--text only)",
     )
     text: list = _opt(
         [], "text files: .jsonl rows with 'lyrics' or 'text', else blank-line paragraphs"
@@ -96,7 +96,9 @@ class PretrainConfig:
     vocab_size: int = _opt(0, "size of the trained BPE (0: the size's vocab_size)")
     model_overrides: dict = _opt({}, "RecapConfig BART fields, KEY=VALUE (JSON)", flag="--set")
     position_init: str = _opt(
-        "random", "position tables: random (BART's init) | sinusoidal (scaled to init_std)"
+        "random",
+        "position tables: random (BART's init) | sinusoidal (scaled to init_std)",
+        choices=("random", "sinusoidal"),
     )
     # --- objective
     copy_share: float = _opt(0.5, "share of inputs left uncorrupted (pure copies)")
@@ -136,7 +138,8 @@ class PretrainConfig:
         """A checked copy (RecapError on bad values)."""
         if not self.out:
             raise RecapError("pretrain-text needs --out DIR")
-        if not self.source and not self.text:
+        source = [s for s in self.source if s != "none"]
+        if not source and not self.text:
             raise RecapError("nothing to read: give --source and/or --text")
         if self.position_init not in ("sinusoidal", "random"):
             raise RecapError(f"position_init must be sinusoidal or random: {self.position_init!r}")
@@ -156,7 +159,9 @@ class PretrainConfig:
             raise RecapError("decoder_input_dropout must lie in [0, 1)")
         if self.poisson_lambda <= 0:
             raise RecapError("poisson_lambda must be > 0")
-        return dataclasses.replace(self, curriculum=[int(c) for c in self.curriculum])
+        return dataclasses.replace(
+            self, source=source, curriculum=[int(c) for c in self.curriculum]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
