@@ -377,7 +377,6 @@ def split_corpus(
     its remaining runs of consecutive lines)."""
     kept = [d for d in docs if not exclusion.excludes(d)]
     stats = {"documents": len(docs), "excluded_works": len(docs) - len(kept)}
-    # Exclusion lines first drop whole documents made only of them (the same hymn text again).
     works = sorted({d.work_id or d.doc_id for d in kept})
     rng = np.random.default_rng([seed, 7])
     n_held = int(round(len(works) * held_out_share)) if held_out_share > 0 else 0
@@ -1048,6 +1047,8 @@ def register(subparsers: Any) -> None:
 
 __all__ = [
     "Corrupted",
+    "copy_attention_loss",
+    "is_finished",
     "Document",
     "Exclusion",
     "PretrainConfig",
