@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "recap.bench.cli",  # bench build | probe
     "recap.tagger",  # tagger train
     "recap.train",  # train
+    "recap.pretrain_text",  # pretrain-text
     "recap.evaluate",  # evaluate
     "recap.diagnose",  # diagnose
     "recap.score",  # score
