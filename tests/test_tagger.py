@@ -68,11 +68,12 @@ def test_tagger_learns_audible_tags_and_saves_the_encoder(tmp_path):
 
     data = make_benchmark(tmp_path / "bench", per_class=8)
     cfg = TaggerConfig(
-        data=str(data), out=str(tmp_path / "enc"), preset="tiny", epochs=10, batch_size=4,
+        data=str(data), out=str(tmp_path / "enc"), preset="tiny", epochs=20, batch_size=4,
         lr=3e-3, crop_seconds=4.0, workers=0, progress=False,
     )  # fmt: skip
     metrics = train_tagger(cfg)
-    # Chance is 0.5; pitch (melody) is the easy fact for a 40k-parameter encoder.
+    # Chance is 0.5; pitch (melody) is the easy fact for a 40k-parameter encoder (10 epochs gave
+    # 0.72 with the current packages: it needs a few more to learn it).
     assert metrics["mean_roc_auc"] >= 0.75
     assert metrics["per_tag"]["melody=flute"]["roc_auc"] >= 0.75
     assert metrics["per_tag"]["melody=oboe"]["roc_auc"] is None  # never heard: no AUC
