@@ -133,6 +133,8 @@ def test_every_row_is_evaluated_with_a_partial_last_batch(setup, tmp_path):
     # The grounding measures need the model (loss gaps, swap captions): evaluate only.
     grounding = {"distinct captions", "lyrics gap", "audio gap", "encoder dependence"}
     assert set(rescored["summary"]) == set(s) - {"per_seed"} - grounding
+    assert rescored["distinct"]["songs"] == len(SONGS)
+    assert rescored["distinct"]["captions"] == len(set(result_captions(tmp_path)))
 
 
 def test_batch_size_does_not_change_beam_search(setup, tmp_path):
@@ -238,3 +240,9 @@ def test_decode_config_checks_and_cli_parse():
     assert d.do_sample and d.seeds == (1, 2) and d.num_beams == 3 and d.top_p == 0.92
     assert DecodeConfig.from_dict(d.to_dict()) == d
     assert DecodeConfig().tag() == "beam4" and not DecodeConfig().do_sample
+
+
+def result_captions(out_dir) -> list[str]:
+    """One generated caption per song, from an evaluation's predictions.csv."""
+    with open(out_dir / "predictions.csv", encoding="utf-8", newline="") as f:
+        return list({r["song_id"]: r["prediction"] for r in csv.DictReader(f)}.values())

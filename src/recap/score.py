@@ -251,6 +251,12 @@ def score_predictions(
         # recap.bench.score_captions: mean slot accuracy over the audio / the lyrics slots.
         result["summary"]["attribute accuracy audio"] = float(accuracy["audio_mean"])
         result["summary"]["attribute accuracy lyrics"] = float(accuracy["lyrics_mean"])
+    # A grounding measure that needs no model: how many different captions for how many songs
+    # (the loss gaps and the swap test need the model: `recap evaluate`, `recap diagnose`).
+    first: dict[str, str] = {}
+    for sid, text in zip(song_ids, m.predictions):
+        first.setdefault(sid, text)
+    result["distinct"] = {"captions": len(set(first.values())), "songs": len(first)}
     if out is not None:
         atomic_write_json(Path(out), result)
         result["out"] = str(out)
