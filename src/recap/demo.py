@@ -59,7 +59,8 @@ class DemoConfig:
     tagger_chroma_weight: float = 0.0
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
-    epochs: int = 2
+    # 2 epochs left the copy head quoting one or two words of the first line (docs/results.md)
+    epochs: int = 6
     max_steps: int = 0
     train_overrides: dict[str, Any] = field(
         default_factory=lambda: {
