@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recap.utils import RecapError, atomic_write_json, known_fields
+from recap.utils import RecapError, atomic_write_json, flag_field, known_fields
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +63,7 @@ REUSE_MUTABLE = frozenset(
 )
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field whose help text becomes the command-line flag's help."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+_opt = flag_field
 
 
 @dataclass

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recap.utils import RecapError, atomic_write_json
+from recap.utils import RecapError, atomic_write_json, flag_field
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,7 @@ METRICS_NAME = "tagger_metrics.json"
 CONFIG_NAME = "tagger_config.json"
 
 
-def _opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
-    return field(default=default, metadata={"help": help})
+_opt = flag_field
 
 
 @dataclass

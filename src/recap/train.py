@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recap.batching import LengthGroupedBatchSampler
-from recap.utils import RecapError, SkipReport, atomic_write_json, known_fields
+from recap.utils import RecapError, SkipReport, atomic_write_json, flag_field, known_fields
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +63,7 @@ RESUME_MUTABLE = frozenset(
 )
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field whose help text becomes the command-line flag's help."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+_opt = flag_field
 
 
 @dataclass
