@@ -114,7 +114,7 @@ class _Stages:
 
 
 def build_bench(cfg: DemoConfig) -> Path:
-    from recap.bench.build import BuildConfig, build_benchmark
+    from recap.bench.build import build_benchmark
 
     out = cfg.root / "bench"
     if (out / "songs.jsonl").is_file() and (out / "dataset.jsonl").is_file():
@@ -128,23 +128,28 @@ def build_bench(cfg: DemoConfig) -> Path:
             )
         print(f"reusing the benchmark in {out}")
         return out
-    result = build_benchmark(
-        BuildConfig(
-            source=cfg.source,
-            out=str(out),
-            renders_per_song=cfg.renders_per_song,
-            comments_per_render=cfg.comments_per_render,
-            limit=cfg.limit,
-            seed=cfg.seed,
-            workers=cfg.workers,
-            coupling=cfg.coupling,
-        )
-    )
+    result = build_benchmark(bench_config(cfg, cfg.source, out, cfg.limit, coupling=cfg.coupling))
     print(
         f"{result.songs} songs ({result.works} works), {result.rows} interpretations, "
         f"{result.renders_per_second:.1f} renders/s; {result.skipped.summary()}"
     )
     return out
+
+
+def bench_config(cfg: DemoConfig, source: str, out: Path, limit: int | None, **kw: Any) -> Any:
+    """The demo's benchmark settings for `source` (a `recap.bench.build.BuildConfig`)."""
+    from recap.bench.build import BuildConfig
+
+    return BuildConfig(
+        source=source,
+        out=str(out),
+        renders_per_song=cfg.renders_per_song,
+        comments_per_render=cfg.comments_per_render,
+        limit=limit,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        **kw,
+    )
 
 
 def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
@@ -213,7 +218,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
 def cross_corpus(cfg: DemoConfig, encoder: Path, records: list[dict[str, Any]]) -> dict | None:
     """Build a small all-test benchmark from `cfg.cross_source` and evaluate every Table 1
     captioner on it with the same encoder and decoding; None when the source is missing."""
-    from recap.bench.build import BuildConfig, build_benchmark
+    from recap.bench.build import build_benchmark
     from recap.cache import ensure_embeddings
     from recap.evaluate import evaluate
 
@@ -222,17 +227,10 @@ def cross_corpus(cfg: DemoConfig, encoder: Path, records: list[dict[str, Any]]) 
         return None
     out = cfg.root / "cross" / "bench"
     if not (out / "songs.jsonl").is_file():
+        # every work is a test work
+        split = (0.0, 0.0, 1.0)
         build_benchmark(
-            BuildConfig(
-                source=cfg.cross_source,
-                out=str(out),
-                renders_per_song=cfg.renders_per_song,
-                comments_per_render=cfg.comments_per_render,
-                limit=cfg.cross_limit,
-                seed=cfg.seed,
-                workers=cfg.workers,
-                split_fractions=(0.0, 0.0, 1.0),  # every work is a test work
-            )
+            bench_config(cfg, cfg.cross_source, out, cfg.cross_limit, split_fractions=split)
         )
     from recap.bench import load_truth
 
