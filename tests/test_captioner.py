@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,27 @@ def test_caption_cli_manifest_csv_and_jsonl(model_dir, songs_dir, tmp_path, capt
         main(["caption", str(bad), "--model", str(model_dir), "--out", str(tmp_path / "o.jsonl")])
         == 2
     )
+
+
+def test_a_folder_of_runs_resolves_to_its_one_model_or_lists_them(tmp_path):
+    from recap.captioner import resolve_model_dir
+
+    def run(*parts: str) -> Path:
+        best = tmp_path.joinpath(*parts, "best")
+        best.mkdir(parents=True)
+        (best / "config.json").write_text("{}")
+        (best / "model.safetensors").write_bytes(b"")
+        return best
+
+    demo = tmp_path / "demo"
+    (demo / "tagger").mkdir(parents=True)
+    (demo / "tagger" / "config.json").write_text("{}")  # a music encoder, not a captioner
+    only = run("demo", "experiments", "full", "bart", "seed0")
+    assert resolve_model_dir(demo) == only  # the one model below
+    recap = run("demo", "experiments", "full", "recap", "seed0")
+    run("demo", "experiments", "full", "bart-fusion", "seed0")
+    with pytest.raises(RecapError, match="holds 3 trained models") as err:
+        resolve_model_dir(demo)
+    assert str(recap) in str(err.value)  # the message lists where they are
+    (demo / "demo_config.json").write_text("{}")
+    assert resolve_model_dir(demo) == recap  # `recap demo`'s captioner is its RECAP model

@@ -53,7 +53,8 @@ MAX_SEED = 2**64 - 1  # torch.manual_seed's range
 
 # ---------------------------------------------------------------------------- model folders
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model folder behind `path`: a model folder itself, or a training RUN's `best/`."""
+    """The model folder behind `path`: a model folder itself, a training RUN's `best/`, the
+    RECAP model of a `recap demo` folder, or the one best model anywhere below `path`."""
     path = Path(path)
     if not path.exists():
         raise RecapError(f"model folder {path} does not exist")
@@ -61,10 +62,27 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     for candidate in (path, path / "best", path / "best.old"):
         if (candidate / "config.json").is_file():
             return candidate
+    found = _best_models_below(path)
+    if (path / "demo_config.json").is_file():
+        # The demo trains three methods (and the sweep): its captioner is the RECAP model.
+        demo = [f for f in found if f.parts[-4:-2] == ("full", "recap")]
+        found = demo or found
+    if len(found) == 1:
+        return found[0]
+    listing = "".join(f"\n  {f}" for f in found[:12]) + ("\n  …" if len(found) > 12 else "")
     raise RecapError(
         f"{path} is neither a model folder (config.json + model.safetensors) nor a training run "
         "with a best/ model folder"
+        + (f"; it holds {len(found)} trained models, pass one of them:{listing}" if found else "")
     )
+
+
+def _best_models_below(path: Path, depth: int = 6) -> list[Path]:
+    """Every RUN/best model folder at most `depth` levels below `path`, sorted."""
+    found = []
+    for level in range(1, depth + 1):
+        found += [c.parent for c in path.glob("/".join(["*"] * level) + "/config.json")]
+    return sorted({f for f in found if f.name == "best" and (f / "model.safetensors").is_file()})
 
 
 def load_model_and_tokenizer(path: str | os.PathLike, device: Any = None) -> tuple[Any, Any, Path]:
