@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,15 +109,15 @@ def caption_losses(
     """Token-weighted mean caption loss (nats) over `examples` (train.Example) with each one's
     lyrics taken from example `lyrics_from[i]` and music from `music_from[i]` (default: own)."""
     import torch
-    import torch.nn.functional as F
 
-    from recap.losses import IGNORE_INDEX
+    from recap.losses import caption_loss
     from recap.train import Collator
 
     n = len(examples)
     lyrics_from = list(lyrics_from) if lyrics_from is not None else list(range(n))
     music_from = list(music_from) if music_from is not None else list(range(n))
     collate = Collator(pad_token_id=model.config.pad_token_id)
+    pad = collate.pad_token_id
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
     model.eval()
@@ -130,21 +131,15 @@ def caption_losses(
         with torch.inference_mode():
             out = model(
                 input_ids.to(device),
-                (input_ids != collate.pad_token_id).long().to(device),
+                (input_ids != pad).long().to(device),
                 labels=labels.to(device),
                 music_embeds=music_t,
             )
-        targets = labels.to(device).masked_fill(labels.to(device) == collate.pad_token_id, -100)
-        # (B, T, V) -> (B*T, V): a sum, so batches of different token counts weigh correctly
-        total += float(
-            F.cross_entropy(
-                out.logits.reshape(-1, out.logits.size(-1)).float(),
-                targets.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-        )
-        tokens += int((targets != IGNORE_INDEX).sum())
+        # The mean over this batch's caption tokens (padding masked whatever the model's loss
+        # setting), times their count: batches of different token counts weigh correctly.
+        counted = int((labels != pad).sum())
+        total += float(caption_loss(out.logits, labels, pad, include_padding=False)) * counted
+        tokens += counted
     return total / max(tokens, 1)
 
 
@@ -325,8 +320,6 @@ def diagnose(
     model = RecapModel.from_pretrained(target.model_dir)
     if model.tokenizer is None:
         raise RecapError(f"{target.model_dir} holds no tokenizer files")
-    from pathlib import Path
-
     music = _music_for(
         model, target, Path(data_dir), sorted({r.song_id for r in rows}), encoder, None
     )

@@ -783,7 +783,7 @@ class Trainer:
             for batch in self.loader:
                 n_tokens = batch.pop("n_tokens")
                 batch = _to_device(batch, acc.device)
-                if state.step <= cfg.warmup_steps:
+                if cfg.warmup_steps and state.step <= cfg.warmup_steps:
                     # Derived from the step, so a resumed run warms up exactly as an unbroken one.
                     factor = min(1.0, (state.step + 1) / max(cfg.warmup_steps, 1))
                     for group in self.optimizer.param_groups:

@@ -21,7 +21,7 @@ SALIENT_WORDS = 3
 # Captions quote the lyrics as written (case, apostrophes) so that stating them is copying the
 # tokens the model reads; a lower-cased quote would ask a captioner to learn a case mapping for
 # every word it has never seen. Scoring compares both sides through `normalize_phrase`.
-_WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
+WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?", re.UNICODE)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _lower(word: str) -> str:
 
 
 def _word_matches(text: str) -> list[re.Match[str]]:
-    return list(_WORD.finditer(unicodedata.normalize("NFC", text)))
+    return list(WORD.finditer(unicodedata.normalize("NFC", text)))
 
 
 def opening(text: str, n: int = FIRST_LINE_WORDS) -> str:

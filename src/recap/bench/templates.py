@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import re
 
-from recap.bench.facts import normalize_phrase
+from recap.bench.facts import WORD, normalize_phrase
 from recap.bench.slots import ALL_SLOTS, VOCABULARIES
 
 # One list of wordings per family; {a_melody} is the instrument with its article.
@@ -56,9 +56,9 @@ _QUOTED = re.compile(r'"([^"]*)"')
 _WORDS_SENTENCES = [
     re.compile(
         re.escape(t)
-        .replace(re.escape("{w1}"), r"([^\W\d_]+(?:['’][^\W\d_]+)?)")
-        .replace(re.escape("{w2}"), r"([^\W\d_]+(?:['’][^\W\d_]+)?)")
-        .replace(re.escape("{w3}"), r"([^\W\d_]+(?:['’][^\W\d_]+)?)")
+        .replace(re.escape("{w1}"), f"({WORD.pattern})")
+        .replace(re.escape("{w2}"), f"({WORD.pattern})")
+        .replace(re.escape("{w3}"), f"({WORD.pattern})")
         .replace(re.escape("{theme}"), r"\w+")
     )
     for t in SENTENCES["words"]
