@@ -43,8 +43,8 @@ def make_clips(folder: Path, n: int, seconds: float = 30.0, sr: int = 44100) -> 
 
 
 def recap_pipeline(duration: float) -> Callable[[Path], np.ndarray]:
-    from recap.audio import AudioConfig, load_excerpt
-    from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.data.audio import AudioConfig, load_excerpt
+    from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
 
     config = AudioConfig(duration=duration)
     encoder = MusicEncoder(MusicEncoderConfig()).eval()  # reference front end: 128 mels
@@ -72,7 +72,7 @@ def librosa_pipeline(duration: float | None) -> Callable[[Path], np.ndarray]:
 
 def cache_sizes() -> dict[str, int]:
     """Bytes on disk per song for each cache kind (one float16 .npy each)."""
-    from recap.cache import FeatureStore
+    from recap.data.cache import FeatureStore
 
     shapes = {"embeddings": (119, 256), "logmel": (128, 938), "waveform": (240_000,)}
     out = {}

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recap.captioner import Captioner
-from recap.index import IndexSettings, make_faiss_index, normalize
+from recap.inference.captioner import Captioner
+from recap.inference.index import IndexSettings, make_faiss_index, normalize
 
 
 def make_captioner(size: str, folder: Path) -> Captioner:
-    from recap.config import RecapConfig
-    from recap.model import RecapModel
-    from recap.tokenizer import train_bpe_tokenizer
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+    from recap.models.tokenizer import train_bpe_tokenizer
 
     config = RecapConfig.preset("recap", size, with_music_encoder=True)
     words = "love night river heart road dance song light rain home fire sea".split()

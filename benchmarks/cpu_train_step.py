@@ -20,8 +20,8 @@ import torch
 def _step_seconds(overrides: dict, args: argparse.Namespace, profile: bool = False) -> float:
     from transformers.optimization import Adafactor
 
-    from recap.config import RecapConfig
-    from recap.model import RecapModel
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
 
     torch.manual_seed(0)
     config = RecapConfig.preset(args.method, "small", music="mini", **overrides)

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from transformers import BartForConditionalGeneration
 
-from recap.config import RecapConfig
-from recap.model import RecapModel
-from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+from recap.models.config import RecapConfig
+from recap.models.model import RecapModel
+from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
 
 H100_BF16_PEAK = 989e12
 DOCS = Path(__file__).resolve().parents[1] / "docs"

@@ -43,8 +43,8 @@ def decode(data: Path, work: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _excerpt(data: str, song_id: str) -> np.ndarray:
-    from recap.audio import AudioConfig, load_excerpt
-    from recap.data import audio_path
+    from recap.data.audio import AudioConfig, load_excerpt
+    from recap.data.songs import audio_path
 
     return load_excerpt(audio_path(Path(data), song_id), AudioConfig()).waveform
 
@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    import recap.cache
+    import recap.data.cache
     from recap import music_encoder, tagger
 
     work = Path(args.work)
@@ -74,7 +74,7 @@ def main() -> None:
     class Store(dict):
         root = work
 
-    def from_memory(data, model, kind, song_ids, **_):  # stands in for recap.cache.precompute
+    def from_memory(data, model, kind, song_ids, **_):  # stands in for recap.data.cache.precompute
         store = Store()
         with torch.inference_mode():
             for i in range(0, len(ids), 32):
@@ -84,7 +84,7 @@ def main() -> None:
                     store[sid] = array.astype(np.float16)
         return store, []
 
-    recap.cache.precompute = from_memory
+    recap.data.cache.precompute = from_memory
     overrides = json.loads(args.tagger)
     cfg = {
         "data": args.data, "out": str(work / "runs" / args.name), "preset": "sweep",

@@ -53,10 +53,10 @@ def make_tiny_model(folder: Path, steps: int = 80) -> Path:
 def _train_tiny_model(folder: Path, steps: int) -> Path:
     import torch
 
-    from recap.audio import AudioConfig, excerpt_from_array
-    from recap.config import RecapConfig
-    from recap.model import RecapModel
-    from recap.tokenizer import train_bpe_tokenizer
+    from recap.data.audio import AudioConfig, excerpt_from_array
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+    from recap.models.tokenizer import train_bpe_tokenizer
 
     torch.manual_seed(0)
     texts = [lyr for _, _, lyr in SONGS] + list(CAPTIONS.values())

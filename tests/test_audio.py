@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from recap.audio import AudioConfig, AudioError, check_audio_file, excerpt_from_array, load_excerpt
+from recap.data.audio import (
+    AudioConfig,
+    AudioError,
+    check_audio_file,
+    excerpt_from_array,
+    load_excerpt,
+)
 from recap.utils import RecapError
 
 N = 240_000

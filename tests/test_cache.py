@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 import torch
 
-import recap.cache as cache
 import recap.cli
-from recap.audio import AudioConfig, load_excerpt
-from recap.cache import EmbeddingStore, FeatureStore, cache_key, ensure_embeddings, precompute
-from recap.data import audio_path
-from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+import recap.data.cache as cache
+from recap.data.audio import AudioConfig, load_excerpt
+from recap.data.cache import EmbeddingStore, FeatureStore, cache_key, ensure_embeddings, precompute
+from recap.data.songs import audio_path
+from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
 
 GOOD = ["s0", "S0", "s1", "s2", "s3"]  # "s0"/"S0": ids differing only in case must not collide
 
@@ -161,7 +161,7 @@ def test_ensure_embeddings_computes_only_the_requested_songs(
 def test_precompute_command(
     dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.cache",))
+    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data.cache",))
     argv = ["precompute", "--data", str(dataset), "--kind", "waveform", "--workers", "0"]
     assert recap.cli.main(argv + ["--duration", "1"]) == 0
     out = capsys.readouterr().out
@@ -170,7 +170,7 @@ def test_precompute_command(
 
 
 def test_a_song_the_encoder_fails_on_does_not_stop_the_others(dataset: Path, encoder, monkeypatch):
-    import recap.cache as cache_mod
+    import recap.data.cache as cache_mod
 
     real = cache_mod._run_batch
 

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from support import SONGS
 
-from recap.captioner import Captioner, collect_inputs
 from recap.cli import main
+from recap.inference.captioner import Captioner, collect_inputs
 from recap.utils import RecapError
 
 
@@ -194,7 +194,7 @@ def test_caption_cli_manifest_csv_and_jsonl(model_dir, songs_dir, tmp_path, capt
 
 
 def test_a_folder_of_runs_resolves_to_its_one_model_or_lists_them(tmp_path):
-    from recap.captioner import resolve_model_dir
+    from recap.inference.captioner import resolve_model_dir
 
     def run(*parts: str) -> Path:
         best = tmp_path.joinpath(*parts, "best")

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 import recap.cli
-from recap.data import Row, audio_path, load_rows, load_splits, random_split_indices
+from recap.data.songs import Row, audio_path, load_rows, load_splits, random_split_indices
 from recap.utils import RecapError, SkipReport
 
 RECORDS = [
@@ -31,7 +31,7 @@ RECORDS = [
 @pytest.fixture
 def cli_main(monkeypatch: pytest.MonkeyPatch):
     """The real `recap` entry point with only this module's commands registered."""
-    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data",))
+    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data.songs",))
     return recap.cli.main
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 from test_train import fake_music_embeddings, final_weights, make_dataset, tiny_config
 
-import recap.train as train_mod
+import recap.training.train as train_mod
 
 # No dropout: each rank would draw masks for its half of the batch, one process for all of it.
 NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}

@@ -11,21 +11,21 @@ from support import CAPTIONS, RATE, SONGS, tone
 
 from recap.bench.slots import ALL_SLOTS, AUDIO_SLOTS, LYRICS_SLOTS, VOCABULARIES
 from recap.bench.templates import FAMILIES, render_caption
-from recap.data import Row
-from recap.diagnose import (
+from recap.data.songs import Row
+from recap.evaluation.diagnose import (
     diagnose_examples,
     distinct_captions,
     grounding,
     partner_pairing,
     swap_test,
 )
-from recap.model import RecapModel
-from recap.train import tokenize_rows
+from recap.models.model import RecapModel
+from recap.training.train import tokenize_rows
 
 
 def _music(model: RecapModel) -> dict:
     """song id -> (M, D) sequence of the model's own frozen encoder, as the cache would hold."""
-    from recap.audio import AudioConfig, excerpt_from_array
+    from recap.data.audio import AudioConfig, excerpt_from_array
 
     waves = torch.from_numpy(
         np.stack([excerpt_from_array(tone(f), RATE, AudioConfig()).waveform for _, f, _ in SONGS])

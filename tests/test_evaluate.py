@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recap.evaluate import DecodeConfig, evaluate, resolve_target
+from recap.evaluation.evaluate import DecodeConfig, evaluate, resolve_target
 from recap.utils import RecapError
 
 SONGS = {
@@ -56,9 +56,9 @@ def make_dataset(folder: Path) -> Path:
 def make_model(folder: Path, method: str) -> Path:
     import torch
 
-    from recap.config import RecapConfig
-    from recap.model import RecapModel
-    from recap.tokenizer import train_bpe_tokenizer
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+    from recap.models.tokenizer import train_bpe_tokenizer
 
     torch.manual_seed(0)
     texts = list(SONGS.values()) + [c for _, c in TEST_ROWS]
@@ -126,7 +126,7 @@ def test_every_row_is_evaluated_with_a_partial_last_batch(setup, tmp_path):
     assert saved["runs"][0]["paper"]["n_items"] == len(TEST_ROWS)
     assert "per_example" not in json.dumps(saved)  # the CSV holds the texts
     # `recap score` reads the written predictions back, row by row.
-    from recap.score import score_predictions
+    from recap.evaluation.score import score_predictions
 
     rescored = score_predictions(tmp_path / "predictions.csv", data, meteor15=False, bootstrap=20)
     assert rescored["matching"]["rows_matched_by_reference"] == len(TEST_ROWS)
@@ -156,7 +156,7 @@ def test_batch_size_does_not_change_beam_search(setup, tmp_path):
 
 
 def test_fusion_model_sampled_over_seeds_reads_music(setup, tmp_path):
-    from recap.config import RecapConfig
+    from recap.models.config import RecapConfig
 
     _, data, _, fusion = setup
     dim = RecapConfig.load(fusion / "config.json").music_dim
@@ -215,7 +215,7 @@ def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path, caplog
     # No done.json: an unfinished run is evaluated, with a warning in the log, JSON and printout.
     assert result["run_status"]["finished"] is False
     assert "unfinished run" in caplog.text
-    from recap.evaluate import format_summary
+    from recap.evaluation.evaluate import format_summary
 
     assert "WARNING" in format_summary(result) and "done.json" in format_summary(result)
     (run / "done.json").write_text("{}")
@@ -227,7 +227,7 @@ def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path, caplog
 def test_decode_config_checks_and_cli_parse():
     import argparse
 
-    from recap.evaluate import decode_from_args, register
+    from recap.evaluation.evaluate import decode_from_args, register
 
     with pytest.raises(RecapError):
         DecodeConfig(top_p=0)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from recap import experiment as ex
+from recap.evaluation import experiment as ex
 
 
 def fake_summary(base: float, audio: float) -> dict[str, float]:
@@ -176,7 +176,7 @@ def test_cli_parses_table1_and_sweep():
 def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     import os
 
-    from recap.evaluate import DecodeConfig
+    from recap.evaluation.evaluate import DecodeConfig
 
     cfg = ex.ExperimentConfig(
         data="d", decode=DecodeConfig(num_beams=2), meteor15=False, bootstrap=50
@@ -185,7 +185,7 @@ def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     run.mkdir()
     (run / "done.json").write_text("{}")
     metrics = run / "metrics.json"
-    from recap.metrics import METRICS_VERSION
+    from recap.evaluation.metrics import METRICS_VERSION
 
     saved = {
         "decode": cfg.decode.to_dict(),
@@ -212,9 +212,9 @@ def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
 
 def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path, monkeypatch):
     """The authors' seed protocol, checked on the calls (training and decoding are stubbed)."""
-    import recap.evaluate
-    import recap.train
-    from recap.evaluate import DecodeConfig
+    import recap.evaluation.evaluate
+    import recap.training.train
+    from recap.evaluation.evaluate import DecodeConfig
 
     trained, evaluated = [], []
 
@@ -230,8 +230,8 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
         evaluated.append((json.loads((run / "train_config.json").read_text())["seed"], decode))
         return {"summary": fake_summary(0.3, 0.5), "decode": decode.to_dict(), "n_examples": 3}
 
-    monkeypatch.setattr(recap.train, "train", fake_train)
-    monkeypatch.setattr(recap.evaluate, "evaluate", fake_evaluate)
+    monkeypatch.setattr(recap.training.train, "train", fake_train)
+    monkeypatch.setattr(recap.evaluation.evaluate, "evaluate", fake_evaluate)
     cfg = ex.ExperimentConfig(
         data="d",
         out=str(tmp_path / "out"),

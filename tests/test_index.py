@@ -10,7 +10,7 @@ import pytest
 from support import SONGS
 
 from recap.cli import main
-from recap.index import (
+from recap.inference.index import (
     IndexSettings,
     Searcher,
     SongEntry,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recap.losses import (
+from recap.models.losses import (
     caption_loss,
     cosine_alignment_loss,
     first_of_each_song,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recap import metrics
+from recap.evaluation import metrics
 from recap.utils import RecapError
 
 

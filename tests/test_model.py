@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
 
-from recap.config import FORMAT_VERSION, RecapConfig
-from recap.model import RecapModel
-from recap.music_encoder import MusicEncoder, MusicEncoderConfig
-from recap.tokenizer import train_bpe_tokenizer
+from recap.models.config import FORMAT_VERSION, RecapConfig
+from recap.models.model import RecapModel
+from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
+from recap.models.tokenizer import train_bpe_tokenizer
 from recap.utils import RecapError
 
 SAMPLE_RATE = 16000

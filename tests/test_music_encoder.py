@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from recap.music_encoder import (
+from recap.models.music_encoder import (
     MusicEncoder,
     MusicEncoderConfig,
     htk_mel_filterbank,
@@ -274,7 +274,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 
 def test_preset_name_loads_untrained_with_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="recap.music_encoder"):
+    with caplog.at_level(logging.WARNING, logger="recap.models.music_encoder"):
         model = load_music_encoder("tiny")
     assert isinstance(model, MusicEncoder) and not model.training
     assert "not a trained model" in caplog.text

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import recap.pretrain_text as pt
-from recap.pretrain_text import (
+import recap.training.pretrain_text as pt
+from recap.training.pretrain_text import (
     Document,
     Exclusion,
     PretrainConfig,
@@ -155,7 +155,7 @@ def test_val_and_test_works_of_a_benchmark_are_excluded(tmp_path):
 
 
 def test_segments_pack_sentences_within_the_cap():
-    from recap.tokenizer import train_bpe_tokenizer
+    from recap.models.tokenizer import train_bpe_tokenizer
 
     texts = [pt.prepare(lyrics(i)) for i in range(30)]
     tok = train_bpe_tokenizer(texts, vocab_size=300)
@@ -190,8 +190,8 @@ def tiny_config(tmp_path: Path, **overrides) -> PretrainConfig:
 
 
 def test_pretraining_writes_a_bart_folder_that_from_bart_and_train_load(tmp_path):
-    from recap.config import RecapConfig
-    from recap.model import RecapModel
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
 
     out = pretrain_text(tiny_config(tmp_path))
     for name in ("config.json", "model.safetensors", "tokenizer.json", "pretrain_metrics.json"):
@@ -251,7 +251,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 def test_cli_flags(tmp_path):
     from recap.cli import build_parser
-    from recap.train import dataclass_from_args
+    from recap.training.train import dataclass_from_args
 
     args = build_parser().parse_args(
         [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import recap.cli
-from recap.score import read_predictions, score_predictions
+from recap.evaluation.score import read_predictions, score_predictions
 from recap.utils import RecapError
 
 # Three test songs with two or three interpretations each, one train row.

@@ -21,8 +21,8 @@ import torch
 from support import RATE, SONGS, tone
 from test_train import fake_music_embeddings, make_dataset, tiny_config
 
-import recap.train as train_mod
-from recap.captioner import Captioner, DecodeOptions, caption_files, collect_inputs
+import recap.training.train as train_mod
+from recap.inference.captioner import Captioner, DecodeOptions, caption_files, collect_inputs
 from recap.utils import RecapError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -117,8 +117,8 @@ def test_resume_accepts_other_spellings_of_the_same_paths(paused_run, tmp_path, 
 
 
 def test_tokenizer_with_auto_map_is_refused_without_a_prompt(tmp_path, monkeypatch):
-    from recap.model import _maybe_tokenizer
-    from recap.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from recap.models.model import _maybe_tokenizer
+    from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     folder = tmp_path / "model"
     train_bpe_tokenizer(["some words to learn", "more words"] * 5, 300, out_dir=folder)
@@ -144,8 +144,8 @@ def test_tokenizer_with_auto_map_is_refused_without_a_prompt(tmp_path, monkeypat
 
 @pytest.mark.parametrize("song_id", ["x" * 300, "夜の歌" * 40, "Ünïcødé ~ name"])
 def test_long_and_non_ascii_song_ids_are_safe_file_names(tmp_path, song_id):
-    from recap.cache import FeatureStore
-    from recap.data import audio_path, dataset_stats
+    from recap.data.cache import FeatureStore
+    from recap.data.songs import audio_path, dataset_stats
 
     store = FeatureStore.create(tmp_path / "store", {"kind": "embeddings"})
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -211,7 +211,7 @@ def test_cli_reports_a_bad_seed_without_a_traceback(model_dir, songs_dir, tmp_pa
 
 
 def test_huge_float_audio_is_refused_not_captioned_empty(model_dir, tmp_path):
-    from recap.audio import AudioError, load_excerpt
+    from recap.data.audio import AudioError, load_excerpt
 
     path = tmp_path / "loud.wav"
     sf.write(path, (tone((440.0,)) * 1e30).astype(np.float32), RATE, subtype="FLOAT")
@@ -240,7 +240,7 @@ def test_model_with_nan_weights_is_refused(model_dir, tmp_path):
 
 
 def test_nan_index_vectors_are_an_error_not_zero_hits(tmp_path):
-    from recap.index import IndexSettings, SongEntry, SongIndex
+    from recap.inference.index import IndexSettings, SongEntry, SongIndex
 
     vectors = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     songs = [SongEntry(f"s{i}", "", f"k{i}") for i in range(4)]
@@ -296,7 +296,7 @@ def _corruptions():
 
 @pytest.mark.parametrize("case", sorted(_corruptions()))
 def test_corrupt_index_folders_give_clear_errors(tmp_path, case):
-    from recap.index import IndexSettings, SongEntry, SongIndex
+    from recap.inference.index import IndexSettings, SongEntry, SongIndex
 
     vectors = np.random.default_rng(1).standard_normal((20, 8)).astype(np.float32)
     songs = [SongEntry(f"s{i}", "line", f"k{i}") for i in range(20)]
@@ -307,8 +307,8 @@ def test_corrupt_index_folders_give_clear_errors(tmp_path, case):
 
 
 def test_saved_ivf_lists_are_read_not_retrained(tmp_path, monkeypatch):
-    import recap.index as index_mod
-    from recap.index import IndexSettings, SongEntry, SongIndex
+    import recap.inference.index as index_mod
+    from recap.inference.index import IndexSettings, SongEntry, SongIndex
 
     vectors = np.random.default_rng(2).standard_normal((400, 8)).astype(np.float32)
     songs = [SongEntry(f"s{i}", "", f"k{i}") for i in range(400)]
@@ -325,7 +325,7 @@ def test_saved_ivf_lists_are_read_not_retrained(tmp_path, monkeypatch):
 
 
 def test_index_build_refuses_a_bad_out_before_embedding(model_dir, songs_dir, tmp_path):
-    from recap.index import build_index
+    from recap.inference.index import build_index
 
     out = tmp_path / "taken"
     out.mkdir()
@@ -336,7 +336,7 @@ def test_index_build_refuses_a_bad_out_before_embedding(model_dir, songs_dir, tm
 
 
 def test_best_old_is_used_after_a_kill_between_renames(model_dir, tmp_path):
-    from recap.captioner import resolve_model_dir
+    from recap.inference.captioner import resolve_model_dir
 
     run = tmp_path / "run"
     shutil.copytree(model_dir, run / "best.old")
@@ -369,7 +369,7 @@ def test_bad_manifest_rows_are_skipped_and_reported(model_dir, songs_dir, tmp_pa
 
 
 def test_csv_with_a_byte_order_mark(model_dir, songs_dir, tmp_path):
-    from recap.data import load_rows
+    from recap.data.songs import load_rows
 
     manifest = tmp_path / "songs.csv"
     manifest.write_text(f"audio,lyrics\n{songs_dir / 'road.wav'},long road\n", "utf-8-sig")
@@ -413,7 +413,7 @@ def test_out_that_is_a_folder_is_refused_before_work(model_dir, songs_dir, tmp_p
 
 
 def test_outputs_honour_the_umask(tmp_path):
-    from recap.index import IndexSettings, SongEntry, SongIndex
+    from recap.inference.index import IndexSettings, SongEntry, SongIndex
     from recap.utils import atomic_write_text
 
     old = os.umask(0o022)
@@ -430,9 +430,9 @@ def test_outputs_honour_the_umask(tmp_path):
 
 
 def test_deeply_nested_json_is_a_clear_error(tmp_path):
-    from recap.captioner import read_manifest
-    from recap.config import RecapConfig
-    from recap.data import load_rows
+    from recap.data.songs import load_rows
+    from recap.inference.captioner import read_manifest
+    from recap.models.config import RecapConfig
 
     deep = "[" * 100_000 + "]" * 100_000
     (tmp_path / "dataset.json").write_text(deep)

@@ -15,9 +15,9 @@ import pytest
 import soundfile as sf
 from support import RATE, SONGS, tone
 
-from recap.captioner import Captioner, DecodeOptions
-from recap.index import Searcher, build_index
-from recap.serve import ServeSettings, create_app
+from recap.inference.captioner import Captioner, DecodeOptions
+from recap.inference.index import Searcher, build_index
+from recap.inference.serve import ServeSettings, create_app
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import pytest
 from support import SONGS
 from test_serve import LiveServer, start_server
 
-from recap.captioner import Captioner
+from recap.inference.captioner import Captioner
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

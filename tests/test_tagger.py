@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from recap.bench import AUDIO_SLOTS
-from recap.tagger import TaggerConfig, format_metrics, tag_metrics, train_tagger
+from recap.training.tagger import TaggerConfig, format_metrics, tag_metrics, train_tagger
 
 # Audible by construction: the melody slot sets the pitch, the tempo slot the pulse rate.
 PITCH = {"flute": 880.0, "violin": 220.0}
@@ -64,7 +64,7 @@ def test_tag_metrics_by_hand():
 
 @pytest.mark.slow
 def test_tagger_learns_audible_tags_and_saves_the_encoder(tmp_path):
-    from recap.music_encoder import MusicEncoder
+    from recap.models.music_encoder import MusicEncoder
 
     data = make_benchmark(tmp_path / "bench", per_class=8)
     cfg = TaggerConfig(
@@ -123,8 +123,8 @@ def test_pitch_shifter_moves_partials_by_semitones():
 
     import torch
 
-    from recap.music_encoder import MusicEncoder, MusicEncoderConfig
-    from recap.tagger import PitchShifter
+    from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.training.tagger import PitchShifter
 
     model = MusicEncoder(
         MusicEncoderConfig.preset("tiny", n_fft=2048, n_mels=64, f_min=60.0, f_max=4000.0)
@@ -146,7 +146,7 @@ def test_pitch_shifter_moves_partials_by_semitones():
 
 def test_key_rotations_move_only_the_key_tags():
     from recap.bench import audio_tag_vocabulary
-    from recap.tagger import key_rotations
+    from recap.training.tagger import key_rotations
 
     tags = audio_tag_vocabulary()
     rotations = key_rotations(tags, max_shift=2)
@@ -176,7 +176,7 @@ def test_pitch_shifted_cosine_training_runs_from_waveforms(tmp_path, pitch_shift
 
 
 def test_pitch_class_profile_names_the_tone():
-    from recap.tagger import pitch_class_profile
+    from recap.training.tagger import pitch_class_profile
 
     t = np.arange(16_000) / 16_000
     a4, e5 = np.sin(2 * np.pi * 440.0 * t), np.sin(2 * np.pi * 659.26 * t)

@@ -2,7 +2,12 @@ import time
 
 import pytest
 
-from recap.tokenizer import SPECIAL_TOKENS, has_tokenizer_files, load_tokenizer, train_bpe_tokenizer
+from recap.models.tokenizer import (
+    SPECIAL_TOKENS,
+    has_tokenizer_files,
+    load_tokenizer,
+    train_bpe_tokenizer,
+)
 from recap.utils import RecapError
 
 TEXTS = [

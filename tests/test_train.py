@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import recap.train as train_mod
-from recap.batching import LengthGroupedBatchSampler
-from recap.train import TrainConfig, add_config_arguments, config_from_args, train
+import recap.training.train as train_mod
+from recap.data.batching import LengthGroupedBatchSampler
+from recap.training.train import TrainConfig, add_config_arguments, config_from_args, train
 
 WORDS = "love night river sun rain heart road home fire sea".split()
 INSTRUMENTS = ["piano", "violin", "flute", "organ"]
@@ -228,7 +228,7 @@ def test_paper_preset_builds_the_authors_adafactor():
 @pytest.mark.slow
 def test_end_to_end_cpu_run_with_real_embedding_cache(tmp_path):
     """Real path: wav files → embedding cache → train → validate → RUN/best loads."""
-    from recap.model import RecapModel
+    from recap.models.model import RecapModel
 
     data = make_dataset(tmp_path / "data", n_songs=6, per_song=2, audio=True)
     run = train(tiny_config(data, tmp_path / "run", epochs=1, embed_workers=0))
@@ -300,7 +300,7 @@ def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_p
 
 
 def test_checkpoint_swap_leaves_one_complete_copy(tmp_path):
-    from recap.train import _existing_dir, _swap_dir
+    from recap.training.train import _existing_dir, _swap_dir
 
     last = tmp_path / "last"
     for version in ("1", "2"):

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "MusicEncoder": "recap.music_encoder",
-    "MusicEncoderConfig": "recap.music_encoder",
-    "RecapConfig": "recap.config",
-    "RecapModel": "recap.model",
-    "Captioner": "recap.captioner",
+    "MusicEncoder": "recap.models.music_encoder",
+    "MusicEncoderConfig": "recap.models.music_encoder",
+    "RecapConfig": "recap.models.config",
+    "RecapModel": "recap.models.model",
+    "Captioner": "recap.inference.captioner",
     "RecapError": "recap.utils",
 }
 
@@ -29,10 +29,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from recap.captioner import Captioner
-    from recap.config import RecapConfig
-    from recap.model import RecapModel
-    from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.inference.captioner import Captioner
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+    from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
     from recap.utils import RecapError
 
 

@@ -14,20 +14,20 @@ import sys
 from recap.utils import RecapError
 
 COMMAND_MODULES = (
-    "recap.data",  # data stats
-    "recap.cache",  # precompute
+    "recap.data.songs",  # data stats
+    "recap.data.cache",  # precompute
     "recap.bench.cli",  # bench build | probe
-    "recap.tagger",  # tagger train
-    "recap.train",  # train
-    "recap.pretrain_text",  # pretrain-text
-    "recap.evaluate",  # evaluate
-    "recap.diagnose",  # diagnose
-    "recap.score",  # score
-    "recap.experiment",  # experiment table1 | sweep
+    "recap.training.tagger",  # tagger train
+    "recap.training.train",  # train
+    "recap.training.pretrain_text",  # pretrain-text
+    "recap.evaluation.evaluate",  # evaluate
+    "recap.evaluation.diagnose",  # diagnose
+    "recap.evaluation.score",  # score
+    "recap.evaluation.experiment",  # experiment table1 | sweep
     "recap.demo",  # demo
-    "recap.captioner",  # caption
-    "recap.index",  # index build | eval, search
-    "recap.serve",  # serve
+    "recap.inference.captioner",  # caption
+    "recap.inference.index",  # index build | eval, search
+    "recap.inference.serve",  # serve
 )
 
 

@@ -155,7 +155,7 @@ def bench_config(cfg: DemoConfig, source: str, out: Path, limit: int | None, **k
 def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
     """A small CNNSA trained to tag the benchmark's audio slots; the captioners load it frozen.
     A finished tagger in OUT/tagger is reused (by `train_tagger` itself)."""
-    from recap import tagger
+    from recap.training import tagger
 
     out = cfg.root / "tagger"
     metrics = tagger.train_tagger(
@@ -182,7 +182,7 @@ def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
 
 def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
     from recap.bench import load_truth
-    from recap.cache import ensure_embeddings
+    from recap.data.cache import ensure_embeddings
 
     songs = sorted(load_truth(data))
     store = ensure_embeddings(data, str(encoder), songs)
@@ -192,8 +192,8 @@ def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
 
 
 def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
-    from recap.evaluate import DecodeConfig
-    from recap.experiment import ExperimentConfig
+    from recap.evaluation.evaluate import DecodeConfig
+    from recap.evaluation.experiment import ExperimentConfig
 
     overrides = dict(cfg.train_overrides)
     overrides["epochs"] = cfg.epochs
@@ -219,8 +219,8 @@ def cross_corpus(cfg: DemoConfig, encoder: Path, records: list[dict[str, Any]]) 
     """Build a small all-test benchmark from `cfg.cross_source` and evaluate every Table 1
     captioner on it with the same encoder and decoding; None when the source is missing."""
     from recap.bench.build import build_benchmark
-    from recap.cache import ensure_embeddings
-    from recap.evaluate import evaluate
+    from recap.data.cache import ensure_embeddings
+    from recap.evaluation.evaluate import evaluate
 
     if not Path(cfg.cross_source).is_dir():
         print(f"skipped: {cfg.cross_source} not found")
@@ -406,7 +406,7 @@ def results_markdown(
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Every stage; returns the table rows, the sweep, the example caption and the timings."""
-    from recap.experiment import run_sweep, run_table1
+    from recap.evaluation.experiment import run_sweep, run_table1
 
     stages = _Stages()
     cfg.root.mkdir(parents=True, exist_ok=True)

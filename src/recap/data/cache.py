@@ -39,8 +39,8 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from recap.audio import AudioConfig, AudioError, Excerpt, load_excerpt
-from recap.data import audio_path, load_rows
+from recap.data.audio import AudioConfig, AudioError, Excerpt, load_excerpt
+from recap.data.songs import audio_path, load_rows
 from recap.utils import (
     RecapError,
     SkipReport,
@@ -53,7 +53,7 @@ from recap.utils import (
 if TYPE_CHECKING:
     import torch
 
-    from recap.music_encoder import MusicEncoder
+    from recap.models.music_encoder import MusicEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def _dataset_song_ids(data_dir: Path) -> list[str]:
 def _resolve_encoder(encoder: Any, device: str) -> MusicEncoder | None:
     if encoder is None or hasattr(encoder, "state_dict"):
         return encoder
-    from recap.music_encoder import load_music_encoder
+    from recap.models.music_encoder import load_music_encoder
 
     return load_music_encoder(encoder, device=device)
 

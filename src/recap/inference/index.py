@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.captioner import (
+from recap.inference.captioner import (
     Captioner,
     SongInput,
     collect_inputs,
@@ -533,7 +533,7 @@ def catalogue_songs(data: str | os.PathLike, report: SkipReport | None = None) -
     lyrics, or a CSV/JSONL manifest. A dataset's songs appear once (first row's lyrics)."""
     data = Path(data)
     if data.is_dir() and any((data / n).exists() for n in ("dataset.jsonl", "dataset.json")):
-        from recap.data import audio_path, load_rows
+        from recap.data.songs import audio_path, load_rows
 
         songs: dict[str, SongInput] = {}
         for row in load_rows(data, report):

@@ -2,7 +2,7 @@
 
 One loop for CPU, one GPU and many (Hugging Face Accelerate; launch with `accelerate launch` or
 `torchrun` for DDP). The data are pre-tokenised once, music embeddings come precomputed from the
-cache, batches are length-grouped and padded per batch (`recap.batching`).
+cache, batches are length-grouped and padded per batch (`recap.data.batching`).
 
 A run folder RUN holds:
     train_config.json   every setting (resolved), seeds included
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from recap.batching import LengthGroupedBatchSampler
+from recap.data.batching import LengthGroupedBatchSampler
 from recap.utils import RecapError, SkipReport, atomic_write_json, flag_field, known_fields
 
 logger = logging.getLogger(__name__)
@@ -233,10 +233,10 @@ class ExampleDataset(Dataset):
 def tokenize_rows(
     rows: Sequence[Any], tokenizer: Any, max_source: int, max_target: int
 ) -> list[Example]:
-    """`recap.data.Row`s → Examples (lyrics and caption truncated to the model's lengths)."""
+    """`recap.data.songs.Row`s → Examples (lyrics and caption truncated to the model's lengths)."""
     if not rows:
         return []
-    lyrics = [r.lyrics for r in rows]  # newlines are already ';' (recap.data, SPEC §1.2)
+    lyrics = [r.lyrics for r in rows]  # newlines are already ';' (recap.data.songs, SPEC §1.2)
     captions = [r.comment for r in rows]
     src = tokenizer(lyrics, truncation=True, max_length=max_source)["input_ids"]
     tgt = tokenizer(captions, truncation=True, max_length=max_target)["input_ids"]
@@ -292,8 +292,8 @@ def music_embeddings(
     workers: int | None = None,
 ) -> Mapping[str, Any]:
     """song id → (M, D) float16 music sequence of the frozen `encoder` (a MusicEncoder), computed
-    once and cached under DATA/cache keyed by the encoder's weights (`recap.cache`)."""
-    from recap.cache import ensure_embeddings
+    once and cached under DATA/cache keyed by the encoder's weights (`recap.data.cache`)."""
+    from recap.data.cache import ensure_embeddings
 
     return ensure_embeddings(
         data_dir, encoder, song_ids, device=device, progress=progress, num_workers=workers
@@ -472,9 +472,9 @@ class Trainer:
         return resume
 
     def _build(self) -> None:
-        from recap.config import RecapConfig
-        from recap.data import load_splits
-        from recap.model import RecapModel
+        from recap.data.songs import load_splits
+        from recap.models.config import RecapConfig
+        from recap.models.model import RecapModel
 
         cfg, acc = self.cfg, self.accelerator
         report = SkipReport("load dataset")
@@ -501,7 +501,7 @@ class Trainer:
         if cfg.preset == "bart" and cfg.encoder:
             logger.warning("the bart preset hears no music; --encoder %s is not used", cfg.encoder)
         if cfg.preset != "bart":
-            from recap.music_encoder import load_music_encoder
+            from recap.models.music_encoder import load_music_encoder
 
             # Without --encoder: the size's CNNSA preset, randomly initialised from the seed
             # (frozen random features; `recap tagger train` makes a trained one).
@@ -593,7 +593,7 @@ class Trainer:
         self.n_params = sum(p.numel() for p in params)
 
     def _tokenizer(self, train_rows: Sequence[Any], model_cfg: Any) -> Any:
-        from recap.tokenizer import load_tokenizer, train_bpe_tokenizer
+        from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 
         cfg = self.cfg
         if cfg.bart:
@@ -970,7 +970,7 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
 
 
 def _music_preset_name(config: Any) -> str:
-    from recap.music_encoder import PRESETS, MusicEncoderConfig
+    from recap.models.music_encoder import PRESETS, MusicEncoderConfig
 
     for name in PRESETS:
         if MusicEncoderConfig.preset(name) == config:
@@ -1021,10 +1021,10 @@ def _check_same_config(saved: TrainConfig, now: TrainConfig, run: Path) -> None:
 
 
 def validation_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L recall and F1 over the examples (`recap.metrics`: rouge_score, no
+    """Mean ROUGE-1/2/L recall and F1 over the examples (`recap.evaluation.metrics`: rouge_score, no
     stemming), as flat keys `rouge1_recall` ... `rougeL_f1`. The plain mean, not the bootstrap
     median, so that checkpoint selection is deterministic."""
-    from recap.metrics import rouge_scores
+    from recap.evaluation.metrics import rouge_scores
 
     result = rouge_scores(list(predictions), list(references), bootstrap=1)
     return {

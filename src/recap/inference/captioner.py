@@ -90,7 +90,7 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: Any = None) -> tup
     RecapError naming the folder, so the CLI and the server report it without a traceback."""
     import torch
 
-    from recap.model import RecapModel
+    from recap.models.model import RecapModel
 
     folder = resolve_model_dir(path)
     try:
@@ -134,7 +134,7 @@ def default_device() -> Any:
 
 def prepare_lyrics(text: str) -> str:
     """Lyrics as the model saw them in training: line breaks become ';' (SPEC §1.2, as
-    `recap.data.load_rows` does); the trailing newline of a text file is dropped first."""
+    `recap.data.songs.load_rows` does); the trailing newline of a text file is dropped first."""
     return re.sub(r"\r?\n", ";", text.strip())
 
 
@@ -361,7 +361,7 @@ class Captioner:
     def __init__(
         self, model: Any, tokenizer: Any, audio_config: Any = None, source: Path | None = None
     ):
-        from recap.audio import AudioConfig
+        from recap.data.audio import AudioConfig
 
         self.model = model
         self.tokenizer = tokenizer
@@ -381,7 +381,7 @@ class Captioner:
     # -- inputs -> tensors
     def load_waveform(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """A 15 s, 16 kHz mono excerpt (240,000 float32 samples) of a path or an array."""
-        from recap.audio import AudioError, excerpt_from_array, load_excerpt
+        from recap.data.audio import AudioError, excerpt_from_array, load_excerpt
 
         if isinstance(audio, np.ndarray):
             if sample_rate is None:
@@ -445,7 +445,7 @@ class Captioner:
         """One CaptionResult per item, in order; a bad item carries its error, the rest go on."""
         from tqdm.auto import tqdm
 
-        from recap.audio import AudioError
+        from recap.data.audio import AudioError
 
         options = DecodeOptions(**decode)
         self.decode_kwargs(options)  # a bad option fails here, before any song is decoded

@@ -32,11 +32,11 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import BartEncoderLayer, shift_tokens_right
 from transformers.utils import ModelOutput
 
-from recap.config import CONFIG_NAME, RecapConfig
-from recap.fusion import FusionBlock
-from recap.losses import SongIds, masked_mean, recap_loss
-from recap.music_encoder import MusicEncoder, load_music_encoder
-from recap.pointer import CopyHead
+from recap.models.config import CONFIG_NAME, RecapConfig
+from recap.models.fusion import FusionBlock
+from recap.models.losses import SongIds, masked_mean, recap_loss
+from recap.models.music_encoder import MusicEncoder, load_music_encoder
+from recap.models.pointer import CopyHead
 from recap.utils import RecapError, atomic_path, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
@@ -574,7 +574,7 @@ def _resolve_folder(name_or_path: str | os.PathLike) -> Path:
 
 def _maybe_tokenizer(name_or_path: str | os.PathLike) -> Any:
     """The tokenizer saved beside a model, or None when there is none."""
-    from recap.tokenizer import has_tokenizer_files, load_tokenizer, refuse_remote_code
+    from recap.models.tokenizer import has_tokenizer_files, load_tokenizer, refuse_remote_code
 
     path = Path(name_or_path)
     if path.is_dir():

@@ -9,10 +9,10 @@ as well (like `recap evaluate`'s predictions.csv) is matched per row: each (song
 row of the split takes the line with its song id and reference, so per-row captions (sampling)
 score as generated.
 
-The split's rows come from DIR exactly as `recap evaluate` reads them (`recap.data.load_splits`).
+The split's rows come from DIR exactly as `recap evaluate` reads them (`recap.data.songs.load_splits`).
 Scores: the **paper** set (rouge_score ROUGE recall and F1, NLTK METEOR, per row) and the
 **caption** set (pycocoevalcap BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D, one caption per song
-against all of its interpretations), each with bootstrap intervals (`recap.metrics`); on a
+against all of its interpretations), each with bootstrap intervals (`recap.evaluation.metrics`); on a
 rendered-songs benchmark folder (one with songs.jsonl) also attribute accuracy. Every song of the
 split needs a caption, unless `--allow-missing` (then the songs without one are left out and
 counted).
@@ -178,9 +178,14 @@ def score_predictions(
 ) -> dict[str, Any]:
     """Score a predictions file against the split of `data_dir`; returns (and with `out`
     writes) a result shaped like `recap evaluate`'s metrics.json."""
-    from recap.data import load_splits
-    from recap.evaluate import _attribute_accuracy
-    from recap.metrics import METRIC_SETS, METRICS_VERSION, metric_sets, strip_per_example
+    from recap.data.songs import load_splits
+    from recap.evaluation.evaluate import _attribute_accuracy
+    from recap.evaluation.metrics import (
+        METRIC_SETS,
+        METRICS_VERSION,
+        metric_sets,
+        strip_per_example,
+    )
     from recap.utils import SkipReport
 
     data_dir = Path(data_dir)
@@ -265,7 +270,7 @@ def score_predictions(
 
 def format_scores(result: Mapping[str, Any]) -> str:
     """The headline numbers, in percent with intervals, one block per metric set."""
-    from recap.evaluate import format_metric_blocks
+    from recap.evaluation.evaluate import format_metric_blocks
 
     lines = [
         f"{result['predictions']} on {result['split']} of {result['data']} "

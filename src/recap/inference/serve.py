@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from recap.audio import decode_error_reason
-from recap.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
+from recap.data.audio import decode_error_reason
+from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
 from recap.utils import RecapError
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 def create_app(
     captioner: Captioner, searcher: Any = None, settings: ServeSettings | None = None
 ) -> Any:
-    """The FastAPI application. `searcher`: a recap.index.Searcher sharing `captioner`, or None."""
+    """The FastAPI application. `searcher`: a recap.inference.index.Searcher sharing `captioner`, or None."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
@@ -232,7 +232,7 @@ def create_app(
         lyrics: str | None = Form(None, description="find songs that sound like these lyrics"),
         k: int = Form(10, ge=1),
     ) -> dict[str, Any]:
-        from recap.index import embed_audio, embed_lyrics
+        from recap.inference.index import embed_audio, embed_lyrics
 
         if searcher is None:
             raise ApiError(503, "no_index", "this server has no index; start it with --index")
@@ -343,7 +343,7 @@ def load_app(
     captioner = Captioner.from_pretrained(model, device=device)
     searcher = None
     if index is not None:
-        from recap.index import Searcher, SongIndex
+        from recap.inference.index import Searcher, SongIndex
 
         searcher = Searcher(SongIndex.load(index), captioner)
     return create_app(captioner, searcher, settings)

@@ -75,7 +75,7 @@ def audio_path(data_dir: str | os.PathLike, song_id: str) -> Path:
 
     When none exists the .mp3 path is returned, so the caller's error names the expected file.
     """
-    from recap.audio import AUDIO_EXTENSIONS
+    from recap.data.audio import AUDIO_EXTENSIONS
 
     base = Path(data_dir) / "audios"
     for ext in AUDIO_EXTENSIONS:
@@ -687,7 +687,7 @@ def dataset_stats(
 
 def audio_stats(data_dir: Path, song_ids: list[str], workers: int | None = None) -> dict[str, Any]:
     """Found / missing / unreadable counts; each found file is decoded completely."""
-    from recap.audio import check_audio_file
+    from recap.data.audio import check_audio_file
 
     paths = {sid: audio_path(data_dir, sid) for sid in song_ids}
     missing = [sid for sid, p in paths.items() if not is_file(p)]

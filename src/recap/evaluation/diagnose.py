@@ -63,7 +63,7 @@ def input_dependence(
     """
     import torch
 
-    from recap.train import Collator
+    from recap.training.train import Collator
 
     collate = Collator(pad_token_id=model.config.pad_token_id)
     device = next(model.parameters()).device
@@ -110,8 +110,8 @@ def caption_losses(
     lyrics taken from example `lyrics_from[i]` and music from `music_from[i]` (default: own)."""
     import torch
 
-    from recap.losses import caption_loss
-    from recap.train import Collator
+    from recap.models.losses import caption_loss
+    from recap.training.train import Collator
 
     n = len(examples)
     lyrics_from = list(lyrics_from) if lyrics_from is not None else list(range(n))
@@ -236,10 +236,10 @@ def grounding(
     """Distinct captions, this module's diagnosis (on each song's first reference) and, given
     truths, the swap test.
 
-    `rows`: the evaluated `recap.data.Row`s; `captions`: (song id, lyrics) → generated caption;
+    `rows`: the evaluated `recap.data.songs.Row`s; `captions`: (song id, lyrics) → generated caption;
     `generate(pairs)` captions (song id whose music is used, lyrics) pairs as the evaluation does.
     """
-    from recap.train import tokenize_rows
+    from recap.training.train import tokenize_rows
 
     cfg = model.config
     songs = list(captions)
@@ -299,10 +299,10 @@ def diagnose(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Load a model (RUN or model folder) and diagnose it on one row per song of `split`."""
-    from recap.data import load_splits
-    from recap.evaluate import _music_for, resolve_target
-    from recap.model import RecapModel
-    from recap.train import tokenize_rows
+    from recap.data.songs import load_splits
+    from recap.evaluation.evaluate import _music_for, resolve_target
+    from recap.models.model import RecapModel
+    from recap.training.train import tokenize_rows
 
     target = resolve_target(model_dir)
     tc = target.train_config

@@ -14,7 +14,7 @@ objective (Lewis et al. 2020) on lyrics the project reads offline —
 
 plus what the measurements (docs/training.md) showed copying needs at the small size within a
 few CPU minutes: a guided cross-attention loss on the copies (`copy_attention_loss`) and the
-encoder reconstruction term of `recap.losses.reconstruction_loss` — without either the copy
+encoder reconstruction term of `recap.models.losses.reconstruction_loss` — without either the copy
 rate stays at 0-1 % — with AdamW at 2e-3 after a warm-up, and a curriculum from short to long
 inputs (it saves time; copying emerges without it too).
 
@@ -182,8 +182,8 @@ class Document:
 
 
 def prepare(text: str) -> str:
-    # The captioner's own rule (recap.captioner.prepare_lyrics, SPEC §1.2).
-    from recap.captioner import prepare_lyrics
+    # The captioner's own rule (recap.inference.captioner.prepare_lyrics, SPEC §1.2).
+    from recap.inference.captioner import prepare_lyrics
 
     return prepare_lyrics(text)
 
@@ -536,7 +536,7 @@ def corrupt(
 
 
 def _bart_config(cfg: PretrainConfig, tokenizer: Any) -> Any:
-    from recap.config import RecapConfig
+    from recap.models.config import RecapConfig
 
     overrides = dict(cfg.model_overrides)
     overrides.update(
@@ -614,7 +614,7 @@ def _losses(
     """The denoising loss and, with `cfg` (training), the auxiliary terms it switches on."""
     from transformers.models.bart.modeling_bart import shift_tokens_right
 
-    from recap.losses import reconstruction_loss
+    from recap.models.losses import reconstruction_loss
 
     config = model.config
     labels = batch["labels"]
@@ -789,8 +789,8 @@ def is_finished(out: str | Path, cfg: PretrainConfig) -> bool:
 
 
 def _tokenizer_for(cfg: PretrainConfig, corpus: Corpus, work: Path) -> Any:
-    from recap.config import RecapConfig
-    from recap.tokenizer import load_tokenizer, train_bpe_tokenizer
+    from recap.models.config import RecapConfig
+    from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
@@ -1008,7 +1008,7 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from recap.train import dataclass_from_args
+    from recap.training.train import dataclass_from_args
 
     cfg = dataclass_from_args(PretrainConfig, args)
     out = pretrain_text(cfg)
@@ -1022,7 +1022,7 @@ _LIST_FIELDS = {"source": str, "text": str, "exclude_splits_of": str, "curriculu
 
 
 def register(subparsers: Any) -> None:
-    from recap.train import add_dataclass_arguments
+    from recap.training.train import add_dataclass_arguments
 
     parser = subparsers.add_parser(
         "pretrain-text",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recap.music_encoder import MusicEncoderConfig
+from recap.models.music_encoder import MusicEncoderConfig
 from recap.utils import RecapError, atomic_write_json, known_fields
 
 FORMAT_VERSION = 1
@@ -117,7 +117,7 @@ class RecapConfig:
     # head). Not in the paper (0 there): the small sizes trained from scratch need it, or their
     # lyrics encoder collapses to input-independent states (docs/training.md, issue 11).
     reconstruct_weight: float = 0.0
-    # A pointer-generator output (recap.pointer): the decoder may copy lyrics tokens. Not in the
+    # A pointer-generator output (recap.models.pointer): the decoder may copy lyrics tokens. Not in the
     # paper (off there); the small sizes need it to quote lyrics they never saw in training.
     copy_head: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on

@@ -4,7 +4,7 @@
     recap evaluate --model RUN --data DIR --sample --seeds 2022            # sampled, as the authors
                                           # (they sampled each trained model once, with its seed)
 
-Two labelled metric sets (`recap.metrics`): **paper** — the authors' evaluation, every
+Two labelled metric sets (`recap.evaluation.metrics`): **paper** — the authors' evaluation, every
 (song, interpretation) row of the split one example scored against that one interpretation
 (rouge_score ROUGE recall and F1, NLTK METEOR; comparable with the paper's Table 1) — and
 **caption** — the caption literature's pycocoevalcap metrics (BLEU-1..4, METEOR 1.5, ROUGE-L,
@@ -135,7 +135,7 @@ class EvalTarget:
 
 def resolve_target(path: str | os.PathLike) -> EvalTarget:
     """A RUN folder (its `best/` model) or a model folder (inside a RUN or not)."""
-    from recap.captioner import resolve_model_dir
+    from recap.inference.captioner import resolve_model_dir
 
     model_dir = resolve_model_dir(path)
     run_dir = None
@@ -177,7 +177,7 @@ def _music_for(
         return None
     if embeddings is not None:
         return embeddings
-    from recap.cache import ensure_embeddings
+    from recap.data.cache import ensure_embeddings
 
     spec: Any = encoder or target.train_config.get("encoder")
     if spec is None and getattr(model, "music_encoder", None) is not None:
@@ -335,7 +335,7 @@ def _grounding(
     progress: bool,
 ) -> dict[str, Any]:
     from recap import bench
-    from recap.diagnose import grounding
+    from recap.evaluation.diagnose import grounding
 
     truths = bench.load_truth(data_dir) if (data_dir / "songs.jsonl").is_file() else None
 
@@ -381,14 +381,19 @@ def evaluate(
     `model_dir`: a RUN folder or a model folder. `variant` only matters for `val` (the test
     split is shared; default: the run's variant). `embeddings`: song id → music sequence, to
     bypass the cache (tests, custom encoders). `limit`: first N rows only (0: all).
-    `grounding`: add `recap.diagnose.grounding` on the first seed's captions (distinct captions,
+    `grounding`: add `recap.evaluation.diagnose.grounding` on the first seed's captions (distinct captions,
     input dependence, lyrics / audio gaps, and the swap test on a benchmark with truth).
     """
     import torch
 
-    from recap.data import load_splits
-    from recap.metrics import METRIC_SETS, METRICS_VERSION, metric_sets, strip_per_example
-    from recap.model import RecapModel
+    from recap.data.songs import load_splits
+    from recap.evaluation.metrics import (
+        METRIC_SETS,
+        METRICS_VERSION,
+        metric_sets,
+        strip_per_example,
+    )
+    from recap.models.model import RecapModel
 
     decode = decode or DecodeConfig()
     data_dir = Path(data_dir)

@@ -1,5 +1,5 @@
 """The paper's experiments: Table 1 (three methods × training variants) and Figure 2 (the
-alignment-weight sweep), trained with `recap.train` and scored with `recap.evaluate`.
+alignment-weight sweep), trained with `recap.training.train` and scored with `recap.evaluation.evaluate`.
 
     recap experiment table1 --data DIR [--size small] [--encoder PATH] [--variants full,positive]
     recap experiment sweep  --data DIR --weights 0,0.005,0.01,0.02,0.05,0.1
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.evaluate import (
+from recap.evaluation.evaluate import (
     METRICS_NAME,
     PAPER_SAMPLING_SEEDS,
     DecodeConfig,
@@ -107,7 +107,7 @@ TABLE_SETS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
     ),
 )
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = tuple(c for _, _, cols in TABLE_SETS for c in cols)
-# Grounding measures that are not percentages (recap.diagnose): shown in a table of their own.
+# Grounding measures that are not percentages (recap.evaluation.diagnose): shown in a table of their own.
 GROUNDING_COLUMNS: tuple[tuple[str, str], ...] = (
     ("Lyrics gap (nats/token)", "lyrics gap"),
     ("Audio gap (nats/token)", "audio gap"),
@@ -119,7 +119,7 @@ GROUNDING_COLUMNS: tuple[tuple[str, str], ...] = (
 class ExperimentConfig:
     """Settings shared by the Table 1 runs and the sweep.
 
-    `train_overrides`: extra `recap.train.TrainConfig` fields for every run (epochs, max_steps,
+    `train_overrides`: extra `recap.training.train.TrainConfig` fields for every run (epochs, max_steps,
     batch_size, val_every_epochs, ...); they are part of each RUN's saved config.
     """
 
@@ -200,8 +200,8 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train one RUN (reusing a finished one) and evaluate it on the test split (reusing an
     evaluation with the same decoding). Returns a record: method, variant, seed, w, run, summary."""
-    from recap.evaluate import default_out_dir, evaluate, resolve_target
-    from recap.train import TrainConfig, train
+    from recap.evaluation.evaluate import default_out_dir, evaluate, resolve_target
+    from recap.training.train import TrainConfig, train
 
     run = cfg.run_dir(variant, name or method, seed)
     tc = TrainConfig(
@@ -258,7 +258,7 @@ def _cached_metrics(
     """A finished evaluation of this run's current model, with the same metric definitions,
     decoding (`decode`, default the config's), bootstrap and the METEOR 1.5 this config asks
     for; None when it must be (re)computed."""
-    from recap.metrics import METRICS_VERSION
+    from recap.evaluation.metrics import METRICS_VERSION
 
     decode = decode or cfg.decode
     if not path.is_file():
@@ -284,7 +284,7 @@ def _cached_metrics(
 def _effective_weight(method: str, size: str, align_weight: float | None) -> float:
     if align_weight is not None:
         return float(align_weight)
-    from recap.config import RecapConfig
+    from recap.models.config import RecapConfig
 
     return float(RecapConfig.preset(method, size).align_weight)
 

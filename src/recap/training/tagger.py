@@ -6,7 +6,7 @@ logits. The tags are the rendered-songs benchmark's audio slots ("melody=flute",
 "key=E-flat", ...; `recap.bench.audio_tags`). Users with a public CNNSA checkpoint skip this and
 pass `--encoder best_model.pth` to `recap train`.
 
-Speed: the dB log-mels are computed once into the cache (`recap.cache`, kind "logmel"); training
+Speed: the dB log-mels are computed once into the cache (`recap.data.cache`, kind "logmel"); training
 runs the encoder from the log-mel (`MusicEncoder.embed_log_mel`) on random crops, which is both the
 augmentation and most of the speed-up (a quarter of the frames: a quarter of the CNN work).
 Evaluation uses the whole 15 s excerpt, as the captioner will.
@@ -178,7 +178,7 @@ class PitchShifter:
     """
 
     def __init__(self, model: Any, max_shift: int) -> None:
-        from recap.music_encoder import htk_mel_filterbank
+        from recap.models.music_encoder import htk_mel_filterbank
 
         c = model.config
         self.spectrogram = model.spec.spectrogram
@@ -338,8 +338,8 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from recap.bench import audio_tag_vocabulary
-    from recap.cache import precompute
-    from recap.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.data.cache import precompute
+    from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
 
     cfg = config
     out = Path(cfg.out)
@@ -537,7 +537,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
 
 
 def _handler(args: argparse.Namespace) -> int:
-    from recap.train import dataclass_from_args
+    from recap.training.train import dataclass_from_args
 
     cfg = dataclass_from_args(TaggerConfig, args)
     metrics = train_tagger(cfg)
@@ -547,7 +547,7 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from recap.train import add_dataclass_arguments
+    from recap.training.train import add_dataclass_arguments
 
     parser = subparsers.add_parser("tagger", help="music-encoder (CNNSA) pretraining")
     sub = parser.add_subparsers(dest="tagger_command", required=True, metavar="COMMAND")

@@ -1,0 +1,1 @@
+"""Songs on disk: the dataset format, audio loading, the feature cache, batching."""

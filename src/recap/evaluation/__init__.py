@@ -1,0 +1,1 @@
+"""Scoring captions: metrics, evaluation runs, grounding diagnostics, the paper's experiments."""

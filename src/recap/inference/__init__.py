@@ -1,0 +1,1 @@
+"""Using a trained captioner: captioning, the song index, the web server."""

@@ -1,0 +1,1 @@
+"""Training jobs: the captioner, the music-encoder tagger, text pretraining."""
