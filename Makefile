@@ -8,7 +8,7 @@ DEBS := libfluidsynth3 fluid-soundfont-gm wordnet-base wordnet-sense-index chrom
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install debs demo demo-lieder test lint bench clean
+.PHONY: install debs demo demo-lieder demo-alignment test lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: install
 
 demo-lieder: install
 	$(VENV)/bin/recap demo --source ../shared/data/openscore-lieder --out runs/demo-lieder --full
+
+# RECAP's alignment where audio and lyrics correspond (issue 17; docs/results.md): Table 1, the
+# w sweep over 3 seeds and audio<->lyrics retrieval on a coupled benchmark.
+demo-alignment: install
+	$(VENV)/bin/recap demo-alignment --out runs/demo-alignment
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks

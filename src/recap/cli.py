@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "recap.evaluation.score",  # score
     "recap.evaluation.experiment",  # experiment table1 | sweep
     "recap.demo",  # demo
+    "recap.evaluation.alignment",  # demo-alignment
     "recap.inference.captioner",  # caption
     "recap.inference.index",  # index build | eval, search
     "recap.inference.serve",  # serve

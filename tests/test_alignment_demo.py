@@ -1,0 +1,125 @@
+"""`recap demo-alignment` end to end on a tiny configuration, and the pieces it reads with."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recap.evaluation.alignment import (
+    AlignmentDemoConfig,
+    SplitSongs,
+    coupled_facts,
+    fact_agreement,
+    oracle_retrieval,
+    run_alignment_demo,
+    training_tasks,
+)
+from recap.models.config import RecapConfig
+
+
+def test_recap_at_w0_is_bart_fusion():
+    # The sweep's w = 0 point reuses the BART-fusion run: that is only right if the two
+    # configs differ in nothing but their name.
+    fusion = RecapConfig.preset("bart-fusion", "small").to_dict()
+    recap = RecapConfig.preset("recap", "small", align_weight=0.0).to_dict()
+    assert {k for k in fusion if fusion[k] != recap[k]} == {"method"}
+
+
+def test_each_run_is_trained_once(tmp_path):
+    from recap.evaluation.experiment import ExperimentConfig
+
+    exp = ExperimentConfig(data=str(tmp_path), size="tiny", seeds=(0, 1), variants=("full",))
+    tasks = training_tasks(exp, (0.0, 0.005, 0.02))
+    names = sorted({t["name"] for t in tasks})
+    assert names == ["bart", "bart-fusion", "recap", "recap-w0.005"]
+    assert len(tasks) == 4 * 2
+
+
+def _truth(theme, colour, **audio):
+    return {"theme": theme, "colour": colour, **audio}
+
+
+def test_fact_agreement_counts_what_the_lyrics_map_to():
+    # two songs: a faith/faith one (organ, E-flat, slow, choir) and a joy/joy one
+    faith = _truth(
+        "faith", "faith", accompaniment="organ", key="E-flat", tempo="slow", melody="choir"
+    )
+    joy = _truth("joy", "joy", accompaniment="piano", key="D", tempo="fast", melody="trumpet")
+    assert coupled_facts(faith) == {
+        "accompaniment": "organ", "key": "E-flat", "tempo": "slow", "melody": "choir"
+    }  # fmt: skip
+    audio = np.eye(2, dtype=np.float32)
+    aligned = fact_agreement(audio, audio, [faith, joy], k=1)  # each lyrics finds its own audio
+    crossed = fact_agreement(audio, audio[::-1], [faith, joy], k=1)  # each finds the other's
+    for slot in ("accompaniment", "key", "tempo", "melody"):
+        assert aligned[slot] == {"retrieved": 1.0, "base_rate": 0.5}
+        assert crossed[slot]["retrieved"] == 0.0
+
+
+def test_oracle_ceiling_is_perfect_when_every_song_sounds_different():
+    themes = ["faith", "love", "nature", "joy"]
+    truths = []
+    for t in themes:
+        facts = coupled_facts(_truth(t, t))
+        truths.append({"theme": t, "colour": t, "coupled": True, **facts})
+    songs = SplitSongs(
+        ids=themes, lyrics=themes, entries=[_Entry(t) for t in themes], truths=truths
+    )
+    oracle = oracle_retrieval(songs, draws=3)
+    assert oracle["audio_to_lyrics"]["recall@1"] == pytest.approx(1.0)
+    assert oracle["lyrics_to_audio"]["mrr"] == pytest.approx(1.0)
+
+
+class _Entry:
+    def __init__(self, key: str) -> None:
+        self.lyrics_key = key
+        self.split = "test"
+
+
+def test_demo_alignment_runs_every_stage(tmp_path, one_thread):
+    cfg = AlignmentDemoConfig(
+        out=str(tmp_path / "align"),
+        limit=20,
+        workers=1,
+        comments_per_render=2,
+        coupling=1.0,
+        seeds=(0, 1),
+        weights=(0.0, 0.02, 0.1),
+        tagger_preset="tiny",
+        tagger_epochs=1,
+        size="tiny",
+        epochs=1,
+        max_new_tokens=16,
+        bootstrap=10,
+        jobs=2,  # the process pool, as `make demo-alignment` runs it
+        threads=1,
+    )
+    result = run_alignment_demo(cfg)
+    root = tmp_path / "align"
+    assert {r["method"] for r in result["table"]} == {"bart", "bart-fusion", "recap"}
+    assert all(r["seeds"] == [0, 1] for r in result["table"])
+    assert [p["align_weight"] for p in result["sweep"]] == [0.0, 0.02, 0.1]
+    # w = 0 and w = 0.02 are Table 1's runs, not new ones
+    runs = sorted(p.name for p in (root / "experiments" / "full").iterdir())
+    assert runs == ["bart", "bart-fusion", "recap", "recap-w0.1"]
+    retrieval = result["retrieval"]
+    assert len(retrieval["runs"]) == 3 * 2
+    for r in retrieval["runs"]:
+        for side in ("audio_to_lyrics", "lyrics_to_audio"):
+            assert 0.0 <= r[side]["recall@1"] <= r[side]["recall@5"] <= r[side]["recall@10"] <= 1
+        assert set(r["facts"]) == {"accompaniment", "key", "tempo", "melody"}
+    # P = 1: every test rendering follows its lyrics, and the table's reader beats chance
+    assert retrieval["coupled_songs"] == retrieval["songs"]
+    oracle, chance = retrieval["oracle"], retrieval["chance"]
+    assert oracle["audio_to_lyrics"]["mrr"] > chance["mrr"]
+    saved = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    assert saved["command"].startswith("recap demo-alignment")
+    md = (root / "results.md").read_text(encoding="utf-8")
+    for heading in ("Table 1", "Figure 2", "retrieval", "random chance", "oracle"):
+        assert heading in md
+    assert (root / "sweep.png").is_file()
+    # a rerun trains nothing and reads the cached retrieval
+    again = run_alignment_demo(cfg)
+    assert again["retrieval"]["points"] == retrieval["points"]
