@@ -12,6 +12,7 @@ from recap.evaluation.alignment import (
     SplitSongs,
     coupled_facts,
     fact_agreement,
+    geometry,
     oracle_retrieval,
     run_alignment_demo,
     training_tasks,
@@ -56,6 +57,17 @@ def test_fact_agreement_counts_what_the_lyrics_map_to():
     for slot in ("accompaniment", "key", "tempo", "melody"):
         assert aligned[slot] == {"retrieved": 1.0, "base_rate": 0.5}
         assert crossed[slot]["retrieved"] == 0.0
+
+
+def test_geometry_tells_a_collapsed_projection_from_an_aligned_one():
+    audio = np.eye(3, dtype=np.float32)
+    aligned = geometry(audio, audio)
+    assert aligned["paired"] == 1.0 and aligned["unpaired"] == 0.0
+    # every text mapped to one point: as close to its own audio as to any other
+    mean = np.full((3, 3), 1 / np.sqrt(3), dtype=np.float32)
+    collapsed = geometry(audio, mean)
+    assert collapsed["paired"] == pytest.approx(collapsed["unpaired"])
+    assert collapsed["lyrics_lyrics"] == pytest.approx(1.0)
 
 
 def test_oracle_ceiling_is_perfect_when_every_song_sounds_different():
