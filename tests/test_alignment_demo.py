@@ -13,6 +13,7 @@ from recap.evaluation.alignment import (
     coupled_facts,
     fact_agreement,
     geometry,
+    linear_map_retrieval,
     oracle_retrieval,
     run_alignment_demo,
     training_tasks,
@@ -70,6 +71,20 @@ def test_geometry_tells_a_collapsed_projection_from_an_aligned_one():
     assert collapsed["lyrics_lyrics"] == pytest.approx(1.0)
 
 
+def test_a_linear_map_aligns_features_that_determine_the_audio():
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(8, 6))
+    x_train, x_test = rng.normal(size=(200, 8)), rng.normal(size=(30, 8))
+    groups = np.arange(30)
+    found = linear_map_retrieval(x_train, x_train @ mix, x_test, x_test @ mix, groups)
+    assert found["audio_to_lyrics"]["recall@1"] > 0.9
+    assert found["lyrics_to_audio"]["recall@1"] > 0.9
+    noise = linear_map_retrieval(
+        rng.normal(size=(200, 8)), x_train @ mix, rng.normal(size=(30, 8)), x_test @ mix, groups
+    )
+    assert noise["audio_to_lyrics"]["recall@1"] < 0.3
+
+
 def test_oracle_ceiling_is_perfect_when_every_song_sounds_different():
     themes = ["faith", "love", "nature", "joy"]
     truths = []
@@ -124,6 +139,8 @@ def test_demo_alignment_runs_every_stage(tmp_path, one_thread):
         assert set(r["facts"]) == {"accompaniment", "key", "tempo", "melody"}
     # P = 1: every test rendering follows its lyrics, and the table's reader beats chance
     assert retrieval["coupled_songs"] == retrieval["songs"]
+    assert {p["align_weight"] for p in retrieval["state_probes"]} == {0.0, 0.02}
+    assert 0.0 <= retrieval["lexicon_map"]["lyrics_to_audio"]["mrr"] <= 1.0
     oracle, chance = retrieval["oracle"], retrieval["chance"]
     assert oracle["audio_to_lyrics"]["mrr"] > chance["mrr"]
     saved = json.loads((root / "results.json").read_text(encoding="utf-8"))

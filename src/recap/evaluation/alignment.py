@@ -299,30 +299,109 @@ def audio_fact_neighbours(audio: np.ndarray, truths: Sequence[Mapping[str, Any]]
     return out
 
 
-def oracle_retrieval(songs: SplitSongs, draws: int = 20, seed: int = 0) -> dict[str, Any]:
-    """The ceiling of a reader who knows the coupling table and hears every fact exactly: lyrics
-    j scores against audio i by how many of i's facts the table gives j's theme and colour; ties
-    are broken at random (the mean over `draws` orders)."""
+def ranked_retrieval(
+    score: np.ndarray, groups: np.ndarray, draws: int = 20, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Retrieval both ways from a score matrix (audio i, lyrics j), ties broken at random (the
+    mean over `draws` orders; `retrieval_metrics` alone counts a tie as a hit)."""
     from recap.inference.index import retrieval_metrics
 
+    eye = np.eye(score.shape[1])  # key j = one-hot: query row i @ eye = that row's scores
+    spread = max(float(np.ptp(score)), 1.0) * 1e-6
+    rng = np.random.default_rng(seed)
+    runs: dict[str, list[dict[str, float]]] = {"audio_to_lyrics": [], "lyrics_to_audio": []}
+    for _ in range(draws):
+        jittered = score + rng.random(score.shape) * spread
+        runs["audio_to_lyrics"].append(retrieval_metrics(jittered, eye, groups, RETRIEVAL_KS))
+        runs["lyrics_to_audio"].append(retrieval_metrics(jittered.T, eye, groups, RETRIEVAL_KS))
+    return {
+        side: {key: float(np.mean([m[key] for m in ms])) for key in ms[0]}
+        for side, ms in runs.items()
+    }
+
+
+def oracle_retrieval(songs: SplitSongs, draws: int = 20, seed: int = 0) -> dict[str, Any]:
+    """The ceiling of a reader who knows the coupling table and hears every fact exactly: lyrics
+    j scores against audio i by how many of i's facts the table gives j's theme and colour."""
     mapped = [coupled_facts(t) for t in songs.truths]
     score = np.array(
         [[sum(ti[s] == mj[s] for s in COUPLED_SLOTS) for mj in mapped] for ti in songs.truths],
         dtype=np.float64,
     )  # (audio i, lyrics j)
-    eye = np.eye(len(mapped))  # key j = one-hot: query row i @ eye = that row's scores
-    rng = np.random.default_rng(seed)
-    runs: dict[str, list[dict[str, float]]] = {"audio_to_lyrics": [], "lyrics_to_audio": []}
-    for _ in range(draws):
-        jittered = score + rng.random(score.shape) * 1e-3
-        runs["audio_to_lyrics"].append(retrieval_metrics(jittered, eye, songs.groups, RETRIEVAL_KS))
-        runs["lyrics_to_audio"].append(
-            retrieval_metrics(jittered.T, eye, songs.groups, RETRIEVAL_KS)
-        )
-    return {
-        side: {key: float(np.mean([m[key] for m in ms])) for key in ms[0]}
-        for side, ms in runs.items()
-    }
+    return ranked_retrieval(score, songs.groups, draws, seed)
+
+
+def linear_map_retrieval(
+    x_train: np.ndarray,
+    audio_train: np.ndarray,
+    x_test: np.ndarray,
+    audio_test: np.ndarray,
+    groups: np.ndarray,
+    ridge: float = 10.0,
+) -> dict[str, dict[str, float]]:
+    """How well a linear map from lyrics features `x` to the audio vectors could align them: a
+    ridge regression fitted on the train songs (both sides centred on the train means), then
+    cosine retrieval on the test songs. It says whether the features hold what the audio shows,
+    apart from how a training loss shapes a projection of them."""
+    from recap.inference.index import normalize
+
+    x_mean, a_mean = x_train.mean(0), audio_train.mean(0)
+    xc = x_train - x_mean  # (N, F)
+    weights = np.linalg.solve(
+        xc.T @ xc + ridge * np.eye(xc.shape[1]), xc.T @ (audio_train - a_mean)
+    )  # (F, D)
+    lyrics = normalize((x_test - x_mean) @ weights)
+    audio = normalize(audio_test - a_mean)
+    return ranked_retrieval(audio @ lyrics.T, groups)
+
+
+def lexicon_features(songs: SplitSongs) -> np.ndarray:
+    """One-hot theme and colour (N, 2 x themes): the lexicon's reading of each text."""
+    from recap.bench.slots import THEMES
+
+    x = np.zeros((len(songs.ids), 2 * len(THEMES)), dtype=np.float32)
+    for n, t in enumerate(songs.truths):
+        x[n, THEMES.index(t["theme"])] = 1.0
+        x[n, len(THEMES) + THEMES.index(t.get("colour") or t["theme"])] = 1.0
+    return x
+
+
+def pooled_lyrics_states(captioner: Any, texts: Sequence[str]) -> np.ndarray:
+    """The pooled encoder state (N, d_model) that RECAP's projection reads (its input)."""
+    import torch
+
+    seen: list[torch.Tensor] = []
+    hook = captioner.model.align_proj.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].detach())
+    )
+    try:
+        for i in range(0, len(texts), 32):
+            batch = captioner.encode_lyrics(texts[i : i + 32])
+            with torch.inference_mode():
+                captioner.model.embed_lyrics(batch["input_ids"], batch["attention_mask"])
+    finally:
+        hook.remove()
+    return torch.cat(seen).float().numpy()
+
+
+def probe_run(
+    run: str | os.PathLike,
+    train: SplitSongs,
+    test: SplitSongs,
+    store: Mapping[str, np.ndarray],
+) -> dict[str, dict[str, float]]:
+    """`linear_map_retrieval` from the pooled lyrics states of the model in RUN."""
+    from recap.inference.captioner import Captioner, load_model_and_tokenizer
+
+    model, tokenizer, folder = load_model_and_tokenizer(run, device="cpu")
+    captioner = Captioner(model, tokenizer, source=folder)
+    return linear_map_retrieval(
+        pooled_lyrics_states(captioner, train.lyrics),
+        audio_vectors(model, store, train.ids),
+        pooled_lyrics_states(captioner, test.lyrics),
+        audio_vectors(model, store, test.ids),
+        test.groups,
+    )
 
 
 def evaluate_retrieval(
@@ -368,6 +447,22 @@ def retrieval_stage(
     first = runs[0]
     audio = audio_vectors_of(first["run"], songs, store)
     coupled = sum(bool(t.get("coupled")) for t in songs.truths)
+    # What a linear map could align, from the lexicon's reading and from the states the
+    # projection reads (Table 1's BART-fusion and RECAP runs: w = 0 and the preset's w).
+    from recap.evaluation.experiment import _effective_weight
+
+    train = SplitSongs.load(data, "train")
+    train_audio = audio_vectors_of(first["run"], train, store)
+    lexicon = linear_map_retrieval(
+        lexicon_features(train), train_audio, lexicon_features(songs), audio, songs.groups
+    )
+    table_weights = (0.0, _effective_weight("recap", cfg.size, None))
+    probes = [
+        {"align_weight": r["align_weight"], "seed": r["seed"],
+         **probe_run(r["run"], train, songs, store)}
+        for r in sweep_records
+        if r["align_weight"] in table_weights
+    ]  # fmt: skip
     return {
         "split": first["split"],
         "songs": first["songs"],
@@ -376,6 +471,8 @@ def retrieval_stage(
         "chance": first["chance"],
         "oracle": oracle_retrieval(songs),
         "audio_facts": audio_fact_neighbours(audio, songs.truths),
+        "lexicon_map": lexicon,
+        "state_probes": probes,
         "runs": runs,
         "points": retrieval_points(runs),
     }
@@ -442,23 +539,36 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
         lines.append(row("BART-fusion (w = 0)", by_w[0.0]))
     if recap_w in by_w:
         lines.append(row(f"RECAP (w = {recap_w:g})", by_w[recap_w]))
-    for name, fig in (("random chance", retrieval["chance"]), ("coupling-table oracle", None)):
-        if fig is None:
-            a2l, l2a = (
-                retrieval["oracle"]["audio_to_lyrics"],
-                retrieval["oracle"]["lyrics_to_audio"],
-            )
-        else:
-            a2l = l2a = fig
-        cells = [f"{a2l[c]:.3f}" for c in cols] + [f"{l2a[c]:.3f}" for c in cols]
+    fixed = [
+        ("random chance", {"audio_to_lyrics": retrieval["chance"],
+                           "lyrics_to_audio": retrieval["chance"]}),
+        ("coupling-table oracle", retrieval["oracle"]),
+        ("linear map from the lexicon's theme + colour", retrieval["lexicon_map"]),
+    ]  # fmt: skip
+    for name, fig in fixed:
+        cells = [f"{fig[side][c]:.3f}" for side in ("audio_to_lyrics", "lyrics_to_audio")
+                 for c in cols]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for w, label in ((0.0, "BART-fusion"), (recap_w, "RECAP")):
+        probes = [p for p in retrieval.get("state_probes", []) if p["align_weight"] == w]
+        if probes:
+            point = {
+                f"{side} {c}": _stat([p[side][c] for p in probes])
+                for side in ("audio_to_lyrics", "lyrics_to_audio")
+                for c in cols
+            }
+            lines.append(row(f"linear map from {label}'s pooled lyrics states", point))
     lines += [
         "",
         f"Test split: {retrieval['songs']} songs, {retrieval['works']} distinct lyrics, "
         f"{retrieval['coupled_songs']} coupled renderings. A→L: an audio query ranks every "
         "song's lyrics; L→A the other way; a hit is any rendering of the query's lyrics. "
         "± is the spread (standard deviation) over seeds. Oracle: a reader who knows the "
-        "coupling table and hears every fact exactly (ties broken at random).",
+        "coupling table and hears every fact exactly (ties broken at random). Linear maps: a "
+        "ridge regression (λ = 10) from lyrics features to the audio vectors, fitted on the "
+        "train songs, both sides centred: what a projection of those features could align "
+        "(the lexicon's one-hot reading of each text; the encoder state RECAP's projection "
+        "reads, the mean of hidden_states[4]).",
         "",
         "Retrieval at every w (mean ± sd over seeds) and the geometry of the space: mean cosine "
         "of a song's audio with its own lyrics (paired), with other songs' lyrics (unpaired), "
