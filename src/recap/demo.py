@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,18 +97,26 @@ class DemoConfig:
 
 
 class _Stages:
-    """Runs named stages, printing and recording how long each took."""
+    """Runs named stages, recording the wall and CPU seconds of each (CPU: this process and its
+    children that have exited, user + system)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     def run(self, name: str, fn: Callable[[], T]) -> T:
         print(f"\n=== {name} ===", flush=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_seconds()
         result = fn()
         self.seconds[name] = round(time.perf_counter() - t0, 1)
-        print(f"--- {name}: {self.seconds[name]:.0f} s", flush=True)
+        self.cpu[name] = round(_cpu_seconds() - c0, 1)
+        print(f"--- {name}: {self.seconds[name]:.0f} s ({self.cpu[name]:.0f} CPU s)", flush=True)
         return result
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 # ------------------------------------------------------------------------------ stages
@@ -499,18 +508,11 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
-    d = DemoConfig()
-    p = subparsers.add_parser(
-        "demo",
-        help="the whole pipeline, small, on CPU: benchmark → tagger → 3 captioners → Table 1",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_demo_arguments(p: argparse.ArgumentParser, d: DemoConfig) -> None:
+    """The options every demo command takes (`recap demo`, `recap demo-alignment`), with the
+    defaults of its config `d`."""
     p.add_argument("--source", default=d.source, help="music21 | openscore-lieder | DIR of scores")
     p.add_argument("--out", default=d.out, help="output folder (reused by a rerun)")
-    p.add_argument("--full", action="store_true", help="also variant vote > 0 and the full sweep")
-    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
     p.add_argument("--workers", type=int, default=d.workers, help="render processes")
     p.add_argument(
@@ -520,6 +522,21 @@ def register(subparsers: Any) -> None:
         metavar="P",
         help="share of renderings whose audio follows the lyrics' theme (recap bench build)",
     )
+    p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
+
+
+def register(subparsers: Any) -> None:
+    d = DemoConfig()
+    p = subparsers.add_parser(
+        "demo",
+        help="the whole pipeline, small, on CPU: benchmark → tagger → 3 captioners → Table 1",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_demo_arguments(p, d)
+    p.add_argument("--full", action="store_true", help="also variant vote > 0 and the full sweep")
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
         "--comments-per-render",
         type=int,
@@ -531,8 +548,6 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
     p.add_argument("--tagger-lr", type=float, default=d.tagger_lr)
-    p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
     p.add_argument("--beams", type=int, default=d.beams, help="beam width for evaluation")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)

@@ -28,11 +28,10 @@ import dataclasses
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +39,6 @@ from recap.demo import DemoConfig
 from recap.utils import RecapError, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 SWEEP_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)  # the paper's Figure 2
 RETRIEVAL_KS = (1, 5, 10)
@@ -59,13 +57,12 @@ class AlignmentDemoConfig(DemoConfig):
     seeds: tuple[int, ...] = (0, 1, 2)
     weights: tuple[float, ...] = SWEEP_WEIGHTS
     epochs: int = 1
+    # the demo's, validating once on fewer examples: it only picks the epoch's checkpoint
     train_overrides: dict[str, Any] = field(
         default_factory=lambda: {
+            **DemoConfig().train_overrides,
             "val_every_epochs": 1,
             "val_max_examples": 16,
-            "val_max_new_tokens": 96,
-            "patience": 0,
-            "checkpoint_every_steps": 0,
         }
     )
     align_loss: str | None = None  # None: the preset's (cosine, the paper's eq. 1) | infonce
@@ -705,28 +702,6 @@ def results_markdown(
 # ------------------------------------------------------------------------------ the demo
 
 
-class _Stages:
-    """Named stages with their wall and CPU seconds (children included once they have exited)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-
-    def run(self, name: str, fn: Callable[[], T]) -> T:
-        print(f"\n=== {name} ===", flush=True)
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        result = fn()
-        self.seconds[name] = round(time.perf_counter() - t0, 1)
-        self.cpu[name] = round(_cpu_seconds() - c0, 1)
-        print(f"--- {name}: {self.seconds[name]:.0f} s ({self.cpu[name]:.0f} CPU s)", flush=True)
-        return result
-
-
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 def use_tagger(cfg: AlignmentDemoConfig, data: Path) -> Path:
     """`--tagger DIR` when given (checked), else the demo's stage: train one on this benchmark."""
     from recap.demo import pretrain_tagger
@@ -744,7 +719,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     """Every stage; returns Table 1's rows, the sweep, retrieval and the timings."""
     import torch
 
-    from recap.demo import build_bench, code_version, precompute_embeddings
+    from recap.demo import _Stages, build_bench, code_version, precompute_embeddings
     from recap.evaluation.experiment import run_sweep, run_table1
 
     torch.set_num_threads(cfg.threads)
@@ -841,6 +816,8 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
+    from recap.demo import add_demo_arguments
+
     d = AlignmentDemoConfig()
     p = subparsers.add_parser(
         "demo-alignment",
@@ -848,21 +825,12 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--source", default=d.source, help="music21 | openscore-lieder | DIR of scores")
-    p.add_argument("--out", default=d.out, help="output folder (reused by a rerun)")
-    p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
-    p.add_argument("--workers", type=int, default=d.workers, help="render processes")
-    p.add_argument(
-        "--coupling", type=float, default=d.coupling, metavar="P",
-        help="share of renderings whose audio follows the lyrics' theme (recap bench build)",
-    )  # fmt: skip
+    add_demo_arguments(p, d)
     p.add_argument("--seeds", default=",".join(map(str, d.seeds)), help="training seeds")
     p.add_argument(
         "--weights", default=",".join(f"{w:g}" for w in d.weights), help="alignment weights w"
     )
     p.add_argument("--tagger", default=None, help="reuse this trained tagger folder")
-    p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
     p.add_argument(
         "--align-loss", choices=("cosine", "infonce"), default=None,
         help="alignment loss (default: the preset's, cosine as the paper's eq. 1)",
