@@ -17,7 +17,9 @@ whatever a previous run left in OUT):
 5. Table 1 and the Figure 2 sweep (ROUGE-L recall against w) over the seeds
 6. retrieval in the aligned space (test split): recall@1/5/10 and MRR both ways per model, the
    chance row, and the ceiling of a reader who knows the coupling table; what the projection
-   learned: do a song's lyrics retrieve audio with the facts its theme maps to?
+   learned: do a song's lyrics retrieve audio with the facts its theme maps to, how far apart
+   are paired and unpaired songs, and what could a linear map from the lexicon's reading or
+   from the pooled state the projection reads align?
 7. OUT/results.md and OUT/results.json with every number, the command and the stage times.
 """
 
