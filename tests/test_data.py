@@ -364,3 +364,22 @@ def test_stats_command(tmp_path: Path, capsys: pytest.CaptureFixture, cli_main) 
     # human-readable form
     assert cli_main(["data", "stats", str(tmp_path / "dataset.jsonl"), "--no-audio"]) == 0
     assert "interpretations: 5" in capsys.readouterr().out
+
+
+def test_rows_without_lyrics_are_skipped_unless_allowed(tmp_path):
+    from recap.data.songs import load_rows, load_splits
+
+    rows = [
+        {"music4all_id": "a", "lyrics": "words here", "comment": "an interpretation"},
+        {"music4all_id": "b", "lyrics": "  ", "comment": "an instrumental"},
+        {"music4all_id": "c", "comment": "no lyrics field at all"},
+        {"music4all_id": "d", "lyrics": 5, "comment": "lyrics of the wrong type"},
+    ]
+    (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = SkipReport("t")
+    assert [r.song_id for r in load_rows(tmp_path, report)] == ["a"]  # training data as before
+    assert len(report) == 3
+    kept = load_rows(tmp_path, SkipReport("t"), allow_empty_lyrics=True)
+    assert [(r.song_id, r.lyrics) for r in kept] == [("a", "words here"), ("b", ""), ("c", "")]
+    splits = load_splits(tmp_path)  # what training and evaluation read: lyrics required
+    assert sorted(r.song_id for rows in splits.values() for r in rows) == ["a"]

@@ -37,3 +37,6 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     md = (root / "results.md").read_text(encoding="utf-8")
     assert "swap: A's audio" in md and "Table 1" in md
     assert (root / "experiments" / "sweep.png").is_file()
+    # The demo's captioners learn audio-only interpretations too (lyrics dropout).
+    run = root / "experiments" / "full" / "recap" / "seed0"
+    assert json.loads((run / "train_config.json").read_text())["lyrics_dropout"] == 0.25

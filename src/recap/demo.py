@@ -62,6 +62,10 @@ class DemoConfig:
     # 2 epochs left the copy head quoting one or two words of the first line (docs/results.md)
     epochs: int = 6
     max_steps: int = 0
+    # A quarter of the training examples without their lyrics, so the demo's captioners also
+    # interpret instrumentals from the audio alone (`recap caption song.wav` without lyrics;
+    # docs/training.md "Lyrics dropout"). The lyrics-only bart run ignores it.
+    lyrics_dropout: float = 0.25
     train_overrides: dict[str, Any] = field(
         default_factory=lambda: {
             "val_every_epochs": 2,
@@ -197,6 +201,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
 
     overrides = dict(cfg.train_overrides)
     overrides["epochs"] = cfg.epochs
+    overrides["lyrics_dropout"] = cfg.lyrics_dropout
     if cfg.max_steps:
         overrides["max_steps"] = cfg.max_steps
     return ExperimentConfig(
@@ -491,6 +496,7 @@ def _handler(args: argparse.Namespace) -> int:
         size=args.size,
         epochs=args.epochs,
         max_steps=args.max_steps,
+        lyrics_dropout=args.lyrics_dropout,
         beams=args.beams,
         max_new_tokens=args.max_new_tokens,
         meteor15=not args.no_meteor15,
@@ -534,6 +540,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
+    p.add_argument(
+        "--lyrics-dropout",
+        type=float,
+        default=d.lyrics_dropout,
+        help="share of training examples without lyrics (audio-only interpretations)",
+    )
     p.add_argument("--beams", type=int, default=d.beams, help="beam width for evaluation")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")

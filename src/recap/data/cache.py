@@ -6,10 +6,15 @@ in eval mode; SPEC §1.1).
 Layout: `DATA_DIR/cache/<kind>-<key>/` holds `meta.json` (the settings), one `<song>.npy` per song
 (float16) and `skipped.json` (the songs the last run could not use, with reasons). `<key>` hashes
 every setting that changes the stored numbers:
-- waveform:   the audio config's fingerprint (rate, duration, offset, resampler, pipeline version);
+- waveform:   the audio config's fingerprint (rate, duration, offset, resampler, pipeline version,
+              and the window count and hop when a song is heard in several windows);
 - logmel:     that + the mel front end (its config fields and its window/filterbank buffers);
 - embeddings: that + the encoder's config and the bytes of its whole state dict.
 Change any of them and a new folder fills; old ones stay valid for their settings.
+
+With `AudioConfig.windows > 1` (whole songs, `recap.data.audio.load_windows`) a song's file holds
+its W windows: waveform (W, n_samples), logmel (W, n_mels, frames), embeddings (W*M, D) — the
+windows' tokens one after the other, as fusion reads them. W varies with the song's length.
 
 Why one .npy per song rather than shards + an index: each file is written to a temporary name and
 renamed (atomic), so an interrupted run leaves only complete files, "is it cached?" is one stat,
@@ -39,7 +44,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from recap.data.audio import AudioConfig, AudioError, Excerpt, load_excerpt
+from recap.data.audio import AudioConfig, AudioError, Excerpt, Windows, load_excerpt, load_windows
 from recap.data.songs import audio_path, load_rows
 from recap.utils import (
     RecapError,
@@ -243,17 +248,18 @@ EmbeddingStore = FeatureStore
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode(path: str, config: AudioConfig) -> Excerpt | str:
-    """Worker body: an excerpt, or the reason it failed (exceptions stay in the worker)."""
+def _decode(path: str, config: AudioConfig) -> Excerpt | Windows | str:
+    """Worker body: an excerpt (the song's windows when config.windows > 1), or the reason it
+    failed (exceptions stay in the worker)."""
     try:
-        return load_excerpt(path, config)
+        return load_windows(path, config) if config.windows > 1 else load_excerpt(path, config)
     except AudioError as err:
         return str(err)
 
 
 def _excerpts(
     jobs: list[tuple[str, Path]], config: AudioConfig, workers: int, window: int
-) -> Iterator[tuple[str, Excerpt | str]]:
+) -> Iterator[tuple[str, Excerpt | Windows | str]]:
     """Decoded excerpts in job order. With workers > 1 a process pool decodes ahead, at most
     `window` files in flight so memory stays bounded when the encoder is the slower side."""
     if workers <= 1:
@@ -394,7 +400,8 @@ def precompute(
                 report.add(sid, result)
                 bar.update(1)
                 continue
-            batch.append((sid, result.waveform))
+            waves = result.waveforms if isinstance(result, Windows) else result.waveform
+            batch.append((sid, waves))  # (n_samples,), or (W, n_samples) for windows
             if len(batch) >= batch_size:
                 flush()
         flush()
@@ -409,17 +416,29 @@ def precompute(
 def _run_batch(
     model: MusicEncoder | None, kind: str, batch: list[tuple[str, np.ndarray]], device: str
 ) -> list[np.ndarray]:
-    waves = np.stack([w for _, w in batch])  # (B, n_samples) float32
     if kind == "waveform":
-        return list(waves)
+        return [w for _, w in batch]
     import torch
 
+    # Windowed songs: every window of the batch through the encoder at once, then regrouped.
+    counts = [1 if w.ndim == 1 else w.shape[0] for _, w in batch]
+    waves = np.concatenate([w.reshape(-1, w.shape[-1]) for _, w in batch])  # (ΣW, n_samples)
     with torch.inference_mode():
         x = torch.from_numpy(waves).to(device)
-        # logmel: (B, n_mels, frames) dB before the BatchNorm; embeddings: (B, 119, hidden)
+        # logmel: (ΣW, n_mels, frames) dB before the BatchNorm; embeddings: (ΣW, 119, hidden)
         out = model.log_mel(x) if kind == "logmel" else model(x)  # type: ignore[union-attr]
         out = out.float().cpu().numpy()
-    return list(out)
+    arrays, at = [], 0
+    for (_, w), n in zip(batch, counts):
+        part = out[at : at + n]
+        at += n
+        if w.ndim == 1:
+            arrays.append(part[0])
+        elif kind == "embeddings":
+            arrays.append(part.reshape(-1, part.shape[-1]))  # (W, M, D) -> (W*M, D)
+        else:
+            arrays.append(part)  # (W, n_mels, frames)
+    return arrays
 
 
 def ensure_embeddings(
@@ -462,7 +481,7 @@ def _precompute_command(args: argparse.Namespace) -> int:
     if args.kind != "waveform" and not args.encoder:
         raise RecapError(f"--encoder is required for --kind {args.kind}")
     offset: float | str = args.offset if args.offset == "centre" else float(args.offset)
-    config = AudioConfig(duration=args.duration, offset=offset)
+    config = AudioConfig(duration=args.duration, offset=offset, windows=args.windows, hop=args.hop)
     store, report = precompute(
         args.data,
         args.encoder,
@@ -494,5 +513,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--duration", type=float, default=15.0, help="excerpt seconds")
     parser.add_argument("--offset", default="0", help="excerpt start in seconds, or 'centre'")
+    parser.add_argument(
+        "--windows", type=int, default=1, help="hear each song in up to N excerpts (whole songs)"
+    )
+    parser.add_argument(
+        "--hop", type=float, default=None, help="seconds between window starts (default: duration)"
+    )
     parser.add_argument("--cache-dir", default=None, help="default: DATA/cache")
     parser.set_defaults(func=_precompute_command)

@@ -22,6 +22,10 @@ takes its test split from that CSV (the JSON release is the paper's train + vali
 
 Rows that cannot be used (missing id, empty lyrics or comment, wrong types, non-UTF-8 bytes, a
 repeated (song, comment) pair) are skipped and recorded in a `SkipReport` with their position.
+Empty lyrics are a broken record of a lyrics-and-interpretation dataset, so training and
+evaluation keep skipping them (`load_splits`; lyrics dropout in training makes the audio-only
+examples instead); `load_rows(allow_empty_lyrics=True)` keeps them with `lyrics=""` for jobs that
+take instrumentals (`recap index build` on a dataset folder).
 """
 
 from __future__ import annotations
@@ -194,6 +198,7 @@ def _make_row(
     newline_to_semicolon: bool,
     split_default: str | None = None,
     lyrics_files: LyricsFiles | None = None,
+    allow_empty_lyrics: bool = False,
 ) -> Row:
     """A raw mapping → Row; raises ValueError with the reason when the row is unusable."""
     if not isinstance(record, dict):
@@ -204,11 +209,15 @@ def _make_row(
     if not _has_text(lyrics_value) and lyrics_files is not None:
         # Releases without lyrics rely on Music4All's lyrics/{id}.txt.
         lyrics_value = lyrics_files.get(song_id)
-        if lyrics_value is None:
+        if lyrics_value is None and not allow_empty_lyrics:
             raise ValueError(
                 f"no lyrics in the record and no {lyrics_files.folder.name}/{song_id}.txt"
             )
-    lyrics = _text(lyrics_value, "lyrics")
+    if allow_empty_lyrics and (lyrics_value is None or isinstance(lyrics_value, str | bytes)):
+        # An instrumental is kept with lyrics ""; text of another type is still an error.
+        lyrics = _text(lyrics_value, "lyrics") if _has_text(lyrics_value) else ""
+    else:
+        lyrics = _text(lyrics_value, "lyrics")
     comment = _text(record.get("comment"), "comment")
     vote_key = next((k for k in VOTE_FIELDS if k in record), None)
     votes = _votes(record[vote_key]) if vote_key else None
@@ -228,6 +237,7 @@ def _collect(
     split_default: str | None = None,
     seen: dict[tuple[str, str], str] | None = None,
     lyrics_files: LyricsFiles | None = None,
+    allow_empty_lyrics: bool = False,
 ) -> list[Row]:
     """Validate (position, record) pairs; bad ones and repeated (song, comment) pairs → report."""
     rows: list[Row] = []
@@ -237,7 +247,9 @@ def _collect(
             report.add(where, record.reason)
             continue
         try:
-            row = _make_row(record, newline_to_semicolon, split_default, lyrics_files)
+            row = _make_row(
+                record, newline_to_semicolon, split_default, lyrics_files, allow_empty_lyrics
+            )
         except ValueError as err:
             rid = (
                 record.get("music4all_id", record.get("song_id"))
@@ -513,6 +525,7 @@ def load_rows(
     report: SkipReport | None = None,
     newline_to_semicolon: bool = True,
     lyrics_dir: str | os.PathLike | None = None,
+    allow_empty_lyrics: bool = False,
 ) -> list[Row]:
     """Every usable row of a dataset folder or file; skipped rows go to `report` with reasons.
 
@@ -520,6 +533,7 @@ def load_rows(
     full variant holds the others); use `load_splits` for a variant. A JSON/JSONL/pickle release
     without test rows and a `df_test.csv` beside it get that CSV's rows as test. Records without
     lyrics read `lyrics_dir/{id}.txt` (default: the data folder's `lyrics/`, Music4All's layout).
+    `allow_empty_lyrics`: keep rows without lyrics (lyrics "") instead of skipping them.
     """
     path = Path(path)
     report = report if report is not None else SkipReport("load_rows")
@@ -543,16 +557,25 @@ def load_rows(
                         key[1],
                         seen,
                         lyrics_files,
+                        allow_empty_lyrics,
                     )
             return rows
         path = file
     records, split_default = _read_file(path)
-    rows = _collect(records, report, newline_to_semicolon, split_default, seen, lyrics_files)
+    rows = _collect(
+        records, report, newline_to_semicolon, split_default, seen, lyrics_files, allow_empty_lyrics
+    )
     test_csv = csvs.get(("*", "test"))
     beside = test_csv is not None and path not in csvs.values()
     if beside and not any(r.split == "test" for r in rows):
         rows += _collect(
-            _read_csv(test_csv), report, newline_to_semicolon, "test", seen, lyrics_files
+            _read_csv(test_csv),
+            report,
+            newline_to_semicolon,
+            "test",
+            seen,
+            lyrics_files,
+            allow_empty_lyrics,
         )
     return rows
 

@@ -53,16 +53,18 @@ def input_dependence(
     model: Any,
     lyrics_a: Sequence[Sequence[int]],
     lyrics_b: Sequence[Sequence[int]],
-    music: np.ndarray | None = None,
+    music: Sequence[np.ndarray] | None = None,
     batch_size: int = 16,
 ) -> list[float]:
     """Mean L2 distance between the encoder states of lyrics_a[i] and lyrics_b[i] (token ids),
     at the positions both have, per hidden state: [embeddings, layer 1, …, output].
 
-    `music` (N, M, D): one sequence per pair, the same for both sides, so only the lyrics differ.
+    `music` (N of (M, D)): one sequence per pair, the same for both sides, so only the lyrics
+    differ.
     """
     import torch
 
+    from recap.data.batching import music_tensors
     from recap.training.train import Collator
 
     collate = Collator(pad_token_id=model.config.pad_token_id)
@@ -77,14 +79,14 @@ def input_dependence(
         both = (ids_a[:, :common] != collate.pad_token_id) & (
             ids_b[:, :common] != collate.pad_token_id
         )  # (B, common)
-        music_t = None
+        music_t = {}
         if music is not None and model.config.use_music:
-            music_t = torch.from_numpy(np.asarray(music[list(idx)], dtype=np.float32)).to(device)
+            music_t = music_tensors([music[i] for i in idx], device)
         with torch.inference_mode():
             states = []
             for ids in (ids_a, ids_b):
                 enc = model.encode(
-                    ids.to(device), (ids != collate.pad_token_id).long().to(device), music_t
+                    ids.to(device), (ids != collate.pad_token_id).long().to(device), **music_t
                 )
                 states.append(torch.stack([h[:, :common] for h in enc.hidden_states]))
         # (S, B, common, d) -> (S, B, common): distance per position, summed over valid ones
@@ -110,6 +112,7 @@ def caption_losses(
     lyrics taken from example `lyrics_from[i]` and music from `music_from[i]` (default: own)."""
     import torch
 
+    from recap.data.batching import music_tensors
     from recap.models.losses import caption_loss
     from recap.training.train import Collator
 
@@ -124,16 +127,16 @@ def caption_losses(
     for idx in _batches(n, batch_size):
         input_ids = collate._pad([examples[lyrics_from[i]].lyrics_ids for i in idx])  # (B, S)
         labels = collate._pad([examples[i].caption_ids for i in idx])  # (B, T)
-        music_t = None
+        music_t = {}
         if music is not None and model.config.use_music:
-            stacked = np.stack([np.asarray(music[examples[music_from[i]].song_id]) for i in idx])
-            music_t = torch.from_numpy(stacked.astype(np.float32)).to(device)  # (B, M, D)
+            songs = [examples[music_from[i]].song_id for i in idx]
+            music_t = music_tensors([music[s] for s in songs], device)  # (B, M, D) [+ mask]
         with torch.inference_mode():
             out = model(
                 input_ids.to(device),
                 (input_ids != pad).long().to(device),
                 labels=labels.to(device),
-                music_embeds=music_t,
+                **music_t,
             )
         # The mean over this batch's caption tokens (padding masked whatever the model's loss
         # setting), times their count: batches of different token counts weigh correctly.
@@ -158,7 +161,7 @@ def diagnose_examples(
         raise RecapError("every example has the same lyrics: nothing to compare")
     seqs = None
     if music is not None and model.config.use_music:
-        seqs = np.stack([np.asarray(music[e.song_id]) for e in examples])
+        seqs = [np.asarray(music[e.song_id]) for e in examples]
     dependence = input_dependence(
         model,
         [e.lyrics_ids for e in examples],

@@ -167,11 +167,13 @@ def _music_for(
     song_ids: Sequence[str],
     encoder: str | None,
     embeddings: Mapping[str, np.ndarray] | None,
+    audio_config: Any = None,
 ) -> Mapping[str, np.ndarray] | None:
     """song id → (M, D) music sequence for a model that listens; None for a lyrics-only one.
 
     The encoder is, in order: `encoder` (the caller's), the one the run trained with (its
-    train_config.json), the frozen encoder saved inside the model.
+    train_config.json), the frozen encoder saved inside the model. The excerpts: `audio_config`,
+    else the windows the run trained with.
     """
     if not model.config.use_music:
         return None
@@ -189,7 +191,12 @@ def _music_for(
             "cannot tell which music encoder made this model's embeddings (no encoder in the "
             "run's train_config.json or in the model folder): pass --encoder"
         )
-    return ensure_embeddings(data_dir, spec, song_ids)
+    if audio_config is None:
+        from recap.data.audio import AudioConfig
+
+        tc = target.train_config
+        audio_config = AudioConfig(windows=tc.get("windows", 1), hop=tc.get("window_hop"))
+    return ensure_embeddings(data_dir, spec, song_ids, audio_config=audio_config)
 
 
 def generate_captions(
@@ -212,6 +219,8 @@ def generate_captions(
     import torch
     from tqdm.auto import tqdm
 
+    from recap.data.batching import music_tensors
+
     if not songs:
         return []
     device = next(model.parameters()).device
@@ -233,16 +242,12 @@ def generate_captions(
         for row, i in enumerate(chunk):
             input_ids[row, : len(ids[i])] = torch.as_tensor(ids[i])
         attention_mask = (input_ids != pad).long()
-        music_embeds = None
-        if music is not None:
-            stacked = np.stack([np.asarray(music[songs[i][0]]) for i in chunk])  # (B, M, D)
-            music_embeds = torch.from_numpy(stacked.astype(np.float32)).to(device)
+        music_t = {}
+        if music is not None:  # (B, M, D), and a mask when songs have different window counts
+            music_t = music_tensors([music[songs[i][0]] for i in chunk], device)
         with torch.inference_mode():
             generated = model.generate(
-                input_ids.to(device),
-                attention_mask.to(device),
-                music_embeds=music_embeds,
-                **kwargs,
+                input_ids.to(device), attention_mask.to(device), **music_t, **kwargs
             )
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         for i, text in zip(chunk, texts):
@@ -374,9 +379,15 @@ def evaluate(
     limit: int = 0,
     progress: bool = True,
     grounding: bool = True,
+    audio_config: Any = None,
+    without_lyrics: bool = False,
 ) -> dict[str, Any]:
     """Caption every row of `split`, score it, write predictions CSV + metrics JSON; return the
     metrics (also at `result["out_dir"]/metrics.json`).
+
+    `audio_config`: the excerpts heard (`recap.data.audio.AudioConfig`; default: the windows
+    the run trained with). `without_lyrics`: caption every song from its audio alone (empty
+    lyrics), to measure what the audio carries; the references are unchanged.
 
     `model_dir`: a RUN folder or a model folder. `variant` only matters for `val` (the test
     split is shared; default: the run's variant). `embeddings`: song id → music sequence, to
@@ -424,8 +435,18 @@ def evaluate(
     dev = torch.device(device) if device is not None else _default_device()
     model.to(dev).eval()
 
+    if without_lyrics:
+        from recap.inference.captioner import no_audio_message
+
+        grounding = False  # the swap test needs lyrics to swap
+
+        if not model.config.use_music:
+            raise RecapError(no_audio_message(model.config.method))
+        rows = [dataclasses.replace(r, lyrics="") for r in rows]
     songs = list(dict.fromkeys((r.song_id, r.lyrics) for r in rows))  # unique, in order
-    music = _music_for(model, target, data_dir, sorted({s for s, _ in songs}), encoder, embeddings)
+    music = _music_for(
+        model, target, data_dir, sorted({s for s, _ in songs}), encoder, embeddings, audio_config
+    )
     if music is not None:
         lost = {s for s, _ in songs if s not in music}
         for sid in sorted(lost):
@@ -438,6 +459,9 @@ def evaluate(
             raise RecapError("no evaluable rows: every song lacks a music embedding")
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(target, split, decode)
+    if out_dir is None and (without_lyrics or audio_config is not None):
+        windows = f"-w{audio_config.windows}" if audio_config is not None else ""
+        out = out.with_name(out.name + ("-nolyrics" if without_lyrics else "") + windows)
     out.mkdir(parents=True, exist_ok=True)
     references = [r.comment for r in rows]
     song_ids = [r.song_id for r in rows]
@@ -644,6 +668,8 @@ def decode_from_args(args: argparse.Namespace) -> DecodeConfig:
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from recap.data.audio import AudioConfig
+
     result = evaluate(
         args.model,
         args.data,
@@ -656,6 +682,9 @@ def _handler(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         device=args.device,
         limit=args.limit,
+        audio_config=None if args.windows is None else AudioConfig(windows=args.windows),
+        without_lyrics=args.without_lyrics,
+        grounding=not args.without_lyrics,
     )
     print(format_summary(result))
     return 0
@@ -679,4 +708,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default=None, help="output folder (default RUN/eval/<split>-<tag>)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
+    p.add_argument(
+        "--windows", type=int, default=None, help="hear N windows per song (default: the run's)"
+    )
+    p.add_argument(
+        "--without-lyrics",
+        action="store_true",
+        help="caption from the audio alone (empty lyrics): what the audio carries",
+    )
     p.set_defaults(func=_handler)

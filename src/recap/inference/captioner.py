@@ -7,11 +7,17 @@ folder, whose `best/` is used) with its tokenizer and audio settings:
     cap.caption("song.mp3", lyrics)                       # a path ...
     cap.caption(samples, lyrics, sample_rate=44100)       # ... or an array with its rate
     cap.caption_batch([("a.mp3", la), ("b.mp3", lb)])     # batched
+    cap.caption("instrumental.wav")                       # no lyrics: an audio-only interpretation
+
+A song is heard in up to `DEFAULT_WINDOWS` windows of 15 s (its first 3 minutes; `audio_config`
+sets count and hop), and fusion attends over all their music tokens. Without lyrics the lyrics
+encoder gets the empty text (<s></s>), as captioners trained with `lyrics_dropout` saw it; the
+lyrics-only `bart` method hears no audio and refuses such songs.
 
 `recap caption` runs it over one file, a folder of audio files with `<stem>.txt` lyrics beside
 them, or a manifest (CSV / JSONL with `audio` and `lyrics` or `lyrics_path` columns). Bad items
-(unreadable audio, missing lyrics) are reported per item in the output and in a skip report; the
-job goes on, and exits non-zero only when every item failed.
+(unreadable audio) are reported per item in the output and in a skip report; the job goes on,
+and exits non-zero only when every item failed. Songs without lyrics get an audio-only caption.
 """
 
 from __future__ import annotations
@@ -49,6 +55,17 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 AudioInput = str | os.PathLike | np.ndarray
 MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+# Whole songs: up to 12 windows of 15 s, the first 3 minutes (the paper hears the first 15 s).
+DEFAULT_WINDOWS = 12
+# Windows per music-encoder call: bounds the encoder's activation memory whatever the batch.
+ENCODER_CHUNK = 32
+
+
+def no_audio_message(method: str) -> str:
+    return (
+        f"the {method} model reads lyrics only and hears no audio, so it cannot interpret a song "
+        "without lyrics: give the lyrics, or use a model that listens (bart-fusion or recap)"
+    )
 
 
 # ---------------------------------------------------------------------------- model folders
@@ -193,7 +210,8 @@ class DecodeOptions:
 # ---------------------------------------------------------------------------- inputs
 @dataclass
 class SongInput:
-    """One song to caption or index. `lyrics` None means "missing" (reported, not guessed)."""
+    """One song to caption or index. `lyrics` None (or empty) means the song has none: its
+    interpretation comes from the audio alone."""
 
     id: str
     audio: AudioInput
@@ -212,6 +230,8 @@ class CaptionResult:
     audio: str
     caption: str | None = None
     error: str | None = None
+    windows: int | None = None  # how many windows of audio the model heard
+    lyrics: bool | None = None  # whether lyrics were given (False: an audio-only interpretation)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -365,14 +385,17 @@ class Captioner:
 
         self.model = model
         self.tokenizer = tokenizer
-        self.audio_config = audio_config or AudioConfig()
+        self.audio_config = audio_config or AudioConfig(windows=DEFAULT_WINDOWS)
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: Any = None) -> Captioner:
-        """Load a model folder or a training RUN folder (its `best/`)."""
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: Any = None, audio_config: Any = None
+    ) -> Captioner:
+        """Load a model folder or a training RUN folder (its `best/`). `audio_config`: the
+        windows heard (`recap.data.audio.AudioConfig`; default DEFAULT_WINDOWS of 15 s)."""
         model, tokenizer, folder = load_model_and_tokenizer(path, device)
-        return cls(model, tokenizer, source=folder)
+        return cls(model, tokenizer, audio_config=audio_config, source=folder)
 
     @property
     def device(self) -> Any:
@@ -380,14 +403,15 @@ class Captioner:
 
     # -- inputs -> tensors
     def load_waveform(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
-        """A 15 s, 16 kHz mono excerpt (240,000 float32 samples) of a path or an array."""
-        from recap.data.audio import AudioError, excerpt_from_array, load_excerpt
+        """The windows heard of a path or an array: (W, 240000) float32, 15 s at 16 kHz each
+        (W from `audio_config` and the song's length)."""
+        from recap.data.audio import AudioError, load_windows, windows_from_array
 
         if isinstance(audio, np.ndarray):
             if sample_rate is None:
                 raise RecapError("an audio array needs its sample_rate")
             try:
-                return excerpt_from_array(audio, sample_rate, self.audio_config).waveform
+                return windows_from_array(audio, sample_rate, self.audio_config).waveforms
             except AudioError:
                 raise
             except Exception as exc:  # e.g. a 3-D array
@@ -395,13 +419,57 @@ class Captioner:
         path = Path(audio)
         if not is_file(path):
             raise RecapError(f"audio file {path} does not exist")
-        return load_excerpt(path, self.audio_config).waveform
+        return load_windows(path, self.audio_config).waveforms
 
-    def encode_lyrics(self, texts: Sequence[str]) -> dict[str, Any]:
-        """Token ids and mask (B, L), L <= the model's max_source_length."""
-        for text in texts:
-            if not text or not text.strip():
-                raise RecapError("lyrics are empty")
+    def music(self, waveforms: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The music keyword arguments of the model for these songs (each (T,) or (W, T)):
+        `music_embeds` (B, M, D) with every window's tokens one after the other (M = W * 119),
+        and `music_mask` (B, M) when songs have different window counts; {} for `bart`."""
+        import torch
+
+        from recap.data.batching import pad_music
+
+        if not self.model.config.use_music:
+            return {}
+        songs = [np.asarray(w, dtype=np.float32).reshape(-1, w.shape[-1]) for w in waveforms]
+        counts = [w.shape[0] for w in songs]
+        flat = np.concatenate(songs)  # (ΣW, T)
+        with torch.inference_mode():
+            parts = [
+                self.model.music_sequence(
+                    waveform=torch.from_numpy(flat[i : i + ENCODER_CHUNK]).to(self.device)
+                )
+                for i in range(0, flat.shape[0], ENCODER_CHUNK)
+            ]  # each (chunk, M, D)
+            tokens = torch.cat(parts)  # (ΣW, M, D)
+            finite = torch.isfinite(tokens).flatten(1).all(dim=1).cpu().numpy()
+        bounds = np.cumsum([0, *counts])
+        bad = [i for i in range(len(songs)) if not finite[bounds[i] : bounds[i + 1]].all()]
+        if bad:
+            raise RecapError(
+                f"the music encoder gave NaN or infinite values for item(s) {bad} of the batch "
+                "(audio far outside [-1, 1], or a broken model)"
+            )
+        per_song = [
+            tokens[bounds[i] : bounds[i + 1]].flatten(0, 1)  # (W, M, D) -> (W*M, D)
+            for i in range(len(songs))
+        ]
+        lengths = [t.shape[0] for t in per_song]
+        if len(set(lengths)) == 1:
+            return {"music_embeds": torch.stack(per_song)}  # (B, W*M, D)
+        music, mask = pad_music([t.cpu().numpy() for t in per_song])
+        return {
+            "music_embeds": torch.from_numpy(music).to(self.device),
+            "music_mask": torch.from_numpy(mask).to(self.device),
+        }
+
+    def encode_lyrics(self, texts: Sequence[str | None]) -> dict[str, Any]:
+        """Token ids and mask (B, L), L <= the model's max_source_length. Missing or empty
+        lyrics become the empty text (<s></s>), which a model that listens interprets from the
+        audio alone; the lyrics-only `bart` method refuses them."""
+        texts = ["" if t is None or not t.strip() else t for t in texts]
+        if not self.model.config.use_music and not all(texts):
+            raise RecapError(no_audio_message(self.model.config.method))
         enc = self.tokenizer(
             [prepare_lyrics(t) for t in texts],
             padding=True,
@@ -416,9 +484,14 @@ class Captioner:
 
     # -- captioning
     def caption(
-        self, audio: AudioInput, lyrics: str, sample_rate: int | None = None, **decode: Any
+        self,
+        audio: AudioInput,
+        lyrics: str | None = None,
+        sample_rate: int | None = None,
+        **decode: Any,
     ) -> str:
-        """The interpretation of one song. `decode`: DecodeOptions fields (num_beams, ...)."""
+        """The interpretation of one song (without `lyrics`: from its audio alone). `decode`:
+        DecodeOptions fields (num_beams, ...)."""
         waveform = self.load_waveform(audio, sample_rate)
         return self.caption_waveforms([waveform], [lyrics], DecodeOptions(**decode))[0]
 
@@ -457,11 +530,13 @@ class Captioner:
             ready: list[int] = []
             waves: list[np.ndarray] = []
             for i, song in enumerate(chunk):
-                if song.lyrics is None or not song.lyrics.strip():
-                    results[i].error = "missing or empty lyrics"
+                results[i].lyrics = bool(song.lyrics and song.lyrics.strip())
+                if not results[i].lyrics and not self.model.config.use_music:
+                    results[i].error = no_audio_message(self.model.config.method)
                     continue
                 try:
                     waves.append(self.load_waveform(song.audio, song.sample_rate))
+                    results[i].windows = waves[-1].shape[0]
                     ready.append(i)
                 except (AudioError, RecapError) as exc:
                     results[i].error = f"unreadable audio: {exc}"
@@ -494,29 +569,23 @@ class Captioner:
         )
 
     def caption_waveforms(
-        self, waveforms: Sequence[np.ndarray], lyrics: Sequence[str], options: DecodeOptions
+        self,
+        waveforms: Sequence[np.ndarray],
+        lyrics: Sequence[str | None],
+        options: DecodeOptions,
     ) -> list[str]:
-        """Generate for prepared excerpts: waveforms (each (240000,)) and their lyrics."""
+        """Generate for prepared audio: waveforms (each (W, 240000) windows, or one (240000,)
+        excerpt) and their lyrics (None or "": none)."""
         import torch
 
         kwargs = self.decode_kwargs(options)
         batch = self.encode_lyrics(lyrics)
-        # (B, T): every excerpt has the same length, so stacking needs no padding.
-        wave = torch.from_numpy(np.stack(waveforms).astype(np.float32)).to(self.device)
+        music = self.music(waveforms)  # {} for the lyrics-only method
         with torch.inference_mode():
-            music = self.model.music_sequence(waveform=wave)  # None for the lyrics-only method
-            if music is not None:
-                finite = torch.isfinite(music).flatten(1).all(dim=1)
-                if not bool(finite.all()):
-                    rows = [int(i) for i in torch.nonzero(~finite).flatten()]
-                    raise RecapError(
-                        f"the music encoder gave NaN or infinite values for item(s) {rows} of "
-                        "the batch (audio far outside [-1, 1], or a broken model)"
-                    )
             if options.seed is not None:
                 torch.manual_seed(options.seed)  # sampling draws from torch's global generator
             out = self.model.generate(
-                batch["input_ids"], batch["attention_mask"], music_embeds=music, **kwargs
+                batch["input_ids"], batch["attention_mask"], **music, **kwargs
             )
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
@@ -539,7 +608,7 @@ def _as_song(item: SongInput | tuple, n: int) -> SongInput:
 
 
 # ---------------------------------------------------------------------------- output
-_FIELDS = ["id", "audio", "caption", "error"]
+_FIELDS = ["id", "audio", "caption", "error", "windows", "lyrics"]
 
 
 def _format_one(r: CaptionResult, fmt: str) -> str:
@@ -592,6 +661,7 @@ def caption_files(
     device: Any = None,
     decode: DecodeOptions | None = None,
     progress: bool = True,
+    audio_config: Any = None,
 ) -> tuple[list[CaptionResult], SkipReport]:
     """The job behind `recap caption`: caption `source`, write the results, report failures.
 
@@ -604,7 +674,7 @@ def caption_files(
         check_output_path(out)
     skipped = SkipReport("caption")
     songs = collect_inputs(source, lyrics, skipped)
-    captioner = Captioner.from_pretrained(model, device=device)
+    captioner = Captioner.from_pretrained(model, device=device, audio_config=audio_config)
     decode = decode or DecodeOptions()
     captioner.decode_kwargs(decode)  # a bad option is refused before any captioning
     if fmt is None:
@@ -669,7 +739,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("source", help="audio file, folder or manifest")
     p.add_argument("--model", required=True, help="model folder or training RUN folder")
-    p.add_argument("--lyrics", help="lyrics text file (single audio file only)")
+    p.add_argument(
+        "--lyrics", help="lyrics text file (single audio file only); none: audio-only caption"
+    )
     p.add_argument("--out", help="output file (default: stdout)")
     p.add_argument(
         "--format",
@@ -678,8 +750,46 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_window_arguments(p)
     add_decode_arguments(p)
     p.set_defaults(func=_cmd_caption)
+
+
+def add_window_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much of each song is heard (whole-song listening)."""
+    g = parser.add_argument_group("listening")
+    g.add_argument(
+        "--windows",
+        type=int,
+        default=DEFAULT_WINDOWS,
+        help=f"hear up to N windows of 15 s per song (default {DEFAULT_WINDOWS}: the first "
+        f"{DEFAULT_WINDOWS * 15 // 60} minutes; 1: the paper's first 15 s)",
+    )
+    g.add_argument(
+        "--hop", type=float, default=None, help="seconds between window starts (default 15)"
+    )
+
+
+def audio_config_from_args(args: argparse.Namespace) -> Any:
+    from recap.data.audio import AudioConfig
+
+    return AudioConfig(windows=args.windows, hop=args.hop)
+
+
+def _heard(results: Sequence[CaptionResult]) -> str:
+    """', heard in 12 windows of 15 s, audio only' for the log line: what the model listened to."""
+    done = [r for r in results if r.error is None and r.windows is not None]
+    if not done:
+        return ""
+    low, high = min(r.windows for r in done), max(r.windows for r in done)  # type: ignore
+    count = f"{low}" if low == high else f"{low}-{high}"
+    no_lyrics = sum(not r.lyrics for r in done)
+    lyrics = (
+        ""
+        if not no_lyrics
+        else (", audio only (no lyrics)" if len(done) == 1 else f", {no_lyrics} without lyrics")
+    )
+    return f", heard in {count} window{'s' if high > 1 else ''} of 15 s{lyrics}"
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
@@ -692,10 +802,12 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         decode=decode_from_args(args),
+        audio_config=audio_config_from_args(args),
     )
     failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
     print(
-        f"captioned {len(results) - failed}/{len(results)} song(s); {skipped.summary()}",
+        f"captioned {len(results) - failed}/{len(results)} song(s){_heard(results)}; "
+        f"{skipped.summary()}",
         file=sys.stderr,
     )
     if failed == len(results):

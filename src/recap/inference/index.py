@@ -17,6 +17,10 @@ overridden (or whose centroid files are missing) is trained again. Nothing in th
 unpickled or parsed by FAISS: it is JSON and .npy arrays, checked on load. Search is exact (`IndexFlatIP`) up to `IVF_THRESHOLD` songs and approximate
 (`IndexIVFFlat`, inner product) above it, unless the kind is given. An audio query searches the lyrics side ("which lyrics fit this music?"); a lyrics
 query searches the audio side ("which songs sound like these words?").
+
+Songs without lyrics (instrumentals) are indexed by their audio alone: their lyrics row is zero,
+`has_lyrics` is false in meta.json, and the lyrics side's searcher holds only songs with lyrics,
+so an audio query never returns a song as "lyrics that fit". Each is a work of its own.
 """
 
 from __future__ import annotations
@@ -130,6 +134,7 @@ class SongEntry:
     first_line: str
     lyrics_key: str  # hash of the normalised lyrics: songs with equal lyrics are one work
     split: str | None = None
+    has_lyrics: bool = True  # False: an instrumental, indexed by its audio only
 
 
 def lyrics_key(text: str) -> str:
@@ -201,7 +206,13 @@ class SongIndex:
         self.settings = self.settings.resolve(len(self.songs))
         audio_c, lyrics_c = self.centroids if self.centroids is not None else (None, None)
         self._audio_index = make_faiss_index(self.audio, self.settings, audio_c)
-        self._lyrics_index = make_faiss_index(self.lyrics, self.settings, lyrics_c)
+        # The lyrics side searches only songs that have lyrics; its ids are rows of this list.
+        self._lyrics_rows = np.array([i for i, s in enumerate(self.songs) if s.has_lyrics], int)
+        self._lyrics_index = (
+            make_faiss_index(self.lyrics[self._lyrics_rows], self.settings, lyrics_c)
+            if self._lyrics_rows.size
+            else None
+        )
         self.centroids = None
 
     def __len__(self) -> int:
@@ -225,14 +236,20 @@ class SongIndex:
                 f"query vectors have {queries.shape[1]} dimensions, the index {self.dim}: "
                 "was it built with another model?"
             )
-        index = self._lyrics_index if side == "lyrics" else self._audio_index
-        k = max(1, min(int(k), len(self.songs)))
+        if side == "lyrics":
+            if self._lyrics_index is None:
+                raise RecapError("no song of this index has lyrics: search it with lyrics instead")
+            index, rows = self._lyrics_index, self._lyrics_rows
+        else:
+            index, rows = self._audio_index, np.arange(len(self.songs))
+        k = max(1, min(int(k), rows.size))
         scores, ids = index.search(queries, k)  # (Q, k) each; id -1 = fewer than k found (IVF)
         return [
             [
-                Hit(r + 1, self.songs[i].song_id, float(s), self.songs[i].first_line)
+                Hit(r + 1, self.songs[j].song_id, float(s), self.songs[j].first_line)
                 for r, (s, i) in enumerate(zip(row_s, row_i))
                 if i >= 0
+                for j in (int(rows[i]),)
             ]
             for row_s, row_i in zip(scores, ids)
         ]
@@ -244,7 +261,8 @@ class SongIndex:
         Exact search within the split's songs (the candidates are that split only, as in the
         retrieval literature), so the figures measure the model, not the approximate index.
         A retrieved song counts as correct when its lyrics equal the query's (renderings of one
-        work share lyrics); the chance figures account for that.
+        work share lyrics); the chance figures account for that. Songs without lyrics have no
+        pair to find and are left out.
         """
         if split in (None, "all"):
             rows = np.arange(len(self.songs))
@@ -255,6 +273,9 @@ class SongIndex:
             if rows.size == 0:
                 splits = sorted({s.split for s in self.songs if s.split})
                 raise RecapError(f"no songs in split {split!r} (splits: {', '.join(splits)})")
+        rows = np.array([i for i in rows if self.songs[i].has_lyrics], dtype=int)
+        if rows.size == 0:
+            raise RecapError(f"no song with lyrics in split {split or 'all'!r}: nothing to pair")
         groups = np.array([self.songs[i].lyrics_key for i in rows])
         audio, lyrics = self.audio[rows], self.lyrics[rows]
         a2l = retrieval_metrics(audio, lyrics, groups)
@@ -282,8 +303,9 @@ class SongIndex:
                 # As plain arrays, not FAISS's own serialisation: loading parses no binary
                 # format beyond .npy, and the lists are rebuilt from them without k-means.
                 for side, index in (("audio", self._audio_index), ("lyrics", self._lyrics_index)):
-                    np.save(tmp / f"{side}{CENTROIDS_SUFFIX}", ivf_centroids(index),
-                            allow_pickle=False)  # fmt: skip
+                    if index is not None:
+                        np.save(tmp / f"{side}{CENTROIDS_SUFFIX}", ivf_centroids(index),
+                                allow_pickle=False)  # fmt: skip
             atomic_write_json(tmp / "meta.json", self._meta())
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -442,13 +464,13 @@ def _expected_rr(n: int, g: int) -> float:
 
 # ---------------------------------------------------------------------------- embedding
 def embed_audio(captioner: Captioner, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-    """Unit music vectors (B, D) of prepared excerpts: encoder → mean-pool → normalise."""
+    """Unit music vectors (B, D) of prepared audio (each (W, T) windows or one (T,) excerpt):
+    encoder → mean over every window's tokens → normalise."""
     import torch
 
-    wave = torch.from_numpy(np.stack(waveforms).astype(np.float32)).to(captioner.device)  # (B, T)
+    music = captioner.music(waveforms)  # music_embeds (B, W*119, C) [+ music_mask]
     with torch.inference_mode():
-        tokens = captioner.model.music_encoder(wave)  # (B, 119, C)
-        vectors = captioner.model.embed_music(tokens)  # (B, D)
+        vectors = captioner.model.embed_music(**music)  # (B, D)
     return normalize(vectors.float().cpu().numpy())
 
 
@@ -464,10 +486,24 @@ def embed_lyrics(captioner: Captioner, texts: Sequence[str]) -> np.ndarray:
     return normalize(vectors.float().cpu().numpy())
 
 
+def has_lyrics(song: SongInput) -> bool:
+    return bool(song.lyrics and song.lyrics.strip())
+
+
+def _lyrics_side(captioner: Captioner, songs: Sequence[SongInput]) -> np.ndarray:
+    """Unit lyrics vectors (B, D); zero rows for songs without lyrics."""
+    out = np.zeros((len(songs), captioner.model.config.music_dim), dtype=np.float32)
+    rows = [i for i, s in enumerate(songs) if has_lyrics(s)]
+    if rows:
+        out[rows] = embed_lyrics(captioner, [songs[i].lyrics for i in rows])  # type: ignore
+    return out
+
+
 def embed_songs(
     captioner: Captioner, songs: Sequence[SongInput], batch_size: int = 16, progress: bool = True
 ) -> tuple[list[SongInput], np.ndarray, np.ndarray, SkipReport]:
-    """Embed both sides of every usable song; bad ones go into the returned SkipReport."""
+    """Embed both sides of every usable song; bad ones go into the returned SkipReport. A song
+    without lyrics gets its audio vector and a zero lyrics vector."""
     from tqdm.auto import tqdm
 
     skipped = SkipReport("index build")
@@ -478,9 +514,6 @@ def embed_songs(
     for start in range(0, len(songs), max(1, batch_size)):
         chunk_songs, waves = [], []
         for song in songs[start : start + batch_size]:
-            if song.lyrics is None or not song.lyrics.strip():
-                skipped.add(f"{song.id} ({song.audio_label})", "missing or empty lyrics")
-                continue
             try:
                 waves.append(captioner.load_waveform(song.audio, song.sample_rate))
                 chunk_songs.append(song)
@@ -489,14 +522,14 @@ def embed_songs(
         if chunk_songs:
             try:
                 parts = [(embed_audio(captioner, waves),
-                          embed_lyrics(captioner, [s.lyrics for s in chunk_songs]))]  # fmt: skip
+                          _lyrics_side(captioner, chunk_songs))]  # fmt: skip
                 groups = [chunk_songs]
             except Exception:  # noqa: BLE001 - embed one by one to find the item at fault
                 parts, groups = [], []
                 for song, wave in zip(chunk_songs, waves):
                     try:
                         parts.append((embed_audio(captioner, [wave]),
-                                      embed_lyrics(captioner, [song.lyrics])))  # fmt: skip
+                                      _lyrics_side(captioner, [song])))  # fmt: skip
                         groups.append([song])
                     except Exception as exc:  # noqa: BLE001 - reported per song
                         skipped.add(f"{song.id} ({song.audio_label})", f"cannot embed: {exc}")
@@ -530,13 +563,14 @@ def check_index_out(out: str | os.PathLike) -> None:
 
 def catalogue_songs(data: str | os.PathLike, report: SkipReport | None = None) -> list[SongInput]:
     """The songs of a dataset folder (dataset.jsonl + audios/), an audio folder with <stem>.txt
-    lyrics, or a CSV/JSONL manifest. A dataset's songs appear once (first row's lyrics)."""
+    lyrics, or a CSV/JSONL manifest. A dataset's songs appear once (first row's lyrics); songs
+    without lyrics are kept (indexed by their audio)."""
     data = Path(data)
     if data.is_dir() and any((data / n).exists() for n in ("dataset.jsonl", "dataset.json")):
         from recap.data.songs import audio_path, load_rows
 
         songs: dict[str, SongInput] = {}
-        for row in load_rows(data, report):
+        for row in load_rows(data, report, allow_empty_lyrics=True):
             if row.song_id not in songs:
                 songs[row.song_id] = SongInput(
                     str(row.song_id), audio_path(data, row.song_id), row.lyrics, split=row.split
@@ -580,7 +614,9 @@ def build_index(
     skipped.items[:0] = rows.items
     source = captioner.source
     entries = [
-        SongEntry(s.id, first_line(s.lyrics or ""), lyrics_key(s.lyrics or ""), s.split)
+        SongEntry(s.id, first_line(s.lyrics), lyrics_key(s.lyrics), s.split)
+        if has_lyrics(s)
+        else SongEntry(s.id, "", f"audio:{lyrics_key(s.id)}", s.split, has_lyrics=False)
         for s in kept
     ]
     index = SongIndex(

@@ -1,6 +1,6 @@
 """`recap serve`: an HTTP API and a small web page over a Captioner (and optionally an index).
 
-    POST /caption   multipart: audio (file), lyrics (text), optional decoding fields
+    POST /caption   multipart: audio (file), optional lyrics (text; none: audio-only), decoding fields
     POST /search    multipart: audio (file) OR lyrics (text), k
     GET  /health    model, index and limits
     GET  /          the web page (serve_static/); GET /openapi.json and /docs come from FastAPI
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from recap.data.audio import decode_error_reason
-from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
+from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions, no_audio_message
 from recap.utils import RecapError
 
 log = logging.getLogger(__name__)
@@ -205,14 +205,16 @@ def create_app(
     @app.post("/caption", summary="Interpret a song from its audio and lyrics")
     def caption(
         audio: UploadFile = File(..., description="audio file (mp3, wav, flac, ogg)"),
-        lyrics: str = Form(..., description="the song's lyrics"),
+        lyrics: str | None = Form(None, description="the song's lyrics (none: from the audio)"),
         num_beams: int | None = Form(None),
         do_sample: bool | None = Form(None),
         top_p: float | None = Form(None),
         seed: int | None = Form(None),
         max_new_tokens: int | None = Form(None),
     ) -> dict[str, Any]:
-        text = check_lyrics(lyrics)
+        text = check_lyrics(lyrics) if lyrics and lyrics.strip() else None
+        if text is None and not captioner.model.config.use_music:
+            raise ApiError(422, "empty_lyrics", no_audio_message(captioner.model.config.method))
         options = decode_options(
             num_beams=num_beams,
             do_sample=do_sample,
@@ -224,7 +226,12 @@ def create_app(
         start = time.perf_counter()
         with lock:
             result = captioner.caption_waveforms([wave], [text], options)[0]
-        return {"caption": result, "seconds": round(time.perf_counter() - start, 3)}
+        return {
+            "caption": result,
+            "seconds": round(time.perf_counter() - start, 3),
+            "windows": int(wave.shape[0]),
+            "lyrics": text is not None,
+        }
 
     @app.post("/search", summary="Nearest lyrics for an audio file, or nearest songs for lyrics")
     def search(

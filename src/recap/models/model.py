@@ -20,6 +20,7 @@ import copy
 import inspect
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,10 @@ class RecapModel(nn.Module):
     def music_sequence(
         self, music_embeds: torch.Tensor | None = None, waveform: torch.Tensor | None = None
     ) -> torch.Tensor | None:
-        """The music token sequence (B, M, music_dim), or None for the lyrics-only method."""
+        """The music token sequence (B, M, music_dim), or None for the lyrics-only method.
+
+        `waveform` is (B, T), or (B, W, T) for songs heard in W windows: their tokens are
+        concatenated along the token axis, (B, W*M, music_dim), and fusion attends over all."""
         if not self.config.use_music:
             return None
         if music_embeds is not None:
@@ -202,6 +206,10 @@ class RecapModel(nn.Module):
                     "RecapModel.from_bart(..., music_encoder=PATH) or attach_music_encoder()"
                 )
             with torch.no_grad():
+                if waveform.dim() == 3:  # (B, W, T): every song heard in W windows
+                    b, w, t = waveform.shape
+                    tokens = self.music_encoder(waveform.reshape(b * w, t))  # (B*W, M, m)
+                    return tokens.reshape(b, w * tokens.size(1), tokens.size(2))  # (B, W*M, m)
                 return self.music_encoder(waveform)  # (B, T) -> (B, M, music_dim)
         raise RecapError(f"method {self.config.method!r} uses music: pass music_embeds or waveform")
 
@@ -210,14 +218,16 @@ class RecapModel(nn.Module):
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
         normalize: bool = False,
+        music_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Music vector (B, music_dim): the mean over all tokens of the music sequence (CLS
-        included, SPEC §1.4). This is the audio side of the aligned space used for retrieval;
+        included, SPEC §1.4; every window's tokens for a windowed song, `music_mask` (B, M)
+        leaving out a batch's padding). This is the audio side of the aligned space used for retrieval;
         `normalize=True` returns unit vectors (inner product = cosine)."""
         music = self.music_sequence(music_embeds, waveform)
         if music is None:
             raise RecapError(f"method {self.config.method!r} has no music embedding space")
-        vector = music.mean(dim=1)  # (B, M, m) -> (B, m)
+        vector = masked_mean(music, music_mask)  # (B, M, m) -> (B, m)
         return nn.functional.normalize(vector, dim=-1) if normalize else vector
 
     # ------------------------------------------------------------------ encoder
@@ -244,6 +254,7 @@ class RecapModel(nn.Module):
         attention_mask: torch.Tensor,
         music: torch.Tensor | None,
         num_layers: int | None = None,
+        music_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """BART's encoder, layer by layer, with fusion after the configured layers.
 
@@ -265,7 +276,7 @@ class RecapModel(nn.Module):
                 hidden = out[0] if isinstance(out, tuple) else out  # older 5.x returned tuples
             block = self._fusion_block(index)
             if block is not None and music is not None:
-                hidden = block(hidden, music)
+                hidden = block(hidden, music, music_mask)
             states.append(hidden)
         return states
 
@@ -275,17 +286,21 @@ class RecapModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
+        music_mask: torch.Tensor | None = None,
     ) -> RecapEncoderOutput:
         """Run the fused encoder once: input_ids (B, L) (+ music) → `RecapEncoderOutput`
-        (L becomes max_source_length with `pad_to_max_source_length`)."""
+        (L becomes max_source_length with `pad_to_max_source_length`). `music_mask` (B, M):
+        1 for real music tokens, 0 for padding (songs with fewer windows); None: all real."""
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         music = self.music_sequence(music_embeds, waveform)
-        states = self._run_encoder(input_ids, attention_mask, music)
+        if music is None:
+            music_mask = None
+        states = self._run_encoder(input_ids, attention_mask, music, music_mask=music_mask)
         lyrics_vector = music_vector = None
         if self.align_proj is not None:
             lyrics_vector = self._pool_lyrics(states[self.config.align_layer], attention_mask)
         if music is not None:
-            music_vector = music.mean(dim=1)  # (B, M, m) -> (B, m), CLS included
+            music_vector = masked_mean(music, music_mask)  # (B, M, m) -> (B, m), CLS included
         return RecapEncoderOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states),
@@ -300,6 +315,7 @@ class RecapModel(nn.Module):
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
         normalize: bool = False,
+        music_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Lyrics vector (B, music_dim): `align_proj(mean of encoder hidden_states[align_layer])`.
 
@@ -313,7 +329,9 @@ class RecapModel(nn.Module):
         music = None
         if any(layer < self.config.align_layer for layer in self.config.fusion_layers):
             music = self.music_sequence(music_embeds, waveform)
-        states = self._run_encoder(input_ids, attention_mask, music, self.config.align_layer)
+        states = self._run_encoder(
+            input_ids, attention_mask, music, self.config.align_layer, music_mask
+        )
         vector = self._pool_lyrics(states[self.config.align_layer], attention_mask)
         return nn.functional.normalize(vector, dim=-1) if normalize else vector
 
@@ -327,15 +345,18 @@ class RecapModel(nn.Module):
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
         song_ids: SongIds = None,
+        music_mask: torch.Tensor | None = None,
+        lyrics_present: Sequence[bool] | None = None,
     ) -> RecapOutput:
         """Teacher-forced forward pass with the named loss terms when `labels` (B, T) are given.
 
         `labels` may be padded with the pad id (masked unless `loss_includes_padding`) or -100;
         `decoder_input_ids` default to labels shifted right. `song_ids` (one per row) make the
-        alignment loss count each song once.
+        alignment loss count each song once; rows without lyrics (`lyrics_present` False, or
+        only <s></s>) are left out of it. `music_mask` (B, M): see `encode`.
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
-        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
+        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform, music_mask)
         if decoder_input_ids is None:
             if labels is None:
                 raise RecapError("forward needs labels or decoder_input_ids")
@@ -361,12 +382,15 @@ class RecapModel(nn.Module):
             encoder_last_hidden_state=encoded.last_hidden_state,
         )
         if labels is not None:
+            music_vector, lyrics_vector, align_ids = self._alignable(
+                encoded, attention_mask, song_ids, lyrics_present
+            )
             terms = recap_loss(
                 out.logits,
                 labels,
-                music=encoded.music_vector,
-                lyrics=encoded.lyrics_vector,
-                song_ids=song_ids,
+                music=music_vector,
+                lyrics=lyrics_vector,
+                song_ids=align_ids,
                 align_weight=self.config.align_weight,
                 align_kind=self.config.align_loss,
                 temperature=self.config.align_temperature,
@@ -382,6 +406,35 @@ class RecapModel(nn.Module):
             result.align_loss = terms.align_loss
             result.reconstruct_loss = terms.reconstruct_loss
         return result
+
+    @staticmethod
+    def _alignable(
+        encoded: RecapEncoderOutput,
+        attention_mask: torch.Tensor,
+        song_ids: SongIds,
+        lyrics_present: Sequence[bool] | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, SongIds]:
+        """The rows the alignment loss may pair: rows with lyrics. A row whose lyrics are empty
+        (only <s></s>: lyrics dropped in training, an instrumental) has no lyrics vector to pull
+        towards its music; with none left the term is zero. `lyrics_present` (one bool per row,
+        from the collator, so the training step never waits on the device); None reads it
+        from `attention_mask`."""
+        music, lyrics = encoded.music_vector, encoded.lyrics_vector
+        if music is None or lyrics is None:
+            return music, lyrics, song_ids
+        if lyrics_present is None:
+            lyrics_present = (attention_mask.sum(dim=1) > 2).tolist()  # more than <s></s>
+        if all(lyrics_present):
+            return music, lyrics, song_ids
+        keep = [i for i, present in enumerate(lyrics_present) if present]
+        if not keep:
+            return None, None, None
+        rows = torch.tensor(keep, device=music.device)
+        if isinstance(song_ids, torch.Tensor):
+            ids: SongIds = song_ids[rows.to(song_ids.device)]
+        else:
+            ids = [song_ids[i] for i in keep] if song_ids is not None else None
+        return music[rows], lyrics[rows], ids
 
     # ------------------------------------------------------------------ generation
     def _generation_config(self) -> GenerationConfig:
@@ -413,6 +466,7 @@ class RecapModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
+        music_mask: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Caption token ids (B·num_return_sequences, T'), starting with decoder_start </s> <s>.
@@ -423,7 +477,7 @@ class RecapModel(nn.Module):
         `torch.manual_seed` beforehand.
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
-        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
+        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform, music_mask)
         with self._copying(encoded.last_hidden_state, input_ids, attention_mask):
             return self.bart.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),

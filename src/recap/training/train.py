@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from recap.data.batching import LengthGroupedBatchSampler
+from recap.data.batching import LengthGroupedBatchSampler, pad_music
 from recap.utils import RecapError, SkipReport, atomic_write_json, flag_field, known_fields
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,11 @@ class TrainConfig:
         None, "music encoder: a saved folder (recap tagger train), a CNNSA checkpoint or a preset"
     )
     bart: str | None = _opt(None, "pretrained BART name or folder; default: train from scratch")
+    lyrics_dropout: float = _opt(
+        0.0, "share of training examples with their lyrics left out (audio-only captions)"
+    )
+    windows: int = _opt(1, "hear each song in up to N excerpts (1: the paper's one excerpt)")
+    window_hop: float | None = _opt(None, "seconds between window starts (None: back to back)")
     # --- model settings the experiments vary (None: the preset's)
     align_weight: float | None = _opt(None, "w in L = L_cap + w L_align (paper 0.02)")
     align_loss: str | None = _opt(None, "cosine | infonce")
@@ -166,12 +172,21 @@ class TrainConfig:
         if cfg.variant not in ("full", "not_negative", "positive"):
             raise RecapError(f"variant must be full|not_negative|positive, got {cfg.variant!r}")
         parse_metric(cfg.val_metric)
+        if not 0.0 <= cfg.lyrics_dropout < 1.0:
+            raise RecapError(f"lyrics_dropout must be in [0, 1), got {cfg.lyrics_dropout}")
+        cfg.audio_config()  # checks windows and window_hop
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
             raise RecapError("batch_size and epochs must be positive and lr > 0")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def audio_config(self) -> Any:
+        """The excerpts the music encoder hears (`recap.data.audio.AudioConfig`)."""
+        from recap.data.audio import AudioConfig
+
+        return AudioConfig(windows=self.windows, hop=self.window_hop)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -251,12 +266,30 @@ class Collator:
     """Pads a batch to its own longest sequence (dynamic padding) and looks up the music.
 
     Labels are padded with the pad id (the model masks them unless `loss_includes_padding`).
-    Music embeddings stay float16 on the host: half the bytes to copy; the device casts.
+    Music embeddings stay float16 on the host: half the bytes to copy; the device casts. Songs
+    heard in different numbers of windows are padded to the longest, with a `music_mask`.
+
+    Lyrics dropout: a `lyrics_dropout` share of training examples get empty lyrics
+    (`empty_lyrics_ids`, the tokenizer's encoding of "": <s></s>), so the captioner learns to
+    interpret a song from its audio alone. The draw is a hash of (seed, epoch, song, caption), so
+    it is the same on every rank and after a resume; the trainer sets `epoch`. Validation calls
+    with `train=False` (no dropout).
     """
 
     pad_token_id: int
     embeddings: Mapping[str, np.ndarray] | None = None
     pad_to_multiple_of: int = 1
+    lyrics_dropout: float = 0.0
+    empty_lyrics_ids: tuple[int, ...] = (0, 2)
+    seed: int = 0
+    epoch: int = 0
+
+    def drops_lyrics(self, example: Example) -> bool:
+        if self.lyrics_dropout <= 0:
+            return False
+        key = f"{self.seed}|{self.epoch}|{example.song_id}|{example.caption_ids}".encode()
+        draw = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
+        return draw < self.lyrics_dropout
 
     def _pad(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         longest = max(len(s) for s in seqs)
@@ -267,8 +300,12 @@ class Collator:
             out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
         return out
 
-    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
-        input_ids = self._pad([e.lyrics_ids for e in examples])  # (B, S)
+    def __call__(self, examples: Sequence[Example], train: bool = True) -> dict[str, Any]:
+        dropped = [train and self.drops_lyrics(e) for e in examples]
+        lyrics = [
+            list(self.empty_lyrics_ids) if d else e.lyrics_ids for e, d in zip(examples, dropped)
+        ]
+        input_ids = self._pad(lyrics)  # (B, S)
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": (input_ids != self.pad_token_id).long(),
@@ -277,9 +314,15 @@ class Collator:
             # Host-side counts for throughput logging, so the step never waits on the device.
             "n_tokens": sum(e.length for e in examples),
         }
+        if any(dropped):  # the model leaves these rows out of the alignment loss
+            batch["lyrics_present"] = [not d for d in dropped]
         if self.embeddings is not None:
-            music = np.stack([np.asarray(self.embeddings[e.song_id]) for e in examples])
-            batch["music_embeds"] = torch.from_numpy(music)  # (B, 119, D) float16
+            music, music_mask = pad_music(
+                [np.asarray(self.embeddings[e.song_id]) for e in examples]
+            )
+            batch["music_embeds"] = torch.from_numpy(music)  # (B, W*119, D) float16
+            if music_mask is not None:
+                batch["music_mask"] = torch.from_numpy(music_mask)  # (B, W*119)
         return batch
 
 
@@ -290,13 +333,22 @@ def music_embeddings(
     device: str = "cpu",
     progress: bool = True,
     workers: int | None = None,
+    audio_config: Any = None,
 ) -> Mapping[str, Any]:
     """song id → (M, D) float16 music sequence of the frozen `encoder` (a MusicEncoder), computed
-    once and cached under DATA/cache keyed by the encoder's weights (`recap.data.cache`)."""
+    once and cached under DATA/cache keyed by the encoder's weights and the audio settings
+    (`recap.data.cache`; W windows give M = W * 119)."""
+    from recap.data.audio import AudioConfig
     from recap.data.cache import ensure_embeddings
 
     return ensure_embeddings(
-        data_dir, encoder, song_ids, device=device, progress=progress, num_workers=workers
+        data_dir,
+        encoder,
+        song_ids,
+        audio_config=audio_config or AudioConfig(),
+        device=device,
+        progress=progress,
+        num_workers=workers,
     )
 
 
@@ -545,6 +597,7 @@ class Trainer:
                     str(acc.device),
                     cfg.progress and self.is_main,
                     cfg.embed_workers,
+                    cfg.audio_config(),
                 )
             missing = [s for s in songs if s not in embeddings]
             if missing:
@@ -554,7 +607,19 @@ class Trainer:
                 self.train_examples = [e for e in self.train_examples if e.song_id not in lost]
                 self.val_examples = [e for e in self.val_examples if e.song_id not in lost]
         self.embeddings = embeddings
-        self.collator = Collator(mcfg.pad_token_id, embeddings, cfg.pad_to_multiple_of)
+        dropout = cfg.lyrics_dropout
+        if dropout and not mcfg.use_music:
+            # Without audio an example without lyrics has no input at all: nothing to learn.
+            logger.warning("the %s preset hears no audio; lyrics_dropout is not used", cfg.preset)
+            dropout = 0.0
+        self.collator = Collator(
+            mcfg.pad_token_id,
+            embeddings,
+            cfg.pad_to_multiple_of,
+            lyrics_dropout=dropout,
+            empty_lyrics_ids=tuple(tokenizer("")["input_ids"]),
+            seed=cfg.seed,
+        )
         if cfg.batch_size % acc.num_processes:
             raise RecapError(
                 f"--batch-size {cfg.batch_size} is the global batch: it must divide evenly "
@@ -721,10 +786,12 @@ class Trainer:
         preds: list[tuple[int, str]] = []
         for start in range(0, len(mine), bs):
             idx = mine[start : start + bs]
-            batch = _to_device(self.collator([self.val_examples[i] for i in idx]), acc.device)
+            examples = [self.val_examples[i] for i in idx]
+            batch = _to_device(self.collator(examples, train=False), acc.device)
             kwargs = dict(gen_kwargs)
-            if "music_embeds" in batch:
-                kwargs["music_embeds"] = batch["music_embeds"]
+            for key in ("music_embeds", "music_mask"):
+                if key in batch:
+                    kwargs[key] = batch[key]
             with acc.autocast():
                 out = model.generate(batch["input_ids"], batch["attention_mask"], **kwargs)
             texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
@@ -780,6 +847,7 @@ class Trainer:
         for epoch in range(state.epoch, cfg.epochs):
             state.epoch = epoch
             self.sampler.set_epoch(epoch, state.batch_in_epoch)
+            self.collator.epoch = epoch  # lyrics dropout draws anew each epoch
             for batch in self.loader:
                 n_tokens = batch.pop("n_tokens")
                 batch = _to_device(batch, acc.device)
