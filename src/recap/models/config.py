@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recap.models.encoders import music_config_from_dict, music_encoder_kinds
 from recap.models.music_encoder import MusicEncoderConfig
 from recap.utils import RecapError, atomic_write_json, known_fields
 
@@ -86,9 +87,11 @@ class RecapConfig:
     attn_implementation: str = "sdpa"
 
     # --- music encoder (SPEC §1.1) ---
-    music: MusicEncoderConfig = field(
-        default_factory=lambda: MusicEncoderConfig.preset("reference")
-    )
+    # Its kind in the encoder registry (recap.models.encoders): "cnnsa" (the paper's), or "hf"
+    # (a transformers audio tower, e.g. CLAP); `music` is that kind's config. A config.json
+    # written before the field existed is CNNSA's.
+    music_kind: str = "cnnsa"
+    music: Any = field(default_factory=lambda: MusicEncoderConfig.preset("reference"))
     use_music: bool = True
     # Whether the model holds a (frozen) music encoder for raw-waveform input. Training uses
     # precomputed embeddings and does not need one; a captioner for audio files does.
@@ -158,12 +161,18 @@ class RecapConfig:
             raise RecapError("align_temperature must be > 0")
         if self.reconstruct_weight < 0:
             raise RecapError("reconstruct_weight must be >= 0")
+        if self.music_kind not in music_encoder_kinds():
+            raise RecapError(
+                f"unknown music_kind {self.music_kind!r}; registered: "
+                + ", ".join(music_encoder_kinds())
+            )
         if self.fusion_init not in ("normal", "pytorch"):
             raise RecapError(f"fusion_init must be 'normal' or 'pytorch', got {self.fusion_init!r}")
 
     @property
     def music_dim(self) -> int:
-        """Width of the music token sequence (256 for the reference CNNSA)."""
+        """Width of the music token sequence (256 for the reference CNNSA, 1024 for
+        laion/larger_clap_music)."""
         return int(self.music.hidden_size)
 
     # ------------------------------------------------------------------ BART
@@ -249,10 +258,11 @@ class RecapConfig:
         if isinstance(gen, GenerationSettings):  # pragma: no cover - defensive
             gen = gen.to_dict()
         music = overrides.pop("music", values.pop("music"))
+        kind = overrides.get("music_kind", "cnnsa")
         if isinstance(music, str):
             music = MusicEncoderConfig.preset(music)
         elif isinstance(music, dict):
-            music = MusicEncoderConfig.from_dict(music)
+            music = music_config_from_dict(kind, music)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise RecapError(f"unknown RecapConfig field(s): {', '.join(sorted(unknown))}")
@@ -283,7 +293,9 @@ class RecapConfig:
                 "the checkpoint"
             )
         values = known_fields(cls, data, "RecapConfig")
-        values["music"] = MusicEncoderConfig.from_dict(values.get("music") or {})
+        values["music"] = music_config_from_dict(
+            values.get("music_kind", "cnnsa"), values.get("music") or {}
+        )
         values["generation"] = GenerationSettings.from_dict(values.get("generation") or {})
         values["fusion_layers"] = tuple(values.get("fusion_layers", ()))
         return cls(**values)
