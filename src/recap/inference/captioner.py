@@ -85,9 +85,15 @@ def _best_models_below(path: Path, depth: int = 6) -> list[Path]:
     return sorted({f for f in found if f.name == "best" and (f / "model.safetensors").is_file()})
 
 
-def load_model_and_tokenizer(path: str | os.PathLike, device: Any = None) -> tuple[Any, Any, Path]:
+def load_model_and_tokenizer(
+    path: str | os.PathLike, device: Any = None, encoder: Any = None
+) -> tuple[Any, Any, Path]:
     """Load (model in eval mode on `device`, tokenizer, resolved folder); every failure is a
-    RecapError naming the folder, so the CLI and the server report it without a traceback."""
+    RecapError naming the folder, so the CLI and the server report it without a traceback.
+
+    `encoder` (a spec such as `hf:DIR`, or an encoder) gives a model saved without a music
+    encoder the one its training embeddings came from; a model with its own accepts only that.
+    """
     import torch
 
     from recap.models.model import RecapModel
@@ -117,13 +123,35 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: Any = None) -> tup
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise RecapError(f"{folder} holds no tokenizer files (tokenizer.json); re-save the model")
+    if encoder is not None and model.config.use_music:
+        _use_encoder(model, encoder, folder)
     if model.music_encoder is None and model.config.use_music:
         raise RecapError(
-            f"the model in {folder} has no music encoder, so it cannot read audio; export it "
-            "with the music encoder included (RecapConfig.with_music_encoder=True)"
+            f"the model in {folder} has no music encoder, so it cannot read audio; pass the "
+            "one it was trained with (--encoder), or export it with the music encoder included "
+            "(RecapConfig.with_music_encoder=True)"
         )
     device = torch.device(device) if device is not None else default_device()
     return model.to(device).eval(), tokenizer, folder
+
+
+def _use_encoder(model: Any, spec: Any, folder: Path) -> None:
+    """Attach the encoder `spec` to a model saved without one; with its own, accept only it."""
+    from recap.models.encoders import build_music_encoder
+
+    encoder = build_music_encoder(spec)
+    if encoder.kind != model.config.music_kind:
+        raise RecapError(
+            f"the model in {folder} was trained on a {model.config.music_kind} music encoder, "
+            f"not {encoder.kind} ({spec})"
+        )
+    if model.music_encoder is None:
+        model.attach_music_encoder(encoder)
+    elif model.music_encoder.fingerprint() != encoder.fingerprint():
+        raise RecapError(
+            f"the model in {folder} carries its own music encoder and {spec} is another one: "
+            "captions need the encoder the model was trained with (leave out --encoder)"
+        )
 
 
 def default_device() -> Any:
@@ -361,17 +389,21 @@ class Captioner:
     def __init__(
         self, model: Any, tokenizer: Any, audio_config: Any = None, source: Path | None = None
     ):
-        from recap.data.audio import AudioConfig
+        from recap.models.encoders import audio_config_for
 
         self.model = model
         self.tokenizer = tokenizer
-        self.audio_config = audio_config or AudioConfig()
+        # audio is decoded at the music encoder's rate (16 kHz CNNSA, 48 kHz CLAP)
+        self.audio_config = audio_config_for(getattr(model, "music_encoder", None), audio_config)
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: Any = None) -> Captioner:
-        """Load a model folder or a training RUN folder (its `best/`)."""
-        model, tokenizer, folder = load_model_and_tokenizer(path, device)
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: Any = None, encoder: Any = None
+    ) -> Captioner:
+        """Load a model folder or a training RUN folder (its `best/`); `encoder`: see
+        `load_model_and_tokenizer`."""
+        model, tokenizer, folder = load_model_and_tokenizer(path, device, encoder)
         return cls(model, tokenizer, source=folder)
 
     @property
@@ -380,7 +412,8 @@ class Captioner:
 
     # -- inputs -> tensors
     def load_waveform(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
-        """A 15 s, 16 kHz mono excerpt (240,000 float32 samples) of a path or an array."""
+        """A 15 s mono excerpt at the encoder's rate (240,000 float32 samples at 16 kHz) of a
+        path or an array."""
         from recap.data.audio import AudioError, excerpt_from_array, load_excerpt
 
         if isinstance(audio, np.ndarray):
@@ -592,6 +625,7 @@ def caption_files(
     device: Any = None,
     decode: DecodeOptions | None = None,
     progress: bool = True,
+    encoder: Any = None,
 ) -> tuple[list[CaptionResult], SkipReport]:
     """The job behind `recap caption`: caption `source`, write the results, report failures.
 
@@ -604,7 +638,7 @@ def caption_files(
         check_output_path(out)
     skipped = SkipReport("caption")
     songs = collect_inputs(source, lyrics, skipped)
-    captioner = Captioner.from_pretrained(model, device=device)
+    captioner = Captioner.from_pretrained(model, device=device, encoder=encoder)
     decode = decode or DecodeOptions()
     captioner.decode_kwargs(decode)  # a bad option is refused before any captioning
     if fmt is None:
@@ -678,6 +712,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="the music encoder (e.g. hf:<hub name or folder>) of a model saved without one",
+    )
     add_decode_arguments(p)
     p.set_defaults(func=_cmd_caption)
 
@@ -692,6 +731,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         decode=decode_from_args(args),
+        encoder=args.encoder,
     )
     failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
     print(

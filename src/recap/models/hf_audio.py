@@ -59,6 +59,11 @@ class HFAudioEncoderConfig:
     model_config: dict[str, Any] = field(default_factory=dict)  # ClapAudioConfig.to_dict()
     feature_extractor: dict[str, Any] = field(default_factory=dict)  # its to_dict()
 
+    def __post_init__(self) -> None:
+        # as config.json will hold them (tuples become lists), so a reloaded config is equal
+        self.model_config = json.loads(json.dumps(self.model_config))
+        self.feature_extractor = json.loads(json.dumps(self.feature_extractor))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -221,7 +226,8 @@ def load_hf_audio_encoder(source: str) -> HFAudioEncoder:
         model_type="clap_audio_model",
         hidden_size=int(model.audio_encoder.num_features),
         sample_rate=int(extractor.sampling_rate),
-        model_config=model.config.to_dict(),
+        # "_name_or_path" is where it was loaded from: not a setting, and machine-specific
+        model_config={k: v for k, v in model.config.to_dict().items() if not k.startswith("_")},
         feature_extractor=extractor.to_dict(),
     )
     return HFAudioEncoder(encoder_config, model, extractor)

@@ -332,6 +332,19 @@ def predict(
     return head_probs, torch.cat(tokens).numpy() if tokens else empty
 
 
+def _check_trainable(encoder: str) -> None:
+    """The tagger trains a CNNSA from scratch; another kind of encoder is refused clearly."""
+    from recap.models.encoders import parse_encoder_spec
+
+    kind, _ = parse_encoder_spec(encoder)
+    if kind != "cnnsa":
+        raise RecapError(
+            f"recap tagger train trains a CNNSA music encoder from scratch; {encoder} is a "
+            f"pretrained {kind} encoder, which RECAP uses frozen: pass it straight to "
+            f"`recap precompute --encoder {encoder}` or `recap train --encoder {encoder}`"
+        )
+
+
 def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     """Train the encoder on the audio tags of `config.data`; returns the test metrics (also
     written to OUT/tagger_metrics.json). A finished OUT is reused unless `overwrite`."""
@@ -345,6 +358,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if not cfg.data or not cfg.out:
         raise RecapError("the tagger needs --data (a benchmark folder) and --out")
+    _check_trainable(cfg.preset)
     if (out / METRICS_NAME).is_file() and not cfg.overwrite:
         logger.info("%s holds a trained tagger; reusing it (--overwrite to retrain)", out)
         saved = json.loads((out / METRICS_NAME).read_text())
@@ -555,6 +569,11 @@ def register(subparsers: Any) -> None:
         "train", help="train CNNSA on the benchmark's audio slots as tags (ROC-AUC on test)"
     )
     add_dataclass_arguments(train_parser, TaggerConfig)
+    # --encoder, as recap precompute/train spell it: the CNNSA size here (an hf: encoder is
+    # refused with a pointer to those commands, which use it frozen).
+    train_parser.add_argument(
+        "--encoder", dest="preset", default=None, help="same as --preset (CNNSA sizes only)"
+    )
     train_parser.set_defaults(func=_handler)
 
 

@@ -79,7 +79,9 @@ class TrainConfig:
     variant: str = _opt("full", "training data: full | not_negative (vote >= 0) | positive")
     val_fraction: float = _opt(0.1, "share of train held out for validation when none is given")
     encoder: str | None = _opt(
-        None, "music encoder: a saved folder (recap tagger train), a CNNSA checkpoint or a preset"
+        None,
+        "music encoder: a saved folder (recap tagger train), a CNNSA checkpoint or a preset, or "
+        "hf:<hub name or folder> (CLAP's audio tower, frozen)",
     )
     bart: str | None = _opt(None, "pretrained BART name or folder; default: train from scratch")
     # --- model settings the experiments vary (None: the preset's)
@@ -501,12 +503,13 @@ class Trainer:
         if cfg.preset == "bart" and cfg.encoder:
             logger.warning("the bart preset hears no music; --encoder %s is not used", cfg.encoder)
         if cfg.preset != "bart":
-            from recap.models.music_encoder import load_music_encoder
+            from recap.models.encoders import build_music_encoder
 
             # Without --encoder: the size's CNNSA preset, randomly initialised from the seed
             # (frozen random features; `recap tagger train` makes a trained one).
             spec = cfg.encoder or _music_preset_name(RecapConfig.preset(cfg.preset, cfg.size).music)
-            encoder = load_music_encoder(spec)
+            encoder = build_music_encoder(spec)
+            overrides["music_kind"] = encoder.kind
             overrides["music"] = encoder.config
         self.encoder = encoder
         # --- tokenizer
