@@ -124,7 +124,7 @@ def load_model_and_tokenizer(
     if tokenizer is None:
         raise RecapError(f"{folder} holds no tokenizer files (tokenizer.json); re-save the model")
     if encoder is not None and model.config.use_music:
-        _use_encoder(model, encoder, folder)
+        model.use_music_encoder(encoder)
     if model.music_encoder is None and model.config.use_music:
         raise RecapError(
             f"the model in {folder} has no music encoder, so it cannot read audio; pass the "
@@ -133,25 +133,6 @@ def load_model_and_tokenizer(
         )
     device = torch.device(device) if device is not None else default_device()
     return model.to(device).eval(), tokenizer, folder
-
-
-def _use_encoder(model: Any, spec: Any, folder: Path) -> None:
-    """Attach the encoder `spec` to a model saved without one; with its own, accept only it."""
-    from recap.models.encoders import build_music_encoder
-
-    encoder = build_music_encoder(spec)
-    if encoder.kind != model.config.music_kind:
-        raise RecapError(
-            f"the model in {folder} was trained on a {model.config.music_kind} music encoder, "
-            f"not {encoder.kind} ({spec})"
-        )
-    if model.music_encoder is None:
-        model.attach_music_encoder(encoder)
-    elif model.music_encoder.fingerprint() != encoder.fingerprint():
-        raise RecapError(
-            f"the model in {folder} carries its own music encoder and {spec} is another one: "
-            "captions need the encoder the model was trained with (leave out --encoder)"
-        )
 
 
 def default_device() -> Any:

@@ -153,6 +153,23 @@ class RecapModel(nn.Module):
         self.config.with_music_encoder = True
         self.freeze_music_encoder()
 
+    def use_music_encoder(self, spec: Any) -> None:
+        """Give a model saved without a music encoder the one its embeddings came from (a spec
+        such as "hf:DIR", or an encoder); a model that holds its own accepts only that one."""
+        encoder = build_music_encoder(spec)
+        if encoder.kind != self.config.music_kind:
+            raise RecapError(
+                f"this model was trained on a {self.config.music_kind} music encoder, "
+                f"not {encoder.kind} ({spec})"
+            )
+        if self.music_encoder is None:
+            self.attach_music_encoder(encoder)
+        elif self.music_encoder.fingerprint() != encoder.fingerprint():
+            raise RecapError(
+                f"this model carries its own music encoder and {spec} is another one: captions "
+                "need the encoder the model was trained with"
+            )
+
     def freeze_music_encoder(self) -> None:
         """No gradient, eval mode (BatchNorm running stats, no dropout) — both codebases freeze it;
         one ran it in train mode by mistake (SPEC §1.1)."""
