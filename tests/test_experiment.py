@@ -176,10 +176,10 @@ def test_cli_parses_table1_and_sweep():
 def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     import os
 
-    from recap.evaluation.evaluate import DecodeConfig
+    from recap.inference.generate import DecodeSettings
 
     cfg = ex.ExperimentConfig(
-        data="d", decode=DecodeConfig(num_beams=2), meteor15=False, bootstrap=50
+        data="d", decode=DecodeSettings(num_beams=2), meteor15=False, bootstrap=50
     )
     run = tmp_path / "run"
     run.mkdir()
@@ -197,7 +197,7 @@ def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     os.utime(run / "done.json", (1000, 1000))  # trained before the evaluation
     assert ex._cached_metrics(metrics, cfg, run) == saved
     other = ex.ExperimentConfig(
-        data="d", decode=DecodeConfig(num_beams=4), meteor15=False, bootstrap=50
+        data="d", decode=DecodeSettings(num_beams=4), meteor15=False, bootstrap=50
     )
     assert ex._cached_metrics(metrics, other, run) is None  # other decoding
     wants_m15 = ex.ExperimentConfig(data="d", decode=cfg.decode, bootstrap=50)
@@ -214,7 +214,7 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
     """The authors' seed protocol, checked on the calls (training and decoding are stubbed)."""
     import recap.evaluation.evaluate
     import recap.training.train
-    from recap.evaluation.evaluate import DecodeConfig
+    from recap.inference.generate import DecodeSettings
 
     trained, evaluated = [], []
 
@@ -237,7 +237,7 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
         out=str(tmp_path / "out"),
         variants=("full",),
         methods=("recap",),
-        decode=DecodeConfig.paper_sampled(),
+        decode=DecodeSettings.paper_sampled(),
         meteor15=False,
         progress=False,
     )

@@ -192,8 +192,8 @@ def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
 
 
 def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
-    from recap.evaluation.evaluate import DecodeConfig
     from recap.evaluation.experiment import ExperimentConfig
+    from recap.inference.generate import DecodeSettings
 
     overrides = dict(cfg.train_overrides)
     overrides["epochs"] = cfg.epochs
@@ -207,7 +207,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
         variants=cfg.variants(),
         seeds=(cfg.seed,),
         train_overrides=overrides,
-        decode=DecodeConfig(
+        decode=DecodeSettings(
             num_beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size
         ),
         meteor15=cfg.meteor15,

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from recap.evaluation.evaluate import (
-    METRICS_NAME,
+from recap.evaluation.evaluate import METRICS_NAME
+from recap.inference.generate import (
     PAPER_SAMPLING_SEEDS,
-    DecodeConfig,
+    DecodeSettings,
     add_decode_arguments,
     decode_from_args,
 )
@@ -133,7 +133,7 @@ class ExperimentConfig:
     # Training seeds; None: 0, or with sampling the authors' 2022, 2021, 2020.
     seeds: tuple[int, ...] | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
     # With sampling: True samples each trained model once with its own training seed (the
     # authors' protocol); False samples every model with each of `decode.seeds`.
     paired_sampling: bool = True
@@ -160,7 +160,7 @@ class ExperimentConfig:
     def run_dir(self, variant: str, name: str, seed: int) -> Path:
         return Path(self.out) / variant / name / f"seed{seed}"
 
-    def decode_for(self, seed: int) -> DecodeConfig:
+    def decode_for(self, seed: int) -> DecodeSettings:
         """The decoding of the model trained with `seed`: under paired sampling it is sampled
         once, with that same seed (the authors' code); otherwise `decode` as given."""
         if self.decode.do_sample and self.paired_sampling:
@@ -253,7 +253,7 @@ def train_and_evaluate(
 
 
 def _cached_metrics(
-    path: Path, cfg: ExperimentConfig, run: Path, decode: DecodeConfig | None = None
+    path: Path, cfg: ExperimentConfig, run: Path, decode: DecodeSettings | None = None
 ) -> dict[str, Any] | None:
     """A finished evaluation of this run's current model, with the same metric definitions,
     decoding (`decode`, default the config's), bootstrap and the METEOR 1.5 this config asks
@@ -388,7 +388,7 @@ def render_table1(
         notes.append(f"Seeds: {protocol}.")
     if decode is not None:
         notes.append(
-            f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
+            f"Decoding: {DecodeSettings.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
         )
     return "\n".join(lines + notes + render_grounding(rows)) + "\n"
 
@@ -707,7 +707,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     add_decode_arguments(
         p,
-        seeds_flag="--sample-seeds",
         seeds_help="with --sample: sample EVERY model with each of these seeds (metrics averaged) "
         "instead of the authors' protocol (each model once, with its own training seed)",
     )

@@ -43,8 +43,8 @@ from recap.inference.captioner import (
     collect_inputs,
     prepare_lyrics,
     read_manifest,
-    resolve_model_dir,
 )
+from recap.inference.generate import resolve_model_dir
 from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from recap.data.audio import decode_error_reason
-from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
+from recap.inference.captioner import AUDIO_SUFFIXES, Captioner
+from recap.inference.generate import DecodeSettings
 from recap.utils import RecapError
 
 log = logging.getLogger(__name__)
@@ -173,13 +174,12 @@ def create_app(
             )
         return text
 
-    def decode_options(**values: Any) -> DecodeOptions:
-        options = DecodeOptions(**values)
+    def decode_options(**values: Any) -> DecodeSettings:
         try:
-            captioner.decode_kwargs(options)
+            options = captioner.settings(**values)
         except RecapError as exc:
             raise ApiError(422, "invalid_option", str(exc)) from exc
-        if options.num_beams is not None and options.num_beams > settings.max_beams:
+        if options.num_beams > settings.max_beams:
             raise ApiError(422, "invalid_option", f"num_beams is limited to {settings.max_beams}")
         if options.max_new_tokens is not None and options.max_new_tokens > settings.max_new_tokens:
             raise ApiError(

@@ -683,6 +683,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """On held-out works: greedy exact copy of uncorrupted inputs — single lines and segments
     packed up to each cap — and teacher-forced token accuracy on masked spans."""
+    from recap.inference.generate import generate_ids
+
     model.eval()
     bos, eos, pad, mask = (
         tokenizer.bos_token_id,
@@ -705,9 +707,10 @@ def evaluate(
             part = chosen[start : start + 32]
             pairs = [Corrupted(s.ids, s.ids, [False] * len(s.ids), True) for s in part]
             batch = make_batch(pairs, bos, eos, pad)
-            out = model.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
+            out = generate_ids(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
                 num_beams=1,
                 do_sample=False,
                 max_new_tokens=max(len(s.ids) for s in part) + 4,

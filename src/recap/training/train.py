@@ -709,26 +709,31 @@ class Trainer:
         """Generate captions for the val split (sharded over processes) and score them."""
         from accelerate.utils import gather_object
 
+        from recap.inference.generate import DecodeSettings, generate_texts
+
         cfg, acc = self.cfg, self.accelerator
         model = acc.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         mine = list(range(acc.process_index, len(self.val_examples), acc.num_processes))
-        bs = cfg.val_batch_size or cfg.batch_size
-        gen_kwargs: dict[str, Any] = {"num_beams": cfg.val_num_beams, "do_sample": False}
-        if cfg.val_max_new_tokens:
-            gen_kwargs["max_new_tokens"] = cfg.val_max_new_tokens
-        preds: list[tuple[int, str]] = []
-        for start in range(0, len(mine), bs):
-            idx = mine[start : start + bs]
-            batch = _to_device(self.collator([self.val_examples[i] for i in idx]), acc.device)
-            kwargs = dict(gen_kwargs)
-            if "music_embeds" in batch:
-                kwargs["music_embeds"] = batch["music_embeds"]
-            with acc.autocast():
-                out = model.generate(batch["input_ids"], batch["attention_mask"], **kwargs)
-            texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-            preds.extend(zip(idx, (t.strip() for t in texts)))
+        examples = [self.val_examples[i] for i in mine]
+        settings = DecodeSettings(
+            num_beams=cfg.val_num_beams,
+            max_new_tokens=cfg.val_max_new_tokens or None,
+            batch_size=cfg.val_batch_size or cfg.batch_size,
+        )
+        music = None
+        if self.embeddings is not None:
+            music = [self.embeddings[e.song_id] for e in examples]
+        texts = generate_texts(
+            model,
+            self.tokenizer,
+            [e.lyrics_ids for e in examples],
+            music,
+            settings,
+            autocast=acc.autocast,
+        )
+        preds = list(zip(mine, texts))
         if was_training:
             model.train()
         # Every rank gets every prediction, so all take the same best/early-stop decision.
