@@ -54,6 +54,7 @@ def test_every_command_has_the_same_decoding_flags_and_defaults():
     ]
     flags = ["--beams", "3", "--sample", "--top-p", "0.5", "--no-repeat-ngram", "2",
              "--max-new-tokens", "9", "--batch-size", "5", "--sample-seeds", "4,5"]  # fmt: skip
+
     def settings(argv):
         args = parser.parse_args(argv)
         if argv[0] == "experiment":  # seeds default to each run's own (the authors' pairing)
