@@ -31,7 +31,7 @@ RECORDS = [
 @pytest.fixture
 def cli_main(monkeypatch: pytest.MonkeyPatch):
     """The real `recap` entry point with only this module's commands registered."""
-    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data.songs",))
+    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.cli.data",))
     return recap.cli.main
 
 

@@ -228,7 +228,8 @@ def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path, caplog
 def test_decode_config_checks_and_cli_parse():
     import argparse
 
-    from recap.evaluation.evaluate import decode_from_args, register
+    from recap.cli.evaluate import register
+    from recap.cli.flags import decode_from_args
 
     with pytest.raises(RecapError):
         DecodeSettings(top_p=0).check()

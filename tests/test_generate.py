@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from support import SONGS
 
+from recap.cli.flags import decode_from_args
 from recap.inference.generate import (
     PAPER_SAMPLING_SEEDS,
     DecodeSettings,
-    decode_from_args,
     generate_texts,
     load_model_and_tokenizer,
 )
@@ -58,7 +58,7 @@ def test_every_command_has_the_same_decoding_flags_and_defaults():
     def settings(argv):
         args = parser.parse_args(argv)
         if argv[0] == "experiment":  # seeds default to each run's own (the authors' pairing)
-            from recap.evaluation.experiment import config_from_args
+            from recap.cli.experiment import config_from_args
 
             return config_from_args(args).decode
         return decode_from_args(args)

@@ -24,6 +24,7 @@ from test_train import fake_music_embeddings, make_dataset, tiny_config
 import recap.training.train as train_mod
 from recap.inference.captioner import Captioner, caption_files, collect_inputs
 from recap.inference.generate import DecodeSettings
+from recap.training.checkpoint import rng_state, set_rng_state
 from recap.utils import RecapError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,18 +48,16 @@ def paused_run(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset, RUN) of a tiny run stopped after 2 steps, RUN/last written."""
     root = tmp_path_factory.mktemp("resume")
     data = make_dataset(root / "data", n_songs=5, per_song=2)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "music_embeddings", fake_music_embeddings)
-        run = train_mod.train(tiny_config(data, root / "run", max_steps=2, epochs=1))
+    config = tiny_config(data, root / "run", max_steps=2, epochs=1)
+    run = train_mod.train(config, embed=fake_music_embeddings)
     assert (run / "last" / "optimizer.pt").is_file() and not (run / "done.json").exists()
     return data, run
 
 
 def _resume(data: Path, run: Path, monkeypatch, **overrides) -> Path:
-    monkeypatch.setattr(train_mod, "music_embeddings", fake_music_embeddings)
     values = dict(resume=True, max_steps=3, epochs=1)
     values.update(overrides)
-    return train_mod.train(tiny_config(data, run, **values))
+    return train_mod.train(tiny_config(data, run, **values), embed=fake_music_embeddings)
 
 
 def test_resume_refuses_a_planted_optimizer_payload(paused_run, tmp_path, monkeypatch):
@@ -78,10 +77,10 @@ def test_resume_refuses_a_planted_optimizer_payload(paused_run, tmp_path, monkey
 
 
 def test_rng_state_round_trips_without_pickle(tmp_path):
-    state = train_mod._rng_state()
+    state = rng_state()
     torch.save(state, tmp_path / "rng.pt")
     expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
-    train_mod._set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     assert again == expected
 

@@ -33,7 +33,6 @@ finished folder with the same settings is reused.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -1007,43 +1006,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ============================================================================ CLI
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from recap.training.train import dataclass_from_args
-
-    cfg = dataclass_from_args(PretrainConfig, args)
-    out = pretrain_text(cfg)
-    metrics = json.loads((out / METRICS_NAME).read_text("utf-8"))
-    print(f"{out}: BART pretrained on lyrics ({metrics['steps']} steps)")
-    print(format_metrics(metrics))
-    return 0
-
-
-_LIST_FIELDS = {"source": str, "text": str, "exclude_splits_of": str, "curriculum": int}
-
-
-def register(subparsers: Any) -> None:
-    from recap.training.train import add_dataclass_arguments
-
-    parser = subparsers.add_parser(
-        "pretrain-text",
-        help="pretrain BART on lyrics by denoising (span infilling, sentence permutation, copies)",
-        description=__doc__.split("\n\n")[0],
-    )
-    add_dataclass_arguments(parser, PretrainConfig, skip=tuple(_LIST_FIELDS))
-    defaults = PretrainConfig()
-    for name, kind in _LIST_FIELDS.items():
-        # `--source music21 DIR` and `--source music21 --source DIR` both give two values.
-        help_text = PretrainConfig.__dataclass_fields__[name].metadata["help"]
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=kind, nargs="+", action="extend",
-            default=None, help=f"{help_text} (default: {getattr(defaults, name)})",
-        )  # fmt: skip
-    parser.set_defaults(func=_handler)
-
-
 __all__ = [
     "Corrupted",
     "copy_attention_loss",
@@ -1057,6 +1019,5 @@ __all__ = [
     "make_segments",
     "pretrain_text",
     "read_corpus",
-    "register",
     "split_corpus",
 ]

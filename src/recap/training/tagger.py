@@ -18,7 +18,6 @@ the arg-max tag, on the test split) and `log.jsonl`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -533,29 +532,4 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     return metrics
 
 
-# ============================================================================ CLI
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from recap.training.train import dataclass_from_args
-
-    cfg = dataclass_from_args(TaggerConfig, args)
-    metrics = train_tagger(cfg)
-    print(format_metrics(metrics))
-    print(f"encoder saved to {cfg.out} (pass --encoder {cfg.out} to recap train)")
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    from recap.training.train import add_dataclass_arguments
-
-    parser = subparsers.add_parser("tagger", help="music-encoder (CNNSA) pretraining")
-    sub = parser.add_subparsers(dest="tagger_command", required=True, metavar="COMMAND")
-    train_parser = sub.add_parser(
-        "train", help="train CNNSA on the benchmark's audio slots as tags (ROC-AUC on test)"
-    )
-    add_dataclass_arguments(train_parser, TaggerConfig)
-    train_parser.set_defaults(func=_handler)
-
-
-__all__ = ["TaggerConfig", "format_metrics", "register", "tag_metrics", "train_tagger"]
+__all__ = ["TaggerConfig", "format_metrics", "tag_metrics", "train_tagger"]
