@@ -200,8 +200,8 @@ def test_train_config_flags_come_from_the_dataclass():
 def test_paper_preset_builds_the_authors_adafactor():
     """Paper size: Hugging Face's default `scale_parameter=True` (a step is lr x RMS(weight));
     the demo sizes keep the unscaled step their lr was measured with."""
-    paper = TrainConfig.for_preset("recap", "paper")
-    small = TrainConfig.for_preset("recap", "small")
+    paper = TrainConfig(preset="recap", size="paper").resolved()
+    small = TrainConfig(preset="recap", size="small").resolved()
     assert paper.adafactor_scale_parameter is True and small.adafactor_scale_parameter is False
     opt = train_mod.build_optimizer(paper, [torch.nn.Parameter(torch.zeros(2))])
     d = opt.defaults
@@ -220,7 +220,9 @@ def test_paper_preset_builds_the_authors_adafactor():
     lr = paper.lr
     # Scaled: the step is about lr x RMS(weight) = lr x 0.02; unscaled it is about lr.
     scaled = update_rms(paper)
-    unscaled = update_rms(TrainConfig.for_preset("recap", "paper", adafactor_scale_parameter=False))
+    unscaled = update_rms(
+        TrainConfig(preset="recap", size="paper", adafactor_scale_parameter=False).resolved()
+    )
     assert scaled == pytest.approx(lr * 0.02, rel=0.2)
     assert unscaled == pytest.approx(lr, rel=0.2)
     # A run saved before the flag existed was trained unscaled: it still reads that way.

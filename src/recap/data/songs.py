@@ -187,6 +187,12 @@ def _has_text(value: Any) -> bool:
     return isinstance(value, str | bytes) and bool(value.strip())
 
 
+def prepare_lyrics(text: str) -> str:
+    """Lyrics as the model reads them, in training and at inference alike: surrounding blank
+    space (a text file's last newline) dropped, then each line break a ';' (SPEC §1.2)."""
+    return re.sub(r"\r?\n", ";", text.strip())
+
+
 def _make_row(
     record: Any,
     newline_to_semicolon: bool,
@@ -212,8 +218,7 @@ def _make_row(
     votes = _votes(record[vote_key]) if vote_key else None
     split = _split(record.get("split"), split_default)
     if newline_to_semicolon:
-        # The reference feeds lyrics to BART with line breaks as ';' (SPEC §1.2).
-        lyrics = re.sub(r"\r?\n", ";", lyrics)
+        lyrics = prepare_lyrics(lyrics)
     used = {id_key, vote_key, "lyrics", "comment", "split"}
     extra = {k: v for k, v in record.items() if k not in used}
     return Row(song_id, lyrics, comment, votes, split, extra)

@@ -24,7 +24,6 @@ reference, prediction; `predictions_seed<S>.csv` per seed when sampling) and `me
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import time
@@ -42,7 +41,7 @@ from recap.inference.generate import (
     load_model_and_tokenizer,
     resolve_model_dir,
 )
-from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json
+from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json, read_json
 
 __all__ = ["PAPER_SAMPLING_SEEDS", "DecodeSettings", "evaluate", "resolve_target"]
 
@@ -77,10 +76,7 @@ def resolve_target(path: str | os.PathLike) -> EvalTarget:
             break
     train_config: dict[str, Any] = {}
     if run_dir is not None:
-        try:
-            train_config = json.loads((run_dir / "train_config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecapError(f"cannot read {run_dir / 'train_config.json'}: {exc}") from exc
+        train_config = read_json(run_dir / "train_config.json", "training settings")
     return EvalTarget(model_dir, run_dir, train_config)
 
 

@@ -29,18 +29,19 @@ from typing import Any
 
 import numpy as np
 
+from recap.data.songs import VARIANTS
 from recap.evaluation.evaluate import METRICS_NAME
 from recap.inference.generate import (
     PAPER_SAMPLING_SEEDS,
     DecodeSettings,
 )
+from recap.models.config import METHODS
 from recap.utils import RecapError, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("bart", "bart-fusion", "recap")
 METHOD_NAMES = {"bart": "BART", "bart-fusion": "BART-fusion", "recap": "RECAP"}
-VARIANT_NAMES = {"full": "Dataset full", "not_negative": "vote ≥ 0", "positive": "vote > 0"}
+VARIANT_NAMES = dict(zip(VARIANTS, ("Dataset full", "vote ≥ 0", "vote > 0"), strict=True))
 
 # The paper's Table 1 (SPEC §2), in percent: ROUGE-1/2/L recall and METEOR (NLTK), each method
 # trained on the variant and tested on the shared test split. No attribute accuracy exists there.

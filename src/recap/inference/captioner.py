@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from recap.data.songs import prepare_lyrics
 from recap.inference.generate import (
     DecodeSettings,
     generate_texts,
@@ -52,12 +52,6 @@ AUDIO_SUFFIXES = (
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 AudioInput = str | os.PathLike | np.ndarray
-
-
-def prepare_lyrics(text: str) -> str:
-    """Lyrics as the model saw them in training: line breaks become ';' (SPEC §1.2, as
-    `recap.data.songs.load_rows` does); the trailing newline of a text file is dropped first."""
-    return re.sub(r"\r?\n", ";", text.strip())
 
 
 # ---------------------------------------------------------------------------- inputs

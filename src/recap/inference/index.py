@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -35,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from recap.data.songs import prepare_lyrics
 from recap.inference.captioner import (
     Captioner,
     SongInput,
     collect_inputs,
-    prepare_lyrics,
     read_manifest,
 )
 from recap.inference.generate import resolve_model_dir
-from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir
+from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -314,10 +313,7 @@ class SongIndex:
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise RecapError(f"{path} is not a recap index (no meta.json)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise RecapError(f"cannot read {meta_path} (corrupt index?): {exc}") from exc
+        meta = read_json(meta_path, "index metadata")
         if not isinstance(meta, dict):
             raise RecapError(f"corrupt index {path}: meta.json is not an object")
         if meta.get("format") != "recap-index" or meta.get("format_version") != FORMAT_VERSION:

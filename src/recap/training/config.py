@@ -4,15 +4,15 @@ that a run folder is resumed or reused with the settings it was started with."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recap.data.songs import VARIANTS
 from recap.models.config import METHODS, SIZES
-from recap.utils import RecapError, flag_field, known_fields
+from recap.utils import RecapError, flag_field, known_fields, read_json
 
 TRAIN_CONFIG_NAME = "train_config.json"
 DONE_NAME = "done.json"
@@ -123,7 +123,7 @@ class TrainConfig:
             raise RecapError(f"lr_schedule must be constant or step, got {cfg.lr_schedule!r}")
         if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise RecapError(f"mixed_precision must be auto|no|bf16|fp16: {cfg.mixed_precision!r}")
-        if cfg.variant not in ("full", "not_negative", "positive"):
+        if cfg.variant not in VARIANTS:
             raise RecapError(f"variant must be full|not_negative|positive, got {cfg.variant!r}")
         parse_metric(cfg.val_metric)
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
@@ -162,9 +162,10 @@ def parse_metric(name: str) -> tuple[str, str]:
 
 
 def read_train_config(path: Path) -> TrainConfig:
+    data = read_json(path, "training settings")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError, RecursionError) as exc:
+        return TrainConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
         raise RecapError(f"cannot read {path} (corrupt?): {exc}") from exc
 
 

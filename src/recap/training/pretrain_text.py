@@ -181,8 +181,8 @@ class Document:
 
 
 def prepare(text: str) -> str:
-    # The captioner's own rule (recap.inference.captioner.prepare_lyrics, SPEC §1.2).
-    from recap.inference.captioner import prepare_lyrics
+    # The captioner's own rule (recap.data.songs.prepare_lyrics, SPEC §1.2).
+    from recap.data.songs import prepare_lyrics
 
     return prepare_lyrics(text)
 
@@ -321,17 +321,13 @@ class Exclusion:
 
     @classmethod
     def from_benchmarks(cls, folders: Iterable[str | Path]) -> Exclusion:
+        from recap.bench.scoring import read_songs
+
         ex = cls()
         for folder in folders:
             folder = Path(folder)
-            songs = folder / "songs.jsonl"
-            if not songs.is_file():
-                raise RecapError(f"{folder} is not a benchmark folder: songs.jsonl missing")
             held: set[str] = set()
-            for line in songs.read_text("utf-8").splitlines():
-                if not line.strip():
-                    continue
-                row = json.loads(line)
+            for row in read_songs(folder).values():
                 if row.get("split") in ("val", "test"):
                     held.add(str(row["song_id"]))
                     ex.work_ids.add(str(row["work_id"]))

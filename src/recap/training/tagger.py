@@ -110,23 +110,12 @@ class TagData:
 
 def read_songs(data_dir: str | Path) -> dict[str, dict[str, Any]]:
     """songs.jsonl → {song_id: {"split", "truth"}} (the benchmark's per-song record)."""
-    path = Path(data_dir) / "songs.jsonl"
-    if not path.is_file():
-        raise RecapError(f"{path} not found: the tagger trains on a `recap bench build` folder")
-    songs: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                songs[str(record["song_id"])] = {
-                    "split": record.get("split") or "train",
-                    "truth": dict(record["truth"]),
-                }
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise RecapError(f"{path}:{n}: not a song record ({err})") from err
-    return songs
+    from recap.bench.scoring import read_songs as read_benchmark
+
+    return {
+        sid: {"split": song.get("split") or "train", "truth": song["truth"]}
+        for sid, song in read_benchmark(data_dir).items()
+    }
 
 
 def tag_matrix(truths: Sequence[Mapping[str, Any]], tags: Sequence[str]) -> np.ndarray:
