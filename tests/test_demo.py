@@ -51,4 +51,3 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     for path in configs:
         assert json.loads(path.read_text(encoding="utf-8"))["bart"] == str(root / "bart-lyrics")
     assert (root / "bart-lyrics" / "pretrain_metrics.json").is_file()
-

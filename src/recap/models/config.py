@@ -249,8 +249,6 @@ class RecapConfig:
         values.update(_SIZE_VALUES[size]())
         # generation is given as a dict in the tables; partial override dicts are merged.
         gen = {**values.pop("generation", {}), **(overrides.pop("generation", None) or {})}
-        if isinstance(gen, GenerationSettings):  # pragma: no cover - defensive
-            gen = gen.to_dict()
         music = overrides.pop("music", values.pop("music"))
         if isinstance(music, str):
             music = MusicEncoderConfig.preset(music)

@@ -414,9 +414,6 @@ class MusicEncoder(nn.Module):
     def blocks(self) -> list[Res_2d]:
         return [getattr(self, f"layer{i + 1}") for i in range(len(BLOCK_STRIDES))]
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     # -- shapes
 
     def num_frames(self, num_samples: int) -> int:
