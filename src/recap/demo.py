@@ -41,7 +41,8 @@ class DemoConfig:
     source: str = "music21"
     out: str = "runs/demo"
     full: bool = False
-    seed: int = 0
+    seed: int = 0  # benchmark, tagger and text pretraining; the captioners' too unless `seeds`
+    seeds: tuple[int, ...] = ()  # captioner seeds of Table 1 (e.g. 0, 1, 2); (): just `seed`
     # benchmark
     limit: int | None = None  # scores to render (None: all)
     renders_per_song: int = 2
@@ -249,7 +250,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
         encoder=str(encoder),
         bart=str(bart) if bart is not None else None,
         variants=cfg.variants(),
-        seeds=(cfg.seed,),
+        seeds=tuple(cfg.seeds) or (cfg.seed,),
         train_overrides=overrides,
         decode=DecodeSettings(
             num_beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size
