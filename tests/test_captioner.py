@@ -194,7 +194,7 @@ def test_caption_cli_manifest_csv_and_jsonl(model_dir, songs_dir, tmp_path, capt
 
 
 def test_a_folder_of_runs_resolves_to_its_one_model_or_lists_them(tmp_path):
-    from recap.inference.captioner import resolve_model_dir
+    from recap.inference.generate import resolve_model_dir
 
     def run(*parts: str) -> Path:
         best = tmp_path.joinpath(*parts, "best")

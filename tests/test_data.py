@@ -31,7 +31,7 @@ RECORDS = [
 @pytest.fixture
 def cli_main(monkeypatch: pytest.MonkeyPatch):
     """The real `recap` entry point with only this module's commands registered."""
-    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data.songs",))
+    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.cli.data",))
     return recap.cli.main
 
 
@@ -364,3 +364,15 @@ def test_stats_command(tmp_path: Path, capsys: pytest.CaptureFixture, cli_main) 
     # human-readable form
     assert cli_main(["data", "stats", str(tmp_path / "dataset.jsonl"), "--no-audio"]) == 0
     assert "interpretations: 5" in capsys.readouterr().out
+
+
+def test_training_rows_and_the_captioner_prepare_lyrics_alike(tmp_path: Path) -> None:
+    from recap.data.songs import prepare_lyrics
+    from recap.inference import captioner
+
+    raw = "first line\r\nsecond line\n\n"  # a text file's lyrics, with its last newline
+    recs = [{"music4all_id": "a", "lyrics": raw, "comment": "c", "split": "train"}]
+    write_jsonl(tmp_path / "dataset.jsonl", recs)
+    (row,) = load_rows(tmp_path)
+    assert row.lyrics == prepare_lyrics(raw) == "first line;second line"
+    assert captioner.prepare_lyrics is prepare_lyrics  # the one rule, used by the captioner

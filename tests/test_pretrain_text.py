@@ -251,7 +251,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 def test_cli_flags(tmp_path):
     from recap.cli import build_parser
-    from recap.training.train import dataclass_from_args
+    from recap.cli.flags import dataclass_from_args
 
     args = build_parser().parse_args(
         [

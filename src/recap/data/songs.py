@@ -27,9 +27,7 @@ repeated (song, comment) pair) are skipped and recorded in a `SkipReport` with t
 from __future__ import annotations
 
 import _compat_pickle
-import argparse
 import csv
-import io
 import json
 import logging
 import math
@@ -189,6 +187,12 @@ def _has_text(value: Any) -> bool:
     return isinstance(value, str | bytes) and bool(value.strip())
 
 
+def prepare_lyrics(text: str) -> str:
+    """Lyrics as the model reads them, in training and at inference alike: surrounding blank
+    space (a text file's last newline) dropped, then each line break a ';' (SPEC §1.2)."""
+    return re.sub(r"\r?\n", ";", text.strip())
+
+
 def _make_row(
     record: Any,
     newline_to_semicolon: bool,
@@ -214,8 +218,7 @@ def _make_row(
     votes = _votes(record[vote_key]) if vote_key else None
     split = _split(record.get("split"), split_default)
     if newline_to_semicolon:
-        # The reference feeds lyrics to BART with line breaks as ';' (SPEC §1.2).
-        lyrics = re.sub(r"\r?\n", ";", lyrics)
+        lyrics = prepare_lyrics(lyrics)
     used = {id_key, vote_key, "lyrics", "comment", "split"}
     extra = {k: v for k, v in record.items() if k not in used}
     return Row(song_id, lyrics, comment, votes, split, extra)
@@ -624,11 +627,11 @@ def load_splits(
             [out["train"][i] for i in val_idx],
         )
     if not out["test"]:
-        logger.warning(_no_test_warning(path, has_split))
+        logger.warning(no_test_warning(path, has_split))
     return out
 
 
-def _no_test_warning(path: Path, has_split: bool) -> str:
+def no_test_warning(path: Path, has_split: bool) -> str:
     why = "its rows carry no split field" if not has_split else "no row is marked test"
     return (
         f"{path} has no test rows ({why}): the test split is empty, so `recap evaluate` and "
@@ -704,56 +707,3 @@ def audio_stats(data_dir: Path, song_ids: list[str], workers: int | None = None)
         "unreadable_files": dict(list(unreadable.items())[:20]),
         "missing_examples": missing[:5],
     }
-
-
-def _format_stats(stats: dict[str, Any]) -> str:
-    out = io.StringIO()
-    print(f"dataset: {stats['path']}", file=out)
-    print(f"songs: {stats['songs']}   interpretations: {stats['interpretations']}", file=out)
-    print("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["splits"].items())), file=out)
-    print("variants: " + ", ".join(f"{k} {v}" for k, v in stats["variants"].items()), file=out)
-    for key in ("lyrics_tokens", "comment_tokens"):
-        pct = " ".join(f"{k}={v}" for k, v in stats[key].items())
-        print(f"{key.replace('_', ' ')} (whitespace tokens): {pct}", file=out)
-    if "audio" in stats:
-        a = stats["audio"]
-        print(
-            f"audio: found {a['found']}, missing {a['missing']}, unreadable {a['unreadable']}",
-            file=out,
-        )
-        for sid, why in a["unreadable_files"].items():
-            print(f"  unreadable {sid}: {why}", file=out)
-    print(f"skipped rows: {stats['skipped_rows']}", file=out)
-    if not stats["splits"].get("test"):
-        has_split = set(stats["splits"]) != {"none"}
-        print(f"warning: {_no_test_warning(Path(stats['path']), has_split)}", file=out)
-    return out.getvalue()
-
-
-def _stats_command(args: argparse.Namespace) -> int:
-    stats, report = dataset_stats(args.path, check_audio=not args.no_audio, workers=args.workers)
-    if args.json:
-        print(json.dumps(stats, indent=2, ensure_ascii=False))
-    else:
-        print(_format_stats(stats), end="")
-    for item in report.items[:10]:
-        print(f"  skipped {item['item']}: {item['reason']}")
-    if args.report:
-        report.write(args.report)
-        print(f"skip report: {args.report}")
-    print(report.summary())
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="inspect Song Interpretation datasets")
-    sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    stats = sub.add_parser(
-        "stats", help="songs, interpretations, variants, lengths and audio of a dataset"
-    )
-    stats.add_argument("path", help="dataset folder, or one JSON/JSONL/CSV/pickle file")
-    stats.add_argument("--no-audio", action="store_true", help="skip the audio check")
-    stats.add_argument("--workers", type=int, default=None, help="audio check threads")
-    stats.add_argument("--json", action="store_true", help="print the stats as JSON")
-    stats.add_argument("--report", default=None, help="write the skipped rows here (JSON)")
-    stats.set_defaults(func=_stats_command)

@@ -15,7 +15,6 @@ command again only fills what is missing. Seeds are recorded in every output.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -30,20 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from recap.evaluation.evaluate import (
-    METRICS_NAME,
+from recap.data.songs import VARIANTS
+from recap.evaluation.evaluate import METRICS_NAME
+from recap.inference.generate import (
     PAPER_SAMPLING_SEEDS,
-    DecodeConfig,
-    add_decode_arguments,
-    decode_from_args,
+    DecodeSettings,
 )
+from recap.models.config import METHODS
 from recap.utils import RecapError, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("bart", "bart-fusion", "recap")
 METHOD_NAMES = {"bart": "BART", "bart-fusion": "BART-fusion", "recap": "RECAP"}
-VARIANT_NAMES = {"full": "Dataset full", "not_negative": "vote ≥ 0", "positive": "vote > 0"}
+VARIANT_NAMES = dict(zip(VARIANTS, ("Dataset full", "vote ≥ 0", "vote > 0"), strict=True))
 
 # The paper's Table 1 (SPEC §2), in percent: ROUGE-1/2/L recall and METEOR (NLTK), each method
 # trained on the variant and tested on the shared test split. No attribute accuracy exists there.
@@ -133,7 +131,7 @@ class ExperimentConfig:
     # Training seeds; None: 0, or with sampling the authors' 2022, 2021, 2020.
     seeds: tuple[int, ...] | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
     # With sampling: True samples each trained model once with its own training seed (the
     # authors' protocol); False samples every model with each of `decode.seeds`.
     paired_sampling: bool = True
@@ -160,7 +158,7 @@ class ExperimentConfig:
     def run_dir(self, variant: str, name: str, seed: int) -> Path:
         return Path(self.out) / variant / name / f"seed{seed}"
 
-    def decode_for(self, seed: int) -> DecodeConfig:
+    def decode_for(self, seed: int) -> DecodeSettings:
         """The decoding of the model trained with `seed`: under paired sampling it is sampled
         once, with that same seed (the authors' code); otherwise `decode` as given."""
         if self.decode.do_sample and self.paired_sampling:
@@ -253,7 +251,7 @@ def train_and_evaluate(
 
 
 def _cached_metrics(
-    path: Path, cfg: ExperimentConfig, run: Path, decode: DecodeConfig | None = None
+    path: Path, cfg: ExperimentConfig, run: Path, decode: DecodeSettings | None = None
 ) -> dict[str, Any] | None:
     """A finished evaluation of this run's current model, with the same metric definitions,
     decoding (`decode`, default the config's), bootstrap and the METEOR 1.5 this config asks
@@ -388,7 +386,7 @@ def render_table1(
         notes.append(f"Seeds: {protocol}.")
     if decode is not None:
         notes.append(
-            f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
+            f"Decoding: {DecodeSettings.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
         )
     return "\n".join(lines + notes + render_grounding(rows)) + "\n"
 
@@ -614,119 +612,3 @@ def plot_sweep(
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _csv_list(text: str, cast: type = str) -> tuple:
-    try:
-        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise RecapError(f"cannot parse the list {text!r}") from exc
-
-
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """--train KEY=VALUE (JSON values, else strings) → TrainConfig overrides."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise RecapError(f"--train takes KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    # Without --sample-seeds, sampling pairs each model with its own training seed (the authors').
-    paired = args.sample_seeds is None
-    if paired:  # decode.seeds is then only a placeholder: each run gets its own seed
-        paper_seeds = ",".join(str(s) for s in PAPER_SAMPLING_SEEDS)
-        args = argparse.Namespace(**{**vars(args), "sample_seeds": paper_seeds})
-    decode = decode_from_args(args)
-    return ExperimentConfig(
-        data=args.data,
-        out=args.out,
-        size=args.size,
-        encoder=args.encoder,
-        bart=args.bart,
-        variants=_csv_list(args.variants) if hasattr(args, "variants") else (args.variant,),
-        seeds=_csv_list(args.seeds, int) if args.seeds else None,
-        train_overrides=_parse_set(args.train),
-        decode=decode,
-        paired_sampling=paired,
-        meteor15=not args.no_meteor15,
-        bootstrap=args.bootstrap,
-        device=args.device,
-    )
-
-
-def _table1_handler(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    result = run_table1(cfg)
-    print(result["markdown"])
-    print(f"written: {', '.join(result['paths'].values())}")
-    return 0
-
-
-def _sweep_handler(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    weights = _csv_list(args.weights, float)
-    result = run_sweep(cfg, weights, variant=args.variant)
-    for p in result["points"]:
-        print(
-            f"w={p['align_weight']:<6g} {p['metric']} {100 * p['mean']:.2f} [{100 * p['low']:.2f}, {100 * p['high']:.2f}] seeds {p['seeds']}"
-        )
-    print(f"written: {result['png']}")
-    return 0
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--out", default="runs/experiments", help="root of the runs and outputs")
-    p.add_argument("--size", default="small", help="model size: tiny | small | paper")
-    p.add_argument(
-        "--encoder", default=None, help="music encoder (tagger folder or CNNSA checkpoint)"
-    )
-    p.add_argument("--bart", default=None, help="pretrained BART (e.g. facebook/bart-base)")
-    p.add_argument(
-        "--seeds",
-        default=None,
-        help="training seeds, comma-separated (default 0; with --sample the authors' "
-        "2022,2021,2020, each model sampled once with its own seed)",
-    )
-    p.add_argument(
-        "--train",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="TrainConfig override (repeatable), e.g. epochs=5",
-    )
-    add_decode_arguments(
-        p,
-        seeds_flag="--sample-seeds",
-        seeds_help="with --sample: sample EVERY model with each of these seeds (metrics averaged) "
-        "instead of the authors' protocol (each model once, with its own training seed)",
-    )
-    # None = paired: each model sampled with its own training seed; a list overrides that.
-    p.set_defaults(sample_seeds=None)
-    p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("experiment", help="the paper's Table 1 and Figure 2")
-    sub = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    t = sub.add_parser("table1", help="train + evaluate BART, BART-fusion, RECAP; print Table 1")
-    _common(t)
-    t.add_argument("--variants", default="full,positive", help="training variants")
-    t.set_defaults(func=_table1_handler)
-    s = sub.add_parser("sweep", help="Figure 2: ROUGE-L against the alignment weight w")
-    _common(s)
-    s.add_argument("--weights", default="0,0.005,0.01,0.02,0.05,0.1", help="values of w")
-    s.add_argument("--variant", default="full", help="training variant")
-    s.set_defaults(func=_sweep_handler)

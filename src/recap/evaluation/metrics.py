@@ -501,17 +501,7 @@ def _run_meteor_jar(
 
 
 # ---------------------------------------------------------------------------------------------
-# Attribute accuracy and the bundle
-
-
-def attribute_accuracy(predictions: dict[str, str], truths: dict[str, dict]) -> dict[str, Any]:
-    """Per-slot accuracy of the facts stated in generated captions (rendered-songs benchmark).
-
-    `predictions`: song_id -> caption (one per song); `truths`: song_id -> true slot values.
-    """
-    from recap.bench import score_captions
-
-    return score_captions(predictions, truths)
+# The bundle
 
 
 def caption_metrics(

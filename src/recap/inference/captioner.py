@@ -16,14 +16,12 @@ job goes on, and exits non-zero only when every item failed.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from recap.data.songs import prepare_lyrics
+from recap.inference.generate import (
+    DecodeSettings,
+    generate_texts,
+    load_model_and_tokenizer,
+)
 from recap.utils import RecapError, SkipReport, is_file
 
 log = logging.getLogger(__name__)
@@ -48,155 +52,6 @@ AUDIO_SUFFIXES = (
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 AudioInput = str | os.PathLike | np.ndarray
-MAX_SEED = 2**64 - 1  # torch.manual_seed's range
-
-
-# ---------------------------------------------------------------------------- model folders
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model folder behind `path`: a model folder itself, a training RUN's `best/`, the
-    RECAP model of a `recap demo` folder, or the one best model anywhere below `path`."""
-    path = Path(path)
-    if not path.exists():
-        raise RecapError(f"model folder {path} does not exist")
-    # best.old: a kill between the two renames that replace best/ leaves only that copy.
-    for candidate in (path, path / "best", path / "best.old"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    found = _best_models_below(path)
-    if (path / "demo_config.json").is_file():
-        # The demo trains three methods (and the sweep): its captioner is the RECAP model.
-        demo = [f for f in found if f.parts[-4:-2] == ("full", "recap")]
-        found = demo or found
-    if len(found) == 1:
-        return found[0]
-    listing = "".join(f"\n  {f}" for f in found[:12]) + ("\n  …" if len(found) > 12 else "")
-    raise RecapError(
-        f"{path} is neither a model folder (config.json + model.safetensors) nor a training run "
-        "with a best/ model folder"
-        + (f"; it holds {len(found)} trained models, pass one of them:{listing}" if found else "")
-    )
-
-
-def _best_models_below(path: Path, depth: int = 6) -> list[Path]:
-    """Every RUN/best model folder at most `depth` levels below `path`, sorted."""
-    found = []
-    for level in range(1, depth + 1):
-        found += [c.parent for c in path.glob("/".join(["*"] * level) + "/config.json")]
-    return sorted({f for f in found if f.name == "best" and (f / "model.safetensors").is_file()})
-
-
-def load_model_and_tokenizer(
-    path: str | os.PathLike, device: Any = None, encoder: Any = None
-) -> tuple[Any, Any, Path]:
-    """Load (model in eval mode on `device`, tokenizer, resolved folder); every failure is a
-    RecapError naming the folder, so the CLI and the server report it without a traceback.
-
-    `encoder` (a spec such as `hf:DIR`, or an encoder) gives a model saved without a music
-    encoder the one its training embeddings came from; a model with its own accepts only that.
-    """
-    import torch
-
-    from recap.models.model import RecapModel
-
-    folder = resolve_model_dir(path)
-    try:
-        model = RecapModel.from_pretrained(folder)
-    except RecapError:
-        raise
-    except Exception as exc:  # a truncated safetensors file, a missing tensor, a bad JSON ...
-        raise RecapError(
-            f"cannot load the model in {folder}: {type(exc).__name__}: {exc} "
-            "(corrupt checkpoint, or written by an incompatible version of recap?)"
-        ) from exc
-    # NaN weights make every caption an empty string with no error at all: catch them here.
-    bad = [
-        name
-        for name, t in model.state_dict().items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
-    if bad:
-        raise RecapError(
-            f"the model in {folder} has NaN or infinite weights ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}); its captions would be empty: retrain or "
-            "re-export it"
-        )
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise RecapError(f"{folder} holds no tokenizer files (tokenizer.json); re-save the model")
-    if encoder is not None and model.config.use_music:
-        model.use_music_encoder(encoder)
-    if model.music_encoder is None and model.config.use_music:
-        raise RecapError(
-            f"the model in {folder} has no music encoder, so it cannot read audio; pass the "
-            "one it was trained with (--encoder), or export it with the music encoder included "
-            "(RecapConfig.with_music_encoder=True)"
-        )
-    device = torch.device(device) if device is not None else default_device()
-    return model.to(device).eval(), tokenizer, folder
-
-
-def default_device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def prepare_lyrics(text: str) -> str:
-    """Lyrics as the model saw them in training: line breaks become ';' (SPEC §1.2, as
-    `recap.data.songs.load_rows` does); the trailing newline of a text file is dropped first."""
-    return re.sub(r"\r?\n", ";", text.strip())
-
-
-# ---------------------------------------------------------------------------- decoding
-@dataclass
-class DecodeOptions:
-    """Decoding settings for one call; None means the model's own generation default."""
-
-    num_beams: int | None = None
-    do_sample: bool | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    no_repeat_ngram_size: int | None = None
-    seed: int | None = None
-
-    def merged(self, defaults: Any, max_positions: int | None = None) -> dict[str, Any]:
-        """generate() keyword arguments: these values over the model's `GenerationSettings`.
-
-        Every value is checked here, before any work starts, so that a bad option is a clear
-        RecapError (a 422 from the server) and never a failure deep inside generation.
-        `max_positions`: the decoder's position limit, which caps max_new_tokens.
-        """
-        kwargs: dict[str, Any] = {}
-        for name in ("num_beams", "do_sample", "top_p", "max_new_tokens", "no_repeat_ngram_size"):
-            value = getattr(self, name)
-            kwargs[name] = value if value is not None else getattr(defaults, name)
-        for name in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
-            if isinstance(kwargs[name], bool) or not isinstance(kwargs[name], int):
-                raise RecapError(f"{name} must be an integer, got {kwargs[name]!r}")
-        if kwargs["num_beams"] < 1:
-            raise RecapError("num_beams must be >= 1")
-        if isinstance(kwargs["top_p"], bool) or not isinstance(kwargs["top_p"], int | float):
-            raise RecapError(f"top_p must be a number, got {kwargs['top_p']!r}")
-        if not 0 < kwargs["top_p"] <= 1:
-            raise RecapError("top_p must be in (0, 1]")
-        if kwargs["max_new_tokens"] < 1:
-            raise RecapError("max_new_tokens must be >= 1")
-        if max_positions is not None and kwargs["max_new_tokens"] > max_positions:
-            raise RecapError(
-                f"max_new_tokens must be at most {max_positions}, the model's position limit "
-                f"(got {kwargs['max_new_tokens']})"
-            )
-        if kwargs["no_repeat_ngram_size"] < 0:
-            raise RecapError("no_repeat_ngram_size must be >= 0")
-        if self.seed is not None and (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed <= MAX_SEED
-        ):
-            raise RecapError(f"seed must be an integer from 0 to {MAX_SEED} (2**64 - 1)")
-        if not kwargs["do_sample"]:
-            kwargs.pop("top_p")  # only meaningful when sampling; HF warns otherwise
-        return kwargs
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -384,7 +239,7 @@ class Captioner:
     ) -> Captioner:
         """Load a model folder or a training RUN folder (its `best/`); `encoder`: see
         `load_model_and_tokenizer`."""
-        model, tokenizer, folder = load_model_and_tokenizer(path, device, encoder)
+        model, tokenizer, folder = load_model_and_tokenizer(path, device, encoder=encoder)
         return cls(model, tokenizer, source=folder)
 
     @property
@@ -411,6 +266,18 @@ class Captioner:
             raise RecapError(f"audio file {path} does not exist")
         return load_excerpt(path, self.audio_config).waveform
 
+    def lyrics_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each lyrics' token ids, at most the model's max_source_length of them."""
+        for text in texts:
+            if not text or not text.strip():
+                raise RecapError("lyrics are empty")
+        enc = self.tokenizer(
+            [prepare_lyrics(t) for t in texts],
+            truncation=True,
+            max_length=self.model.config.max_source_length,
+        )
+        return [list(ids) for ids in enc["input_ids"]]
+
     def encode_lyrics(self, texts: Sequence[str]) -> dict[str, Any]:
         """Token ids and mask (B, L), L <= the model's max_source_length."""
         for text in texts:
@@ -432,12 +299,13 @@ class Captioner:
     def caption(
         self, audio: AudioInput, lyrics: str, sample_rate: int | None = None, **decode: Any
     ) -> str:
-        """The interpretation of one song. `decode`: DecodeOptions fields (num_beams, ...)."""
+        """The interpretation of one song. `decode`: DecodeSettings fields (num_beams, ...; a
+        single `seed` for sampling)."""
         waveform = self.load_waveform(audio, sample_rate)
-        return self.caption_waveforms([waveform], [lyrics], DecodeOptions(**decode))[0]
+        return self.caption_waveforms([waveform], [lyrics], self.settings(**decode))[0]
 
     def caption_batch(
-        self, items: Iterable[SongInput | tuple], batch_size: int = 16, **decode: Any
+        self, items: Iterable[SongInput | tuple], batch_size: int | None = None, **decode: Any
     ) -> list[str]:
         """Captions of many songs, in order; items are SongInput or (audio, lyrics[, rate]).
 
@@ -452,20 +320,27 @@ class Captioner:
     def caption_results(
         self,
         items: Iterable[SongInput | tuple],
-        batch_size: int = 16,
+        batch_size: int | None = None,
         progress: bool = False,
+        options: DecodeSettings | None = None,
         **decode: Any,
     ) -> Iterator[CaptionResult]:
-        """One CaptionResult per item, in order; a bad item carries its error, the rest go on."""
+        """One CaptionResult per item, in order; a bad item carries its error, the rest go on.
+
+        Decoding: `options`, or DecodeSettings built from the `decode` keywords; `batch_size`
+        (songs per batch) defaults to the settings'.
+        """
         from tqdm.auto import tqdm
 
         from recap.data.audio import AudioError
 
-        options = DecodeOptions(**decode)
-        self.decode_kwargs(options)  # a bad option fails here, before any song is decoded
+        # A bad option fails here, before any decoding.
+        options = options or DecodeSettings.from_options(**decode)
+        options.check(self.model.config.max_position_embeddings)
+        batch_size = max(1, batch_size or options.batch_size)
         songs = [_as_song(item, n) for n, item in enumerate(items)]
         bar = tqdm(total=len(songs), desc="caption", unit="song", disable=not progress)
-        for start in range(0, len(songs), max(1, batch_size)):
+        for start in range(0, len(songs), batch_size):
             chunk = songs[start : start + batch_size]
             results = [CaptionResult(s.id, s.audio_label) for s in chunk]
             ready: list[int] = []
@@ -501,38 +376,44 @@ class Captioner:
             yield from results
         bar.close()
 
-    def decode_kwargs(self, options: DecodeOptions) -> dict[str, Any]:
-        """generate() arguments for `options`, checked against this model (RecapError)."""
-        return options.merged(
-            self.model.config.generation, max_positions=self.model.config.max_position_embeddings
+    def settings(self, **options: Any) -> DecodeSettings:
+        """DecodeSettings from keyword options, checked against this model (RecapError)."""
+        return DecodeSettings.from_options(**options).check(
+            self.model.config.max_position_embeddings
         )
 
     def caption_waveforms(
-        self, waveforms: Sequence[np.ndarray], lyrics: Sequence[str], options: DecodeOptions
+        self,
+        waveforms: Sequence[np.ndarray],
+        lyrics: Sequence[str],
+        options: DecodeSettings | None = None,
     ) -> list[str]:
         """Generate for prepared excerpts: waveforms (each (240000,)) and their lyrics."""
         import torch
 
-        kwargs = self.decode_kwargs(options)
-        batch = self.encode_lyrics(lyrics)
+        options = options or DecodeSettings()
+        options.check(self.model.config.max_position_embeddings)
+        ids = self.lyrics_ids(lyrics)
         # (B, T): every excerpt has the same length, so stacking needs no padding.
         wave = torch.from_numpy(np.stack(waveforms).astype(np.float32)).to(self.device)
         with torch.inference_mode():
             music = self.model.music_sequence(waveform=wave)  # None for the lyrics-only method
-            if music is not None:
-                finite = torch.isfinite(music).flatten(1).all(dim=1)
-                if not bool(finite.all()):
-                    rows = [int(i) for i in torch.nonzero(~finite).flatten()]
-                    raise RecapError(
-                        f"the music encoder gave NaN or infinite values for item(s) {rows} of "
-                        "the batch (audio far outside [-1, 1], or a broken model)"
-                    )
-            if options.seed is not None:
-                torch.manual_seed(options.seed)  # sampling draws from torch's global generator
-            out = self.model.generate(
-                batch["input_ids"], batch["attention_mask"], music_embeds=music, **kwargs
-            )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        if music is not None:
+            finite = torch.isfinite(music).flatten(1).all(dim=1)
+            if not bool(finite.all()):
+                rows = [int(i) for i in torch.nonzero(~finite).flatten()]
+                raise RecapError(
+                    f"the music encoder gave NaN or infinite values for item(s) {rows} of "
+                    "the batch (audio far outside [-1, 1], or a broken model)"
+                )
+        return generate_texts(
+            self.model,
+            self.tokenizer,
+            ids,
+            list(music) if music is not None else None,
+            dataclasses.replace(options, batch_size=max(1, len(ids))),
+            seed=options.seed,
+        )
 
 
 def _item_error(exc: BaseException) -> str:
@@ -602,9 +483,9 @@ def caption_files(
     lyrics: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     fmt: str | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: Any = None,
-    decode: DecodeOptions | None = None,
+    decode: DecodeSettings | None = None,
     progress: bool = True,
     encoder: Any = None,
 ) -> tuple[list[CaptionResult], SkipReport]:
@@ -620,8 +501,8 @@ def caption_files(
     skipped = SkipReport("caption")
     songs = collect_inputs(source, lyrics, skipped)
     captioner = Captioner.from_pretrained(model, device=device, encoder=encoder)
-    decode = decode or DecodeOptions()
-    captioner.decode_kwargs(decode)  # a bad option is refused before any captioning
+    decode = decode or DecodeSettings()
+    decode.check(captioner.model.config.max_position_embeddings)  # refused before any work
     if fmt is None:
         suffix = Path(out).suffix.lower() if out else ""
         fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}.get(
@@ -634,7 +515,7 @@ def caption_files(
     try:
         stream.write(_header(fmt))
         for r in captioner.caption_results(
-            songs, batch_size=batch_size, progress=progress, **dataclasses.asdict(decode)
+            songs, batch_size=batch_size, progress=progress, options=decode
         ):
             results.append(r)
             stream.write(_format_one(r, fmt))
@@ -647,78 +528,3 @@ def caption_files(
             if len(skipped):
                 skipped.write(Path(out).with_suffix(".skipped.json"))
     return results, skipped
-
-
-# ---------------------------------------------------------------------------- CLI
-def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    """Decoding flags shared with the server's form fields (defaults: the model's own)."""
-    g = parser.add_argument_group("decoding (defaults: the model's generation settings)")
-    g.add_argument("--beams", type=int, default=None, help="beam width")
-    g.add_argument("--sample", action="store_true", default=None, help="sample instead of search")
-    g.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling mass (with --sample)"
-    )
-    g.add_argument("--seed", type=int, default=None, help="random seed for --sample")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit")
-    g.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size")
-
-
-def decode_from_args(args: argparse.Namespace) -> DecodeOptions:
-    return DecodeOptions(
-        num_beams=args.beams,
-        do_sample=args.sample,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        no_repeat_ngram_size=args.no_repeat_ngram,
-        seed=args.seed,
-    )
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "caption",
-        help="interpret songs from audio + lyrics",
-        description="Caption an audio file (with --lyrics or <stem>.txt), a folder of audio "
-        "files with <stem>.txt lyrics, or a CSV/JSONL manifest (audio, lyrics|lyrics_path, id). "
-        "Bad items are reported per item; the exit code is non-zero only if every item failed.",
-    )
-    p.add_argument("source", help="audio file, folder or manifest")
-    p.add_argument("--model", required=True, help="model folder or training RUN folder")
-    p.add_argument("--lyrics", help="lyrics text file (single audio file only)")
-    p.add_argument("--out", help="output file (default: stdout)")
-    p.add_argument(
-        "--format",
-        choices=("text", "jsonl", "csv"),
-        help="default: from --out, else text for one song, jsonl for many",
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument(
-        "--encoder",
-        default=None,
-        help="the music encoder (e.g. hf:<hub name or folder>) of a model saved without one",
-    )
-    add_decode_arguments(p)
-    p.set_defaults(func=_cmd_caption)
-
-
-def _cmd_caption(args: argparse.Namespace) -> int:
-    results, skipped = caption_files(
-        args.source,
-        args.model,
-        lyrics=args.lyrics,
-        out=args.out,
-        fmt=args.format,
-        batch_size=args.batch_size,
-        device=args.device,
-        decode=decode_from_args(args),
-        encoder=args.encoder,
-    )
-    failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
-    print(
-        f"captioned {len(results) - failed}/{len(results)} song(s); {skipped.summary()}",
-        file=sys.stderr,
-    )
-    if failed == len(results):
-        raise RecapError(f"every item failed; first error: {results[0].error}")
-    return 0

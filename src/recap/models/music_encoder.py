@@ -442,9 +442,6 @@ class MusicEncoder(nn.Module):
         settings = {f: getattr(self.config, f) for f in fields}
         return fingerprint_of(settings, self.spec.state_dict())
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     # -- shapes
 
     def num_frames(self, num_samples: int) -> int:

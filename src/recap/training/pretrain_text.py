@@ -33,7 +33,6 @@ finished folder with the same settings is reused.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -182,8 +181,8 @@ class Document:
 
 
 def prepare(text: str) -> str:
-    # The captioner's own rule (recap.inference.captioner.prepare_lyrics, SPEC §1.2).
-    from recap.inference.captioner import prepare_lyrics
+    # The captioner's own rule (recap.data.songs.prepare_lyrics, SPEC §1.2).
+    from recap.data.songs import prepare_lyrics
 
     return prepare_lyrics(text)
 
@@ -322,17 +321,13 @@ class Exclusion:
 
     @classmethod
     def from_benchmarks(cls, folders: Iterable[str | Path]) -> Exclusion:
+        from recap.bench.scoring import read_songs
+
         ex = cls()
         for folder in folders:
             folder = Path(folder)
-            songs = folder / "songs.jsonl"
-            if not songs.is_file():
-                raise RecapError(f"{folder} is not a benchmark folder: songs.jsonl missing")
             held: set[str] = set()
-            for line in songs.read_text("utf-8").splitlines():
-                if not line.strip():
-                    continue
-                row = json.loads(line)
+            for row in read_songs(folder).values():
                 if row.get("split") in ("val", "test"):
                     held.add(str(row["song_id"]))
                     ex.work_ids.add(str(row["work_id"]))
@@ -683,6 +678,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """On held-out works: greedy exact copy of uncorrupted inputs — single lines and segments
     packed up to each cap — and teacher-forced token accuracy on masked spans."""
+    from recap.inference.generate import generate_ids
+
     model.eval()
     bos, eos, pad, mask = (
         tokenizer.bos_token_id,
@@ -705,9 +702,10 @@ def evaluate(
             part = chosen[start : start + 32]
             pairs = [Corrupted(s.ids, s.ids, [False] * len(s.ids), True) for s in part]
             batch = make_batch(pairs, bos, eos, pad)
-            out = model.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
+            out = generate_ids(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
                 num_beams=1,
                 do_sample=False,
                 max_new_tokens=max(len(s.ids) for s in part) + 4,
@@ -1004,43 +1002,6 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ============================================================================ CLI
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from recap.training.train import dataclass_from_args
-
-    cfg = dataclass_from_args(PretrainConfig, args)
-    out = pretrain_text(cfg)
-    metrics = json.loads((out / METRICS_NAME).read_text("utf-8"))
-    print(f"{out}: BART pretrained on lyrics ({metrics['steps']} steps)")
-    print(format_metrics(metrics))
-    return 0
-
-
-_LIST_FIELDS = {"source": str, "text": str, "exclude_splits_of": str, "curriculum": int}
-
-
-def register(subparsers: Any) -> None:
-    from recap.training.train import add_dataclass_arguments
-
-    parser = subparsers.add_parser(
-        "pretrain-text",
-        help="pretrain BART on lyrics by denoising (span infilling, sentence permutation, copies)",
-        description=__doc__.split("\n\n")[0],
-    )
-    add_dataclass_arguments(parser, PretrainConfig, skip=tuple(_LIST_FIELDS))
-    defaults = PretrainConfig()
-    for name, kind in _LIST_FIELDS.items():
-        # `--source music21 DIR` and `--source music21 --source DIR` both give two values.
-        help_text = PretrainConfig.__dataclass_fields__[name].metadata["help"]
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=kind, nargs="+", action="extend",
-            default=None, help=f"{help_text} (default: {getattr(defaults, name)})",
-        )  # fmt: skip
-    parser.set_defaults(func=_handler)
-
-
 __all__ = [
     "Corrupted",
     "copy_attention_loss",
@@ -1054,6 +1015,5 @@ __all__ = [
     "make_segments",
     "pretrain_text",
     "read_corpus",
-    "register",
     "split_corpus",
 ]

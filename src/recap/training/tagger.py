@@ -18,7 +18,6 @@ the arg-max tag, on the test split) and `log.jsonl`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -111,23 +110,12 @@ class TagData:
 
 def read_songs(data_dir: str | Path) -> dict[str, dict[str, Any]]:
     """songs.jsonl → {song_id: {"split", "truth"}} (the benchmark's per-song record)."""
-    path = Path(data_dir) / "songs.jsonl"
-    if not path.is_file():
-        raise RecapError(f"{path} not found: the tagger trains on a `recap bench build` folder")
-    songs: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                songs[str(record["song_id"])] = {
-                    "split": record.get("split") or "train",
-                    "truth": dict(record["truth"]),
-                }
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise RecapError(f"{path}:{n}: not a song record ({err})") from err
-    return songs
+    from recap.bench.scoring import read_songs as read_benchmark
+
+    return {
+        sid: {"split": song.get("split") or "train", "truth": song["truth"]}
+        for sid, song in read_benchmark(data_dir).items()
+    }
 
 
 def tag_matrix(truths: Sequence[Mapping[str, Any]], tags: Sequence[str]) -> np.ndarray:
@@ -547,34 +535,4 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     return metrics
 
 
-# ============================================================================ CLI
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from recap.training.train import dataclass_from_args
-
-    cfg = dataclass_from_args(TaggerConfig, args)
-    metrics = train_tagger(cfg)
-    print(format_metrics(metrics))
-    print(f"encoder saved to {cfg.out} (pass --encoder {cfg.out} to recap train)")
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    from recap.training.train import add_dataclass_arguments
-
-    parser = subparsers.add_parser("tagger", help="music-encoder (CNNSA) pretraining")
-    sub = parser.add_subparsers(dest="tagger_command", required=True, metavar="COMMAND")
-    train_parser = sub.add_parser(
-        "train", help="train CNNSA on the benchmark's audio slots as tags (ROC-AUC on test)"
-    )
-    add_dataclass_arguments(train_parser, TaggerConfig)
-    # --encoder, as recap precompute/train spell it: the CNNSA size here (an hf: encoder is
-    # refused with a pointer to those commands, which use it frozen).
-    train_parser.add_argument(
-        "--encoder", dest="preset", default=None, help="same as --preset (CNNSA sizes only)"
-    )
-    train_parser.set_defaults(func=_handler)
-
-
-__all__ = ["TaggerConfig", "format_metrics", "register", "tag_metrics", "train_tagger"]
+__all__ = ["TaggerConfig", "format_metrics", "tag_metrics", "train_tagger"]

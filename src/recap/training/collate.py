@@ -1,0 +1,102 @@
+"""Training data as tensors: pre-tokenised examples and the collator that pads a batch to its
+own length and looks up each song's precomputed music sequence."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Example:
+    """One pre-tokenised interpretation."""
+
+    song_id: str
+    lyrics_ids: list[int]
+    caption_ids: list[int]
+    lyrics: str = ""
+    caption: str = ""
+
+    @property
+    def length(self) -> int:
+        return len(self.lyrics_ids) + len(self.caption_ids)
+
+
+class ExampleDataset(Dataset):
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+def tokenize_rows(
+    rows: Sequence[Any], tokenizer: Any, max_source: int, max_target: int
+) -> list[Example]:
+    """`recap.data.songs.Row`s → Examples (lyrics and caption truncated to the model's lengths)."""
+    if not rows:
+        return []
+    lyrics = [r.lyrics for r in rows]  # newlines are already ';' (recap.data.songs, SPEC §1.2)
+    captions = [r.comment for r in rows]
+    src = tokenizer(lyrics, truncation=True, max_length=max_source)["input_ids"]
+    tgt = tokenizer(captions, truncation=True, max_length=max_target)["input_ids"]
+    return [
+        Example(str(r.song_id), list(s), list(t), lyr, cap)
+        for r, s, t, lyr, cap in zip(rows, src, tgt, lyrics, captions)
+    ]
+
+
+@dataclass
+class Collator:
+    """Pads a batch to its own longest sequence (dynamic padding) and looks up the music.
+
+    Labels are padded with the pad id (the model masks them unless `loss_includes_padding`).
+    Music embeddings stay float16 on the host: half the bytes to copy; the device casts.
+    """
+
+    pad_token_id: int
+    embeddings: Mapping[str, np.ndarray] | None = None
+    pad_to_multiple_of: int = 1
+
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        longest = max(len(s) for s in seqs)
+        m = max(1, self.pad_to_multiple_of)
+        longest = -(-longest // m) * m
+        out = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        return out
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
+        input_ids = self._pad([e.lyrics_ids for e in examples])  # (B, S)
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != self.pad_token_id).long(),
+            "labels": self._pad([e.caption_ids for e in examples]),  # (B, T)
+            "song_ids": [e.song_id for e in examples],
+            # Host-side counts for throughput logging, so the step never waits on the device.
+            "n_tokens": sum(e.length for e in examples),
+        }
+        if self.embeddings is not None:
+            music = np.stack([np.asarray(self.embeddings[e.song_id]) for e in examples])
+            batch["music_embeds"] = torch.from_numpy(music)  # (B, 119, D) float16
+        return batch
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if key == "music_embeds":
+                value = value.float()
+        out[key] = value
+    return out
