@@ -31,7 +31,8 @@ def read_songs(data_dir: str | Path) -> dict[str, dict]:
                 continue
             try:
                 record = json.loads(line)
-                record["truth"] = dict(record["truth"])
+                if "truth" in record:
+                    record["truth"] = dict(record["truth"])
                 songs[str(record["song_id"])] = record
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise RecapError(f"{path}:{n}: not a song record ({err})") from err
@@ -40,7 +41,11 @@ def read_songs(data_dir: str | Path) -> dict[str, dict]:
 
 def load_truth(data_dir: str | Path) -> dict[str, dict]:
     """song_id -> the true value of every slot, from DATA_DIR/songs.jsonl."""
-    return {sid: song["truth"] for sid, song in read_songs(data_dir).items()}
+    songs = read_songs(data_dir)
+    missing = [sid for sid, song in songs.items() if "truth" not in song]
+    if missing:
+        raise RecapError(f"{data_dir}/songs.jsonl: song {missing[0]} has no truth")
+    return {sid: song["truth"] for sid, song in songs.items()}
 
 
 def _same(slot: str, predicted: object, true: object) -> bool:

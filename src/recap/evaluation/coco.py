@@ -284,5 +284,3 @@ def caption_set(
             summary[f"{label} low"], summary[f"{label} high"] = band["low"], band["high"]
     result["summary"] = summary
     return result
-
-

@@ -83,7 +83,6 @@ METRIC_SETS = {
 METEOR_ALPHA, METEOR_BETA, METEOR_GAMMA = 0.9, 3.0, 0.5
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Bootstrap helpers
 

@@ -30,8 +30,6 @@ _WORDNET_FILES = tuple(
 DEBIAN_WORDNET_DIR = Path("/usr/share/wordnet")
 
 
-
-
 def default_nltk_data_dir() -> Path:
     """Where recap lays out NLTK data it builds: $RECAP_CACHE/nltk_data or ~/.cache/recap/."""
     root = os.environ.get("RECAP_CACHE") or Path.home() / ".cache" / "recap"
