@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from recap.cli.flags import csv_list
 from recap.utils import RecapError
 
 COMMANDS = {
@@ -22,6 +23,7 @@ def _handler(args: argparse.Namespace) -> int:
         out=args.out,
         full=args.full,
         seed=args.seed,
+        seeds=csv_list(args.seeds, int),
         limit=args.limit,
         workers=args.workers,
         coupling=args.coupling,
@@ -29,6 +31,7 @@ def _handler(args: argparse.Namespace) -> int:
         tagger_preset=args.tagger_preset,
         tagger_epochs=args.tagger_epochs,
         tagger_lr=args.tagger_lr,
+        pretrain_steps=args.pretrain_steps,
         size=args.size,
         epochs=args.epochs,
         max_steps=args.max_steps,
@@ -55,6 +58,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default=d.out, help="output folder (reused by a rerun)")
     p.add_argument("--full", action="store_true", help="also variant vote > 0 and the full sweep")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seeds",
+        default="",
+        metavar="0,1,2",
+        help="captioner seeds for Table 1 with intervals over seeds (default: --seed only)",
+    )
     p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
     p.add_argument("--workers", type=int, default=d.workers, help="render processes")
     p.add_argument(
@@ -75,6 +84,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
     p.add_argument("--tagger-lr", type=float, default=d.tagger_lr)
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=d.pretrain_steps,
+        help="text pretraining steps of the captioners' BART (0: start from scratch)",
+    )
     p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")

@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from recap.cli.flags import add_decode_arguments, decode_from_args, parse_key_value
-from recap.utils import RecapError
+from recap.cli.flags import add_decode_arguments, csv_list, decode_from_args, parse_key_value
 
 COMMANDS = {"experiment": "the paper's Table 1 and Figure 2"}
-
-
-def _csv_list(text: str, cast: type = str) -> tuple:
-    try:
-        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise RecapError(f"cannot parse the list {text!r}") from exc
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -35,8 +27,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         size=args.size,
         encoder=args.encoder,
         bart=args.bart,
-        variants=_csv_list(args.variants) if hasattr(args, "variants") else (args.variant,),
-        seeds=_csv_list(args.seeds, int) if args.seeds else None,
+        variants=csv_list(args.variants) if hasattr(args, "variants") else (args.variant,),
+        seeds=csv_list(args.seeds, int) if args.seeds else None,
         train_overrides=dict(args.train),
         decode=decode,
         paired_sampling=paired,
@@ -60,7 +52,7 @@ def _sweep_handler(args: argparse.Namespace) -> int:
     from recap.evaluation.experiment import run_sweep
 
     cfg = config_from_args(args)
-    weights = _csv_list(args.weights, float)
+    weights = csv_list(args.weights, float)
     result = run_sweep(cfg, weights, variant=args.variant)
     for p in result["points"]:
         print(

@@ -150,3 +150,11 @@ def decode_from_args(args: Any) -> Any:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
     ).check()
+
+
+def csv_list(text: str, cast: type = str) -> tuple:
+    """'0, 1,2' → (0, 1, 2) with `cast`; RecapError naming the text when an item does not parse."""
+    try:
+        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise RecapError(f"cannot parse the list {text!r}") from exc

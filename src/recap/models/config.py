@@ -123,6 +123,9 @@ class RecapConfig:
     # A pointer-generator output (recap.models.pointer): the decoder may copy lyrics tokens. Not in the
     # paper (off there); the small sizes need it to quote lyrics they never saw in training.
     copy_head: bool = False
+    # With a copy head: word numbers (capped here) the head sees of each lyrics token, so it
+    # knows where a quotation of the first words ends (recap.models.pointer). 0 = off.
+    copy_word_positions: int = 0
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.
@@ -361,6 +364,7 @@ def _small() -> dict[str, Any]:
         # lyrics fixes both; the reconstruction loss also fixes the collapse but drowns the
         # music at the fused output, so it stays off (measured: docs/training.md).
         "copy_head": True,
+        "copy_word_positions": 8,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }

@@ -119,7 +119,11 @@ class RecapModel(nn.Module):
         # The projection exists whenever music does, so a BART-fusion model (w = 0) can still be
         # fine-tuned with alignment later and its parameter count matches RECAP's.
         self.align_proj = nn.Linear(config.d_model, config.music_dim) if config.use_music else None
-        self.copy_head = CopyHead(config.d_model) if config.copy_head else None
+        self.copy_head = (
+            CopyHead(config.d_model, config.vocab_size, config.copy_word_positions)
+            if config.copy_head
+            else None
+        )
         if self.copy_head is not None:
             self.bart.lm_head.register_forward_hook(self.copy_head.hook)
             self.bart.get_decoder().register_forward_pre_hook(
@@ -132,6 +136,12 @@ class RecapModel(nn.Module):
             self.attach_music_encoder(MusicEncoder(config.music))
         self.bart.generation_config = self._generation_config()
         self.tokenizer: Any = None  # attached by from_pretrained / from_bart when files exist
+
+    def attach_tokenizer(self, tokenizer: Any) -> None:
+        """The tokenizer saved with the model; the copy head learns which ids begin words."""
+        self.tokenizer = tokenizer
+        if self.copy_head is not None and tokenizer is not None:
+            self.copy_head.set_word_starts(tokenizer)
 
     # ------------------------------------------------------------------ parts
     def attach_music_encoder(self, encoder: MusicEncoder) -> None:
@@ -537,7 +547,7 @@ class RecapModel(nn.Module):
             raise RecapError(f"cannot load a BART checkpoint from {name_or_path!s}: {exc}") from exc
         config = config.with_bart_config(bart.config.to_dict())
         model = cls(config, bart=bart, music_encoder=encoder)
-        model.tokenizer = _maybe_tokenizer(name_or_path)
+        model.attach_tokenizer(_maybe_tokenizer(name_or_path))
         return model
 
 

@@ -168,6 +168,7 @@ class Trainer:
             model_cfg = RecapConfig.preset(cfg.preset, cfg.size, **overrides)
             # The frozen encoder rides along (no gradient), so RUN/best captions audio files.
             model = RecapModel(model_cfg, music_encoder=encoder)
+        model.attach_tokenizer(tokenizer)
         self.model_config = mcfg = model.config
         self.tokenizer = tokenizer
 
