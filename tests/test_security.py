@@ -145,7 +145,8 @@ def test_tokenizer_with_auto_map_is_refused_without_a_prompt(tmp_path, monkeypat
 @pytest.mark.parametrize("song_id", ["x" * 300, "夜の歌" * 40, "Ünïcødé ~ name"])
 def test_long_and_non_ascii_song_ids_are_safe_file_names(tmp_path, song_id):
     from recap.data.cache import FeatureStore
-    from recap.data.songs import audio_path, dataset_stats
+    from recap.data.songs import audio_path
+    from recap.data.stats import dataset_stats
 
     store = FeatureStore.create(tmp_path / "store", {"kind": "embeddings"})
     array = np.arange(6, dtype=np.float32).reshape(2, 3)

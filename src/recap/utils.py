@@ -134,7 +134,7 @@ def known_fields(cls: type, data: Mapping[str, Any], what: str | None = None) ->
 
 def flag_field(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field whose help text (and any argparse keywords, e.g. `flag=`, `choices=`)
-    becomes its command-line flag's (`recap.training.train.add_dataclass_arguments`)."""
+    becomes its command-line flag's (`recap.cli.flags.add_dataclass_arguments`)."""
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})

@@ -16,9 +16,10 @@ EXACT_SLOTS = tuple(
 )
 
 
-def read_songs(data_dir: str | Path) -> dict[str, dict]:
+def read_songs(data_dir: str | Path, need_truth: bool = False) -> dict[str, dict]:
     """song_id -> the benchmark's record of the song (split, work_id, source, truth, ...), in
-    file order, from DATA_DIR/songs.jsonl: the one reader of that file."""
+    file order, from DATA_DIR/songs.jsonl: the one reader of that file. `need_truth`: a record
+    without its truth is an error."""
     path = Path(data_dir) / "songs.jsonl"
     if not path.is_file():
         raise RecapError(
@@ -31,7 +32,8 @@ def read_songs(data_dir: str | Path) -> dict[str, dict]:
                 continue
             try:
                 record = json.loads(line)
-                record["truth"] = dict(record["truth"])
+                if need_truth or "truth" in record:
+                    record["truth"] = dict(record["truth"])
                 songs[str(record["song_id"])] = record
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise RecapError(f"{path}:{n}: not a song record ({err})") from err
@@ -40,7 +42,7 @@ def read_songs(data_dir: str | Path) -> dict[str, dict]:
 
 def load_truth(data_dir: str | Path) -> dict[str, dict]:
     """song_id -> the true value of every slot, from DATA_DIR/songs.jsonl."""
-    return {sid: song["truth"] for sid, song in read_songs(data_dir).items()}
+    return {sid: song["truth"] for sid, song in read_songs(data_dir, need_truth=True).items()}
 
 
 def _same(slot: str, predicted: object, true: object) -> bool:

@@ -38,7 +38,7 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def _stats_command(args: argparse.Namespace) -> int:
-    from recap.data.songs import dataset_stats
+    from recap.data.stats import dataset_stats
 
     stats, report = dataset_stats(args.path, check_audio=not args.no_audio, workers=args.workers)
     if args.json:

@@ -34,7 +34,7 @@ def _handler(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     from recap.training import pretrain_text
-    from recap.training.pretrain_text import PretrainConfig
+    from recap.training.config import PretrainConfig
 
     parser = subparsers.add_parser(
         "pretrain-text",

@@ -33,8 +33,11 @@ SIZES = ("tiny", "small", "paper")
 
 @dataclass
 class GenerationSettings:
-    """Decoding defaults (SPEC §2). They are handed to Hugging Face as a `GenerationConfig`:
-    transformers 5 silently drops generation settings placed on the model config."""
+    """The model's own Hugging Face generation config, saved with it (SPEC §2): the defaults of a
+    bare `RecapModel.generate` call, handed to Hugging Face as a `GenerationConfig` (transformers 5
+    silently drops generation settings placed on the model config). recap's commands decode with
+    `recap.inference.generate.DecodeSettings` instead and take from here only what belongs to
+    the model: its length limit `max_new_tokens` and the forced BOS/EOS token ids."""
 
     num_beams: int = 4
     do_sample: bool = False

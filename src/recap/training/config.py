@@ -1,5 +1,6 @@
-"""`TrainConfig`: every setting of a training run (`recap train --flag` each), and the checks
-that a run folder is resumed or reused with the settings it was started with."""
+"""The settings of training runs, one `--flag` each: `TrainConfig` (`recap train`) with the checks
+that a run folder is resumed or reused with the settings it was started with, and
+`PretrainConfig` (`recap pretrain-text`)."""
 
 from __future__ import annotations
 
@@ -204,3 +205,117 @@ def check_same_config(saved: TrainConfig, now: TrainConfig, run: Path) -> None:
             f"{run} was trained with other settings ({details}); pass the run's own settings "
             f"(saved in {run / TRAIN_CONFIG_NAME}) to continue it, or use another --out"
         )
+
+
+# ============================================================================ pretrain-text
+
+PRETRAIN_CONFIG_NAME = "pretrain_config.json"
+METRICS_NAME = "pretrain_metrics.json"
+# Settings that do not change what is trained: a finished folder is reused when only these differ.
+REUSE_MUTABLE = frozenset(
+    {"out", "overwrite", "progress", "workers", "corpus_cache", "threads", "checkpoint_every_steps"}
+)
+
+
+_opt = flag_field
+
+
+@dataclass
+class PretrainConfig:
+    """Every setting of a text pretraining run; each field is a `recap pretrain-text --flag`."""
+
+    # --- text
+    out: str = _opt("", "output folder DIR (a Hugging Face BART checkpoint)")
+    source: list = _opt(
+        ["music21", "openscore-lieder"],
+        "lyrics of scores: music21 | openscore-lieder | a folder of scores | none (--text only)",
+    )
+    text: list = _opt(
+        [], "text files: .jsonl rows with 'lyrics' or 'text', else blank-line paragraphs"
+    )
+    exclude_splits_of: list = _opt(
+        [], "benchmark folder(s) whose val/test works and lyrics are never trained on (repeat)"
+    )
+    held_out_share: float = _opt(0.05, "share of the works held out for the copy/infill report")
+    max_eval_lines: int = _opt(200, "held-out inputs scored per measure")
+    corpus_cache: str = _opt("", "JSONL file caching the lyrics read from scores ('': none)")
+    workers: int = _opt(2, "score-parsing processes")
+    # --- model
+    size: str = _opt("small", "BART size of RecapConfig.preset", choices=("tiny", "small", "paper"))
+    tokenizer: str = _opt("", "reuse this tokenizer folder ('': train a byte-level BPE)")
+    vocab_size: int = _opt(0, "size of the trained BPE (0: the size's vocab_size)")
+    model_overrides: dict = _opt({}, "RecapConfig BART fields, KEY=VALUE (JSON)", flag="--set")
+    position_init: str = _opt(
+        "random",
+        "position tables: random (BART's init) | sinusoidal (scaled to init_std)",
+        choices=("random", "sinusoidal"),
+    )
+    # --- objective
+    copy_share: float = _opt(0.5, "share of inputs left uncorrupted (pure copies)")
+    mask_ratio: float = _opt(0.3, "share of the tokens of a corrupted input that are masked")
+    poisson_lambda: float = _opt(3.0, "mean span length of the infilling")
+    permute_sentences: bool = _opt(True, "shuffle the sentences of a corrupted input")
+    reconstruct_weight: float = _opt(
+        1.0, "weight of predicting each input token from the encoder output (0: off)"
+    )
+    copy_attention_weight: float = _opt(
+        1.0,
+        "weight of a guided cross-attention loss on copies: head 0 of each decoder layer "
+        "attends to the source token it copies (0: off)",
+    )
+    decoder_input_dropout: float = _opt(
+        0.0, "share of decoder input tokens replaced by <mask> in training (0: off)"
+    )
+    # --- optimisation
+    curriculum: list = _opt(
+        [16, 32, 64, 128], "input-length caps in tokens, trained in turn for equal step shares"
+    )
+    max_steps: int = _opt(600, "optimizer steps in all")
+    batch_size: int = _opt(32, "sequences per step")
+    lr: float = _opt(2e-3, "peak learning rate (AdamW)")
+    warmup_steps: int = _opt(50, "linear warm-up steps")
+    min_lr_ratio: float = _opt(0.1, "cosine decay to this share of lr at the last step")
+    weight_decay: float = _opt(0.01, "AdamW decoupled weight decay")
+    max_grad_norm: float = _opt(1.0, "gradient clipping (0: off)")
+    seed: int = _opt(0, "seed of weights, held-out works, batches and corruption")
+    checkpoint_every_steps: int = _opt(250, "write DIR.partial every N steps (0: never)")
+    log_every_steps: int = _opt(50, "log the losses every N steps")
+    threads: int = _opt(0, "torch CPU threads (0: torch's default; 1 is fastest on busy cores)")
+    overwrite: bool = _opt(False, "train again even when DIR holds a finished model")
+    progress: bool = _opt(True, "tqdm progress bar")
+
+    def resolved(self) -> PretrainConfig:
+        """A checked copy (RecapError on bad values)."""
+        if not self.out:
+            raise RecapError("pretrain-text needs --out DIR")
+        source = [s for s in self.source if s != "none"]
+        if not source and not self.text:
+            raise RecapError("nothing to read: give --source and/or --text")
+        if self.position_init not in ("sinusoidal", "random"):
+            raise RecapError(f"position_init must be sinusoidal or random: {self.position_init!r}")
+        if not 0 <= self.copy_share <= 1:
+            raise RecapError("copy_share must lie in [0, 1]")
+        if not 0 < self.mask_ratio < 1:
+            raise RecapError("mask_ratio must lie in (0, 1)")
+        if not 0 <= self.held_out_share < 1:
+            raise RecapError("held_out_share must lie in [0, 1)")
+        if not self.curriculum or any(int(c) < 4 for c in self.curriculum):
+            raise RecapError("curriculum: one or more length caps of at least 4 tokens")
+        if self.max_steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise RecapError("max_steps and batch_size must be positive and lr > 0")
+        if self.copy_attention_weight < 0 or self.reconstruct_weight < 0:
+            raise RecapError("loss weights must be >= 0")
+        if not 0 <= self.decoder_input_dropout < 1:
+            raise RecapError("decoder_input_dropout must lie in [0, 1)")
+        if self.poisson_lambda <= 0:
+            raise RecapError("poisson_lambda must be > 0")
+        return dataclasses.replace(
+            self, source=source, curriculum=[int(c) for c in self.curriculum]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
+        return cls(**known_fields(cls, data, "PretrainConfig"))

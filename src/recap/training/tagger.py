@@ -112,9 +112,10 @@ def read_songs(data_dir: str | Path) -> dict[str, dict[str, Any]]:
     """songs.jsonl → {song_id: {"split", "truth"}} (the benchmark's per-song record)."""
     from recap.bench.scoring import read_songs as read_benchmark
 
+    songs = read_benchmark(data_dir, need_truth=True)
     return {
         sid: {"split": song.get("split") or "train", "truth": song["truth"]}
-        for sid, song in read_benchmark(data_dir).items()
+        for sid, song in songs.items()
     }
 
 

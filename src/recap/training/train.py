@@ -19,16 +19,13 @@ resumed ends with the same weights as one that never stopped.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -48,6 +45,7 @@ from recap.training.config import (
     check_same_config,
     read_train_config,
 )
+from recap.training.runlog import TensorBoard, append_jsonl, validation_scores
 from recap.utils import RecapError, SkipReport, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -340,10 +338,10 @@ class Trainer:
         resume = self._prepare_run_dir()
         self._build()
         state = self.load_checkpoint() if resume else TrainState()
-        writer = _TensorBoard(run / "tb") if self.is_main else None
+        writer = TensorBoard(run / "tb") if self.is_main else None
         log_path = run / "log.jsonl"
         if self.is_main:
-            _append_jsonl(
+            append_jsonl(
                 log_path,
                 {
                     "event": "resume" if resume else "start",
@@ -409,7 +407,7 @@ class Trainer:
                         "tokens_per_s": tokens / elapsed,
                     }
                     if self.is_main:
-                        _append_jsonl(log_path, record)
+                        append_jsonl(log_path, record)
                         writer.scalars(record, state.step)
                         bar.set_postfix(loss=f"{values[0]:.3f}")
                     sums.zero_()
@@ -453,7 +451,7 @@ class Trainer:
                 "validations": state.validations,
             }
             atomic_write_json(run / DONE_NAME, result)
-            _append_jsonl(log_path, {"event": "done", **result})
+            append_jsonl(log_path, {"event": "done", **result})
             writer.close()
         acc.wait_for_everyone()
         return run
@@ -506,7 +504,7 @@ class Trainer:
         }
         state.validations.append(record)
         if self.is_main:
-            _append_jsonl(log_path, record)
+            append_jsonl(log_path, record)
             writer.scalars({f"val/{k}": v for k, v in scores.items()}, state.step)
             logger.info(
                 "epoch %d: %s %.4f%s",
@@ -572,47 +570,6 @@ def _music_preset_name(config: Any) -> str:
         if MusicEncoderConfig.preset(name) == config:
             return name
     raise RecapError("pass --encoder: the music config is no preset")
-
-
-def validation_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L recall and F1 over the examples (`recap.evaluation.metrics`: rouge_score, no
-    stemming), as flat keys `rouge1_recall` ... `rougeL_f1`. The plain mean, not the bootstrap
-    median, so that checkpoint selection is deterministic."""
-    from recap.evaluation.metrics import rouge_scores
-
-    result = rouge_scores(list(predictions), list(references), bootstrap=1)
-    return {
-        f"{name}_{kind}": float(np.mean(values))
-        for name, per_kind in result["per_example"].items()
-        for kind, values in per_kind.items()
-    }
-
-
-def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": time.time(), **record}, default=str) + "\n")
-
-
-class _TensorBoard:
-    """A thin SummaryWriter wrapper that logs the numeric entries of a record."""
-
-    def __init__(self, path: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(path))
-
-    def scalars(self, record: Mapping[str, Any], step: int) -> None:
-        for key, value in record.items():
-            if (
-                key not in ("step", "epoch", "time")
-                and isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            ):
-                self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 def train(config: TrainConfig, embed: EmbedFn | None = None) -> Path:
