@@ -161,7 +161,7 @@ def test_ensure_embeddings_computes_only_the_requested_songs(
 def test_precompute_command(
     dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data.cache",))
+    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.cli.precompute",))
     argv = ["precompute", "--data", str(dataset), "--kind", "waveform", "--workers", "0"]
     assert recap.cli.main(argv + ["--duration", "1"]) == 0
     out = capsys.readouterr().out

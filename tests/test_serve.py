@@ -15,7 +15,8 @@ import pytest
 import soundfile as sf
 from support import RATE, SONGS, tone
 
-from recap.inference.captioner import Captioner, DecodeOptions
+from recap.inference.captioner import Captioner
+from recap.inference.generate import DecodeSettings
 from recap.inference.index import Searcher, build_index
 from recap.inference.serve import ServeSettings, create_app
 
@@ -80,6 +81,7 @@ def test_health_openapi_and_page(client):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["index"]["songs"] == len(SONGS)
     assert h["limits"]["max_upload_mb"] == 1.0
+    assert (h["windows"], h["trained_windows"]) == (1, 1)  # the model's count by default
     spec = client.get("/openapi.json").json()
     assert {"/caption", "/search", "/health"} <= set(spec["paths"])
     page = client.get("/")
@@ -182,7 +184,7 @@ def test_concurrent_requests_get_their_own_results(client, model_dir, songs_dir)
     jobs = [(sid, lyr) for sid, _, lyr in SONGS] * 2
     expected = {
         sid: captioner.caption_waveforms(
-            [captioner.load_waveform(songs_dir / f"{sid}.wav")], [lyr], DecodeOptions()
+            [captioner.load_waveform(songs_dir / f"{sid}.wav")], [lyr], DecodeSettings()
         )[0]
         for sid, lyr in jobs
     }

@@ -17,7 +17,6 @@ same pairing, caption (audio of A, lyrics of B) and score A's audio facts and B'
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -65,7 +64,7 @@ def input_dependence(
     import torch
 
     from recap.data.batching import music_tensors
-    from recap.training.train import Collator
+    from recap.training.collate import Collator
 
     collate = Collator(pad_token_id=model.config.pad_token_id)
     device = next(model.parameters()).device
@@ -114,7 +113,7 @@ def caption_losses(
 
     from recap.data.batching import music_tensors
     from recap.models.losses import caption_loss
-    from recap.training.train import Collator
+    from recap.training.collate import Collator
 
     n = len(examples)
     lyrics_from = list(lyrics_from) if lyrics_from is not None else list(range(n))
@@ -242,7 +241,7 @@ def grounding(
     `rows`: the evaluated `recap.data.songs.Row`s; `captions`: (song id, lyrics) → generated caption;
     `generate(pairs)` captions (song id whose music is used, lyrics) pairs as the evaluation does.
     """
-    from recap.training.train import tokenize_rows
+    from recap.training.collate import tokenize_rows
 
     cfg = model.config
     songs = list(captions)
@@ -305,7 +304,7 @@ def diagnose(
     from recap.data.songs import load_splits
     from recap.evaluation.evaluate import _music_for, resolve_target
     from recap.models.model import RecapModel
-    from recap.training.train import tokenize_rows
+    from recap.training.collate import tokenize_rows
 
     target = resolve_target(model_dir)
     tc = target.train_config
@@ -333,30 +332,3 @@ def diagnose(
     result = diagnose_examples(model, examples, music, seed=seed)
     result.update(model=str(target.model_dir), data=str(data_dir), split=split)
     return result
-
-
-def _handler(args: argparse.Namespace) -> int:
-    import json
-
-    result = diagnose(args.model, args.data, args.split, args.limit, args.encoder, args.seed)
-    print(format_diagnosis(result))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "diagnose",
-        help="does a captioner read its lyrics and hear its audio? (input dependence, loss gaps)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True, help="a RUN folder or a model folder")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--limit", type=int, default=128, help="songs to use (0: all)")
-    p.add_argument("--encoder", default=None, help="music encoder (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the song pairing")
-    p.add_argument("--json", action="store_true", help="also print the result as JSON")
-    p.set_defaults(func=_handler)

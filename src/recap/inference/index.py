@@ -25,15 +25,12 @@ so an audio query never returns a song as "lyrics that fit". Each is a work of i
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,15 +38,16 @@ from typing import Any
 
 import numpy as np
 
+from recap.data.songs import prepare_lyrics
+from recap.evaluation.retrieval import chance_metrics, retrieval_metrics
 from recap.inference.captioner import (
     Captioner,
     SongInput,
     collect_inputs,
-    prepare_lyrics,
     read_manifest,
-    resolve_model_dir,
 )
-from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir
+from recap.inference.generate import resolve_model_dir
+from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -338,10 +336,7 @@ class SongIndex:
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise RecapError(f"{path} is not a recap index (no meta.json)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise RecapError(f"cannot read {meta_path} (corrupt index?): {exc}") from exc
+        meta = read_json(meta_path, "index metadata")
         if not isinstance(meta, dict):
             raise RecapError(f"corrupt index {path}: meta.json is not an object")
         if meta.get("format") != "recap-index" or meta.get("format_version") != FORMAT_VERSION:
@@ -411,55 +406,6 @@ def _load_centroids(
             return None
         out.append(c.astype(np.float32))
     return out[0], out[1]
-
-
-# ---------------------------------------------------------------------------- metrics
-def retrieval_metrics(
-    queries: np.ndarray, keys: np.ndarray, groups: np.ndarray, ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, float]:
-    """Recall@k and MRR of exact search: query i's correct keys are those with groups[i]."""
-    n = queries.shape[0]
-    ranks = np.empty(n, dtype=np.int64)
-    for start in range(0, n, 1024):
-        sim = queries[start : start + 1024] @ keys.T  # (q, N) cosine similarities
-        correct = groups[start : start + 1024, None] == groups[None, :]  # (q, N)
-        best = np.where(correct, sim, -np.inf).max(axis=1)  # best-scoring correct key
-        # Rank of the first correct key: 1 + wrong keys scoring strictly higher (ties favour it).
-        ranks[start : start + 1024] = 1 + ((sim > best[:, None]) & ~correct).sum(axis=1)
-    out = {f"recall@{k}": float((ranks <= k).mean()) for k in ks}
-    out["mrr"] = float((1.0 / ranks).mean())
-    out["median_rank"] = float(np.median(ranks))
-    return out
-
-
-def chance_metrics(groups: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Expected recall@k and MRR of a random ranking, per query with g correct keys among N."""
-    n = len(groups)
-    _, sizes = np.unique(groups, return_counts=True)
-    # Each group of size g contributes g queries, each with g correct keys.
-    weights = sizes / n
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"recall@{k}"] = float(sum(w * _p_hit_within(n, g, k) for g, w in zip(sizes, weights)))
-    out["mrr"] = float(sum(w * _expected_rr(n, g) for g, w in zip(sizes, weights)))
-    return out
-
-
-def _p_hit_within(n: int, g: int, k: int) -> float:
-    """P(at least one of g correct items in the first k of a random order of n)."""
-    if k >= n - g + 1:
-        return 1.0
-    t = np.arange(k)
-    return 1.0 - float(np.prod((n - g - t) / (n - t)))
-
-
-def _expected_rr(n: int, g: int) -> float:
-    """E[1 / rank of the first correct item] for g correct among n in random order."""
-    r = np.arange(1, n - g + 2)  # possible first-hit ranks
-    # P(first r-1 all wrong) = prod_{t<r-1} (n-g-t)/(n-t); then P(hit at r) = g/(n-r+1).
-    miss = np.concatenate([[1.0], np.cumprod((n - g - np.arange(n - g)) / (n - np.arange(n - g)))])
-    p = miss[: r.size] * g / (n - r + 1)
-    return float((p / r).sum())
 
 
 # ---------------------------------------------------------------------------- embedding
@@ -671,101 +617,3 @@ class Searcher:
     def search_lyrics(self, text: str, k: int = 10) -> list[Hit]:
         """Songs whose audio vectors lie nearest these lyrics'."""
         return self.index.search(embed_lyrics(self.captioner, [text]), "audio", k)[0]
-
-
-# ---------------------------------------------------------------------------- CLI
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("index", help="build or evaluate an audio/lyrics search index")
-    sub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
-
-    b = sub.add_parser("build", help="embed a catalogue into a FAISS index")
-    b.add_argument("--model", required=True, help="model folder or training RUN folder")
-    b.add_argument("--data", required=True, help="dataset folder, audio folder, or manifest")
-    b.add_argument("--out", required=True, help="index folder to write")
-    _add_index_settings(b)
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--device", default=None)
-    b.set_defaults(func=_cmd_build)
-
-    e = sub.add_parser("eval", help="recall@1/5/10 and MRR both ways on a split")
-    e.add_argument("--index", required=True)
-    e.add_argument("--split", default="test", help="split to evaluate, or 'all' (default: test)")
-    e.add_argument("--json", dest="json_out", help="also write the metrics here")
-    e.set_defaults(func=_cmd_eval)
-
-    s = subparsers.add_parser("search", help="top-K lyrics for an audio file, or songs for lyrics")
-    s.add_argument("--index", required=True)
-    s.add_argument("--model", default=None, help="default: the model recorded in the index")
-    q = s.add_mutually_exclusive_group(required=True)
-    q.add_argument("--audio", help="audio file: find the lyrics that fit it")
-    q.add_argument("--lyrics", help="lyrics text: find the songs that sound like it")
-    q.add_argument("--lyrics-file", help="lyrics from a file")
-    s.add_argument("-k", type=int, default=10)
-    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument("--nprobe", type=int, default=None, help="IVF lists to visit")
-    s.add_argument("--device", default=None)
-    s.set_defaults(func=_cmd_search)
-
-
-def _add_index_settings(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--kind", choices=KINDS, default="auto", help=f"auto: ivf from {IVF_THRESHOLD} songs"
-    )
-    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4·sqrt(N))")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    settings = IndexSettings(args.kind, args.nlist, args.nprobe)
-    index, skipped = build_index(
-        args.model, args.data, args.out, settings, args.batch_size, args.device
-    )
-    s = index.settings
-    kind = s.kind if s.kind == "flat" else f"ivf (nlist {s.nlist}, nprobe {s.nprobe})"
-    print(f"indexed {len(index)} song(s), {index.dim}-d, {kind} → {args.out}", file=sys.stderr)
-    print(skipped.summary(), file=sys.stderr)
-    return 0
-
-
-def format_metrics(m: dict[str, Any]) -> str:
-    lines = [f"split {m['split']}: {m['songs']} songs, {m['works']} distinct lyrics"]
-    names = ["recall@1", "recall@5", "recall@10", "mrr"]
-    lines.append(f"{'':18}" + "".join(f"{n:>11}" for n in names))
-    for label, key in (
-        ("audio → lyrics", "audio_to_lyrics"),
-        ("lyrics → audio", "lyrics_to_audio"),
-        ("random chance", "chance"),
-    ):
-        lines.append(f"{label:18}" + "".join(f"{m[key][n]:>11.3f}" for n in names))
-    return "\n".join(lines)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    metrics = SongIndex.load(args.index).evaluate(None if args.split == "all" else args.split)
-    print(format_metrics(metrics))
-    if args.json_out:
-        atomic_write_json(args.json_out, metrics)
-    return 0
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    searcher = Searcher.load(args.index, args.model, args.device, nprobe=args.nprobe)
-    if args.audio:
-        hits, what = searcher.search_audio(args.audio, k=args.k), "lyrics"
-    else:
-        text = args.lyrics
-        if args.lyrics_file:
-            try:
-                text = Path(args.lyrics_file).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise RecapError(f"cannot read lyrics file {args.lyrics_file}: {exc}") from exc
-        if not text or not text.strip():
-            raise RecapError("the lyrics query is empty")
-        hits, what = searcher.search_lyrics(text, k=args.k), "songs"
-    if args.json:
-        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
-    else:
-        print(f"top {len(hits)} {what}:")
-        for h in hits:
-            print(f"{h.rank:>3}  {h.score:+.3f}  {h.song_id}  {h.first_line}")
-    return 0

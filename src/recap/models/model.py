@@ -34,9 +34,13 @@ from transformers.models.bart.modeling_bart import BartEncoderLayer, shift_token
 from transformers.utils import ModelOutput
 
 from recap.models.config import CONFIG_NAME, RecapConfig
+from recap.models.encoders import (
+    MusicEncoderProtocol,
+    build_music_encoder,
+    music_encoder_from_config,
+)
 from recap.models.fusion import FusionBlock
 from recap.models.losses import SongIds, masked_mean, recap_loss
-from recap.models.music_encoder import MusicEncoder, load_music_encoder
 from recap.models.pointer import CopyHead
 from recap.utils import RecapError, atomic_path, atomic_write_json
 
@@ -83,18 +87,20 @@ class RecapOutput(ModelOutput):
 
 
 class RecapModel(nn.Module):
-    """The RECAP captioner: BART + fusion + alignment projection (+ an optional frozen CNNSA).
+    """The RECAP captioner: BART + fusion + alignment projection (+ an optional frozen music
+    encoder: CNNSA, or another behind `recap.models.encoders.MusicEncoderProtocol`).
 
     `config.use_music=False` is plain BART (the `bart` method): music inputs are ignored.
     Music comes either as precomputed embeddings `music_embeds` (B, M, music_dim) — the training
-    path — or as raw 16 kHz `waveform` (B, T), run through the frozen music encoder in eval mode.
+    path — or as a raw `waveform` (B, T) at the encoder's sample rate (16 kHz for CNNSA), run
+    through the frozen music encoder in eval mode.
     """
 
     def __init__(
         self,
         config: RecapConfig,
         bart: BartForConditionalGeneration | None = None,
-        music_encoder: MusicEncoder | None = None,
+        music_encoder: MusicEncoderProtocol | None = None,
     ) -> None:
         super().__init__()
         config.validate()
@@ -120,32 +126,60 @@ class RecapModel(nn.Module):
         # The projection exists whenever music does, so a BART-fusion model (w = 0) can still be
         # fine-tuned with alignment later and its parameter count matches RECAP's.
         self.align_proj = nn.Linear(config.d_model, config.music_dim) if config.use_music else None
-        self.copy_head = CopyHead(config.d_model) if config.copy_head else None
+        self.copy_head = (
+            CopyHead(config.d_model, config.vocab_size, config.copy_word_positions)
+            if config.copy_head
+            else None
+        )
         if self.copy_head is not None:
             self.bart.lm_head.register_forward_hook(self.copy_head.hook)
             self.bart.get_decoder().register_forward_pre_hook(
                 self.copy_head.read_decoder_ids, with_kwargs=True
             )
-        self.music_encoder: MusicEncoder | None = None
+        self.music_encoder: MusicEncoderProtocol | None = None
         if music_encoder is not None:
             self.attach_music_encoder(music_encoder)
         elif config.with_music_encoder:
-            self.attach_music_encoder(MusicEncoder(config.music))
+            self.attach_music_encoder(music_encoder_from_config(config.music_kind, config.music))
         self.bart.generation_config = self._generation_config()
         self.tokenizer: Any = None  # attached by from_pretrained / from_bart when files exist
 
+    def attach_tokenizer(self, tokenizer: Any) -> None:
+        """The tokenizer saved with the model; the copy head learns which ids begin words."""
+        self.tokenizer = tokenizer
+        if self.copy_head is not None and tokenizer is not None:
+            self.copy_head.set_word_starts(tokenizer)
+
     # ------------------------------------------------------------------ parts
-    def attach_music_encoder(self, encoder: MusicEncoder) -> None:
+    def attach_music_encoder(self, encoder: MusicEncoderProtocol) -> None:
         """Hold `encoder` (frozen, eval mode) for waveform input; it is saved with the model."""
-        if encoder.config.hidden_size != self.config.music_dim:
+        if encoder.hidden_size != self.config.music_dim:
             raise RecapError(
-                f"music encoder width {encoder.config.hidden_size} does not match the model's "
+                f"music encoder width {encoder.hidden_size} does not match the model's "
                 f"music_dim {self.config.music_dim}"
             )
         self.music_encoder = encoder
+        self.config.music_kind = encoder.kind
         self.config.music = encoder.config
         self.config.with_music_encoder = True
         self.freeze_music_encoder()
+
+    def use_music_encoder(self, spec: Any) -> None:
+        """Give a model saved without a music encoder the one its embeddings came from (a spec
+        such as "hf:DIR", or an encoder); a model that holds its own accepts only that one."""
+        encoder = build_music_encoder(spec)
+        if encoder.kind != self.config.music_kind:
+            raise RecapError(
+                f"this model was trained on a {self.config.music_kind} music encoder, "
+                f"not {encoder.kind} ({spec})"
+            )
+        if self.music_encoder is None:
+            self.attach_music_encoder(encoder)
+        elif self.music_encoder.fingerprint() != encoder.fingerprint():
+            raise RecapError(
+                f"this model carries its own music encoder and {spec} is another one: captions "
+                "need the encoder the model was trained with"
+            )
 
     def freeze_music_encoder(self) -> None:
         """No gradient, eval mode (BatchNorm running stats, no dropout) — both codebases freeze it;
@@ -565,23 +599,21 @@ class RecapModel(nn.Module):
         cls,
         name_or_path: str | os.PathLike,
         config: RecapConfig | None = None,
-        music_encoder: str | os.PathLike | MusicEncoder | None = None,
+        music_encoder: str | os.PathLike | MusicEncoderProtocol | None = None,
     ) -> RecapModel:
         """A captioner whose BART part comes from a Hugging Face BART checkpoint.
 
         `name_or_path`: e.g. "facebook/bart-base" or a local folder in that format. The BART
         sizes of `config` (default: the `recap` preset) are replaced by the checkpoint's.
-        `music_encoder`: a CNNSA checkpoint file, a saved music-encoder folder, or a module;
-        its config replaces `config.music`. Fusion and projection start freshly initialised.
+        `music_encoder`: an encoder spec (`recap.models.encoders.build_music_encoder`: a CNNSA
+        checkpoint file or folder, `hf:<name>`...) or an encoder; its kind and config replace
+        `config.music_kind` and `config.music`. Fusion and projection start freshly initialised.
         """
         config = RecapConfig.from_dict((config or RecapConfig.preset("recap")).to_dict())
         encoder = None
         if music_encoder is not None:
-            encoder = (
-                music_encoder
-                if isinstance(music_encoder, MusicEncoder)
-                else load_music_encoder(music_encoder)
-            )
+            encoder = build_music_encoder(music_encoder)
+            config.music_kind = encoder.kind
             config.music = encoder.config
         try:
             bart = BartForConditionalGeneration.from_pretrained(
@@ -591,7 +623,7 @@ class RecapModel(nn.Module):
             raise RecapError(f"cannot load a BART checkpoint from {name_or_path!s}: {exc}") from exc
         config = config.with_bart_config(bart.config.to_dict())
         model = cls(config, bart=bart, music_encoder=encoder)
-        model.tokenizer = _maybe_tokenizer(name_or_path)
+        model.attach_tokenizer(_maybe_tokenizer(name_or_path))
         return model
 
 
