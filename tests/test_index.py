@@ -181,3 +181,25 @@ def test_index_errors(model_dir, tmp_path, songs_dir):
     (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(RecapError, match="rebuild"):
         SongIndex.load(tmp_path / "idx")
+
+
+def test_songs_without_lyrics_are_indexed_by_their_audio(model_dir, songs_dir, tmp_path):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for sid in ("river", "winter", "dance"):
+        (folder / f"{sid}.wav").write_bytes((songs_dir / f"{sid}.wav").read_bytes())
+    for sid in ("river", "winter"):  # dance is an instrumental here
+        (folder / f"{sid}.txt").write_bytes((songs_dir / f"{sid}.txt").read_bytes())
+    out = tmp_path / "idx"
+    index, skipped = build_index(model_dir, folder, out, progress=False)
+    assert len(index) == 3 and len(skipped) == 0
+    loaded = SongIndex.load(out)
+    dance = next(s for s in loaded.songs if s.song_id == "dance")
+    assert not dance.has_lyrics and dance.first_line == ""
+    assert len({s.lyrics_key for s in loaded.songs}) == 3  # an instrumental is a work of its own
+    # Audio queries look for lyrics: the instrumental has none to offer.
+    hits = loaded.search(loaded.audio, "lyrics", k=10)
+    assert all(len(h) == 2 and "dance" not in {x.song_id for x in h} for h in hits)
+    # Lyrics queries look for audio: the instrumental is there.
+    assert "dance" in {x.song_id for x in loaded.search(loaded.lyrics[:1], "audio", k=10)[0]}
+    assert loaded.evaluate(None)["songs"] == 2  # nothing to pair for the instrumental

@@ -1,6 +1,6 @@
 """`recap serve`: an HTTP API and a small web page over a Captioner (and optionally an index).
 
-    POST /caption   multipart: audio (file), lyrics (text), optional decoding fields
+    POST /caption   multipart: audio (file), optional lyrics (text; none: audio-only), decoding fields
     POST /search    multipart: audio (file) OR lyrics (text), k
     GET  /health    model, index and limits
     GET  /          the web page (serve_static/); GET /openapi.json and /docs come from FastAPI
@@ -19,7 +19,6 @@ each gets its own result.
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
 # definition time, and they name classes imported inside create_app (fastapi is an extra).
-import argparse
 import logging
 import os
 import tempfile
@@ -30,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from recap.data.audio import decode_error_reason
-from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
+from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, no_audio_message
+from recap.inference.generate import DecodeSettings
 from recap.utils import RecapError
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,12 @@ def create_app(
             )
         return text
 
-    def decode_options(**values: Any) -> DecodeOptions:
-        options = DecodeOptions(**values)
+    def decode_options(**values: Any) -> DecodeSettings:
         try:
-            captioner.decode_kwargs(options)
+            options = captioner.settings(**values)
         except RecapError as exc:
             raise ApiError(422, "invalid_option", str(exc)) from exc
-        if options.num_beams is not None and options.num_beams > settings.max_beams:
+        if options.num_beams > settings.max_beams:
             raise ApiError(422, "invalid_option", f"num_beams is limited to {settings.max_beams}")
         if options.max_new_tokens is not None and options.max_new_tokens > settings.max_new_tokens:
             raise ApiError(
@@ -198,6 +197,9 @@ def create_app(
             "status": "ok",
             "version": recap.__version__,
             "model": str(captioner.source) if captioner.source else None,
+            # windows of 15 s heard per song, and the count the model was trained on
+            "windows": captioner.audio_config.windows,
+            "trained_windows": captioner.trained_windows,
             "index": index,
             "limits": asdict(settings),
         }
@@ -205,14 +207,16 @@ def create_app(
     @app.post("/caption", summary="Interpret a song from its audio and lyrics")
     def caption(
         audio: UploadFile = File(..., description="audio file (mp3, wav, flac, ogg)"),
-        lyrics: str = Form(..., description="the song's lyrics"),
+        lyrics: str | None = Form(None, description="the song's lyrics (none: from the audio)"),
         num_beams: int | None = Form(None),
         do_sample: bool | None = Form(None),
         top_p: float | None = Form(None),
         seed: int | None = Form(None),
         max_new_tokens: int | None = Form(None),
     ) -> dict[str, Any]:
-        text = check_lyrics(lyrics)
+        text = check_lyrics(lyrics) if lyrics and lyrics.strip() else None
+        if text is None and not captioner.model.config.use_music:
+            raise ApiError(422, "empty_lyrics", no_audio_message(captioner.model.config.method))
         options = decode_options(
             num_beams=num_beams,
             do_sample=do_sample,
@@ -224,7 +228,12 @@ def create_app(
         start = time.perf_counter()
         with lock:
             result = captioner.caption_waveforms([wave], [text], options)[0]
-        return {"caption": result, "seconds": round(time.perf_counter() - start, 3)}
+        return {
+            "caption": result,
+            "seconds": round(time.perf_counter() - start, 3),
+            "windows": int(wave.shape[0]),
+            "lyrics": text is not None,
+        }
 
     @app.post("/search", summary="Nearest lyrics for an audio file, or nearest songs for lyrics")
     def search(
@@ -338,39 +347,14 @@ def load_app(
     index: str | os.PathLike | None = None,
     settings: ServeSettings | None = None,
     device: Any = None,
+    windows: int | None = None,
 ) -> Any:
-    """The app for a model folder / RUN and an optional index built with that model."""
-    captioner = Captioner.from_pretrained(model, device=device)
+    """The app for a model folder / RUN and an optional index built with that model. `windows`:
+    the 15 s windows heard per song (default: the model's, `Captioner`)."""
+    captioner = Captioner.from_pretrained(model, device=device, windows=windows)
     searcher = None
     if index is not None:
         from recap.inference.index import Searcher, SongIndex
 
         searcher = Searcher(SongIndex.load(index), captioner)
     return create_app(captioner, searcher, settings)
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("serve", help="HTTP API + web page for captioning and search")
-    p.add_argument("--model", required=True, help="model folder or training RUN folder")
-    p.add_argument("--index", default=None, help="index folder from `recap index build`")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    defaults = ServeSettings()
-    p.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb)
-    p.add_argument("--max-duration-s", type=float, default=defaults.max_duration_s)
-    p.add_argument("--max-lyrics-chars", type=int, default=defaults.max_lyrics_chars)
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=_cmd_serve)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    settings = ServeSettings(
-        max_upload_mb=args.max_upload_mb,
-        max_duration_s=args.max_duration_s,
-        max_lyrics_chars=args.max_lyrics_chars,
-    )
-    app = load_app(args.model, args.index, settings, args.device)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0
