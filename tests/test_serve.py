@@ -116,7 +116,7 @@ def test_search_both_ways(client, songs_dir):
         ("corrupt", 422, "unreadable_audio"),
         ("empty_file", 422, "unreadable_audio"),
         ("empty_lyrics", 422, "empty_lyrics"),
-        ("missing_lyrics", 422, "invalid_request"),
+        ("missing_lyrics", 422, "empty_lyrics"),  # the captioner's refusal, not the form's
         ("missing_audio", 422, "invalid_request"),
         ("oversized", 413, "file_too_large"),
         ("too_long", 413, "audio_too_long"),
@@ -193,6 +193,19 @@ def test_concurrent_requests_get_their_own_results(client, model_dir, songs_dir)
     with ThreadPoolExecutor(max_workers=6) as pool:
         got = list(pool.map(call, jobs))
     assert all(caption == expected[sid] for sid, caption in got)
+
+
+def test_neighbour_audio_is_served_from_the_index_only(client, songs_dir):
+    r = client.post("/search", data={"lyrics": SONGS[4][2], "k": "3"})
+    hits = r.json()["results"]
+    assert all(h["audio_url"].startswith("/audio?song_id=") for h in hits)
+    audio = client.get(hits[0]["audio_url"])
+    assert audio.status_code == 200 and audio.headers["content-type"] == "audio/x-wav"
+    assert audio.content == (songs_dir / f"{hits[0]['song_id']}.wav").read_bytes()
+    for bad in ("nowhere", "../river.wav", str(songs_dir / "river.wav"), "/etc/passwd"):
+        r = client.get("/audio", params={"song_id": bad})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert client.get("/audio").status_code == 422  # no song_id at all
 
 
 def test_search_without_an_index(model_dir, songs_dir):

@@ -200,6 +200,7 @@ class SongInput:
     lyrics: str | None
     sample_rate: int | None = None
     split: str | None = None
+    work: str | None = None  # renderings of one piece share a work id (the index lists it once)
 
     @property
     def audio_label(self) -> str:
@@ -243,7 +244,10 @@ def collect_inputs(
         return read_manifest(source, report)
     lyrics_path = Path(lyrics) if lyrics is not None else source.with_suffix(".txt")
     if lyrics is not None and not lyrics_path.is_file():
-        raise RecapError(f"lyrics file {lyrics_path} does not exist")
+        raise RecapError(
+            f"lyrics file {lyrics_path} does not exist (to give the lyrics themselves, use "
+            "--lyrics-text)"
+        )
     return [SongInput(source.stem, source, _read_lyrics_file(lyrics_path))]
 
 
@@ -328,8 +332,13 @@ def _manifest_song(row: Any, base: Path) -> SongInput:
         text_value = _read_lyrics_file(lp if lp.is_absolute() else base / lp)
     song_id = row.get("id") or row.get("song_id") or audio_path.stem
     split = row.get("split")
+    work = row.get("work_id")
     return SongInput(
-        str(song_id), audio_path, text_value or None, split=str(split) if split else None
+        str(song_id),
+        audio_path,
+        text_value or None,
+        split=str(split) if split else None,
+        work=str(work) if work else None,
     )
 
 
@@ -592,18 +601,27 @@ def caption_files(
     device: Any = None,
     decode: DecodeOptions | None = None,
     progress: bool = True,
+    lyrics_text: str | None = None,
 ) -> tuple[list[CaptionResult], SkipReport]:
     """The job behind `recap caption`: caption `source`, write the results, report failures.
 
     Writes to `out` (format from `fmt` or the suffix) or to stdout, one result at a time as it
     is made, so a killed job keeps every caption made so far. Failed items stay in the output
     with their error and go into `<out>.skipped.json`, with the manifest rows that could not be
-    read.
+    read. `lyrics_text`: the lyrics of a single audio file as text (instead of a `lyrics` file).
     """
     if out is not None:
         check_output_path(out)
+    if lyrics_text is not None and lyrics is not None:
+        raise RecapError(
+            "give the lyrics as a file (--lyrics) or as text (--lyrics-text), not both"
+        )
     skipped = SkipReport("caption")
     songs = collect_inputs(source, lyrics, skipped)
+    if lyrics_text is not None:
+        if len(songs) != 1 or Path(source).is_dir():
+            raise RecapError("--lyrics-text goes with a single audio file")
+        songs[0].lyrics = lyrics_text
     captioner = Captioner.from_pretrained(model, device=device)
     decode = decode or DecodeOptions()
     captioner.decode_kwargs(decode)  # a bad option is refused before any captioning
@@ -670,6 +688,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("source", help="audio file, folder or manifest")
     p.add_argument("--model", required=True, help="model folder or training RUN folder")
     p.add_argument("--lyrics", help="lyrics text file (single audio file only)")
+    p.add_argument("--lyrics-text", help="the lyrics themselves, as text (single audio file only)")
     p.add_argument("--out", help="output file (default: stdout)")
     p.add_argument(
         "--format",
@@ -678,6 +697,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar on stderr")  # fmt: skip
     add_decode_arguments(p)
     p.set_defaults(func=_cmd_caption)
 
@@ -692,6 +713,8 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         decode=decode_from_args(args),
+        progress=args.progress,
+        lyrics_text=args.lyrics_text,
     )
     failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
     print(

@@ -6,7 +6,8 @@ modalities. An index folder holds both sides of every song:
 
     INDEX/
       meta.json     format version, model path + fingerprint, kind, and per song: id, first line
-                    of the lyrics, a hash of the lyrics (songs sharing lyrics are one "work"), split
+                    of the lyrics, a hash of the lyrics (songs sharing lyrics are one "work"), split,
+                    the work id when the catalogue names one, and the audio file it was built from
       audio.npy     (N, D) float32 unit vectors of the audio
       lyrics.npy    (N, D) float32 unit vectors of the lyrics
       *.ivf_centroids.npy  IVF only: the trained list centroids (k-means over 1e5 songs takes
@@ -130,6 +131,16 @@ class SongEntry:
     first_line: str
     lyrics_key: str  # hash of the normalised lyrics: songs with equal lyrics are one work
     split: str | None = None
+    work: str | None = None  # the catalogue's work id (renderings of one piece share it)
+    audio: str | None = None  # absolute path of the audio file the entry was built from
+
+    @property
+    def work_key(self) -> str:
+        """What makes two entries one work: the catalogue's work id, else equal lyrics; a song
+        without lyrics is a work of its own (empty lyrics would otherwise all be one)."""
+        if self.work:
+            return f"work:{self.work}"
+        return f"lyrics:{self.lyrics_key}" if self.first_line else f"song:{self.song_id}"
 
 
 def lyrics_key(text: str) -> str:
@@ -212,9 +223,12 @@ class SongIndex:
         return int(self.audio.shape[1])
 
     # -- search
-    def search(self, queries: np.ndarray, side: str, k: int = 10) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, side: str, k: int = 10, distinct: bool = False
+    ) -> list[list[Hit]]:
         """Top-k songs per query row; `side` is the side searched: "lyrics" (for audio queries)
-        or "audio" (for lyrics queries)."""
+        or "audio" (for lyrics queries). `distinct`: k different works (`SongEntry.work_key`),
+        each at its best-scoring song, so two renderings of one piece are listed once."""
         if side not in ("audio", "lyrics"):
             raise RecapError(f"side must be 'audio' or 'lyrics', not {side!r}")
         queries = normalize(np.atleast_2d(queries))  # (Q, D)
@@ -226,16 +240,32 @@ class SongIndex:
                 "was it built with another model?"
             )
         index = self._lyrics_index if side == "lyrics" else self._audio_index
-        k = max(1, min(int(k), len(self.songs)))
-        scores, ids = index.search(queries, k)  # (Q, k) each; id -1 = fewer than k found (IVF)
-        return [
-            [
-                Hit(r + 1, self.songs[i].song_id, float(s), self.songs[i].first_line)
-                for r, (s, i) in enumerate(zip(row_s, row_i))
-                if i >= 0
-            ]
-            for row_s, row_i in zip(scores, ids)
-        ]
+        n = len(self.songs)
+        k = max(1, min(int(k), n))
+        fetch = min(n, 4 * k) if distinct else k
+        while True:
+            scores, ids = index.search(queries, fetch)  # (Q, fetch); id -1 = none found (IVF)
+            rows = [self._hits(s, i, k, distinct) for s, i in zip(scores, ids)]
+            # Too few distinct works among the first `fetch` songs: look further down.
+            if not distinct or fetch == n or all(len(r) == k for r in rows):
+                return rows
+            fetch = min(n, 4 * fetch)
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray, k: int, distinct: bool) -> list[Hit]:
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for score, i in zip(scores, ids):
+            if i < 0:
+                continue
+            entry = self.songs[i]
+            if distinct:
+                if entry.work_key in seen:
+                    continue
+                seen.add(entry.work_key)
+            hits.append(Hit(len(hits) + 1, entry.song_id, float(score), entry.first_line))
+            if len(hits) == k:
+                break
+        return hits
 
     # -- evaluation
     def evaluate(self, split: str | None = "test") -> dict[str, Any]:
@@ -335,6 +365,8 @@ class SongIndex:
             for s in songs:
                 if not isinstance(s.song_id, str) or not isinstance(s.first_line, str):
                     raise TypeError(f"song entry {s} has non-text fields")
+                if not all(isinstance(v, str | None) for v in (s.work, s.audio)):
+                    raise TypeError(f"song entry {s.song_id}: work and audio must be text")
             stored = IndexSettings(**meta["settings"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RecapError(f"corrupt index {path}: {type(exc).__name__}: {exc}") from exc
@@ -538,8 +570,13 @@ def catalogue_songs(data: str | os.PathLike, report: SkipReport | None = None) -
         songs: dict[str, SongInput] = {}
         for row in load_rows(data, report):
             if row.song_id not in songs:
+                work = row.extra.get("work_id")
                 songs[row.song_id] = SongInput(
-                    str(row.song_id), audio_path(data, row.song_id), row.lyrics, split=row.split
+                    str(row.song_id),
+                    audio_path(data, row.song_id),
+                    row.lyrics,
+                    split=row.split,
+                    work=str(work) if work else None,
                 )
         if not songs:
             raise RecapError(f"no rows in {data}")
@@ -580,7 +617,14 @@ def build_index(
     skipped.items[:0] = rows.items
     source = captioner.source
     entries = [
-        SongEntry(s.id, first_line(s.lyrics or ""), lyrics_key(s.lyrics or ""), s.split)
+        SongEntry(
+            s.id,
+            first_line(s.lyrics or ""),
+            lyrics_key(s.lyrics or ""),
+            s.split,
+            work=s.work,
+            audio=None if isinstance(s.audio, np.ndarray) else str(Path(s.audio).resolve()),
+        )
         for s in kept
     ]
     index = SongIndex(

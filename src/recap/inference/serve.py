@@ -1,7 +1,9 @@
 """`recap serve`: an HTTP API and a small web page over a Captioner (and optionally an index).
 
-    POST /caption   multipart: audio (file), lyrics (text), optional decoding fields
-    POST /search    multipart: audio (file) OR lyrics (text), k
+    POST /caption   multipart: audio (file), lyrics (text, optional), optional decoding fields
+    POST /search    multipart: audio (file) OR lyrics (text), k, distinct
+    GET  /audio     ?song_id=…: a catalogue song's audio, for the page's players (only the
+                    files the index was built from; the client never names a path)
     GET  /health    model, index and limits
     GET  /          the web page (serve_static/); GET /openapi.json and /docs come from FastAPI
 
@@ -21,6 +23,7 @@ each gets its own result.
 # definition time, and they name classes imported inside create_app (fastapi is an extra).
 import argparse
 import logging
+import mimetypes
 import os
 import tempfile
 import threading
@@ -81,6 +84,13 @@ def create_app(
 
     settings = settings or ServeSettings()
     lock = threading.Lock()  # one model call at a time (see the module docstring)
+    # The only files GET /audio serves: those the index was built from, by song id.
+    audio_files: dict[str, str] = {}
+    if searcher is not None:
+        for entry in searcher.index.songs:
+            if entry.audio:
+                audio_files.setdefault(entry.song_id, entry.audio)
+
     app = FastAPI(
         title="RECAP",
         version=recap.__version__,
@@ -164,9 +174,12 @@ def create_app(
                     message = f"{name}: {message}"
                 raise ApiError(422, "unreadable_audio", message) from exc
 
-    def check_lyrics(text: str | None) -> str:
+    def check_lyrics(text: str | None, required: bool = True) -> str | None:
+        """The lyrics, or None when there are none (an error when `required`)."""
         if text is None or not text.strip():
-            raise ApiError(422, "empty_lyrics", "lyrics are missing or empty")
+            if required:
+                raise ApiError(422, "empty_lyrics", "lyrics are missing or empty")
+            return None
         if len(text) > settings.max_lyrics_chars:
             raise ApiError(
                 413, "lyrics_too_long", f"lyrics exceed {settings.max_lyrics_chars} characters"
@@ -202,17 +215,17 @@ def create_app(
             "limits": asdict(settings),
         }
 
-    @app.post("/caption", summary="Interpret a song from its audio and lyrics")
+    @app.post("/caption", summary="Interpret a song from its audio (and lyrics)")
     def caption(
         audio: UploadFile = File(..., description="audio file (mp3, wav, flac, ogg)"),
-        lyrics: str = Form(..., description="the song's lyrics"),
+        lyrics: str | None = Form(None, description="the song's lyrics, if it has any"),
         num_beams: int | None = Form(None),
         do_sample: bool | None = Form(None),
         top_p: float | None = Form(None),
         seed: int | None = Form(None),
         max_new_tokens: int | None = Form(None),
     ) -> dict[str, Any]:
-        text = check_lyrics(lyrics)
+        text = check_lyrics(lyrics, required=False)
         options = decode_options(
             num_beams=num_beams,
             do_sample=do_sample,
@@ -222,8 +235,12 @@ def create_app(
         )
         wave = read_audio(audio)
         start = time.perf_counter()
-        with lock:
-            result = captioner.caption_waveforms([wave], [text], options)[0]
+        try:
+            with lock:
+                result = captioner.caption_waveforms([wave], [text], options)[0]
+        except RecapError as exc:  # the model refused this input (no lyrics, NaN music, ...)
+            code = "empty_lyrics" if text is None else "unprocessable_input"
+            raise ApiError(422, code, str(exc)) from exc
         return {"caption": result, "seconds": round(time.perf_counter() - start, 3)}
 
     @app.post("/search", summary="Nearest lyrics for an audio file, or nearest songs for lyrics")
@@ -231,7 +248,10 @@ def create_app(
         audio: UploadFile | None = File(None, description="find lyrics that fit this audio"),
         lyrics: str | None = Form(None, description="find songs that sound like these lyrics"),
         k: int = Form(10, ge=1),
+        distinct: bool = Form(True, description="list each work once (renderings share one)"),
     ) -> dict[str, Any]:
+        from urllib.parse import urlencode
+
         from recap.inference.index import embed_audio, embed_lyrics
 
         if searcher is None:
@@ -247,8 +267,25 @@ def create_app(
             text = check_lyrics(lyrics)
             with lock:
                 vector, side, query = embed_lyrics(captioner, [text]), "audio", "lyrics"
-        hits = searcher.index.search(vector, side, k)[0]
-        return {"query": query, "results": [h.to_dict() for h in hits]}
+        hits = searcher.index.search(vector, side, k, distinct=distinct)[0]
+        results = []
+        for h in hits:
+            row = h.to_dict()
+            if h.song_id in audio_files:
+                row["audio_url"] = "/audio?" + urlencode({"song_id": h.song_id})
+            results.append(row)
+        return {"query": query, "results": results}
+
+    @app.get("/audio", summary="A catalogue song's audio (files of the index only)")
+    def catalogue_audio(song_id: str) -> FileResponse:
+        path = audio_files.get(song_id)
+        # Only a path the index recorded, looked up by id: the request never names a file.
+        if path is None or Path(path).suffix.lower() not in AUDIO_SUFFIXES:
+            raise ApiError(404, "not_found", f"no audio for song {song_id!r} in the index")
+        if not Path(path).is_file():
+            raise ApiError(404, "not_found", f"the audio of song {song_id!r} is gone")
+        media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
