@@ -195,6 +195,66 @@ def test_concurrent_requests_get_their_own_results(client, model_dir, songs_dir)
     assert all(caption == expected[sid] for sid, caption in got)
 
 
+def test_concurrent_requests_are_batched(model_dir, songs_dir):
+    """Requests that arrive together share one model call, and each gets its own row."""
+    captioner = Captioner.from_pretrained(model_dir, device="cpu")
+    expected = {
+        sid: captioner.caption_waveforms(
+            [captioner.load_waveform(songs_dir / f"{sid}.wav")], [lyr], DecodeOptions()
+        )[0]
+        for sid, _, lyr in SONGS
+    }
+    sizes: list[int] = []
+    batch_call = captioner.caption_waveforms
+
+    def spy(waves, lyrics, options):
+        sizes.append(len(waves))
+        time.sleep(0.2)  # a slow model: the other requests queue meanwhile
+        return batch_call(waves, lyrics, options)
+
+    captioner.caption_waveforms = spy
+    settings = ServeSettings(max_batch_size=4, max_wait_ms=200)
+    live = LiveServer(create_app(captioner, settings=settings))
+    jobs = [(sid, lyr) for sid, _, lyr in SONGS] * 2  # 12 requests, 6 distinct captions
+
+    def call(job):
+        sid, lyr = job
+        r = httpx.post(f"{live.url}/caption", files=upload(songs_dir, sid),
+                       data={"lyrics": lyr}, timeout=60)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return sid, r.json()["caption"]
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            got = list(pool.map(call, jobs))
+        first = list(sizes)
+        # one bad request in a batch fails alone; the others still get their captions
+        bad = [("river", SONGS[0][2]), ("winter", "   ")] * 2
+        with ThreadPoolExecutor(max_workers=len(bad)) as pool:
+            codes = list(pool.map(lambda j: httpx.post(
+                f"{live.url}/caption", files=upload(songs_dir, j[0]), data={"lyrics": j[1]},
+                timeout=60).status_code, bad))  # fmt: skip
+    finally:
+        live.close()
+    assert all(caption == expected[sid] for sid, caption in got)
+    assert sum(first) == len(jobs) and max(first) > 1 and max(first) <= 4
+    assert codes == [200, 422, 200, 422]
+
+
+def test_batching_off_runs_one_request_per_call(model_dir, songs_dir):
+    captioner = Captioner.from_pretrained(model_dir, device="cpu")
+    sizes: list[int] = []
+    batch_call = captioner.caption_waveforms
+    captioner.caption_waveforms = lambda w, ly, o: (sizes.append(len(w)), batch_call(w, ly, o))[1]
+    app = create_app(captioner, settings=ServeSettings(max_batch_size=1))
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as c, ThreadPoolExecutor(max_workers=4) as pool:
+        rs = list(pool.map(lambda sid: c.post("/caption", files=upload(songs_dir, sid),
+                                               data={"lyrics": "words"}), ["river"] * 4))  # fmt: skip
+    assert [r.status_code for r in rs] == [200] * 4 and sizes == [1, 1, 1, 1]
+
+
 def test_neighbour_audio_is_served_from_the_index_only(client, songs_dir):
     r = client.post("/search", data={"lyrics": SONGS[4][2], "k": "3"})
     hits = r.json()["results"]

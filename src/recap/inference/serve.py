@@ -15,19 +15,28 @@ they arrive (`BodyLimit`), so a chunked upload without Content-Length is cut off
 too. Messages never show the server's temporary file names.
 
 The model is not thread-safe in a useful sense (and sampling seeds torch's global generator),
-so every model call holds one lock: requests are decoded in parallel, run one at a time, and
-each gets its own result.
+so every model call holds one lock. Caption requests are batched (`CaptionBatcher`): uploads
+are decoded in parallel by the request threads, then queued; one worker thread takes what is
+queued (up to `max_batch_size` requests, waiting at most `max_wait_ms` for more) and captions
+them in one `Captioner.caption_waveforms` call, and each request gets its own row of the result.
+A batch one model call cannot take (an item it refuses) is retried one request at a time, so
+one bad request fails alone. Requests with a sampling seed run alone: their caption then does not
+depend on what else was in the queue.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
 # definition time, and they name classes imported inside create_app (fastapi is an extra).
 import argparse
+import contextlib
+import dataclasses
 import logging
 import mimetypes
 import os
+import queue
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +61,10 @@ class ServeSettings:
     max_beams: int = 8
     max_new_tokens: int = 512
     max_k: int = 100
+    # Batching of concurrent caption requests (max_batch_size 1 turns it off).
+    max_batch_size: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 64  # requests waiting beyond this are refused (503) rather than queued
 
     @property
     def max_upload_bytes(self) -> int:
@@ -70,6 +83,97 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+@dataclass
+class _Job:
+    wave: Any  # (T,) float32 excerpt
+    lyrics: str | None
+    options: DecodeOptions
+    future: Future
+
+
+class CaptionBatcher:
+    """Captions concurrent requests in batches: a short queue, one worker thread.
+
+    `caption()` blocks the calling (request) thread until its caption is made. The worker takes
+    the first queued job, waits up to `max_wait_ms` for more (never past `max_batch_size`), and
+    runs each group of jobs with equal decoding options as one `caption_waveforms` call under
+    `lock` (shared with the server's other model calls).
+    """
+
+    def __init__(self, captioner: Captioner, lock: threading.Lock, settings: ServeSettings):
+        if settings.max_batch_size < 1 or settings.max_wait_ms < 0 or settings.max_queue < 1:
+            raise RecapError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        self.captioner, self.lock = captioner, lock
+        self.max_batch = settings.max_batch_size
+        self.max_wait = settings.max_wait_ms / 1000
+        self.queue: queue.Queue[_Job | None] = queue.Queue(maxsize=settings.max_queue)
+        self.thread = threading.Thread(target=self._work, name="recap-batcher", daemon=True)
+        self.thread.start()
+
+    def caption(self, wave: Any, lyrics: str | None, options: DecodeOptions) -> str:
+        job = _Job(wave, lyrics, options, Future())
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise ApiError(
+                503, "busy", "the server is busy (caption queue full); try again shortly"
+            ) from None
+        return job.future.result()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            batch = [job]
+            deadline = time.monotonic() + self.max_wait
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    # Whatever queued while the last batch ran is taken without waiting.
+                    nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            for group in _groups(batch):
+                self._run(group)
+            if stop:
+                return
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            with self.lock:
+                captions = self.captioner.caption_waveforms(
+                    [j.wave for j in jobs], [j.lyrics for j in jobs], jobs[0].options
+                )
+        except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(exc)
+            else:  # find the job at fault; the others still get their captions
+                for j in jobs:
+                    self._run([j])
+            return
+        for j, text in zip(jobs, captions):
+            j.future.set_result(text)
+
+
+def _groups(jobs: list[_Job]) -> list[list[_Job]]:
+    """Jobs that can share one model call: equal decoding options, and no sampling seed (a
+    seeded job alone draws the same numbers whatever else is queued)."""
+    groups: dict[Any, list[_Job]] = {}
+    for n, job in enumerate(jobs):
+        key = ("seed", n) if job.options.seed is not None else dataclasses.astuple(job.options)
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
+
+
 def create_app(
     captioner: Captioner, searcher: Any = None, settings: ServeSettings | None = None
 ) -> Any:
@@ -84,6 +188,7 @@ def create_app(
 
     settings = settings or ServeSettings()
     lock = threading.Lock()  # one model call at a time (see the module docstring)
+    batcher = CaptionBatcher(captioner, lock, settings)
     # The only files GET /audio serves: those the index was built from, by song id.
     audio_files: dict[str, str] = {}
     if searcher is not None:
@@ -91,11 +196,18 @@ def create_app(
             if entry.audio:
                 audio_files.setdefault(entry.song_id, entry.audio)
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        yield
+        batcher.close()
+
     app = FastAPI(
         title="RECAP",
         version=recap.__version__,
         description="Interpret songs from their audio and lyrics; search songs across modalities.",
+        lifespan=lifespan,
     )
+    app.state.batcher = batcher
 
     # -- errors: one JSON shape for all of them
     @app.exception_handler(ApiError)
@@ -236,8 +348,7 @@ def create_app(
         wave = read_audio(audio)
         start = time.perf_counter()
         try:
-            with lock:
-                result = captioner.caption_waveforms([wave], [text], options)[0]
+            result = batcher.caption(wave, text, options)
         except RecapError as exc:  # the model refused this input (no lyrics, NaN music, ...)
             code = "empty_lyrics" if text is None else "unprocessable_input"
             raise ApiError(422, code, str(exc)) from exc
@@ -396,6 +507,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb)
     p.add_argument("--max-duration-s", type=float, default=defaults.max_duration_s)
     p.add_argument("--max-lyrics-chars", type=int, default=defaults.max_lyrics_chars)
+    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                   help="caption requests per model call (1: no batching)")  # fmt: skip
+    p.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                   help="how long the first queued request waits for others")  # fmt: skip
+    p.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                   help="caption requests waiting beyond this get 503 busy")  # fmt: skip
     p.add_argument("--device", default=None)
     p.set_defaults(func=_cmd_serve)
 
@@ -407,6 +524,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         max_duration_s=args.max_duration_s,
         max_lyrics_chars=args.max_lyrics_chars,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
     )
     app = load_app(args.model, args.index, settings, args.device)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
