@@ -368,20 +368,36 @@ class Captioner:
     """A trained RECAP model with its tokenizer and audio settings, ready to caption songs."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, audio_config: Any = None, source: Path | None = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        audio_config: Any = None,
+        source: Path | None = None,
+        int8: bool = False,
     ):
+        """`int8`: quantize the model's Linear layers to int8 (CPU only; a copy, `model` is
+        left as it is) — faster decoding on a CPU, slightly different captions (docs/cpu.md)."""
         from recap.data.audio import AudioConfig
 
+        if int8:
+            from recap.inference.quantize import quantize_int8
+
+            model = quantize_int8(model)
         self.model = model
+        self.int8 = int8
         self.tokenizer = tokenizer
         self.audio_config = audio_config or AudioConfig()
         self.source = source
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: Any = None) -> Captioner:
-        """Load a model folder or a training RUN folder (its `best/`)."""
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: Any = None, int8: bool = False
+    ) -> Captioner:
+        """Load a model folder or a training RUN folder (its `best/`); `int8`: see __init__."""
+        if int8 and device is None:
+            device = "cpu"  # quantized kernels are CPU kernels
         model, tokenizer, folder = load_model_and_tokenizer(path, device)
-        return cls(model, tokenizer, source=folder)
+        return cls(model, tokenizer, source=folder, int8=int8)
 
     @property
     def device(self) -> Any:
@@ -602,6 +618,7 @@ def caption_files(
     decode: DecodeOptions | None = None,
     progress: bool = True,
     lyrics_text: str | None = None,
+    int8: bool = False,
 ) -> tuple[list[CaptionResult], SkipReport]:
     """The job behind `recap caption`: caption `source`, write the results, report failures.
 
@@ -622,7 +639,7 @@ def caption_files(
         if len(songs) != 1 or Path(source).is_dir():
             raise RecapError("--lyrics-text goes with a single audio file")
         songs[0].lyrics = lyrics_text
-    captioner = Captioner.from_pretrained(model, device=device)
+    captioner = Captioner.from_pretrained(model, device=device, int8=int8)
     decode = decode or DecodeOptions()
     captioner.decode_kwargs(decode)  # a bad option is refused before any captioning
     if fmt is None:
@@ -697,6 +714,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 Linear layers (CPU only): faster, captions differ a little")  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar on stderr")  # fmt: skip
     add_decode_arguments(p)
@@ -715,6 +734,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         decode=decode_from_args(args),
         progress=args.progress,
         lyrics_text=args.lyrics_text,
+        int8=args.int8,
     )
     failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
     print(

@@ -486,9 +486,11 @@ def load_app(
     index: str | os.PathLike | None = None,
     settings: ServeSettings | None = None,
     device: Any = None,
+    int8: bool = False,
 ) -> Any:
-    """The app for a model folder / RUN and an optional index built with that model."""
-    captioner = Captioner.from_pretrained(model, device=device)
+    """The app for a model folder / RUN and an optional index built with that model; `int8`:
+    a CPU captioner with int8 Linear layers (recap.inference.quantize)."""
+    captioner = Captioner.from_pretrained(model, device=device, int8=int8)
     searcher = None
     if index is not None:
         from recap.inference.index import Searcher, SongIndex
@@ -514,6 +516,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-queue", type=int, default=defaults.max_queue,
                    help="caption requests waiting beyond this get 503 busy")  # fmt: skip
     p.add_argument("--device", default=None)
+    p.add_argument("--int8", action="store_true",
+                   help="int8 Linear layers (CPU only): faster, captions differ a little")  # fmt: skip
     p.set_defaults(func=_cmd_serve)
 
 
@@ -528,6 +532,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
     )
-    app = load_app(args.model, args.index, settings, args.device)
+    app = load_app(args.model, args.index, settings, args.device, int8=args.int8)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
