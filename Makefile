@@ -8,7 +8,7 @@ DEBS := libfluidsynth3 fluid-soundfont-gm wordnet-base wordnet-sense-index chrom
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install debs demo demo-lieder test lint bench clean
+.PHONY: install debs demo demo-seeds demo-lieder test lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ debs:
 
 demo: install
 	$(VENV)/bin/recap demo --source music21 --out runs/demo
+
+# Table 1 over three captioner seeds (reuses what `make demo` trained for seed 0).
+demo-seeds: install
+	$(VENV)/bin/recap demo --source music21 --out runs/demo --seeds 0,1,2
 
 demo-lieder: install
 	$(VENV)/bin/recap demo --source ../shared/data/openscore-lieder --out runs/demo-lieder --full

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/caption_retrieval.py --threads 1
 
 1. Captions per second for batch 1 and batch 16 with the `small` preset (untrained weights: the
-   speed does not depend on them), through `Captioner.caption_waveforms`' own path (music
+   speed does not depend on them), through `recap.inference.generate.generate_ids` (music
    encoder on the 15 s waveform + fused BART encoder + decoding). Every caption is forced to
    exactly `--tokens` new tokens, so an untrained model's early </s> cannot flatter the figure.
    File decoding is not included (benchmarks/audio_pipeline.py measures it).
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from recap.inference.captioner import Captioner
+from recap.inference.generate import generate_ids
 from recap.inference.index import IndexSettings, make_faiss_index, normalize
 
 
@@ -51,16 +52,16 @@ def bench_captions(captioner: Captioner, batch: int, tokens: int, beams: int, ro
     def run() -> None:
         enc = captioner.encode_lyrics(lyrics)
         wave = torch.from_numpy(np.stack(waves))  # (B, 240000)
-        with torch.inference_mode():
-            captioner.model.generate(
-                enc["input_ids"],
-                enc["attention_mask"],
-                waveform=wave,
-                num_beams=beams,
-                do_sample=False,
-                min_new_tokens=tokens,
-                max_new_tokens=tokens,
-            )
+        generate_ids(
+            captioner.model,
+            enc["input_ids"],
+            enc["attention_mask"],
+            waveform=wave,
+            num_beams=beams,
+            do_sample=False,
+            min_new_tokens=tokens,
+            max_new_tokens=tokens,
+        )
 
     run()  # warm-up
     start = time.perf_counter()

@@ -144,12 +144,12 @@ def plain(model: Any, tokenizer: Any, waves: list, lyrics: list) -> tuple[float,
 
 def ours(captioner: Any, waves: list, lyrics: list, batch: int) -> tuple[float, list]:
     """Seconds and ids of Captioner.caption_waveforms on batches of `batch` songs."""
-    from recap.inference.captioner import DecodeOptions
+    from recap.inference.generate import DecodeSettings
 
     recorder = Recorder(captioner.model)
     start = time.perf_counter()
     for i in range(0, len(waves), batch):
-        captioner.caption_waveforms(waves[i : i + batch], lyrics[i : i + batch], DecodeOptions())
+        captioner.caption_waveforms(waves[i : i + batch], lyrics[i : i + batch], DecodeSettings())
     seconds = time.perf_counter() - start
     del captioner.model.generate  # the instance attribute: back to the class's method
     return seconds, recorder.ids()

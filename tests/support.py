@@ -99,3 +99,38 @@ def _train_tiny_model(folder: Path, steps: int) -> Path:
         opt.step()
     model.save_pretrained(folder, tokenizer=tokenizer)
     return folder
+
+
+def make_tiny_clap(folder: Path, full: bool = False, seed: int = 0) -> Path:
+    """A randomly initialised, tiny CLAP checkpoint saved like a hub one (config.json,
+    model.safetensors, preprocessor_config.json): the audio tower alone (`ClapAudioModel`), or
+    with `full` a whole `ClapModel` (text tower too) as laion/larger_clap_music is. 1 s windows
+    at 48 kHz, 16 mel bands; 64 tokens of width 16 per window."""
+    import torch
+    from transformers import (
+        ClapAudioConfig,
+        ClapAudioModel,
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+    )
+
+    audio = {
+        "num_mel_bins": 16, "spec_size": 64, "patch_size": 4, "patch_stride": (4, 4),
+        "window_size": 4, "depths": [1, 1], "num_attention_heads": [1, 2],
+        "patch_embeds_hidden_size": 8, "hidden_size": 16, "num_hidden_layers": 2,
+    }  # fmt: skip
+    torch.manual_seed(seed)
+    if full:
+        text = {"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 1, "intermediate_size": 16, "max_position_embeddings": 40}  # fmt: skip
+        model = ClapModel(ClapConfig(audio_config=audio, text_config=text, projection_dim=8))
+    else:
+        model = ClapAudioModel(ClapAudioConfig(**audio))
+    model.save_pretrained(folder)
+    extractor = ClapFeatureExtractor(
+        feature_size=16, sampling_rate=48_000, hop_length=480, max_length_s=1,
+        truncation="fusion" if full else "rand_trunc",
+    )  # fmt: skip
+    extractor.save_pretrained(folder)
+    return folder

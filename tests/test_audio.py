@@ -183,3 +183,66 @@ def test_silence_can_be_allowed(tmp_path: Path) -> None:
 def test_check_audio_file_accepts_good_files(tmp_path: Path) -> None:
     path = _write(tmp_path, "ok.flac", tone(440.0, 1.0, 48000, 2), 48000)
     assert check_audio_file(path) is None
+
+
+# ----------------------------------------------------------------------------- whole songs
+
+
+@pytest.mark.parametrize(
+    ("seconds", "windows", "hop", "expected"),
+    [
+        (180.0, 12, None, [15.0 * k for k in range(12)]),  # 3 minutes: 12 windows back to back
+        (200.0, 12, None, [15.0 * k for k in range(12)]),  # capped at the count
+        (30.0, 12, None, [0.0, 15.0]),  # the benchmark's renderings: 2
+        (29.98, 12, None, [0.0, 15.0]),  # an mp3 a few ms short still has its second window
+        (20.0, 12, None, [0.0]),  # 5 s left: less than half a window, no second one
+        (5.0, 12, None, [0.0]),  # shorter than one window: one padded window
+        (30.0, 12, 7.5, [0.0, 7.5, 15.0, 22.5]),  # overlapping; the last is half audio
+        (180.0, 1, None, [0.0]),  # one window: the paper's excerpt
+    ],
+)
+def test_window_starts(seconds, windows, hop, expected) -> None:
+    from recap.data.audio import window_starts
+
+    got = window_starts(AudioConfig(windows=windows, hop=hop), seconds)
+    assert got == pytest.approx(expected)
+
+
+def test_windows_are_the_excerpts_at_their_offsets(tmp_path: Path) -> None:
+    from recap.data.audio import load_windows, windows_from_array
+
+    # 32 kHz: every window start is a whole number of samples at both rates, so the windows
+    # cut from one decoded span equal excerpts decoded on their own (at 22.05 kHz an excerpt's
+    # own start is rounded to a source frame, a fraction of an output sample away).
+    sr = 32000
+    # A rising tone (200 Hz + 10 Hz per second) over 40 s: each window has its own pitch.
+    t = np.arange(40 * sr) / sr
+    x = (0.5 * np.sin(2 * np.pi * (200 * t + 5 * t**2))).astype(np.float32)
+    path = tmp_path / "song.wav"
+    sf.write(path, x, sr)
+    config = AudioConfig(windows=12)
+    heard = load_windows(path, config)
+    assert heard.waveforms.shape == (3, N) and heard.starts == (0.0, 15.0, 30.0)
+    assert heard.padded  # the third window runs 5 s past the end
+    for k, start in enumerate(heard.starts):
+        alone = load_excerpt(path, AudioConfig(offset=start)).waveform
+        np.testing.assert_allclose(heard.waveforms[k], alone, atol=2e-3)
+    np.testing.assert_allclose(
+        windows_from_array(x, sr, config).waveforms, heard.waveforms, atol=1e-4
+    )  # the file holds 16-bit samples
+    # One window is exactly the excerpt of old; centred blocks sit in the middle of the song.
+    single = load_windows(path, AudioConfig())
+    np.testing.assert_array_equal(single.waveforms[0], load_excerpt(path).waveform)
+    assert load_windows(path, AudioConfig(windows=2, offset="centre")).starts == (5.0, 20.0)
+
+
+def test_window_settings_enter_the_fingerprint_only_when_used() -> None:
+    base = AudioConfig()
+    assert AudioConfig(windows=1, hop=5.0).fingerprint() == base.fingerprint()
+    two = AudioConfig(windows=2)
+    assert two.fingerprint() != base.fingerprint()
+    assert AudioConfig(windows=2, hop=7.5).fingerprint() != two.fingerprint()
+    assert AudioConfig.from_dict(two.to_dict()) == two
+    for bad in (dict(windows=0), dict(windows=1.5), dict(hop=0.0)):
+        with pytest.raises(RecapError):
+            AudioConfig(**bad)

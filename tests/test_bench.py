@@ -195,7 +195,7 @@ def test_same_seed_same_dataset(score_dir, built, tmp_path):
 
 
 def test_cli_registers_build_and_probe():
-    from recap.bench.cli import register
+    from recap.cli.bench import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
@@ -382,7 +382,8 @@ def test_probe_reads_the_coupling_from_the_lyrics(tmp_path):
 
 
 def test_demo_passes_the_coupling_and_keeps_benchmarks_apart(built, tmp_path):
-    from recap.demo import DemoConfig, build_bench, register
+    from recap.cli.demo import register
+    from recap.demo import DemoConfig, build_bench
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -161,7 +161,7 @@ def test_ensure_embeddings_computes_only_the_requested_songs(
 def test_precompute_command(
     dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data.cache",))
+    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.cli.precompute",))
     argv = ["precompute", "--data", str(dataset), "--kind", "waveform", "--workers", "0"]
     assert recap.cli.main(argv + ["--duration", "1"]) == 0
     out = capsys.readouterr().out
@@ -183,3 +183,37 @@ def test_a_song_the_encoder_fails_on_does_not_stop_the_others(dataset: Path, enc
     store, report = precompute(dataset, encoder, batch_size=4, num_workers=0, progress=False)
     assert sorted(store) == sorted(set(GOOD) - {"s2"})  # its batch-mates were still cached
     assert any(i["item"] == "s2" and "encoder blew up" in i["reason"] for i in report.items)
+
+
+def test_windowed_embedding_cache(tmp_path: Path, encoder: MusicEncoder) -> None:
+    """Songs of 40 s and 10 s heard in up to 4 windows: (3*M, D) and (M, D), under their own key."""
+    audios = tmp_path / "audios"
+    audios.mkdir()
+    sr = 8000
+    for sid, seconds in (("long", 40), ("short", 10)):
+        t = np.arange(seconds * sr) / sr
+        sf.write(audios / f"{sid}.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32), sr)
+    rows = [{"music4all_id": s, "lyrics": "la", "comment": s} for s in ("long", "short")]
+    (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = AudioConfig(windows=4)
+    store, report = precompute(
+        tmp_path, encoder, audio_config=config, num_workers=0, progress=False
+    )
+    assert (
+        len(report) == 0
+        and store.root.name == f"embeddings-{cache_key('embeddings', config, encoder)}"
+    )
+    m = encoder.output_length(config.n_samples)
+    assert store["long"].shape == (3 * m, encoder.config.hidden_size)
+    assert store["short"].shape == (m, encoder.config.hidden_size)
+    one, _ = precompute(tmp_path, encoder, num_workers=0, progress=False)
+    assert one.root != store.root  # one window: the old cache, untouched
+    # Window k of the long song is the one-window embedding of the excerpt at k * 15 s.
+    with torch.no_grad():
+        third = encoder(
+            torch.from_numpy(
+                load_excerpt(audios / "long.wav", AudioConfig(offset=30.0)).waveform[None]
+            )
+        )
+    np.testing.assert_allclose(store["long"][2 * m :], third[0].numpy(), atol=2e-2, rtol=1e-2)
+    np.testing.assert_allclose(store["long"][:m], one["long"], atol=1e-3)

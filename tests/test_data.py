@@ -31,7 +31,7 @@ RECORDS = [
 @pytest.fixture
 def cli_main(monkeypatch: pytest.MonkeyPatch):
     """The real `recap` entry point with only this module's commands registered."""
-    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.data.songs",))
+    monkeypatch.setattr(recap.cli, "COMMAND_MODULES", ("recap.cli.data",))
     return recap.cli.main
 
 
@@ -163,7 +163,8 @@ def test_full_256_clean_json_takes_lyrics_from_music4all_files(tmp_path, caplog,
         ("0009fFIM1eYThaPg", None, None),
         ("0010xmHR6UICBOYT", None, None),
     ]
-    assert rows[0].lyrics == "I left my home;in the rain;"  # '\n' → ';' as for any release
+    # '\n' → ';' as for any release, after the file's last newline is dropped (prepare_lyrics)
+    assert rows[0].lyrics == "I left my home;in the rain"
     assert report.items == [
         {"item": "dataset_full_256_clean.json[3] (song gone)",
          "reason": "no lyrics in the record and no lyrics/gone.txt"},
@@ -364,3 +365,34 @@ def test_stats_command(tmp_path: Path, capsys: pytest.CaptureFixture, cli_main) 
     # human-readable form
     assert cli_main(["data", "stats", str(tmp_path / "dataset.jsonl"), "--no-audio"]) == 0
     assert "interpretations: 5" in capsys.readouterr().out
+
+
+def test_rows_without_lyrics_are_skipped_unless_allowed(tmp_path):
+    from recap.data.songs import load_rows, load_splits
+
+    rows = [
+        {"music4all_id": "a", "lyrics": "words here", "comment": "an interpretation"},
+        {"music4all_id": "b", "lyrics": "  ", "comment": "an instrumental"},
+        {"music4all_id": "c", "comment": "no lyrics field at all"},
+        {"music4all_id": "d", "lyrics": 5, "comment": "lyrics of the wrong type"},
+    ]
+    (tmp_path / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = SkipReport("t")
+    assert [r.song_id for r in load_rows(tmp_path, report)] == ["a"]  # training data as before
+    assert len(report) == 3
+    kept = load_rows(tmp_path, SkipReport("t"), allow_empty_lyrics=True)
+    assert [(r.song_id, r.lyrics) for r in kept] == [("a", "words here"), ("b", ""), ("c", "")]
+    splits = load_splits(tmp_path)  # what training and evaluation read: lyrics required
+    assert sorted(r.song_id for rows in splits.values() for r in rows) == ["a"]
+
+
+def test_training_rows_and_the_captioner_prepare_lyrics_alike(tmp_path: Path) -> None:
+    from recap.data.songs import prepare_lyrics
+    from recap.inference import captioner
+
+    raw = "first line\r\nsecond line\n\n"  # a text file's lyrics, with its last newline
+    recs = [{"music4all_id": "a", "lyrics": raw, "comment": "c", "split": "train"}]
+    write_jsonl(tmp_path / "dataset.jsonl", recs)
+    (row,) = load_rows(tmp_path)
+    assert row.lyrics == prepare_lyrics(raw) == "first line;second line"
+    assert captioner.prepare_lyrics is prepare_lyrics  # the one rule, used by the captioner

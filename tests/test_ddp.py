@@ -37,8 +37,7 @@ def _worker(rank: int, world: int, port: int, config: train_mod.TrainConfig) -> 
         TOKENIZERS_PARALLELISM="false",
     )
     torch.set_num_threads(1)
-    train_mod.music_embeddings = fake_music_embeddings
-    train_mod.train(config)
+    train_mod.train(config, embed=fake_music_embeddings)
 
 
 def _determined(key: str, value: torch.Tensor) -> torch.Tensor:
@@ -55,8 +54,7 @@ def _determined(key: str, value: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "music_embeddings", fake_music_embeddings)
+def test_two_process_ddp_matches_one_process(tmp_path):
     # One interpretation per song: the per-rank alignment means then average to the global one.
     data = make_dataset(tmp_path / "data", n_songs=10, per_song=1)
 
@@ -65,7 +63,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
         values = dict(epochs=2, max_steps=3, val_every_epochs=10, model_overrides=NO_DROPOUT)
         return tiny_config(data, tmp_path / out, **{**values, **overrides})
 
-    one = train_mod.train(config("one"))
+    one = train_mod.train(config("one"), embed=fake_music_embeddings)
     mp.spawn(_worker, args=(2, _free_port(), config("two")), nprocs=2, join=True)
     two = tmp_path / "two"
 
@@ -79,5 +77,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, monkeypatch):
                                    rtol=0, atol=1e-6, msg=key)  # fmt: skip
     # Not vacuous: a run that differs only in batch size (as if each rank trained on its own
     # per-process batch) ends elsewhere, far beyond that tolerance.
-    other = final_weights(train_mod.train(config("half_batch", batch_size=2)))
+    other = final_weights(
+        train_mod.train(config("half_batch", batch_size=2), embed=fake_music_embeddings)
+    )
     assert max((a[k] - other[k]).abs().max().item() for k in a) > 1e-3

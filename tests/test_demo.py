@@ -8,6 +8,11 @@ from recap.demo import DemoConfig, run_demo
 
 
 def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread):
+    # Text pretraining reads a small text file instead of the score corpora (minutes to parse).
+    words = "night cold river light heart stone song rain field morning bird sorrow".split()
+    lines = [" ".join(words[(i + k) % len(words)] for k in range(6)) for i in range(60)]
+    text = tmp_path / "lyrics.txt"
+    text.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
     cfg = DemoConfig(
         out=str(tmp_path / "demo"),
         limit=20,  # two test works at least: the swap test pairs different lyrics
@@ -22,6 +27,9 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         meteor15=False,
         bootstrap=10,
         cross_source=str(tmp_path / "no-such-corpus"),  # the generalisation stage is skipped
+        pretrain_steps=4,
+        pretrain_sources=("none",),
+        pretrain_texts=(str(text),),
     )
     result = run_demo(cfg)
     root = tmp_path / "demo"
@@ -37,3 +45,12 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     md = (root / "results.md").read_text(encoding="utf-8")
     assert "swap: A's audio" in md and "Table 1" in md
     assert (root / "experiments" / "sweep.png").is_file()
+    # every captioner was fine-tuned from the demo's text-pretrained BART
+    configs = sorted((root / "experiments").glob("full/*/seed0/train_config.json"))
+    assert len(configs) == 3
+    for path in configs:
+        assert json.loads(path.read_text(encoding="utf-8"))["bart"] == str(root / "bart-lyrics")
+    assert (root / "bart-lyrics" / "pretrain_metrics.json").is_file()
+    # The demo's captioners learn audio-only interpretations too (lyrics dropout).
+    run = root / "experiments" / "full" / "recap" / "seed0"
+    assert json.loads((run / "train_config.json").read_text())["lyrics_dropout"] == 0.25

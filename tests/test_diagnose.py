@@ -20,7 +20,7 @@ from recap.evaluation.diagnose import (
     swap_test,
 )
 from recap.models.model import RecapModel
-from recap.training.train import tokenize_rows
+from recap.training.collate import tokenize_rows
 
 
 def _music(model: RecapModel) -> dict:

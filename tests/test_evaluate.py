@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recap.evaluation.evaluate import DecodeConfig, evaluate, resolve_target
+from recap.evaluation.evaluate import evaluate, resolve_target
+from recap.inference.generate import DecodeSettings
 from recap.utils import RecapError
 
 SONGS = {
@@ -86,7 +87,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def test_every_row_is_evaluated_with_a_partial_last_batch(setup, tmp_path):
     root, data, bart, _ = setup
     # 5 songs in batches of 2: the last batch holds one song.
-    decode = DecodeConfig(num_beams=2, max_new_tokens=6, batch_size=2)
+    decode = DecodeSettings(num_beams=2, max_new_tokens=6, batch_size=2)
     result = evaluate(
         bart, data, decode=decode, meteor15=False, bootstrap=20, out_dir=tmp_path, progress=False
     )
@@ -141,7 +142,7 @@ def test_batch_size_does_not_change_beam_search(setup, tmp_path):
     _, data, bart, _ = setup
     outs = []
     for bs in (1, 3):
-        decode = DecodeConfig(num_beams=2, max_new_tokens=6, batch_size=bs)
+        decode = DecodeSettings(num_beams=2, max_new_tokens=6, batch_size=bs)
         evaluate(
             bart,
             data,
@@ -162,7 +163,7 @@ def test_fusion_model_sampled_over_seeds_reads_music(setup, tmp_path):
     dim = RecapConfig.load(fusion / "config.json").music_dim
     rng = np.random.default_rng(0)
     music = {sid: rng.standard_normal((119, dim)).astype(np.float16) for sid in SONGS}
-    decode = DecodeConfig.paper_sampled(seeds=(2022, 2021), max_new_tokens=6, batch_size=4)
+    decode = DecodeSettings.paper_sampled(seeds=(2022, 2021), max_new_tokens=6, batch_size=4)
     result = evaluate(
         fusion,
         data,
@@ -186,7 +187,7 @@ def test_fusion_model_sampled_over_seeds_reads_music(setup, tmp_path):
     partial = evaluate(
         fusion,
         data,
-        decode=DecodeConfig(num_beams=1, max_new_tokens=4),
+        decode=DecodeSettings(num_beams=1, max_new_tokens=4),
         meteor15=False,
         bootstrap=5,
         out_dir=tmp_path / "partial",
@@ -208,7 +209,7 @@ def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path, caplog
     )
     target = resolve_target(run)
     assert target.model_dir == run / "best" and target.run_dir == run
-    decode = DecodeConfig(num_beams=1, max_new_tokens=4)
+    decode = DecodeSettings(num_beams=1, max_new_tokens=4)
     result = evaluate(run, data, decode=decode, meteor15=False, bootstrap=5, progress=False)
     assert Path(result["out_dir"]) == run / "eval" / "test-beam1-len4"
     assert (run / "eval" / "test-beam1-len4" / "metrics.json").is_file()
@@ -227,10 +228,11 @@ def test_run_folder_resolves_to_best_and_writes_into_run(setup, tmp_path, caplog
 def test_decode_config_checks_and_cli_parse():
     import argparse
 
-    from recap.evaluation.evaluate import decode_from_args, register
+    from recap.cli.evaluate import register
+    from recap.cli.flags import decode_from_args
 
     with pytest.raises(RecapError):
-        DecodeConfig(top_p=0)
+        DecodeSettings(top_p=0).check()
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     args = parser.parse_args(
@@ -238,8 +240,8 @@ def test_decode_config_checks_and_cli_parse():
     )
     d = decode_from_args(args)
     assert d.do_sample and d.seeds == (1, 2) and d.num_beams == 3 and d.top_p == 0.92
-    assert DecodeConfig.from_dict(d.to_dict()) == d
-    assert DecodeConfig().tag() == "beam4" and not DecodeConfig().do_sample
+    assert DecodeSettings.from_dict(d.to_dict()) == d
+    assert DecodeSettings().tag() == "beam4" and not DecodeSettings().do_sample
 
 
 def result_captions(out_dir) -> list[str]:

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from recap.cli import experiment as excli
 from recap.evaluation import experiment as ex
 
 
@@ -134,7 +135,7 @@ def test_sweep_reuses_table1_runs_for_w0_and_preset_w():
 
 def test_cli_parses_table1_and_sweep():
     parser = argparse.ArgumentParser()
-    ex.register(parser.add_subparsers())
+    excli.register(parser.add_subparsers())
     args = parser.parse_args(
         [
             "experiment",
@@ -152,18 +153,18 @@ def test_cli_parses_table1_and_sweep():
             "7",
         ]
     )
-    cfg = ex.config_from_args(args)
+    cfg = excli.config_from_args(args)
     assert cfg.seeds == (0, 1) and cfg.variants == ("full", "positive")
     assert cfg.train_overrides == {"epochs": 3, "lr_schedule": "step"}
     # Explicit --sample-seeds: every model is sampled with each of them.
     assert cfg.decode.do_sample and cfg.decode.seeds == (7,) and not cfg.paired_sampling
     assert cfg.decode_for(1).seeds == (7,)
     args = parser.parse_args(["experiment", "sweep", "--data", "d", "--weights", "0,0.02"])
-    cfg = ex.config_from_args(args)
+    cfg = excli.config_from_args(args)
     assert cfg.variants == ("full",) and cfg.seeds == (0,) and not cfg.decode.do_sample
     assert "deterministic" in cfg.protocol()
     # --sample alone: the authors' protocol, one model per seed, sampled with its own seed.
-    cfg = ex.config_from_args(
+    cfg = excli.config_from_args(
         parser.parse_args(["experiment", "table1", "--data", "d", "--sample"])
     )
     assert cfg.seeds == (2022, 2021, 2020) and cfg.paired_sampling
@@ -176,10 +177,10 @@ def test_cli_parses_table1_and_sweep():
 def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     import os
 
-    from recap.evaluation.evaluate import DecodeConfig
+    from recap.inference.generate import DecodeSettings
 
     cfg = ex.ExperimentConfig(
-        data="d", decode=DecodeConfig(num_beams=2), meteor15=False, bootstrap=50
+        data="d", decode=DecodeSettings(num_beams=2), meteor15=False, bootstrap=50
     )
     run = tmp_path / "run"
     run.mkdir()
@@ -197,7 +198,7 @@ def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     os.utime(run / "done.json", (1000, 1000))  # trained before the evaluation
     assert ex._cached_metrics(metrics, cfg, run) == saved
     other = ex.ExperimentConfig(
-        data="d", decode=DecodeConfig(num_beams=4), meteor15=False, bootstrap=50
+        data="d", decode=DecodeSettings(num_beams=4), meteor15=False, bootstrap=50
     )
     assert ex._cached_metrics(metrics, other, run) is None  # other decoding
     wants_m15 = ex.ExperimentConfig(data="d", decode=cfg.decode, bootstrap=50)
@@ -214,7 +215,7 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
     """The authors' seed protocol, checked on the calls (training and decoding are stubbed)."""
     import recap.evaluation.evaluate
     import recap.training.train
-    from recap.evaluation.evaluate import DecodeConfig
+    from recap.inference.generate import DecodeSettings
 
     trained, evaluated = [], []
 
@@ -237,7 +238,7 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
         out=str(tmp_path / "out"),
         variants=("full",),
         methods=("recap",),
-        decode=DecodeConfig.paper_sampled(),
+        decode=DecodeSettings.paper_sampled(),
         meteor15=False,
         progress=False,
     )

@@ -160,8 +160,8 @@ def test_distinct_search_lists_each_work_once(tmp_path):
         SongEntry("a2", "line a, live", "kx", work="A"),
         SongEntry("b1", "line b", "kb"),
         SongEntry("b2", "line b", "kb"),
-        SongEntry("i1", "", "empty"),
-        SongEntry("i2", "", "empty"),
+        SongEntry("i1", "", "audio:1", has_lyrics=False),
+        SongEntry("i2", "", "audio:2", has_lyrics=False),
     ]
     base = np.eye(6, dtype=np.float32)
     query = np.array([[6, 5, 4, 3, 2, 1]], dtype=np.float32)  # ranks a1 a2 b1 b2 i1 i2
@@ -172,6 +172,10 @@ def test_distinct_search_lists_each_work_once(tmp_path):
     assert [h.song_id for h in hits] == ["a1", "b1", "i1", "i2"]
     assert [h.rank for h in hits] == [1, 2, 3, 4]
     assert len(index.search(query, "audio", 10, distinct=True)[0]) == 4  # only 4 works exist
+    # The lyrics side holds no instrumentals, with or without `distinct`.
+    for distinct, expected in ((False, ["a1", "a2", "b1", "b2"]), (True, ["a1", "b1"])):
+        hits = index.search(query, "lyrics", 10, distinct=distinct)[0]
+        assert [h.song_id for h in hits] == expected
     # work ids and audio paths survive a save/load; an older meta.json without them loads
     index.save(tmp_path / "idx")
     again = SongIndex.load(tmp_path / "idx")
@@ -228,3 +232,25 @@ def test_index_errors(model_dir, tmp_path, songs_dir):
     (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(RecapError, match="rebuild"):
         SongIndex.load(tmp_path / "idx")
+
+
+def test_songs_without_lyrics_are_indexed_by_their_audio(model_dir, songs_dir, tmp_path):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for sid in ("river", "winter", "dance"):
+        (folder / f"{sid}.wav").write_bytes((songs_dir / f"{sid}.wav").read_bytes())
+    for sid in ("river", "winter"):  # dance is an instrumental here
+        (folder / f"{sid}.txt").write_bytes((songs_dir / f"{sid}.txt").read_bytes())
+    out = tmp_path / "idx"
+    index, skipped = build_index(model_dir, folder, out, progress=False)
+    assert len(index) == 3 and len(skipped) == 0
+    loaded = SongIndex.load(out)
+    dance = next(s for s in loaded.songs if s.song_id == "dance")
+    assert not dance.has_lyrics and dance.first_line == ""
+    assert len({s.lyrics_key for s in loaded.songs}) == 3  # an instrumental is a work of its own
+    # Audio queries look for lyrics: the instrumental has none to offer.
+    hits = loaded.search(loaded.audio, "lyrics", k=10)
+    assert all(len(h) == 2 and "dance" not in {x.song_id for x in h} for h in hits)
+    # Lyrics queries look for audio: the instrumental is there.
+    assert "dance" in {x.song_id for x in loaded.search(loaded.lyrics[:1], "audio", k=10)[0]}
+    assert loaded.evaluate(None)["songs"] == 2  # nothing to pair for the instrumental

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recap.evaluation import metrics
+from recap.evaluation import coco, metrics, wordnet
 from recap.utils import RecapError
 
 
@@ -58,7 +58,7 @@ def test_mismatched_lists_are_refused():
 def test_meteor_nltk_uses_wordnet_synonyms():
     """ "vocalist" matches "singer" only through WordNet; no skip: a missing WordNet fails here."""
     try:
-        metrics.load_wordnet()
+        wordnet.load_wordnet()
     except RecapError as err:
         pytest.fail(f"WordNet is required for METEOR (NLTK): {err}")
     pred, ref = ["the vocalist is sad"], ["the singer is sad"]
@@ -74,7 +74,7 @@ def test_meteor_nltk_uses_wordnet_synonyms():
 
 
 def test_ensure_wordnet_lays_out_nltk_folder(tmp_path):
-    root = metrics.ensure_wordnet(tmp_path / "nltk")
+    root = wordnet.ensure_wordnet(tmp_path / "nltk")
     folder = root / "corpora" / "wordnet"
     lexnames = (folder / "lexnames").read_text().splitlines()
     assert (
@@ -87,7 +87,7 @@ def test_ensure_wordnet_lays_out_nltk_folder(tmp_path):
 
 def test_ensure_wordnet_names_the_debian_packages_when_missing(tmp_path):
     with pytest.raises(RecapError, match="wordnet-base wordnet-sense-index"):
-        metrics.ensure_wordnet(tmp_path / "nltk", source=tmp_path / "nowhere")
+        wordnet.ensure_wordnet(tmp_path / "nltk", source=tmp_path / "nowhere")
 
 
 def test_meteor_15_runs_offline_and_is_labelled():
@@ -145,9 +145,9 @@ def _pycocoevalcap_reference(preds, refs):
 def test_caption_set_equals_pycocoevalcap_on_a_fixed_example():
     bleu, cider, rouge = _pycocoevalcap_reference(CAPTION_PREDS, CAPTION_REFS)
     assert 0 < bleu[3] < bleu[0] < 1 and cider > 0  # a non-degenerate example
-    m = metrics.caption_set(CAPTION_PREDS, CAPTION_REFS, meteor15=False, bootstrap=200)
+    m = coco.caption_set(CAPTION_PREDS, CAPTION_REFS, meteor15=False, bootstrap=200)
     s = m["summary"]
-    assert m["tokenizer"] == metrics.PTB_TOKENIZER_LABEL
+    assert m["tokenizer"] == coco.PTB_TOKENIZER_LABEL
     for n in range(4):
         assert s[f"BLEU-{n + 1}"] == pytest.approx(bleu[n], rel=1e-12)
     assert s["CIDEr-D"] == pytest.approx(cider, rel=1e-12)
@@ -156,7 +156,7 @@ def test_caption_set_equals_pycocoevalcap_on_a_fixed_example():
         if not key.endswith((" low", " high")):
             assert s[f"{key} low"] <= s[f"{key} high"]
     # Multi-reference matters: against only the first reference every score is lower.
-    single = metrics.caption_set(
+    single = coco.caption_set(
         CAPTION_PREDS, [r[:1] for r in CAPTION_REFS], meteor15=False, bootstrap=10
     )
     assert single["summary"]["BLEU-1"] < s["BLEU-1"]
@@ -164,8 +164,8 @@ def test_caption_set_equals_pycocoevalcap_on_a_fixed_example():
 
 
 def test_python_tokenizer_stands_in_for_ptb():
-    ptb, label = metrics.coco_tokenize(CAPTION_PREDS + ['He said "don\'t" -- twice...'], "ptb")
-    py, py_label = metrics.coco_tokenize(CAPTION_PREDS + ['He said "don\'t" -- twice...'], "python")
+    ptb, label = coco.coco_tokenize(CAPTION_PREDS + ['He said "don\'t" -- twice...'], "ptb")
+    py, py_label = coco.coco_tokenize(CAPTION_PREDS + ['He said "don\'t" -- twice...'], "python")
     assert label != py_label
     assert ptb == py
     assert ptb[0] == "a slow piano waltz about love"  # lower-cased, punctuation removed
@@ -174,13 +174,13 @@ def test_python_tokenizer_stands_in_for_ptb():
 def test_bleu_by_hand_and_its_bootstrap():
     # One item, tokens already split: "a b c d" against "a b c e".
     # 1-grams 3/4, 2-grams 2/3, 3-grams 1/2, 4-grams 0/1 (+1e-15 smoothing); no brevity penalty.
-    b = metrics.bleu_scores(["a b c d"], [["a b c e"]], bootstrap=20)
+    b = coco.bleu_scores(["a b c d"], [["a b c e"]], bootstrap=20)
     assert b["BLEU-1"]["corpus"] == pytest.approx(0.75)
     assert b["BLEU-2"]["corpus"] == pytest.approx((0.75 * 2 / 3) ** 0.5)
     assert b["BLEU-3"]["corpus"] == pytest.approx((0.75 * 2 / 3 * 0.5) ** (1 / 3))
     assert b["BLEU-4"]["corpus"] < 1e-3
     # The closest reference length sets the brevity penalty: "a b" vs a 4-token reference.
-    short = metrics.bleu_scores(["a b"], [["a b c d", "x y z w v u"]], bootstrap=5)
+    short = coco.bleu_scores(["a b"], [["a b c d", "x y z w v u"]], bootstrap=5)
     assert short["BLEU-1"]["corpus"] == pytest.approx(np.exp(1 - 4 / 2))
 
 

@@ -224,6 +224,30 @@ def test_waveform_input_equals_precomputed_embeddings():
         tiny("recap")(ids, mask, labels=labels, waveform=waveform)
 
 
+def test_windows_concatenate_along_the_token_axis_and_padding_is_masked():
+    model = tiny("recap", with_music_encoder=True)
+    ids, mask, labels, _ = batch(model.config)
+    waves = torch.randn(3, 2, SAMPLE_RATE) * 0.1  # (B, W, T): every song heard in 2 windows
+    with torch.no_grad():
+        per_window = model.music_encoder(waves.reshape(6, SAMPLE_RATE))  # (6, M, D)
+        m = per_window.size(1)
+        music = model.music_sequence(waveform=waves)
+    assert music.shape == (3, 2 * m, model.config.music_dim)
+    torch.testing.assert_close(music[1, m:], per_window[3])  # song 1, window 2
+    # A song with one window, padded to the batch's two with a mask, reads as it does alone.
+    padded = music.clone()
+    padded[0, m:] = 1e3  # garbage where the mask is 0 must not matter
+    music_mask = torch.ones(3, 2 * m, dtype=torch.long)
+    music_mask[0, m:] = 0
+    with torch.no_grad():
+        out = model(ids, mask, labels=labels, music_embeds=padded, music_mask=music_mask)
+        alone = model(ids[:1], mask[:1], labels=labels[:1], music_embeds=music[:1, :m])
+        vector = model.embed_music(padded, music_mask=music_mask)
+    torch.testing.assert_close(out.logits[0], alone.logits[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(vector[0], music[0, :m].mean(0))
+    torch.testing.assert_close(out.music_vector[1:], music[1:].mean(1))
+
+
 # ----------------------------------------------------------------------------- generation
 
 

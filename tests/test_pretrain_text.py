@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import recap.training.pretrain_text as pt
-from recap.training.pretrain_text import (
+from recap.training import denoising
+from recap.training.denoising import Segment, corrupt
+from recap.training.pretrain_text import PretrainConfig, pretrain_text
+from recap.training.text_corpus import (
     Document,
     Exclusion,
-    PretrainConfig,
-    Segment,
-    corrupt,
     normalize_line,
-    pretrain_text,
+    prepare,
     split_corpus,
     split_sentences,
 )
@@ -64,11 +64,11 @@ def test_span_masking_rate_spans_and_single_mask_per_span():
 
 def test_span_lengths_are_poisson_lambda_3():
     rng = np.random.default_rng(1)
-    lengths = [pt.span_length(rng, 3.0, 100) for _ in range(20_000)]
+    lengths = [denoising.span_length(rng, 3.0, 100) for _ in range(20_000)]
     assert min(lengths) == 1
     # E[max(1, X)] for X ~ Poisson(3) = 3 + P(X = 0) = 3.05; variance ~ 3
     assert abs(np.mean(lengths) - 3.05) < 0.05 and abs(np.var(lengths) - 2.85) < 0.2
-    assert pt.span_length(rng, 3.0, 2) <= 2
+    assert denoising.span_length(rng, 3.0, 2) <= 2
 
 
 def test_sentence_permutation_and_uncorrupted_share():
@@ -109,7 +109,7 @@ def test_sentences_and_line_normalisation():
 
 
 def test_held_out_lines_are_never_trained_on():
-    docs = [Document(f"w{i}", pt.prepare(lyrics(i)), f"w{i}") for i in range(40)]
+    docs = [Document(f"w{i}", prepare(lyrics(i)), f"w{i}") for i in range(40)]
     # The same hymn under another work id: its lines must not leak in through the copy.
     docs.append(Document("twin", docs[3].text, "twin"))
     corpus = split_corpus(docs, Exclusion(), held_out_share=0.2, seed=0)
@@ -139,11 +139,11 @@ def test_val_and_test_works_of_a_benchmark_are_excluded(tmp_path):
     (bench / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ex = Exclusion.from_benchmarks([bench])
     assert ex.work_ids == {"w1", "w2"}
-    docs = [Document(f"w{i}", pt.prepare(lyrics(i)), f"w{i}") for i in range(4)]
-    docs.append(Document("x", pt.prepare(lyrics(2)), "x", str(tmp_path / "w2.mxl")))  # by path
+    docs = [Document(f"w{i}", prepare(lyrics(i)), f"w{i}") for i in range(4)]
+    docs.append(Document("x", prepare(lyrics(2)), "x", str(tmp_path / "w2.mxl")))  # by path
     # Another work that quotes one line of a test song keeps its other lines only.
     quoting = lyrics(2).splitlines()[1] + "\n" + lyrics(9)
-    docs.append(Document("q", pt.prepare(quoting), "q"))
+    docs.append(Document("q", prepare(quoting), "q"))
     corpus = split_corpus(docs, ex, held_out_share=0.0, seed=0)
     assert corpus.stats["excluded_works"] == 3
     trained = {normalize_line(s) for doc in corpus.train for s in doc}
@@ -157,17 +157,17 @@ def test_val_and_test_works_of_a_benchmark_are_excluded(tmp_path):
 def test_segments_pack_sentences_within_the_cap():
     from recap.models.tokenizer import train_bpe_tokenizer
 
-    texts = [pt.prepare(lyrics(i)) for i in range(30)]
+    texts = [prepare(lyrics(i)) for i in range(30)]
     tok = train_bpe_tokenizer(texts, vocab_size=300)
     docs = [split_sentences(t) for t in texts]
     for cap in (6, 12, 40):
-        segs = pt.make_segments(docs, tok, cap)
+        segs = denoising.make_segments(docs, tok, cap)
         assert all(0 < len(s.ids) <= cap for s in segs)
-    whole = pt.make_segments(docs[:1], tok, 1000)[0]
+    whole = denoising.make_segments(docs[:1], tok, 1000)[0]
     # A whole song is its text, tokenised as the captioner tokenises it.
     assert tok.decode(whole.ids) == texts[0]
     assert whole.ids == tok(texts[0], add_special_tokens=False)["input_ids"]
-    second = pt.make_segments([docs[0][1:]], tok, 1000)[0]
+    second = denoising.make_segments([docs[0][1:]], tok, 1000)[0]
     assert tok.decode(second.ids) == "".join(docs[0][1:]).lstrip()
     assert len(whole.starts) == len(docs[0])
 
@@ -251,7 +251,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 def test_cli_flags(tmp_path):
     from recap.cli import build_parser
-    from recap.training.train import dataclass_from_args
+    from recap.cli.flags import dataclass_from_args
 
     args = build_parser().parse_args(
         [
@@ -285,9 +285,9 @@ def test_cli_flags(tmp_path):
 
 def test_copy_attention_loss_reads_the_diagonal_of_copies_only():
     # One copy and one corrupted row whose labels are longer than any source in the batch.
-    copy = pt.Corrupted([10, 11, 12], [10, 11, 12], [False] * 3, True)
-    noisy = pt.Corrupted([MASK, 13], [20, 21, 22, 23, 13], [True] * 4 + [False], False)
-    batch = pt.make_batch([copy, noisy], 0, 2, 1)
+    copy = denoising.Corrupted([10, 11, 12], [10, 11, 12], [False] * 3, True)
+    noisy = denoising.Corrupted([MASK, 13], [20, 21, 22, 23, 13], [True] * 4 + [False], False)
+    batch = denoising.make_batch([copy, noisy], 0, 2, 1)
     b, s = batch["input_ids"].shape
     t = batch["labels"].shape[1]
     assert t > s

@@ -9,7 +9,8 @@ from support import SONGS
 from torch import nn
 
 from recap.cli import main
-from recap.inference.captioner import Captioner, DecodeOptions
+from recap.inference.captioner import Captioner
+from recap.inference.generate import DecodeSettings
 from recap.inference.quantize import quantize_int8, token_agreement
 from recap.models.config import RecapConfig
 from recap.models.model import RecapModel
@@ -49,16 +50,16 @@ def test_int8_captions_agree_with_fp32(model_dir, songs_dir, one_thread):
     ids = {}
     for name, cap in (("fp32", fp32), ("int8", int8)):
         batch = cap.encode_lyrics(lyrics)
-        wave = torch.from_numpy(np.stack(waves))  # (S, T)
+        wave = torch.from_numpy(np.concatenate(waves))  # (S, T): one window per song
         ids[name] = cap.model.generate(
             batch["input_ids"],
             batch["attention_mask"],
             waveform=wave,
-            **cap.decode_kwargs(DecodeOptions()),
+            **DecodeSettings().generate_kwargs(cap.model.config),
         )
     agreement = token_agreement(ids["int8"], ids["fp32"])
     assert agreement >= 0.9, agreement
-    captions = int8.caption_waveforms(waves, lyrics, DecodeOptions())
+    captions = int8.caption_waveforms(waves, lyrics, DecodeSettings())
     assert sum(sid in c for (sid, _, _), c in zip(SONGS, captions)) >= len(SONGS) - 1
 
 

@@ -22,7 +22,9 @@ from support import RATE, SONGS, tone
 from test_train import fake_music_embeddings, make_dataset, tiny_config
 
 import recap.training.train as train_mod
-from recap.inference.captioner import Captioner, DecodeOptions, caption_files, collect_inputs
+from recap.inference.captioner import Captioner, caption_files, collect_inputs
+from recap.inference.generate import DecodeSettings
+from recap.training.checkpoint import rng_state, set_rng_state
 from recap.utils import RecapError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,18 +48,16 @@ def paused_run(tmp_path_factory) -> tuple[Path, Path]:
     """(dataset, RUN) of a tiny run stopped after 2 steps, RUN/last written."""
     root = tmp_path_factory.mktemp("resume")
     data = make_dataset(root / "data", n_songs=5, per_song=2)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "music_embeddings", fake_music_embeddings)
-        run = train_mod.train(tiny_config(data, root / "run", max_steps=2, epochs=1))
+    config = tiny_config(data, root / "run", max_steps=2, epochs=1)
+    run = train_mod.train(config, embed=fake_music_embeddings)
     assert (run / "last" / "optimizer.pt").is_file() and not (run / "done.json").exists()
     return data, run
 
 
 def _resume(data: Path, run: Path, monkeypatch, **overrides) -> Path:
-    monkeypatch.setattr(train_mod, "music_embeddings", fake_music_embeddings)
     values = dict(resume=True, max_steps=3, epochs=1)
     values.update(overrides)
-    return train_mod.train(tiny_config(data, run, **values))
+    return train_mod.train(tiny_config(data, run, **values), embed=fake_music_embeddings)
 
 
 def test_resume_refuses_a_planted_optimizer_payload(paused_run, tmp_path, monkeypatch):
@@ -77,10 +77,10 @@ def test_resume_refuses_a_planted_optimizer_payload(paused_run, tmp_path, monkey
 
 
 def test_rng_state_round_trips_without_pickle(tmp_path):
-    state = train_mod._rng_state()
+    state = rng_state()
     torch.save(state, tmp_path / "rng.pt")
     expected = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
-    train_mod._set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     again = (random.random(), np.random.standard_normal(3).tolist(), torch.rand(3).tolist())
     assert again == expected
 
@@ -145,7 +145,8 @@ def test_tokenizer_with_auto_map_is_refused_without_a_prompt(tmp_path, monkeypat
 @pytest.mark.parametrize("song_id", ["x" * 300, "夜の歌" * 40, "Ünïcødé ~ name"])
 def test_long_and_non_ascii_song_ids_are_safe_file_names(tmp_path, song_id):
     from recap.data.cache import FeatureStore
-    from recap.data.songs import audio_path, dataset_stats
+    from recap.data.songs import audio_path
+    from recap.data.stats import dataset_stats
 
     store = FeatureStore.create(tmp_path / "store", {"kind": "embeddings"})
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -172,10 +173,10 @@ def test_long_and_non_ascii_song_ids_are_safe_file_names(tmp_path, song_id):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (DecodeOptions(seed=2**64), "seed must be"),
-        (DecodeOptions(seed=-1), "seed must be"),
-        (DecodeOptions(max_new_tokens=10_000), "position limit"),
-        (DecodeOptions(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+        (DecodeSettings(seeds=(2**64,)), "seed must be"),
+        (DecodeSettings(seeds=(-1,)), "seed must be"),
+        (DecodeSettings(max_new_tokens=10_000), "position limit"),
+        (DecodeSettings(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
     ],
 )
 def test_bad_decode_options_are_refused_before_any_work(
@@ -194,7 +195,7 @@ def test_max_new_tokens_at_the_position_limit_works(model_dir, songs_dir):
     limit = cap.model.config.max_position_embeddings
     wave = cap.load_waveform(songs_dir / "river.wav")
     assert isinstance(
-        cap.caption_waveforms([wave], ["la"], DecodeOptions(max_new_tokens=limit))[0], str
+        cap.caption_waveforms([wave], ["la"], DecodeSettings(max_new_tokens=limit))[0], str
     )
 
 
@@ -224,7 +225,7 @@ def test_huge_float_audio_is_refused_not_captioned_empty(model_dir, tmp_path):
     # past the front end (an array handed straight in), the encoder's output is checked
     wave = np.full(240_000, 1e30, dtype=np.float32)
     with pytest.raises(RecapError, match="NaN or infinite"):
-        cap.caption_waveforms([wave], ["words"], DecodeOptions())
+        cap.caption_waveforms([wave], ["words"], DecodeSettings())
 
 
 def test_model_with_nan_weights_is_refused(model_dir, tmp_path):
@@ -336,7 +337,7 @@ def test_index_build_refuses_a_bad_out_before_embedding(model_dir, songs_dir, tm
 
 
 def test_best_old_is_used_after_a_kill_between_renames(model_dir, tmp_path):
-    from recap.inference.captioner import resolve_model_dir
+    from recap.inference.generate import resolve_model_dir
 
     run = tmp_path / "run"
     shutil.copytree(model_dir, run / "best.old")

@@ -15,9 +15,11 @@ import pytest
 import soundfile as sf
 from support import RATE, SONGS, tone
 
-from recap.inference.captioner import Captioner, DecodeOptions
+from recap.inference.captioner import Captioner
+from recap.inference.generate import DecodeSettings
 from recap.inference.index import Searcher, build_index
 from recap.inference.serve import ServeSettings, create_app
+from recap.utils import RecapError
 
 
 def free_port() -> int:
@@ -80,6 +82,7 @@ def test_health_openapi_and_page(client):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["index"]["songs"] == len(SONGS)
     assert h["limits"]["max_upload_mb"] == 1.0
+    assert (h["windows"], h["trained_windows"]) == (1, 1)  # the model's count by default
     spec = client.get("/openapi.json").json()
     assert {"/caption", "/search", "/health"} <= set(spec["paths"])
     page = client.get("/")
@@ -99,6 +102,15 @@ def test_caption_matches_the_python_api(client, model_dir, songs_dir):
     assert len(short.json()["caption"].split()) < len(expected.split())
 
 
+def test_caption_without_lyrics_is_audio_only(client, model_dir, songs_dir):
+    expected = Captioner.from_pretrained(model_dir).caption(songs_dir / "storm.wav")
+    for data in ({}, {"lyrics": "   "}):  # no field, or a blank one
+        r = client.post("/caption", files=upload(songs_dir, "storm"), data=data)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["caption"] == expected and body["lyrics"] is False and body["windows"] == 1
+
+
 def test_search_both_ways(client, songs_dir):
     r = client.post("/search", files=upload(songs_dir, "garden"), data={"k": "3"})
     assert r.status_code == 200, r.text
@@ -115,8 +127,6 @@ def test_search_both_ways(client, songs_dir):
         ("wrong_type", 415, "unsupported_media_type"),
         ("corrupt", 422, "unreadable_audio"),
         ("empty_file", 422, "unreadable_audio"),
-        ("empty_lyrics", 422, "empty_lyrics"),
-        ("missing_lyrics", 422, "empty_lyrics"),  # the captioner's refusal, not the form's
         ("missing_audio", 422, "invalid_request"),
         ("oversized", 413, "file_too_large"),
         ("too_long", 413, "audio_too_long"),
@@ -140,10 +150,6 @@ def test_bad_requests_get_clear_json_errors(client, songs_dir, tmp_path, case, s
         )
     elif case == "empty_file":
         r = client.post("/caption", files={"audio": ("x.wav", b"", "audio/wav")}, data=lyr)
-    elif case == "empty_lyrics":
-        r = client.post("/caption", files=good, data={"lyrics": "   "})
-    elif case == "missing_lyrics":
-        r = client.post("/caption", files=good)
     elif case == "missing_audio":
         r = client.post("/caption", data=lyr)
     elif case == "oversized":
@@ -179,7 +185,7 @@ def test_concurrent_requests_get_their_own_results(client, model_dir, songs_dir)
     jobs = [(sid, lyr) for sid, _, lyr in SONGS] * 2
     expected = {
         sid: captioner.caption_waveforms(
-            [captioner.load_waveform(songs_dir / f"{sid}.wav")], [lyr], DecodeOptions()
+            [captioner.load_waveform(songs_dir / f"{sid}.wav")], [lyr], DecodeSettings()
         )[0]
         for sid, lyr in jobs
     }
@@ -195,21 +201,35 @@ def test_concurrent_requests_get_their_own_results(client, model_dir, songs_dir)
     assert all(caption == expected[sid] for sid, caption in got)
 
 
-def test_concurrent_requests_are_batched(model_dir, songs_dir):
-    """Requests that arrive together share one model call, and each gets its own row."""
-    captioner = Captioner.from_pretrained(model_dir, device="cpu")
+def test_concurrent_requests_are_batched(model_dir, songs_dir, tmp_path):
+    """Requests that arrive together share one model call, each gets its own row, songs heard in
+    different numbers of windows share a call, and one refused request fails alone."""
+    captioner = Captioner.from_pretrained(model_dir, device="cpu", windows=3)
+    # Songs of 2 s, 30 s and 45 s: heard in 1, 2 and 3 windows of 15 s.
+    for sid, seconds in (("river", 30.0), ("dance", 45.0)):
+        freqs = next(f for s, f, _ in SONGS if s == sid)
+        sf.write(tmp_path / f"{sid}.wav", tone(freqs, seconds), RATE)
+    for sid, _, _ in SONGS:
+        if not (tmp_path / f"{sid}.wav").exists():
+            (tmp_path / f"{sid}.wav").write_bytes((songs_dir / f"{sid}.wav").read_bytes())
     expected = {
         sid: captioner.caption_waveforms(
-            [captioner.load_waveform(songs_dir / f"{sid}.wav")], [lyr], DecodeOptions()
+            [captioner.load_waveform(tmp_path / f"{sid}.wav")], [lyr], DecodeSettings()
         )[0]
         for sid, _, lyr in SONGS
     }
     sizes: list[int] = []
+    windows: list[set[int]] = []
     batch_call = captioner.caption_waveforms
 
     def spy(waves, lyrics, options):
         sizes.append(len(waves))
+        windows.append({w.shape[0] for w in waves})
         time.sleep(0.2)  # a slow model: the other requests queue meanwhile
+        if len(waves) > 1 and "refuse me" in lyrics:  # the model refuses one item of a batch
+            raise RecapError("cannot take item 'refuse me'")
+        if lyrics == ["refuse me"]:
+            raise RecapError("the music encoder gave NaN values")
         return batch_call(waves, lyrics, options)
 
     captioner.caption_waveforms = spy
@@ -217,28 +237,51 @@ def test_concurrent_requests_are_batched(model_dir, songs_dir):
     live = LiveServer(create_app(captioner, settings=settings))
     jobs = [(sid, lyr) for sid, _, lyr in SONGS] * 2  # 12 requests, 6 distinct captions
 
+    def post(sid, lyr):
+        return httpx.post(f"{live.url}/caption", files=upload(tmp_path, sid),
+                          data={"lyrics": lyr}, timeout=60)  # fmt: skip
+
     def call(job):
-        sid, lyr = job
-        r = httpx.post(f"{live.url}/caption", files=upload(songs_dir, sid),
-                       data={"lyrics": lyr}, timeout=60)  # fmt: skip
+        r = post(*job)
         assert r.status_code == 200, r.text
-        return sid, r.json()["caption"]
+        return job[0], r.json()
 
     try:
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             got = list(pool.map(call, jobs))
-        first = list(sizes)
+        first, first_windows = list(sizes), list(windows)
         # one bad request in a batch fails alone; the others still get their captions
-        bad = [("river", SONGS[0][2]), ("winter", "   ")] * 2
+        bad = [("river", SONGS[0][2]), ("winter", "refuse me")] * 2
         with ThreadPoolExecutor(max_workers=len(bad)) as pool:
-            codes = list(pool.map(lambda j: httpx.post(
-                f"{live.url}/caption", files=upload(songs_dir, j[0]), data={"lyrics": j[1]},
-                timeout=60).status_code, bad))  # fmt: skip
+            answers = list(pool.map(lambda j: post(*j), bad))
     finally:
         live.close()
-    assert all(caption == expected[sid] for sid, caption in got)
+    assert all(body["caption"] == expected[sid] for sid, body in got)
+    assert {sid: body["windows"] for sid, body in got} == {
+        sid: {"river": 2, "dance": 3}.get(sid, 1) for sid, _, _ in SONGS
+    }
     assert sum(first) == len(jobs) and max(first) > 1 and max(first) <= 4
-    assert codes == [200, 422, 200, 422]
+    assert any(len(w) > 1 for w in first_windows)  # a call held songs of different lengths
+    assert [r.status_code for r in answers] == [200, 422, 200, 422]
+    assert answers[1].json()["error"]["code"] == "unprocessable_input"
+
+
+def test_lyrics_only_model_refuses_a_song_without_lyrics(model_dir, songs_dir):
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+
+    tokenizer = Captioner.from_pretrained(model_dir, device="cpu").tokenizer
+    cfg = RecapConfig.preset("bart", "tiny", vocab_size=len(tokenizer))
+    bart = Captioner(RecapModel(cfg).eval(), tokenizer)
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(bart)) as c:
+        for data in ({}, {"lyrics": "  "}):
+            r = c.post("/caption", files=upload(songs_dir, "river"), data=data)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "empty_lyrics"
+            assert "hears no audio" in r.json()["error"]["message"]
+        r = c.post("/caption", files=upload(songs_dir, "river"), data={"lyrics": "the river"})
+        assert r.status_code == 200 and r.json()["lyrics"] is True
 
 
 def test_batching_off_runs_one_request_per_call(model_dir, songs_dir):

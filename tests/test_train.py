@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import recap.training.train as train_mod
-from recap.data.batching import LengthGroupedBatchSampler
-from recap.training.train import TrainConfig, add_config_arguments, config_from_args, train
+from recap.cli.train import add_config_arguments, config_from_args
+from recap.data.batching import LengthGroupedBatchSampler, pad_music
+from recap.training.collate import Collator, Example
+from recap.training.train import TrainConfig, train
 
 WORDS = "love night river sun rain heart road home fire sea".split()
 INSTRUMENTS = ["piano", "violin", "flute", "organ"]
@@ -59,13 +61,25 @@ def make_dataset(root: Path, n_songs: int = 10, per_song: int = 3, audio: bool =
     return root
 
 
-def fake_music_embeddings(data_dir, encoder, song_ids, device="cpu", progress=True, workers=0):
-    """Stand-in for the embedding cache: a fixed random (119, D) float16 sequence per song."""
+def fake_music_embeddings(
+    data_dir, encoder, song_ids, device="cpu", progress=True, num_workers=0, audio_config=None
+):
+    """Stand-in for the embedding cache: a fixed random (W*119, D) float16 sequence per song,
+    W = the audio config's windows for songs with an odd number, 1 for the others (so batches
+    mix window counts as songs of different lengths do)."""
     width = encoder.config.hidden_size
+    windows = audio_config.windows if audio_config is not None else 1
     return {
-        sid: np.random.default_rng(int(sid[-2:])).standard_normal((119, width)).astype(np.float16)
+        sid: np.random.default_rng(int(sid[-2:]))
+        .standard_normal(((windows if int(sid[-1]) % 2 else 1) * 119, width))
+        .astype(np.float16)
         for sid in song_ids
     }
+
+
+def train_fake(config: TrainConfig) -> Path:
+    """`train` with the stand-in embeddings."""
+    return train(config, embed=fake_music_embeddings)
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -194,8 +208,8 @@ def test_train_config_flags_come_from_the_dataclass():
 def test_paper_preset_builds_the_authors_adafactor():
     """Paper size: Hugging Face's default `scale_parameter=True` (a step is lr x RMS(weight));
     the demo sizes keep the unscaled step their lr was measured with."""
-    paper = TrainConfig.for_preset("recap", "paper")
-    small = TrainConfig.for_preset("recap", "small")
+    paper = TrainConfig(preset="recap", size="paper").resolved()
+    small = TrainConfig(preset="recap", size="small").resolved()
     assert paper.adafactor_scale_parameter is True and small.adafactor_scale_parameter is False
     opt = train_mod.build_optimizer(paper, [torch.nn.Parameter(torch.zeros(2))])
     d = opt.defaults
@@ -214,7 +228,9 @@ def test_paper_preset_builds_the_authors_adafactor():
     lr = paper.lr
     # Scaled: the step is about lr x RMS(weight) = lr x 0.02; unscaled it is about lr.
     scaled = update_rms(paper)
-    unscaled = update_rms(TrainConfig.for_preset("recap", "paper", adafactor_scale_parameter=False))
+    unscaled = update_rms(
+        TrainConfig(preset="recap", size="paper", adafactor_scale_parameter=False).resolved()
+    )
     assert scaled == pytest.approx(lr * 0.02, rel=0.2)
     assert unscaled == pytest.approx(lr, rel=0.2)
     # A run saved before the flag existed was trained unscaled: it still reads that way.
@@ -256,20 +272,26 @@ def test_end_to_end_cpu_run_with_real_embedding_cache(tmp_path):
     assert (run / "done.json").stat().st_mtime_ns == stamp
 
 
-def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "music_embeddings", fake_music_embeddings)
+def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     data = make_dataset(tmp_path / "data")
+    # Lyrics dropout and songs heard in 1 or 2 windows (padded music with a mask) must resume
+    # exactly too: the dropout draw depends on (seed, epoch, example) only.
+    extra = {"lyrics_dropout": 0.3, "windows": 2}
     # 8 songs x 3 train rows = 24 examples, batch 4: 6 steps per epoch, 12 in all.
-    straight = train(tiny_config(data, tmp_path / "a"))
+    straight = train_fake(tiny_config(data, tmp_path / "a", **extra))
     # Stop mid-epoch 2 (step 8), resume; then stop exactly at an epoch end (step 6) and resume.
-    paused = train(tiny_config(data, tmp_path / "b", max_steps=8, checkpoint_every_steps=3))
+    paused = train_fake(
+        tiny_config(data, tmp_path / "b", max_steps=8, checkpoint_every_steps=3, **extra)
+    )
     assert not (paused / "done.json").exists()
     state = json.loads((paused / "last" / "state.json").read_text())
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (8, 1, 2)
     with pytest.raises(Exception, match="--resume"):
-        train(tiny_config(data, tmp_path / "b"))
-    resumed = train(tiny_config(data, tmp_path / "b", resume=True))
+        train_fake(tiny_config(data, tmp_path / "b", **extra))
+    resumed = train_fake(tiny_config(data, tmp_path / "b", resume=True, **extra))
     assert (resumed / "done.json").exists()
+    # The model records the windows it was trained on: captioning hears as many by default.
+    assert json.loads((resumed / "best" / "config.json").read_text())["music_windows"] == 2
 
     a, b = final_weights(straight), final_weights(resumed)
     assert a.keys() == b.keys()
@@ -283,15 +305,14 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
     ]
 
 
-def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_path, monkeypatch):
+def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_path):
     def no_music(*args, **kwargs):  # the lyrics-only baseline must never ask for audio
         raise AssertionError("bart preset asked for music embeddings")
 
-    monkeypatch.setattr(train_mod, "music_embeddings", no_music)
     data = make_dataset(tmp_path / "data", n_songs=5, per_song=2)
     cfg = tiny_config(data, tmp_path / "run", preset="bart", epochs=1, optimizer="adamw",
                       align_weight=None, max_grad_norm=1.0)  # fmt: skip
-    run = train(cfg)
+    run = train(cfg, embed=no_music)
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["optimizer"] == "adamw" and saved["lr"] == 1e-3  # resolved size default
     with pytest.raises(Exception, match="other settings"):
@@ -300,7 +321,8 @@ def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_p
 
 
 def test_checkpoint_swap_leaves_one_complete_copy(tmp_path):
-    from recap.training.train import _existing_dir, _swap_dir
+    from recap.training.checkpoint import existing_dir as _existing_dir
+    from recap.training.checkpoint import swap_dir as _swap_dir
 
     last = tmp_path / "last"
     for version in ("1", "2"):
@@ -313,3 +335,66 @@ def test_checkpoint_swap_leaves_one_complete_copy(tmp_path):
     # A kill between the two renames leaves only last.old: resume reads it.
     last.rename(tmp_path / "last.old")
     assert _existing_dir(last) == tmp_path / "last.old"
+
+
+# ----------------------------------------------------------------------------- lyrics dropout
+
+
+def _examples(n: int) -> list[Example]:
+    return [Example(f"s{i:02d}", [0, 10 + i, 11 + i, 12, 2], [0, 20 + i % 7, 2]) for i in range(n)]
+
+
+def test_lyrics_dropout_empties_a_share_of_examples_deterministically():
+    examples = _examples(400)
+    collate = Collator(pad_token_id=1, lyrics_dropout=0.25, empty_lyrics_ids=(0, 2), seed=7)
+    batch = collate(examples)
+    present = batch["lyrics_present"]
+    dropped = [i for i, p in enumerate(present) if not p]
+    assert 0.18 < len(dropped) / len(examples) < 0.32
+    # A dropped row is exactly <s></s> then padding, and its attention mask says so.
+    for i in dropped:
+        assert batch["input_ids"][i, :2].tolist() == [0, 2]
+        assert batch["attention_mask"][i].tolist() == [1, 1] + [0] * (
+            batch["input_ids"].size(1) - 2
+        )
+    kept = [i for i, p in enumerate(present) if p]
+    assert all(batch["attention_mask"][i].sum() == 5 for i in kept)
+    assert batch["labels"].tolist() == collate(examples, train=False)["labels"].tolist()
+    # Same (seed, epoch): same draw; another epoch draws again; validation never drops.
+    assert collate(examples)["lyrics_present"] == present
+    collate.epoch = 1
+    assert collate(examples)["lyrics_present"] != present
+    assert "lyrics_present" not in collate(examples, train=False)
+    assert "lyrics_present" not in Collator(pad_token_id=1)(examples)  # off by default
+
+
+def test_alignment_leaves_out_rows_without_lyrics():
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+
+    torch.manual_seed(0)
+    model = RecapModel(RecapConfig.preset("recap", "tiny", align_weight=1.0)).eval()
+    examples = _examples(4)
+    collate = Collator(pad_token_id=1)
+    batch = collate(examples)
+    music = torch.randn(4, 119, model.config.music_dim)
+    empty = Collator(pad_token_id=1, lyrics_dropout=0.999, seed=1)(examples[2:])
+    ids = torch.nn.functional.pad(empty["input_ids"], (0, batch["input_ids"].size(1) - 2), value=1)
+    mixed = torch.cat([batch["input_ids"][:2], ids])  # rows 2, 3 without lyrics
+    with torch.no_grad():
+        both = model(mixed, (mixed != 1).long(), labels=batch["labels"], music_embeds=music,
+                     lyrics_present=[True, True, False, False])  # fmt: skip
+        inferred = model(mixed, (mixed != 1).long(), labels=batch["labels"], music_embeds=music)
+        first_two = model(batch["input_ids"][:2], batch["attention_mask"][:2],
+                          labels=batch["labels"][:2], music_embeds=music[:2])  # fmt: skip
+    torch.testing.assert_close(both.align_loss, first_two.align_loss)
+    torch.testing.assert_close(inferred.align_loss, first_two.align_loss)
+
+
+def test_songs_with_different_window_counts_pad_their_music_with_a_mask():
+    one, two = np.ones((119, 8), np.float16), np.full((238, 8), 2, np.float16)
+    music, mask = pad_music([one, two])
+    assert music.shape == (2, 238, 8) and mask.sum(axis=1).tolist() == [119, 238]
+    assert not music[0, 119:].any()
+    same, none = pad_music([one, one])
+    assert same.shape == (2, 119, 8) and none is None  # one window: the paper's path, no mask

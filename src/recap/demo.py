@@ -5,17 +5,20 @@
 
 Stages (each reuses what a previous run of the demo left in OUT, so a rerun only fills gaps):
 1. build the rendered-songs benchmark from `--source`            → OUT/bench/
+   (and the all-test slice of another corpus for stage 6          → OUT/cross/bench/)
 2. pretrain a small CNNSA tagger on its audio slots              → OUT/tagger/
-3. precompute the frozen encoder's music embeddings              → OUT/bench/cache/
-4. train small BART, BART-fusion and RECAP (variant full; `--full` adds vote > 0 and more sweep
-   points) and evaluate each on the test split                   → OUT/experiments/
-5. print Table 1 (ROUGE, METEOR, attribute accuracy), write the Figure 2 plot, caption one test
+3. pretrain the captioners' BART on lyrics by denoising (`recap pretrain-text`; never a val or
+   test work of either benchmark), as the paper starts from bart-base → OUT/bart-lyrics/
+4. precompute the frozen encoder's music embeddings              → OUT/bench/cache/
+5. fine-tune small BART, BART-fusion and RECAP from stage 3's BART (variant full; `--full` adds
+   vote > 0 and more sweep points) and evaluate each on the test split → OUT/experiments/
+6. evaluate the same captioners on the other corpus (generalisation)  → OUT/cross/
+7. print Table 1 (ROUGE, METEOR, attribute accuracy), write the Figure 2 plot, caption one test
    song, and write OUT/results.md with every number and the stage timings.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -38,7 +41,8 @@ class DemoConfig:
     source: str = "music21"
     out: str = "runs/demo"
     full: bool = False
-    seed: int = 0
+    seed: int = 0  # benchmark, tagger and text pretraining; the captioners' too unless `seeds`
+    seeds: tuple[int, ...] = ()  # captioner seeds of Table 1 (e.g. 0, 1, 2); (): just `seed`
     # benchmark
     limit: int | None = None  # scores to render (None: all)
     renders_per_song: int = 2
@@ -57,11 +61,20 @@ class DemoConfig:
     tagger_crop_seconds: float = 2.0
     tagger_pitch_shift: int = 0
     tagger_chroma_weight: float = 0.0
+    # text pretraining (recap pretrain-text): 600 steps copy 99-100 % of held-out lines in
+    # ~2.5 min on 2 idle cores (docs/training.md); 0 steps: the captioners start from scratch
+    pretrain_steps: int = 600
+    pretrain_sources: tuple[str, ...] = ("music21", "openscore-lieder")
+    pretrain_texts: tuple[str, ...] = ()  # extra text files (tests use these alone)
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     # 2 epochs left the copy head quoting one or two words of the first line (docs/results.md)
     epochs: int = 6
     max_steps: int = 0
+    # A quarter of the training examples without their lyrics, so the demo's captioners also
+    # interpret instrumentals from the audio alone (`recap caption song.wav` without lyrics;
+    # docs/training.md "Lyrics dropout"). The lyrics-only bart run ignores it.
+    lyrics_dropout: float = 0.25
     train_overrides: dict[str, Any] = field(
         default_factory=lambda: {
             "val_every_epochs": 2,
@@ -180,6 +193,41 @@ def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
     return out
 
 
+def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
+    """A small BART denoising-pretrained on lyrics; the val/test works of `benches` are never
+    read. Cached: a rerun with the same settings reuses OUT/bart-lyrics."""
+    if cfg.pretrain_steps <= 0:
+        print("skipped: pretrain_steps is 0 (the captioners start from scratch)")
+        return None
+    from recap.models.config import RecapConfig
+    from recap.training.pretrain_text import (
+        METRICS_NAME,
+        PretrainConfig,
+        format_metrics,
+        pretrain_text,
+    )
+
+    # The curriculum's length caps must fit the size's position table (<s> … </s>: 2 more).
+    positions = RecapConfig.preset("bart", cfg.size).max_position_embeddings
+    curriculum = [c for c in PretrainConfig().curriculum if c + 2 <= positions]
+    out = pretrain_text(
+        PretrainConfig(
+            out=str(cfg.root / "bart-lyrics"),
+            source=list(cfg.pretrain_sources),
+            text=list(cfg.pretrain_texts),
+            exclude_splits_of=[str(b) for b in benches],
+            corpus_cache=str(cfg.root / "pretrain-corpus.jsonl"),
+            size=cfg.size,
+            max_steps=cfg.pretrain_steps,
+            curriculum=curriculum,
+            seed=cfg.seed,
+            workers=cfg.workers,
+        )
+    )
+    print(format_metrics(json.loads((out / METRICS_NAME).read_text("utf-8"))))
+    return out
+
+
 def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
     from recap.bench import load_truth
     from recap.data.cache import ensure_embeddings
@@ -191,12 +239,13 @@ def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
     return have
 
 
-def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
-    from recap.evaluation.evaluate import DecodeConfig
+def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | None = None) -> Any:
     from recap.evaluation.experiment import ExperimentConfig
+    from recap.inference.generate import DecodeSettings
 
     overrides = dict(cfg.train_overrides)
     overrides["epochs"] = cfg.epochs
+    overrides["lyrics_dropout"] = cfg.lyrics_dropout
     if cfg.max_steps:
         overrides["max_steps"] = cfg.max_steps
     return ExperimentConfig(
@@ -204,10 +253,11 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
         out=str(cfg.root / "experiments"),
         size=cfg.size,
         encoder=str(encoder),
+        bart=str(bart) if bart is not None else None,
         variants=cfg.variants(),
-        seeds=(cfg.seed,),
+        seeds=tuple(cfg.seeds) or (cfg.seed,),
         train_overrides=overrides,
-        decode=DecodeConfig(
+        decode=DecodeSettings(
             num_beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size
         ),
         meteor15=cfg.meteor15,
@@ -215,25 +265,35 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path) -> Any:
     )
 
 
-def cross_corpus(cfg: DemoConfig, encoder: Path, records: list[dict[str, Any]]) -> dict | None:
-    """Build a small all-test benchmark from `cfg.cross_source` and evaluate every Table 1
-    captioner on it with the same encoder and decoding; None when the source is missing."""
+def build_cross_bench(cfg: DemoConfig) -> Path | None:
+    """The all-test benchmark of the first `cross_limit` scores of `cfg.cross_source` (built
+    before text pretraining, which must not read its works); None when the source is missing."""
     from recap.bench.build import build_benchmark
-    from recap.data.cache import ensure_embeddings
-    from recap.evaluation.evaluate import evaluate
 
     if not Path(cfg.cross_source).is_dir():
-        print(f"skipped: {cfg.cross_source} not found")
+        print(f"no other corpus: {cfg.cross_source} not found")
         return None
     out = cfg.root / "cross" / "bench"
     if not (out / "songs.jsonl").is_file():
-        # every work is a test work
-        split = (0.0, 0.0, 1.0)
+        split = (0.0, 0.0, 1.0)  # every work is a test work
         build_benchmark(
             bench_config(cfg, cfg.cross_source, out, cfg.cross_limit, split_fractions=split)
         )
-    from recap.bench import load_truth
+    return out
 
+
+def cross_corpus(
+    cfg: DemoConfig, out: Path | None, encoder: Path, records: list[dict[str, Any]]
+) -> dict | None:
+    """Evaluate every Table 1 captioner on the other corpus's benchmark `out` with the same
+    encoder and decoding; None without one."""
+    from recap.bench import load_truth
+    from recap.data.cache import ensure_embeddings
+    from recap.evaluation.evaluate import evaluate
+
+    if out is None:
+        print(f"skipped: {cfg.cross_source} not found")
+        return None
     ensure_embeddings(out, str(encoder), sorted(load_truth(out)))
     exp = experiment_config(cfg, out, encoder)
     runs = []
@@ -412,14 +472,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     cfg.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
     data = stages.run("1. benchmark", lambda: build_bench(cfg))
+    cross_bench = stages.run("1b. another corpus's benchmark", lambda: build_cross_bench(cfg))
     encoder = stages.run("2. music-encoder pretraining", lambda: pretrain_tagger(cfg, data))
-    stages.run("3. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
-    exp = experiment_config(cfg, data, encoder)
-    table = stages.run("4. train + evaluate BART, BART-fusion, RECAP", lambda: run_table1(exp))
-    sweep = stages.run("5. alignment-weight sweep", lambda: run_sweep(exp, cfg.sweep_weights()))
+    benches = [b for b in (data, cross_bench) if b is not None]
+    bart = stages.run("3. text pretraining", lambda: pretrain_bart(cfg, benches))
+    stages.run("4. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
+    exp = experiment_config(cfg, data, encoder, bart)
+    table = stages.run("5. train + evaluate BART, BART-fusion, RECAP", lambda: run_table1(exp))
+    sweep = stages.run("5b. alignment-weight sweep", lambda: run_sweep(exp, cfg.sweep_weights()))
     cross = stages.run(
         "6. another corpus (generalisation)",
-        lambda: cross_corpus(cfg, encoder, table["records"]),
+        lambda: cross_corpus(cfg, cross_bench, encoder, table["records"]),
     )
     recap_record = next(
         r for r in table["records"] if r["method"] == "recap" and r["variant"] == "full"
@@ -468,73 +531,3 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "seconds": stages.seconds,
         "results": str(cfg.root / "results.md"),
     }
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _handler(args: argparse.Namespace) -> int:
-    if args.epochs < 1:
-        raise RecapError("--epochs must be at least 1")
-    cfg = DemoConfig(
-        source=args.source,
-        out=args.out,
-        full=args.full,
-        seed=args.seed,
-        limit=args.limit,
-        workers=args.workers,
-        coupling=args.coupling,
-        comments_per_render=args.comments_per_render,
-        tagger_preset=args.tagger_preset,
-        tagger_epochs=args.tagger_epochs,
-        tagger_lr=args.tagger_lr,
-        size=args.size,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        beams=args.beams,
-        max_new_tokens=args.max_new_tokens,
-        meteor15=not args.no_meteor15,
-    )
-    run_demo(cfg)
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    d = DemoConfig()
-    p = subparsers.add_parser(
-        "demo",
-        help="the whole pipeline, small, on CPU: benchmark → tagger → 3 captioners → Table 1",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--source", default=d.source, help="music21 | openscore-lieder | DIR of scores")
-    p.add_argument("--out", default=d.out, help="output folder (reused by a rerun)")
-    p.add_argument("--full", action="store_true", help="also variant vote > 0 and the full sweep")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
-    p.add_argument("--workers", type=int, default=d.workers, help="render processes")
-    p.add_argument(
-        "--coupling",
-        type=float,
-        default=d.coupling,
-        metavar="P",
-        help="share of renderings whose audio follows the lyrics' theme (recap bench build)",
-    )
-    p.add_argument(
-        "--comments-per-render",
-        type=int,
-        default=d.comments_per_render,
-        help="interpretations per rendering (more: more training rows, longer)",
-    )
-    p.add_argument(
-        "--tagger-preset", default=d.tagger_preset, help="tiny | mini | demo | small | reference"
-    )
-    p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
-    p.add_argument("--tagger-lr", type=float, default=d.tagger_lr)
-    p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
-    p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
-    p.add_argument("--beams", type=int, default=d.beams, help="beam width for evaluation")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
-    p.set_defaults(func=_handler)

@@ -81,6 +81,17 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The JSON in `path`; a missing, unreadable or malformed file is a RecapError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RecapError(f"{what} {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise RecapError(f"cannot read {what} {path} (corrupt?): {exc}") from exc
+
+
 @dataclass
 class SkipReport:
     """Items a job could not use, each with the reason; written as JSON beside the output.
@@ -99,9 +110,6 @@ class SkipReport:
 
     def __bool__(self) -> bool:  # an empty report is still a report, not "missing"
         return True
-
-    def extend(self, other: SkipReport) -> None:
-        self.items.extend(other.items)
 
     def write(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -126,7 +134,7 @@ def known_fields(cls: type, data: Mapping[str, Any], what: str | None = None) ->
 
 def flag_field(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A dataclass field whose help text (and any argparse keywords, e.g. `flag=`, `choices=`)
-    becomes its command-line flag's (`recap.training.train.add_dataclass_arguments`)."""
+    becomes its command-line flag's (`recap.cli.flags.add_dataclass_arguments`)."""
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})

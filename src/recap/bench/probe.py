@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recap.bench.scoring import read_songs
 from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS, THEMES
 from recap.utils import RecapError, atomic_write_json
 
@@ -127,10 +128,7 @@ def run_probe(
     from tqdm import tqdm
 
     data_dir = Path(data_dir)
-    songs_path = data_dir / "songs.jsonl"
-    if not songs_path.is_file():
-        raise RecapError(f"{songs_path} not found: build the benchmark first")
-    songs = [json.loads(line) for line in songs_path.read_text("utf-8").splitlines() if line]
+    songs = list(read_songs(data_dir).values())
     rows = [json.loads(line) for line in (data_dir / "dataset.jsonl").open(encoding="utf-8")]
     lyrics = {r["music4all_id"]: r["lyrics"] for r in rows}
     paths = [str(data_dir / "audios" / f"{s['song_id']}.mp3") for s in songs]

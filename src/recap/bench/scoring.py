@@ -16,20 +16,33 @@ EXACT_SLOTS = tuple(
 )
 
 
-def load_truth(data_dir: str | Path) -> dict[str, dict]:
-    """song_id -> the true value of every slot, from DATA_DIR/songs.jsonl."""
+def read_songs(data_dir: str | Path, need_truth: bool = False) -> dict[str, dict]:
+    """song_id -> the benchmark's record of the song (split, work_id, source, truth, ...), in
+    file order, from DATA_DIR/songs.jsonl: the one reader of that file. `need_truth`: a record
+    without its truth is an error."""
     path = Path(data_dir) / "songs.jsonl"
     if not path.is_file():
         raise RecapError(
             f"{path} not found: is {data_dir} a benchmark built by `recap bench build`?"
         )
-    truths = {}
+    songs: dict[str, dict] = {}
     with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                song = json.loads(line)
-                truths[str(song["song_id"])] = song["truth"]
-    return truths
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if need_truth or "truth" in record:
+                    record["truth"] = dict(record["truth"])
+                songs[str(record["song_id"])] = record
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise RecapError(f"{path}:{n}: not a song record ({err})") from err
+    return songs
+
+
+def load_truth(data_dir: str | Path) -> dict[str, dict]:
+    """song_id -> the true value of every slot, from DATA_DIR/songs.jsonl."""
+    return {sid: song["truth"] for sid, song in read_songs(data_dir, need_truth=True).items()}
 
 
 def _same(slot: str, predicted: object, true: object) -> bool:

@@ -16,10 +16,18 @@ Policy for bad audio (each raises `AudioError` with the reason, so jobs can reco
   15 s of digital silence carries nothing for a captioner and is almost always a broken file
   (a failed render or download), so by default it is skipped and reported, not trained on.
 Clips shorter than the excerpt are zero-padded at the end and flagged `padded=True`.
+
+Whole songs (`load_windows`): with `AudioConfig.windows = W > 1` a song is heard as up to W
+excerpts of `duration` seconds whose starts are `hop` seconds apart (default: back to back), from
+`offset` on (or centred as a block). A window after the first is kept only when at least
+MIN_WINDOW_FILL of it is real audio, so a 30 s clip gives two 15 s windows and a 20 s one gives
+one; 12 windows of 15 s cover the first 3 minutes. The span is decoded and resampled once and cut
+into windows, so window k is exactly the excerpt `offset + k * hop` of a one-window config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,6 +55,9 @@ MAX_ABS_SAMPLE = 1e4
 # Source frames decoded beyond each edge of the excerpt: the soxr HQ filter is a few ms long, so
 # 50 ms of real context removes the edge transient that zero-extension would cause.
 _MARGIN_SECONDS = 0.05
+# A later window must hold at least this share of real audio (the rest is zero padding) to count:
+# a clip a few ms longer than a whole number of windows must not add a window of silence.
+MIN_WINDOW_FILL = 0.5
 
 
 class AudioError(RecapError):
@@ -70,10 +81,18 @@ class AudioConfig:
     quality: str = "HQ"  # soxr quality: "HQ" (librosa's default too) or "VHQ"
     allow_silent: bool = False
     silence_threshold: float = 1e-4  # peak |x| below this (−80 dBFS) counts as silence
+    # Whole-song listening (`load_windows`): at most `windows` excerpts, `hop` seconds apart
+    # (None: `duration`, back to back). 1 is the paper's single excerpt.
+    windows: int = 1
+    hop: float | None = None
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.duration <= 0:
             raise RecapError(f"sample_rate and duration must be positive: {self}")
+        if isinstance(self.windows, bool) or not isinstance(self.windows, int) or self.windows < 1:
+            raise RecapError(f"windows must be an integer >= 1, not {self.windows!r}")
+        if self.hop is not None and self.hop <= 0:
+            raise RecapError(f"hop must be positive seconds (or None), not {self.hop!r}")
         if isinstance(self.offset, str):
             if self.offset not in ("centre", "center"):
                 raise RecapError(f"offset must be seconds or 'centre', not {self.offset!r}")
@@ -87,12 +106,16 @@ class AudioConfig:
     def n_samples(self) -> int:
         return int(round(self.sample_rate * self.duration))
 
+    @property
+    def hop_seconds(self) -> float:
+        return float(self.hop) if self.hop is not None else float(self.duration)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AudioConfig:
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in _FIELDS})
 
     def fingerprint(self) -> str:
         """A stable short hash of every setting that changes the excerpt's samples."""
@@ -103,8 +126,14 @@ class AudioConfig:
             "offset": self.offset if self.offset == "centre" else float(self.offset),
             "quality": self.quality,
         }
+        if self.windows > 1:  # one window keeps the keys (and caches) made before windows existed
+            key["windows"] = self.windows
+            key["hop"] = self.hop_seconds
         blob = json.dumps(key, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_FIELDS = {f for f in AudioConfig.__dataclass_fields__}
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare arrays elementwise
@@ -299,3 +328,85 @@ def check_audio_file(path: str | os.PathLike, block_frames: int = 1 << 18) -> st
     if declared - got > max(2048, 0.01 * declared):
         return f"truncated: header declares {declared} frames, decoded {got}"
     return None
+
+
+# --------------------------------------------------------------------------- whole songs
+
+
+@dataclass(frozen=True, eq=False)
+class Windows:
+    """The windows a song is heard in."""
+
+    waveforms: np.ndarray  # float32 (W, n_samples), W >= 1
+    starts: tuple[float, ...]  # each window's start in seconds from the beginning of the source
+    padded: bool  # the last window runs past the end of the source (zeros fill it)
+    source_duration: float
+
+    @property
+    def count(self) -> int:
+        return int(self.waveforms.shape[0])
+
+
+def window_starts(config: AudioConfig, source_duration: float) -> list[float]:
+    """Start times (s) of the windows `config` takes from a source of `source_duration` s."""
+    hop = config.hop_seconds
+    block_start = 0.0 if config.offset == "centre" else float(config.offset)
+    available = source_duration - block_start
+    count = 1
+    while (
+        count < config.windows
+        and available - count * hop >= MIN_WINDOW_FILL * config.duration - 1e-9
+    ):
+        count += 1
+    if config.offset == "centre":
+        span = (count - 1) * hop + config.duration
+        block_start = max(0.0, (source_duration - span) / 2)
+    return [block_start + k * hop for k in range(count)]
+
+
+def _cut_windows(span: Excerpt, starts: list[float], config: AudioConfig) -> Windows:
+    """Cut the decoded span (starting at starts[0]) into (W, n_samples) windows."""
+    n, rate = config.n_samples, config.sample_rate
+    wave = span.waveform
+    out = np.zeros((len(starts), n), dtype=np.float32)  # (W, n)
+    for k, start in enumerate(starts):
+        first = int(round((start - starts[0]) * rate))
+        piece = wave[first : first + n]
+        out[k, : piece.shape[0]] = piece
+    end = starts[-1] + config.duration
+    return Windows(out, tuple(starts), end > span.source_duration + 1e-9, span.source_duration)
+
+
+def _span_config(config: AudioConfig, starts: list[float]) -> AudioConfig:
+    span = starts[-1] - starts[0] + config.duration
+    return dataclasses.replace(config, duration=span, offset=starts[0], windows=1, hop=None)
+
+
+def load_windows(path: str | os.PathLike, config: AudioConfig = AudioConfig()) -> Windows:
+    """The windows `config` takes from an audio file (module docstring); errors as
+    `load_excerpt`. With `config.windows == 1` the one window is `load_excerpt(path, config)`."""
+    if config.windows == 1:
+        one = load_excerpt(path, config)
+        start = _start_seconds(config, one.source_duration)
+        return Windows(one.waveform[None], (start,), one.padded, one.source_duration)
+    path = Path(path)
+    if not is_file(path):
+        raise AudioError("missing", f"{path}: no such file")
+    try:
+        info = sf.info(str(path))
+        duration = info.frames / info.samplerate if info.samplerate > 0 else 0.0
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        duration = 0.0  # load_excerpt below says what is wrong with the file
+    starts = window_starts(config, duration)
+    return _cut_windows(load_excerpt(path, _span_config(config, starts)), starts, config)
+
+
+def windows_from_array(
+    array: np.ndarray, sample_rate: int, config: AudioConfig = AudioConfig()
+) -> Windows:
+    """`load_windows` for samples already in memory (layouts as `excerpt_from_array`)."""
+    x = np.asarray(array)
+    frames = max(x.shape) if x.ndim == 2 else (x.shape[0] if x.ndim == 1 else 0)
+    starts = window_starts(config, frames / sample_rate if sample_rate > 0 else 0.0)
+    span_config = _span_config(config, starts) if config.windows > 1 else config
+    return _cut_windows(excerpt_from_array(x, sample_rate, span_config), starts, config)

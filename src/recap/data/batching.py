@@ -14,6 +14,7 @@ batch B and N processes with B/N each therefore train on exactly the same exampl
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -116,3 +117,34 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         full, rest = divmod(n, b)
         # Mega-batches are multiples of b, so only the global tail can be short.
         return full + (1 if rest and not self.drop_last else 0)
+
+
+def pad_music(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stack songs' music sequences (M_i, D) into (B, M, D), M = max M_i, zero-padded.
+
+    Songs heard in different numbers of windows have different M_i (W_i * 119 tokens); the mask
+    (B, M) is 1 for real tokens and 0 for padding, for fusion's attention and the music mean. It
+    is None when every song has the same length (the paper's one window), so that path stays as
+    it was."""
+    lengths = [a.shape[0] for a in arrays]
+    if len(set(lengths)) == 1:
+        return np.stack(arrays), None  # (B, M, D)
+    longest = max(lengths)
+    music = np.zeros((len(arrays), longest, arrays[0].shape[-1]), dtype=arrays[0].dtype)
+    mask = np.zeros((len(arrays), longest), dtype=np.int64)  # (B, M)
+    for i, a in enumerate(arrays):
+        music[i, : a.shape[0]] = a
+        mask[i, : a.shape[0]] = 1
+    return music, mask
+
+
+def music_tensors(arrays: Sequence[np.ndarray], device: Any) -> dict[str, Any]:
+    """`music_embeds` (B, M, D) float32 and, when lengths differ, `music_mask` (B, M) on
+    `device`: the keyword arguments of `RecapModel.encode/forward/generate` for these songs."""
+    import torch
+
+    music, mask = pad_music([np.asarray(a) for a in arrays])
+    out = {"music_embeds": torch.from_numpy(music.astype(np.float32)).to(device)}
+    if mask is not None:
+        out["music_mask"] = torch.from_numpy(mask).to(device)
+    return out

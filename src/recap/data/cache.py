@@ -6,10 +6,16 @@ in eval mode; SPEC §1.1).
 Layout: `DATA_DIR/cache/<kind>-<key>/` holds `meta.json` (the settings), one `<song>.npy` per song
 (float16) and `skipped.json` (the songs the last run could not use, with reasons). `<key>` hashes
 every setting that changes the stored numbers:
-- waveform:   the audio config's fingerprint (rate, duration, offset, resampler, pipeline version);
+- waveform:   the audio config's fingerprint (rate, duration, offset, resampler, pipeline version,
+              and the window count and hop when a song is heard in several windows);
 - logmel:     that + the mel front end (its config fields and its window/filterbank buffers);
-- embeddings: that + the encoder's config and the bytes of its whole state dict.
+- embeddings: that + the encoder's `fingerprint()` (recap.models.encoders: its settings and the
+  bytes of its whole state dict, whatever the kind of encoder; CNNSA's mel front end too).
 Change any of them and a new folder fills; old ones stay valid for their settings.
+
+With `AudioConfig.windows > 1` (whole songs, `recap.data.audio.load_windows`) a song's file holds
+its W windows: waveform (W, n_samples), logmel (W, n_mels, frames), embeddings (W*M, D) — the
+windows' tokens one after the other, as fusion reads them. W varies with the song's length.
 
 Why one .npy per song rather than shards + an index: each file is written to a temporary name and
 renamed (atomic), so an interrupted run leaves only complete files, "is it cached?" is one stat,
@@ -23,7 +29,6 @@ SHA-256, and its full id goes into a `.id` file beside the array.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -39,7 +44,7 @@ from urllib.parse import quote, unquote
 
 import numpy as np
 
-from recap.data.audio import AudioConfig, AudioError, Excerpt, load_excerpt
+from recap.data.audio import AudioConfig, AudioError, Excerpt, Windows, load_excerpt, load_windows
 from recap.data.songs import audio_path, load_rows
 from recap.utils import (
     RecapError,
@@ -51,54 +56,27 @@ from recap.utils import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
-    from recap.models.music_encoder import MusicEncoder
+    from recap.models.encoders import MusicEncoderProtocol
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("embeddings", "logmel", "waveform")
 CACHE_VERSION = 1
 STORE_DTYPE = np.float16  # halves the disk; fp16 keeps ~3 significant digits (≈66 dB for audio)
-_MEL_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
 
 
 # --------------------------------------------------------------------------- keys
 
 
-def _hash_tensors(h: Any, state: Mapping[str, torch.Tensor]) -> None:
-    import torch
-
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # reinterpret as bytes so every dtype (bf16 too) hashes without numpy conversion issues
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-def encoder_fingerprint(encoder: MusicEncoder) -> str:
-    """SHA-256 of the encoder's config and every state-dict tensor's bytes (weights + buffers)."""
-    h = hashlib.sha256()
-    config = getattr(encoder, "config", None)
-    h.update(json.dumps(config.to_dict() if config else {}, sort_keys=True, default=str).encode())
-    _hash_tensors(h, encoder.state_dict())
-    return h.hexdigest()
-
-
-def _mel_fingerprint(encoder: MusicEncoder) -> str:
-    h = hashlib.sha256()
-    config = encoder.config
-    h.update(
-        json.dumps({f: getattr(config, f, None) for f in _MEL_FIELDS}, sort_keys=True).encode()
-    )
-    _hash_tensors(h, encoder.spec.state_dict())  # window and filterbank
-    return h.hexdigest()
-
-
 def cache_settings(
-    kind: str, audio_config: AudioConfig, encoder: MusicEncoder | None = None
+    kind: str, audio_config: AudioConfig, encoder: MusicEncoderProtocol | None = None
 ) -> dict[str, Any]:
-    """Every setting that changes the cached numbers of `kind` (hashed into the folder name)."""
+    """Every setting that changes the cached numbers of `kind` (hashed into the folder name).
+
+    An encoder with a mel front end (CNNSA) adds its `mel_fingerprint()`: the log-mel cache's
+    key, and part of the embeddings' key too (so CNNSA caches keep the keys they had before
+    the encoder seam). Embeddings add the encoder's `fingerprint()`.
+    """
     if kind not in KINDS:
         raise RecapError(f"unknown cache kind {kind!r}; choose one of {', '.join(KINDS)}")
     settings: dict[str, Any] = {
@@ -109,19 +87,26 @@ def cache_settings(
     if kind != "waveform":
         if encoder is None:
             raise RecapError(f"the {kind} cache needs a music encoder")
-        enc_rate = getattr(encoder.config, "sample_rate", audio_config.sample_rate)
-        if enc_rate != audio_config.sample_rate:
+        if encoder.sample_rate != audio_config.sample_rate:
             raise RecapError(
-                f"the encoder expects {enc_rate} Hz audio but the audio config gives "
+                f"the encoder expects {encoder.sample_rate} Hz audio but the audio config gives "
                 f"{audio_config.sample_rate} Hz"
             )
-        settings["mel"] = _mel_fingerprint(encoder)
+        mel_fingerprint = getattr(encoder, "mel_fingerprint", None)
+        if mel_fingerprint is not None:
+            settings["mel"] = mel_fingerprint()
+        elif kind == "logmel":
+            raise RecapError(
+                f"the logmel cache holds CNNSA's mel front end; a {encoder.kind} encoder has none"
+            )
     if kind == "embeddings":
-        settings["encoder"] = encoder_fingerprint(encoder)  # type: ignore[arg-type]
+        settings["encoder"] = encoder.fingerprint()  # type: ignore[union-attr]
     return settings
 
 
-def cache_key(kind: str, audio_config: AudioConfig, encoder: MusicEncoder | None = None) -> str:
+def cache_key(
+    kind: str, audio_config: AudioConfig, encoder: MusicEncoderProtocol | None = None
+) -> str:
     blob = json.dumps(cache_settings(kind, audio_config, encoder), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -236,24 +221,25 @@ class FeatureStore(Mapping[str, np.ndarray]):
         return f"{type(self).__name__}({str(self.root)!r}, kind={self.kind!r})"
 
 
-# The trainer's name for it: a store of (119, 256) float16 embeddings per song.
+# The trainer's name for it: a store of (M, D) float16 embeddings per song ((119, 256): CNNSA).
 EmbeddingStore = FeatureStore
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode(path: str, config: AudioConfig) -> Excerpt | str:
-    """Worker body: an excerpt, or the reason it failed (exceptions stay in the worker)."""
+def _decode(path: str, config: AudioConfig) -> Excerpt | Windows | str:
+    """Worker body: an excerpt (the song's windows when config.windows > 1), or the reason it
+    failed (exceptions stay in the worker)."""
     try:
-        return load_excerpt(path, config)
+        return load_windows(path, config) if config.windows > 1 else load_excerpt(path, config)
     except AudioError as err:
         return str(err)
 
 
 def _excerpts(
     jobs: list[tuple[str, Path]], config: AudioConfig, workers: int, window: int
-) -> Iterator[tuple[str, Excerpt | str]]:
+) -> Iterator[tuple[str, Excerpt | Windows | str]]:
     """Decoded excerpts in job order. With workers > 1 a process pool decodes ahead, at most
     `window` files in flight so memory stays bounded when the encoder is the slower side."""
     if workers <= 1:
@@ -299,17 +285,17 @@ def _dataset_song_ids(data_dir: Path) -> list[str]:
         return sorted({p.stem for p in audios.iterdir() if p.is_file()})
 
 
-def _resolve_encoder(encoder: Any, device: str) -> MusicEncoder | None:
-    if encoder is None or hasattr(encoder, "state_dict"):
-        return encoder
-    from recap.models.music_encoder import load_music_encoder
+def _resolve_encoder(encoder: Any, device: str) -> MusicEncoderProtocol | None:
+    if encoder is None:
+        return None
+    from recap.models.encoders import build_music_encoder
 
-    return load_music_encoder(encoder, device=device)
+    return build_music_encoder(encoder, device=device)
 
 
 def precompute(
     data_dir: str | os.PathLike,
-    encoder: MusicEncoder | str | os.PathLike | None,
+    encoder: MusicEncoderProtocol | str | os.PathLike | None,
     audio_config: AudioConfig = AudioConfig(),
     batch_size: int = 16,
     num_workers: int | None = None,
@@ -329,14 +315,19 @@ def precompute(
     """
     from tqdm.auto import tqdm
 
+    from recap.models.encoders import audio_config_for
+
     data_dir = Path(data_dir)
     model = _resolve_encoder(encoder, device) if kind != "waveform" else None
+    # Decode at the encoder's rate (48 kHz for CLAP): each file is resampled once, from its own.
+    audio_config = audio_config_for(model, audio_config)
     settings = cache_settings(kind, audio_config, model)
     key = cache_key(kind, audio_config, model)
     root = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
     meta = {
         **settings,
         "audio_config": audio_config.to_dict(),
+        "encoder_kind": model.kind if model is not None else None,
         "encoder_config": model.config.to_dict() if model is not None else None,
         "dtype": np.dtype(STORE_DTYPE).name,
         "layout": "one <song>.npy per song",
@@ -394,7 +385,8 @@ def precompute(
                 report.add(sid, result)
                 bar.update(1)
                 continue
-            batch.append((sid, result.waveform))
+            waves = result.waveforms if isinstance(result, Windows) else result.waveform
+            batch.append((sid, waves))  # (n_samples,), or (W, n_samples) for windows
             if len(batch) >= batch_size:
                 flush()
         flush()
@@ -407,24 +399,36 @@ def precompute(
 
 
 def _run_batch(
-    model: MusicEncoder | None, kind: str, batch: list[tuple[str, np.ndarray]], device: str
+    model: Any, kind: str, batch: list[tuple[str, np.ndarray]], device: str
 ) -> list[np.ndarray]:
-    waves = np.stack([w for _, w in batch])  # (B, n_samples) float32
     if kind == "waveform":
-        return list(waves)
+        return [w for _, w in batch]
     import torch
 
+    # Windowed songs: every window of the batch through the encoder at once, then regrouped.
+    counts = [1 if w.ndim == 1 else w.shape[0] for _, w in batch]
+    waves = np.concatenate([w.reshape(-1, w.shape[-1]) for _, w in batch])  # (ΣW, n_samples)
     with torch.inference_mode():
         x = torch.from_numpy(waves).to(device)
-        # logmel: (B, n_mels, frames) dB before the BatchNorm; embeddings: (B, 119, hidden)
-        out = model.log_mel(x) if kind == "logmel" else model(x)  # type: ignore[union-attr]
+        # logmel: (ΣW, n_mels, frames) dB before the BatchNorm; embeddings: (ΣW, 119, hidden)
+        out = model.log_mel(x) if kind == "logmel" else model(x)
         out = out.float().cpu().numpy()
-    return list(out)
+    arrays, at = [], 0
+    for (_, w), n in zip(batch, counts):
+        part = out[at : at + n]
+        at += n
+        if w.ndim == 1:
+            arrays.append(part[0])
+        elif kind == "embeddings":
+            arrays.append(part.reshape(-1, part.shape[-1]))  # (W, M, D) -> (W*M, D)
+        else:
+            arrays.append(part)  # (W, n_mels, frames)
+    return arrays
 
 
 def ensure_embeddings(
     data_dir: str | os.PathLike,
-    encoder_spec: MusicEncoder | str | os.PathLike,
+    encoder_spec: MusicEncoderProtocol | str | os.PathLike,
     song_ids: Iterable[str],
     audio_config: AudioConfig = AudioConfig(),
     device: str = "cpu",
@@ -453,46 +457,3 @@ def ensure_embeddings(
             "%d song(s) have no embedding; reasons in %s", len(report), store.root / "skipped.json"
         )
     return store
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _precompute_command(args: argparse.Namespace) -> int:
-    if args.kind != "waveform" and not args.encoder:
-        raise RecapError(f"--encoder is required for --kind {args.kind}")
-    offset: float | str = args.offset if args.offset == "centre" else float(args.offset)
-    config = AudioConfig(duration=args.duration, offset=offset)
-    store, report = precompute(
-        args.data,
-        args.encoder,
-        audio_config=config,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        device=args.device,
-        kind=args.kind,
-        cache_dir=args.cache_dir,
-    )
-    print(f"cache: {store.root} ({len(store)} songs)")
-    print(f"skipped: {len(report)} (report: {store.root / 'skipped.json'})")
-    for item in report.items[:10]:
-        print(f"  {item['item']}: {item['reason']}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "precompute", help="fill the waveform / log-mel / embedding cache of a dataset"
-    )
-    parser.add_argument("--data", required=True, help="dataset folder (with audios/)")
-    parser.add_argument(
-        "--encoder", default=None, help="music encoder folder, checkpoint or preset"
-    )
-    parser.add_argument("--kind", choices=KINDS, default="embeddings")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (all cores)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--duration", type=float, default=15.0, help="excerpt seconds")
-    parser.add_argument("--offset", default="0", help="excerpt start in seconds, or 'centre'")
-    parser.add_argument("--cache-dir", default=None, help="default: DATA/cache")
-    parser.set_defaults(func=_precompute_command)

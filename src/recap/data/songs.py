@@ -22,29 +22,27 @@ takes its test split from that CSV (the JSON release is the paper's train + vali
 
 Rows that cannot be used (missing id, empty lyrics or comment, wrong types, non-UTF-8 bytes, a
 repeated (song, comment) pair) are skipped and recorded in a `SkipReport` with their position.
+Empty lyrics are a broken record of a lyrics-and-interpretation dataset, so training and
+evaluation keep skipping them (`load_splits`; lyrics dropout in training makes the audio-only
+examples instead); `load_rows(allow_empty_lyrics=True)` keeps them with `lyrics=""` for jobs that
+take instrumentals (`recap index build` on a dataset folder).
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import argparse
 import csv
-import io
 import json
 import logging
 import math
 import os
-import pickle
 import re
 import sys
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recap.utils import RecapError, SkipReport, is_file
+from recap.utils import RecapError, SkipReport
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +187,18 @@ def _has_text(value: Any) -> bool:
     return isinstance(value, str | bytes) and bool(value.strip())
 
 
+def prepare_lyrics(text: str) -> str:
+    """Lyrics as the model reads them, in training and at inference alike: surrounding blank
+    space (a text file's last newline) dropped, then each line break a ';' (SPEC §1.2)."""
+    return re.sub(r"\r?\n", ";", text.strip())
+
+
 def _make_row(
     record: Any,
     newline_to_semicolon: bool,
     split_default: str | None = None,
     lyrics_files: LyricsFiles | None = None,
+    allow_empty_lyrics: bool = False,
 ) -> Row:
     """A raw mapping → Row; raises ValueError with the reason when the row is unusable."""
     if not isinstance(record, dict):
@@ -204,18 +209,21 @@ def _make_row(
     if not _has_text(lyrics_value) and lyrics_files is not None:
         # Releases without lyrics rely on Music4All's lyrics/{id}.txt.
         lyrics_value = lyrics_files.get(song_id)
-        if lyrics_value is None:
+        if lyrics_value is None and not allow_empty_lyrics:
             raise ValueError(
                 f"no lyrics in the record and no {lyrics_files.folder.name}/{song_id}.txt"
             )
-    lyrics = _text(lyrics_value, "lyrics")
+    if allow_empty_lyrics and (lyrics_value is None or isinstance(lyrics_value, str | bytes)):
+        # An instrumental is kept with lyrics ""; text of another type is still an error.
+        lyrics = _text(lyrics_value, "lyrics") if _has_text(lyrics_value) else ""
+    else:
+        lyrics = _text(lyrics_value, "lyrics")
     comment = _text(record.get("comment"), "comment")
     vote_key = next((k for k in VOTE_FIELDS if k in record), None)
     votes = _votes(record[vote_key]) if vote_key else None
     split = _split(record.get("split"), split_default)
     if newline_to_semicolon:
-        # The reference feeds lyrics to BART with line breaks as ';' (SPEC §1.2).
-        lyrics = re.sub(r"\r?\n", ";", lyrics)
+        lyrics = prepare_lyrics(lyrics)
     used = {id_key, vote_key, "lyrics", "comment", "split"}
     extra = {k: v for k, v in record.items() if k not in used}
     return Row(song_id, lyrics, comment, votes, split, extra)
@@ -228,6 +236,7 @@ def _collect(
     split_default: str | None = None,
     seen: dict[tuple[str, str], str] | None = None,
     lyrics_files: LyricsFiles | None = None,
+    allow_empty_lyrics: bool = False,
 ) -> list[Row]:
     """Validate (position, record) pairs; bad ones and repeated (song, comment) pairs → report."""
     rows: list[Row] = []
@@ -237,7 +246,9 @@ def _collect(
             report.add(where, record.reason)
             continue
         try:
-            row = _make_row(record, newline_to_semicolon, split_default, lyrics_files)
+            row = _make_row(
+                record, newline_to_semicolon, split_default, lyrics_files, allow_empty_lyrics
+            )
         except ValueError as err:
             rid = (
                 record.get("music4all_id", record.get("song_id"))
@@ -332,134 +343,6 @@ def _read_csv(path: Path) -> list[tuple[str, Any]]:
         return out
 
 
-# Restricted unpickling: the old pickles need `mymodel.LyricsCommentData`; anything else that a
-# pickle could name (os.system, builtins.eval, ...) would run code, so it is refused.
-
-
-class LyricsCommentData:
-    """Stand-in for the authors' `mymodel.LyricsCommentData`: holds the pickled fields only."""
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots) form
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError("LyricsCommentData state is not a dict")
-        # Python 2 pickles, read with encoding="bytes", name their attributes in bytes
-        self.__dict__.update(
-            {k.decode() if isinstance(k, bytes) else k: v for k, v in state.items()}
-        )
-
-
-def _numpy_scalar_globals() -> dict[tuple[str, str], Any]:
-    # Ratings saved from pandas are numpy integers; rebuilding a scalar from (dtype, bytes) runs
-    # no code, so these two are allowed, as torch's weights-only unpickler does.
-    try:
-        import numpy as np
-        from numpy.core.multiarray import scalar  # type: ignore[attr-defined]
-    except Exception:  # pragma: no cover - numpy is a dependency
-        return {}
-    out = {}
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        out[(mod, "scalar")] = scalar
-    out[("numpy", "dtype")] = np.dtype
-    return out
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    _ALLOWED: dict[tuple[str, str], Any] = {
-        ("mymodel", "LyricsCommentData"): LyricsCommentData,
-        ("__main__", "LyricsCommentData"): LyricsCommentData,
-        ("copyreg", "_reconstructor"): __import__("copyreg")._reconstructor,
-        ("builtins", "object"): object,
-        ("builtins", "list"): list,
-        ("builtins", "dict"): dict,
-        ("builtins", "tuple"): tuple,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-        # protocols 0-2 write bytes objects as _codecs.encode(text, "latin1"): no side effects
-        ("_codecs", "encode"): __import__("codecs").encode,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Python 2 pickles name modules by their old names (copy_reg, __builtin__)
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        allowed = {**self._ALLOWED, **_numpy_scalar_globals()}
-        if (module, name) in allowed:
-            return allowed[(module, name)]
-        raise RecapError(
-            f"refused to unpickle: the file names {module}.{name}, and only "
-            "mymodel.LyricsCommentData and plain containers are allowed (a pickle naming other "
-            "globals can run arbitrary code)"
-        )
-
-
-def _object_records(obj: LyricsCommentData, where: str) -> list[tuple[str, Any]]:
-    """One LyricsCommentData → row records. Fields are scalars (one song) or equal-length lists
-    (a whole dataset); the older class holds `comments`, a list of (text, rating) per song."""
-    d = dict(obj.__dict__)
-    id_value = d.get("music4all_id")
-    if isinstance(id_value, list | tuple):  # columnar: every field a list
-        n = len(id_value)
-        cols = {k: v for k, v in d.items() if isinstance(v, list | tuple) and len(v) == n}
-        records = [
-            (
-                f"{where}[{i}]",
-                {k: cols[k][i] for k in cols} | {k: v for k, v in d.items() if k not in cols},
-            )
-            for i in range(n)
-        ]
-        return [r for rec in records for r in _expand_comments(*rec)]
-    return _expand_comments(where, d)
-
-
-def _expand_comments(where: str, d: dict[str, Any]) -> list[tuple[str, Any]]:
-    if "comments" not in d:
-        return [(where, d)]
-    base = {k: v for k, v in d.items() if k != "comments"}
-    comments = d["comments"]
-    if not isinstance(comments, list | tuple):
-        return [(where, _BadRecord(f"comments has type {type(comments).__name__}"))]
-    out: list[tuple[str, Any]] = []
-    for j, item in enumerate(comments):
-        if isinstance(item, list | tuple) and len(item) == 2:
-            out.append((f"{where}.comments[{j}]", base | {"comment": item[0], "votes": item[1]}))
-        else:
-            out.append(
-                (f"{where}.comments[{j}]", _BadRecord("comment is not a (text, rating) pair"))
-            )
-    return out
-
-
-def _read_pickle(path: Path) -> list[tuple[str, Any]]:
-    try:
-        with path.open("rb") as f:
-            obj = _SafeUnpickler(f, encoding="bytes").load()
-    except RecapError as err:
-        raise RecapError(f"{path}: {err}") from None
-    except Exception as err:  # a truncated or corrupt pickle
-        raise RecapError(f"{path}: cannot unpickle ({type(err).__name__}: {err})") from err
-    items: Iterable[tuple[str, Any]]
-    if isinstance(obj, dict) and not any(k in obj for k in ("lyrics", "comment")):
-        items = ((f"{path.name}[{k!r}]", v) for k, v in obj.items())
-    elif isinstance(obj, list | tuple):
-        items = ((f"{path.name}[{i}]", v) for i, v in enumerate(obj))
-    else:
-        items = [(path.name, obj)]
-    out: list[tuple[str, Any]] = []
-    for where, item in items:
-        if isinstance(item, LyricsCommentData):
-            out.extend(_object_records(item, where))
-        elif isinstance(item, dict):
-            d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in item.items()}
-            out.extend(_expand_comments(where, d))
-        else:
-            out.append((where, _BadRecord(f"unexpected {type(item).__name__} in pickle")))
-    return out
-
-
 def _csv_files(folder: Path) -> dict[tuple[str, str], Path]:
     """(variant, split) → CSV path for the authors' file names; test is ("*", "test")."""
     found = {}
@@ -504,7 +387,9 @@ def _read_file(path: Path) -> tuple[list[tuple[str, Any]], str | None]:
         m = _CSV_NAME.match(path.name)
         return _read_csv(path), (m.group(2) or m.group(3)) if m else None
     if suffix in (".pkl", ".pickle"):
-        return _read_pickle(path), None
+        from recap.data.pickle_release import read_pickle
+
+        return read_pickle(path), None
     raise RecapError(f"{path}: unknown dataset format {suffix!r} (jsonl, json, csv, pkl)")
 
 
@@ -513,6 +398,7 @@ def load_rows(
     report: SkipReport | None = None,
     newline_to_semicolon: bool = True,
     lyrics_dir: str | os.PathLike | None = None,
+    allow_empty_lyrics: bool = False,
 ) -> list[Row]:
     """Every usable row of a dataset folder or file; skipped rows go to `report` with reasons.
 
@@ -520,6 +406,7 @@ def load_rows(
     full variant holds the others); use `load_splits` for a variant. A JSON/JSONL/pickle release
     without test rows and a `df_test.csv` beside it get that CSV's rows as test. Records without
     lyrics read `lyrics_dir/{id}.txt` (default: the data folder's `lyrics/`, Music4All's layout).
+    `allow_empty_lyrics`: keep rows without lyrics (lyrics "") instead of skipping them.
     """
     path = Path(path)
     report = report if report is not None else SkipReport("load_rows")
@@ -543,16 +430,25 @@ def load_rows(
                         key[1],
                         seen,
                         lyrics_files,
+                        allow_empty_lyrics,
                     )
             return rows
         path = file
     records, split_default = _read_file(path)
-    rows = _collect(records, report, newline_to_semicolon, split_default, seen, lyrics_files)
+    rows = _collect(
+        records, report, newline_to_semicolon, split_default, seen, lyrics_files, allow_empty_lyrics
+    )
     test_csv = csvs.get(("*", "test"))
     beside = test_csv is not None and path not in csvs.values()
     if beside and not any(r.split == "test" for r in rows):
         rows += _collect(
-            _read_csv(test_csv), report, newline_to_semicolon, "test", seen, lyrics_files
+            _read_csv(test_csv),
+            report,
+            newline_to_semicolon,
+            "test",
+            seen,
+            lyrics_files,
+            allow_empty_lyrics,
         )
     return rows
 
@@ -624,11 +520,11 @@ def load_splits(
             [out["train"][i] for i in val_idx],
         )
     if not out["test"]:
-        logger.warning(_no_test_warning(path, has_split))
+        logger.warning(no_test_warning(path, has_split))
     return out
 
 
-def _no_test_warning(path: Path, has_split: bool) -> str:
+def no_test_warning(path: Path, has_split: bool) -> str:
     why = "its rows carry no split field" if not has_split else "no row is marked test"
     return (
         f"{path} has no test rows ({why}): the test split is empty, so `recap evaluate` and "
@@ -636,124 +532,3 @@ def _no_test_warning(path: Path, has_split: bool) -> str:
         "df_test.csv (columns music4all_id, lyrics, comment): put it in the data folder beside "
         "the release, or give the rows a split field (docs/reproducing.md)"
     )
-
-
-# --------------------------------------------------------------------------- stats
-
-
-def _percentiles(
-    values: list[int], qs: tuple[int, ...] = (5, 25, 50, 75, 95, 100)
-) -> dict[str, int]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    # nearest-rank percentiles: every reported number is a real row's length
-    return {f"p{q}": ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] for q in qs}
-
-
-def dataset_stats(
-    path: str | os.PathLike, check_audio: bool = True, workers: int | None = None
-) -> tuple[dict[str, Any], SkipReport]:
-    """Counts, length percentiles (whitespace tokens) and audio availability of a dataset."""
-    path = Path(path)
-    report = SkipReport("data stats")
-    rows = load_rows(path, report, newline_to_semicolon=False)
-    stats: dict[str, Any] = {
-        "path": str(path),
-        "songs": len({r.song_id for r in rows}),
-        "interpretations": len(rows),
-        "splits": dict(Counter(r.split or "none" for r in rows)),
-    }
-    folder = path if path.is_dir() else path.parent
-    csvs = _csv_files(folder) if path.is_dir() else {}
-    if csvs and _dataset_file(folder) is None:
-        # the CSV release has no votes: each variant is its own pair of files
-        stats["variants"] = {
-            v: sum(len(_read_csv(csvs[(v, s)])) for s in ("train", "val") if (v, s) in csvs)
-            for v in VARIANTS
-        }
-    elif rows and all(r.votes is not None for r in rows):
-        stats["variants"] = {v: sum(in_variant(r, v) for r in rows) for v in VARIANTS}
-    else:
-        stats["variants"] = {"full": len(rows), "note": "no votes in this source"}
-    # Lengths in whitespace-separated tokens: tokenizer-free, so comparable across tokenizers.
-    stats["lyrics_tokens"] = _percentiles([len(r.lyrics.split()) for r in rows])
-    stats["comment_tokens"] = _percentiles([len(r.comment.split()) for r in rows])
-    if check_audio:
-        stats["audio"] = audio_stats(folder, sorted({r.song_id for r in rows}), workers)
-    stats["skipped_rows"] = len(report)
-    return stats, report
-
-
-def audio_stats(data_dir: Path, song_ids: list[str], workers: int | None = None) -> dict[str, Any]:
-    """Found / missing / unreadable counts; each found file is decoded completely."""
-    from recap.data.audio import check_audio_file
-
-    paths = {sid: audio_path(data_dir, sid) for sid in song_ids}
-    missing = [sid for sid, p in paths.items() if not is_file(p)]
-    present = [sid for sid in song_ids if sid not in set(missing)]
-    # libsndfile releases the GIL while decoding, so threads use every core without the start-up
-    # cost of processes.
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        problems = list(pool.map(lambda sid: check_audio_file(paths[sid]), present))
-    unreadable = {sid: why for sid, why in zip(present, problems) if why}
-    return {
-        "found": len(present) - len(unreadable),
-        "missing": len(missing),
-        "unreadable": len(unreadable),
-        "unreadable_files": dict(list(unreadable.items())[:20]),
-        "missing_examples": missing[:5],
-    }
-
-
-def _format_stats(stats: dict[str, Any]) -> str:
-    out = io.StringIO()
-    print(f"dataset: {stats['path']}", file=out)
-    print(f"songs: {stats['songs']}   interpretations: {stats['interpretations']}", file=out)
-    print("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(stats["splits"].items())), file=out)
-    print("variants: " + ", ".join(f"{k} {v}" for k, v in stats["variants"].items()), file=out)
-    for key in ("lyrics_tokens", "comment_tokens"):
-        pct = " ".join(f"{k}={v}" for k, v in stats[key].items())
-        print(f"{key.replace('_', ' ')} (whitespace tokens): {pct}", file=out)
-    if "audio" in stats:
-        a = stats["audio"]
-        print(
-            f"audio: found {a['found']}, missing {a['missing']}, unreadable {a['unreadable']}",
-            file=out,
-        )
-        for sid, why in a["unreadable_files"].items():
-            print(f"  unreadable {sid}: {why}", file=out)
-    print(f"skipped rows: {stats['skipped_rows']}", file=out)
-    if not stats["splits"].get("test"):
-        has_split = set(stats["splits"]) != {"none"}
-        print(f"warning: {_no_test_warning(Path(stats['path']), has_split)}", file=out)
-    return out.getvalue()
-
-
-def _stats_command(args: argparse.Namespace) -> int:
-    stats, report = dataset_stats(args.path, check_audio=not args.no_audio, workers=args.workers)
-    if args.json:
-        print(json.dumps(stats, indent=2, ensure_ascii=False))
-    else:
-        print(_format_stats(stats), end="")
-    for item in report.items[:10]:
-        print(f"  skipped {item['item']}: {item['reason']}")
-    if args.report:
-        report.write(args.report)
-        print(f"skip report: {args.report}")
-    print(report.summary())
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="inspect Song Interpretation datasets")
-    sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    stats = sub.add_parser(
-        "stats", help="songs, interpretations, variants, lengths and audio of a dataset"
-    )
-    stats.add_argument("path", help="dataset folder, or one JSON/JSONL/CSV/pickle file")
-    stats.add_argument("--no-audio", action="store_true", help="skip the audio check")
-    stats.add_argument("--workers", type=int, default=None, help="audio check threads")
-    stats.add_argument("--json", action="store_true", help="print the stats as JSON")
-    stats.add_argument("--report", default=None, help="write the skipped rows here (JSON)")
-    stats.set_defaults(func=_stats_command)

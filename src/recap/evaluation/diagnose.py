@@ -17,7 +17,6 @@ same pairing, caption (audio of A, lyrics of B) and score A's audio facts and B'
 
 from __future__ import annotations
 
-import argparse
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,17 +52,19 @@ def input_dependence(
     model: Any,
     lyrics_a: Sequence[Sequence[int]],
     lyrics_b: Sequence[Sequence[int]],
-    music: np.ndarray | None = None,
+    music: Sequence[np.ndarray] | None = None,
     batch_size: int = 16,
 ) -> list[float]:
     """Mean L2 distance between the encoder states of lyrics_a[i] and lyrics_b[i] (token ids),
     at the positions both have, per hidden state: [embeddings, layer 1, …, output].
 
-    `music` (N, M, D): one sequence per pair, the same for both sides, so only the lyrics differ.
+    `music` (N of (M, D)): one sequence per pair, the same for both sides, so only the lyrics
+    differ.
     """
     import torch
 
-    from recap.training.train import Collator
+    from recap.data.batching import music_tensors
+    from recap.training.collate import Collator
 
     collate = Collator(pad_token_id=model.config.pad_token_id)
     device = next(model.parameters()).device
@@ -77,14 +78,14 @@ def input_dependence(
         both = (ids_a[:, :common] != collate.pad_token_id) & (
             ids_b[:, :common] != collate.pad_token_id
         )  # (B, common)
-        music_t = None
+        music_t = {}
         if music is not None and model.config.use_music:
-            music_t = torch.from_numpy(np.asarray(music[list(idx)], dtype=np.float32)).to(device)
+            music_t = music_tensors([music[i] for i in idx], device)
         with torch.inference_mode():
             states = []
             for ids in (ids_a, ids_b):
                 enc = model.encode(
-                    ids.to(device), (ids != collate.pad_token_id).long().to(device), music_t
+                    ids.to(device), (ids != collate.pad_token_id).long().to(device), **music_t
                 )
                 states.append(torch.stack([h[:, :common] for h in enc.hidden_states]))
         # (S, B, common, d) -> (S, B, common): distance per position, summed over valid ones
@@ -110,8 +111,9 @@ def caption_losses(
     lyrics taken from example `lyrics_from[i]` and music from `music_from[i]` (default: own)."""
     import torch
 
+    from recap.data.batching import music_tensors
     from recap.models.losses import caption_loss
-    from recap.training.train import Collator
+    from recap.training.collate import Collator
 
     n = len(examples)
     lyrics_from = list(lyrics_from) if lyrics_from is not None else list(range(n))
@@ -124,16 +126,16 @@ def caption_losses(
     for idx in _batches(n, batch_size):
         input_ids = collate._pad([examples[lyrics_from[i]].lyrics_ids for i in idx])  # (B, S)
         labels = collate._pad([examples[i].caption_ids for i in idx])  # (B, T)
-        music_t = None
+        music_t = {}
         if music is not None and model.config.use_music:
-            stacked = np.stack([np.asarray(music[examples[music_from[i]].song_id]) for i in idx])
-            music_t = torch.from_numpy(stacked.astype(np.float32)).to(device)  # (B, M, D)
+            songs = [examples[music_from[i]].song_id for i in idx]
+            music_t = music_tensors([music[s] for s in songs], device)  # (B, M, D) [+ mask]
         with torch.inference_mode():
             out = model(
                 input_ids.to(device),
                 (input_ids != pad).long().to(device),
                 labels=labels.to(device),
-                music_embeds=music_t,
+                **music_t,
             )
         # The mean over this batch's caption tokens (padding masked whatever the model's loss
         # setting), times their count: batches of different token counts weigh correctly.
@@ -158,7 +160,7 @@ def diagnose_examples(
         raise RecapError("every example has the same lyrics: nothing to compare")
     seqs = None
     if music is not None and model.config.use_music:
-        seqs = np.stack([np.asarray(music[e.song_id]) for e in examples])
+        seqs = [np.asarray(music[e.song_id]) for e in examples]
     dependence = input_dependence(
         model,
         [e.lyrics_ids for e in examples],
@@ -239,7 +241,7 @@ def grounding(
     `rows`: the evaluated `recap.data.songs.Row`s; `captions`: (song id, lyrics) → generated caption;
     `generate(pairs)` captions (song id whose music is used, lyrics) pairs as the evaluation does.
     """
-    from recap.training.train import tokenize_rows
+    from recap.training.collate import tokenize_rows
 
     cfg = model.config
     songs = list(captions)
@@ -302,7 +304,7 @@ def diagnose(
     from recap.data.songs import load_splits
     from recap.evaluation.evaluate import _music_for, resolve_target
     from recap.models.model import RecapModel
-    from recap.training.train import tokenize_rows
+    from recap.training.collate import tokenize_rows
 
     target = resolve_target(model_dir)
     tc = target.train_config
@@ -330,30 +332,3 @@ def diagnose(
     result = diagnose_examples(model, examples, music, seed=seed)
     result.update(model=str(target.model_dir), data=str(data_dir), split=split)
     return result
-
-
-def _handler(args: argparse.Namespace) -> int:
-    import json
-
-    result = diagnose(args.model, args.data, args.split, args.limit, args.encoder, args.seed)
-    print(format_diagnosis(result))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "diagnose",
-        help="does a captioner read its lyrics and hear its audio? (input dependence, loss gaps)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True, help="a RUN folder or a model folder")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--limit", type=int, default=128, help="songs to use (0: all)")
-    p.add_argument("--encoder", default=None, help="music encoder (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the song pairing")
-    p.add_argument("--json", action="store_true", help="also print the result as JSON")
-    p.set_defaults(func=_handler)

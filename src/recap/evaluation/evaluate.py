@@ -23,10 +23,8 @@ reference, prediction; `predictions_seed<S>.csv` per seed when sampling) and `me
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -37,11 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json, known_fields
+from recap.inference.generate import (
+    PAPER_SAMPLING_SEEDS,
+    DecodeSettings,
+    generate_texts,
+    load_model_and_tokenizer,
+    resolve_model_dir,
+)
+from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json, read_json
+
+__all__ = ["PAPER_SAMPLING_SEEDS", "DecodeSettings", "evaluate", "resolve_target"]
 
 logger = logging.getLogger(__name__)
 
-PAPER_SAMPLING_SEEDS = (2022, 2021, 2020)  # the authors' RECAP code (SPEC §2)
 METRICS_NAME = "metrics.json"
 REFERENCE_POLICY = (
     "paper set: one example per (song, interpretation) row, scored against that row's "
@@ -49,78 +55,6 @@ REFERENCE_POLICY = (
     "interpretations. Beam search generates one caption per (song, lyrics), shared by its rows; "
     "sampling draws one per row"
 )
-
-
-@dataclass
-class DecodeConfig:
-    """How captions are generated. The default is deterministic beam search (beams 4, the
-    authors' width, no sampling); `DecodeConfig.paper_sampled()` is the authors' sampled setting.
-
-    `max_new_tokens=None` keeps the model's own setting (512 at paper size, as the papers'
-    max_length). `seeds` are used only when sampling: one full decode per seed.
-    """
-
-    num_beams: int = 4
-    do_sample: bool = False
-    top_p: float = 0.92
-    seeds: tuple[int, ...] = PAPER_SAMPLING_SEEDS
-    no_repeat_ngram_size: int = 3
-    max_new_tokens: int | None = None
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        self.seeds = tuple(int(s) for s in self.seeds)
-        if self.num_beams < 1 or self.batch_size < 1:
-            raise RecapError("num_beams and batch_size must be >= 1")
-        if not 0 < self.top_p <= 1:
-            raise RecapError("top_p must be in (0, 1]")
-        if self.do_sample and not self.seeds:
-            raise RecapError("sampling needs at least one seed")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise RecapError("max_new_tokens must be >= 1")
-
-    @classmethod
-    def paper_sampled(cls, **overrides: Any) -> DecodeConfig:
-        """The authors' RECAP decoding: beams 4, sampling, top_p 0.92, seeds 2022/2021/2020."""
-        return cls(**{"num_beams": 4, "do_sample": True, "top_p": 0.92, **overrides})
-
-    @property
-    def run_seeds(self) -> tuple[int | None, ...]:
-        """One decode per seed when sampling; beam search is deterministic: one unseeded run."""
-        return self.seeds if self.do_sample else (None,)
-
-    def tag(self) -> str:
-        """A short folder name for these settings, e.g. `beam4` or `sample-p0.92-beam4`."""
-        text = (
-            f"sample-p{self.top_p:g}-beam{self.num_beams}"
-            if self.do_sample
-            else f"beam{self.num_beams}"
-        )
-        if self.max_new_tokens is not None:
-            text += f"-len{self.max_new_tokens}"
-        return text
-
-    def generate_kwargs(self, model_max_new_tokens: int) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "num_beams": self.num_beams,
-            "do_sample": self.do_sample,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size,
-            "max_new_tokens": self.max_new_tokens or model_max_new_tokens,
-        }
-        if self.num_beams > 1:
-            kwargs["early_stopping"] = True  # as the papers; meaningless (and warned) for 1 beam
-        if self.do_sample:
-            kwargs["top_p"] = self.top_p
-        return kwargs
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["seeds"] = list(self.seeds)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DecodeConfig:
-        return cls(**known_fields(cls, data))
 
 
 @dataclass
@@ -135,8 +69,6 @@ class EvalTarget:
 
 def resolve_target(path: str | os.PathLike) -> EvalTarget:
     """A RUN folder (its `best/` model) or a model folder (inside a RUN or not)."""
-    from recap.inference.captioner import resolve_model_dir
-
     model_dir = resolve_model_dir(path)
     run_dir = None
     for candidate in (Path(path), model_dir.parent):
@@ -145,14 +77,11 @@ def resolve_target(path: str | os.PathLike) -> EvalTarget:
             break
     train_config: dict[str, Any] = {}
     if run_dir is not None:
-        try:
-            train_config = json.loads((run_dir / "train_config.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecapError(f"cannot read {run_dir / 'train_config.json'}: {exc}") from exc
+        train_config = read_json(run_dir / "train_config.json", "training settings")
     return EvalTarget(model_dir, run_dir, train_config)
 
 
-def default_out_dir(target: EvalTarget, split: str, decode: DecodeConfig) -> Path:
+def default_out_dir(target: EvalTarget, split: str, decode: DecodeSettings) -> Path:
     base = target.run_dir if target.run_dir is not None else target.model_dir
     return base / "eval" / f"{split}-{decode.tag()}"
 
@@ -167,11 +96,14 @@ def _music_for(
     song_ids: Sequence[str],
     encoder: str | None,
     embeddings: Mapping[str, np.ndarray] | None,
+    audio_config: Any = None,
 ) -> Mapping[str, np.ndarray] | None:
     """song id → (M, D) music sequence for a model that listens; None for a lyrics-only one.
 
     The encoder is, in order: `encoder` (the caller's), the one the run trained with (its
-    train_config.json), the frozen encoder saved inside the model.
+    train_config.json), the frozen encoder saved inside the model. The excerpts: `audio_config`,
+    else the windows the model was trained on (its run's settings, else its config's
+    `music_windows`).
     """
     if not model.config.use_music:
         return None
@@ -189,7 +121,13 @@ def _music_for(
             "cannot tell which music encoder made this model's embeddings (no encoder in the "
             "run's train_config.json or in the model folder): pass --encoder"
         )
-    return ensure_embeddings(data_dir, spec, song_ids)
+    if audio_config is None:
+        from recap.data.audio import AudioConfig
+
+        tc = target.train_config
+        windows = tc.get("windows") or getattr(model.config, "music_windows", 1)
+        audio_config = AudioConfig(windows=windows, hop=tc.get("window_hop"))
+    return ensure_embeddings(data_dir, spec, song_ids, audio_config=audio_config)
 
 
 def generate_captions(
@@ -197,59 +135,20 @@ def generate_captions(
     tokenizer: Any,
     songs: Sequence[tuple[str, str]],
     music: Mapping[str, np.ndarray] | None,
-    decode: DecodeConfig,
+    decode: DecodeSettings,
     seed: int | None = None,
     progress: bool = True,
     desc: str = "generate",
 ) -> list[str]:
-    """One caption per (song_id, lyrics), in order. Every song is decoded: the last batch may be
-    smaller than `decode.batch_size`.
-
-    Songs are decoded in order of lyrics length (less padding per batch) and returned in input
-    order. With sampling, torch's generator is seeded once with `seed` before the first batch
-    (as the authors' loop did), so the captions depend on the seed and the batch size.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
+    """One caption per (song_id, lyrics), in order (`recap.inference.generate.generate_texts`)."""
     if not songs:
         return []
-    device = next(model.parameters()).device
     max_len = model.config.max_source_length
     ids = tokenizer([lyr for _, lyr in songs], truncation=True, max_length=max_len)["input_ids"]
-    order = sorted(range(len(songs)), key=lambda i: len(ids[i]))
-    kwargs = decode.generate_kwargs(model.config.generation.max_new_tokens)
-    kwargs["forced_bos_token_id"] = model.config.generation.forced_bos_token_id
-    kwargs["forced_eos_token_id"] = model.config.generation.forced_eos_token_id
-    pad = model.config.pad_token_id
-    if seed is not None:
-        torch.manual_seed(seed)
-    out: list[str] = [""] * len(songs)
-    bar = tqdm(total=len(songs), desc=desc, unit="song", disable=not progress)
-    for start in range(0, len(order), decode.batch_size):
-        chunk = order[start : start + decode.batch_size]
-        longest = max(len(ids[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), longest), pad, dtype=torch.long)  # (B, S)
-        for row, i in enumerate(chunk):
-            input_ids[row, : len(ids[i])] = torch.as_tensor(ids[i])
-        attention_mask = (input_ids != pad).long()
-        music_embeds = None
-        if music is not None:
-            stacked = np.stack([np.asarray(music[songs[i][0]]) for i in chunk])  # (B, M, D)
-            music_embeds = torch.from_numpy(stacked.astype(np.float32)).to(device)
-        with torch.inference_mode():
-            generated = model.generate(
-                input_ids.to(device),
-                attention_mask.to(device),
-                music_embeds=music_embeds,
-                **kwargs,
-            )
-        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        for i, text in zip(chunk, texts):
-            out[i] = text.strip()
-        bar.update(len(chunk))
-    bar.close()
-    return out
+    rows = [music[sid] for sid, _ in songs] if music is not None else None
+    return generate_texts(
+        model, tokenizer, ids, rows, decode, seed=seed, progress=progress, desc=desc
+    )
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -270,7 +169,7 @@ def row_captions(
     tokenizer: Any,
     rows: Sequence[Any],
     music: Mapping[str, np.ndarray] | None,
-    decode: DecodeConfig,
+    decode: DecodeSettings,
     seed: int | None = None,
     progress: bool = True,
     desc: str = "generate",
@@ -330,7 +229,7 @@ def _grounding(
     captions: Mapping[tuple[str, str], str],
     music: Mapping[str, np.ndarray] | None,
     data_dir: Path,
-    decode: DecodeConfig,
+    decode: DecodeSettings,
     seed: int | None,
     progress: bool,
 ) -> dict[str, Any]:
@@ -363,7 +262,7 @@ def evaluate(
     model_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
     split: str = "test",
-    decode: DecodeConfig | None = None,
+    decode: DecodeSettings | None = None,
     variant: str | None = None,
     out_dir: str | os.PathLike | None = None,
     meteor15: bool = True,
@@ -374,9 +273,15 @@ def evaluate(
     limit: int = 0,
     progress: bool = True,
     grounding: bool = True,
+    audio_config: Any = None,
+    without_lyrics: bool = False,
 ) -> dict[str, Any]:
     """Caption every row of `split`, score it, write predictions CSV + metrics JSON; return the
     metrics (also at `result["out_dir"]/metrics.json`).
+
+    `audio_config`: the excerpts heard (`recap.data.audio.AudioConfig`; default: the windows
+    the run trained with). `without_lyrics`: caption every song from its audio alone (empty
+    lyrics), to measure what the audio carries; the references are unchanged.
 
     `model_dir`: a RUN folder or a model folder. `variant` only matters for `val` (the test
     split is shared; default: the run's variant). `embeddings`: song id → music sequence, to
@@ -384,8 +289,6 @@ def evaluate(
     `grounding`: add `recap.evaluation.diagnose.grounding` on the first seed's captions (distinct captions,
     input dependence, lyrics / audio gaps, and the swap test on a benchmark with truth).
     """
-    import torch
-
     from recap.data.songs import load_splits
     from recap.evaluation.metrics import (
         METRIC_SETS,
@@ -393,9 +296,8 @@ def evaluate(
         metric_sets,
         strip_per_example,
     )
-    from recap.models.model import RecapModel
 
-    decode = decode or DecodeConfig()
+    decode = (decode or DecodeSettings()).check()
     data_dir = Path(data_dir)
     target = resolve_target(model_dir)
     status = run_status(target.run_dir)
@@ -417,15 +319,20 @@ def evaluate(
     if not rows:
         raise RecapError(f"{data_dir} has no {split} rows")
 
-    model = RecapModel.from_pretrained(target.model_dir)
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise RecapError(f"{target.model_dir} holds no tokenizer files")
-    dev = torch.device(device) if device is not None else _default_device()
-    model.to(dev).eval()
+    model, tokenizer, _ = load_model_and_tokenizer(target.model_dir, device, needs_audio=False)
 
+    if without_lyrics:
+        from recap.inference.captioner import no_audio_message
+
+        grounding = False  # the swap test needs lyrics to swap
+
+        if not model.config.use_music:
+            raise RecapError(no_audio_message(model.config.method))
+        rows = [dataclasses.replace(r, lyrics="") for r in rows]
     songs = list(dict.fromkeys((r.song_id, r.lyrics) for r in rows))  # unique, in order
-    music = _music_for(model, target, data_dir, sorted({s for s, _ in songs}), encoder, embeddings)
+    music = _music_for(
+        model, target, data_dir, sorted({s for s, _ in songs}), encoder, embeddings, audio_config
+    )
     if music is not None:
         lost = {s for s, _ in songs if s not in music}
         for sid in sorted(lost):
@@ -438,6 +345,9 @@ def evaluate(
             raise RecapError("no evaluable rows: every song lacks a music embedding")
 
     out = Path(out_dir) if out_dir is not None else default_out_dir(target, split, decode)
+    if out_dir is None and (without_lyrics or audio_config is not None):
+        windows = f"-w{audio_config.windows}" if audio_config is not None else ""
+        out = out.with_name(out.name + ("-nolyrics" if without_lyrics else "") + windows)
     out.mkdir(parents=True, exist_ok=True)
     references = [r.comment for r in rows]
     song_ids = [r.song_id for r in rows]
@@ -537,12 +447,6 @@ def _run_summary(run: Mapping[str, Any]) -> dict[str, float]:
     return summary
 
 
-def _default_device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # ------------------------------------------------------------------------------ CLI
 
 
@@ -583,7 +487,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
     labelled metric set (and the benchmark's attribute accuracy)."""
     lines = [
         f"{result['method']} on {result['split']} ({result['n_examples']} examples, "
-        f"{result['n_songs']} songs; decode {DecodeConfig.from_dict(result['decode']).tag()})"
+        f"{result['n_songs']} songs; decode {DecodeSettings.from_dict(result['decode']).tag()})"
     ]
     status = result.get("run_status") or {}
     if status.get("finished") is False:
@@ -593,90 +497,3 @@ def format_summary(result: Mapping[str, Any]) -> str:
         lines.append(f"  (means over seeds {', '.join(str(r['seed']) for r in result['runs'])})")
     lines.append(f"written to {result['out_dir']}")
     return "\n".join(lines)
-
-
-def add_decode_arguments(
-    parser: argparse.ArgumentParser, seeds_flag: str = "--seeds", seeds_help: str | None = None
-) -> None:
-    """Decoding flags; `seeds_flag` names the sampling seeds (`recap experiment` keeps
-    `--seeds` for training seeds and calls this one `--sample-seeds`)."""
-    d = DecodeConfig()
-    parser.add_argument("--beams", type=int, default=d.num_beams, help="beam width (default 4)")
-    parser.add_argument(
-        "--sample",
-        action="store_true",
-        help="the authors' sampled decoding (top-p 0.92, beams 4): a fresh caption for every "
-        "row (default: deterministic beam search, one caption per song)",
-    )
-    parser.add_argument("--top-p", type=float, default=d.top_p, help="nucleus mass when sampling")
-    parser.add_argument(
-        seeds_flag,
-        dest="sample_seeds",
-        default=",".join(str(s) for s in d.seeds),
-        help=seeds_help
-        or "comma-separated sampling seeds (with --sample); metrics are averaged over them",
-    )
-    parser.add_argument(
-        "--no-repeat-ngram-size", type=int, default=d.no_repeat_ngram_size, help="(default 3)"
-    )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="caption length (default: the model's)"
-    )
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="songs per batch")
-
-
-def decode_from_args(args: argparse.Namespace) -> DecodeConfig:
-    try:
-        seeds = tuple(int(s) for s in str(args.sample_seeds).split(",") if s.strip())
-    except ValueError as exc:
-        raise RecapError(
-            f"sampling seeds must be comma-separated integers: {args.sample_seeds!r}"
-        ) from exc
-    return DecodeConfig(
-        num_beams=args.beams,
-        do_sample=args.sample,
-        top_p=args.top_p,
-        seeds=seeds,
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-    )
-
-
-def _handler(args: argparse.Namespace) -> int:
-    result = evaluate(
-        args.model,
-        args.data,
-        split=args.split,
-        decode=decode_from_args(args),
-        variant=args.variant,
-        out_dir=args.out,
-        meteor15=not args.no_meteor15,
-        encoder=args.encoder,
-        bootstrap=args.bootstrap,
-        device=args.device,
-        limit=args.limit,
-    )
-    print(format_summary(result))
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="caption a split and score it (paper and caption metric sets, attribute accuracy)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", required=True, help="a training RUN folder or a model folder")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--variant", default=None, help="for --split val (default: the run's)")
-    add_decode_arguments(p)
-    p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
-    p.add_argument("--encoder", default=None, help="music encoder (default: the run's)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--out", default=None, help="output folder (default RUN/eval/<split>-<tag>)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
-    p.set_defaults(func=_handler)

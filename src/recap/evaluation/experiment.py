@@ -15,10 +15,7 @@ command again only fills what is missing. Seeds are recorded in every output.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -30,89 +27,21 @@ from typing import Any
 
 import numpy as np
 
-from recap.evaluation.evaluate import (
-    METRICS_NAME,
-    PAPER_SAMPLING_SEEDS,
-    DecodeConfig,
-    add_decode_arguments,
-    decode_from_args,
+from recap.evaluation.evaluate import METRICS_NAME
+from recap.evaluation.table1 import (
+    VARIANT_NAMES,
+    aggregate,
+    render_table1,
+    write_table1,
 )
-from recap.utils import RecapError, atomic_write_json, atomic_write_text
+from recap.inference.generate import (
+    PAPER_SAMPLING_SEEDS,
+    DecodeSettings,
+)
+from recap.models.config import METHODS
+from recap.utils import RecapError, atomic_write_json
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("bart", "bart-fusion", "recap")
-METHOD_NAMES = {"bart": "BART", "bart-fusion": "BART-fusion", "recap": "RECAP"}
-VARIANT_NAMES = {"full": "Dataset full", "not_negative": "vote ≥ 0", "positive": "vote > 0"}
-
-# The paper's Table 1 (SPEC §2), in percent: ROUGE-1/2/L recall and METEOR (NLTK), each method
-# trained on the variant and tested on the shared test split. No attribute accuracy exists there.
-PAPER_TABLE1: dict[str, dict[str, dict[str, float]]] = {
-    "full": {
-        "bart": {"ROUGE-1": 44.1, "ROUGE-2": 14.0, "ROUGE-L": 24.5, "METEOR": 22.5},
-        "bart-fusion": {"ROUGE-1": 46.1, "ROUGE-2": 15.0, "ROUGE-L": 25.1, "METEOR": 23.0},
-        "recap": {"ROUGE-1": 48.4, "ROUGE-2": 15.7, "ROUGE-L": 26.3, "METEOR": 27.5},
-    },
-    "positive": {
-        "bart": {"ROUGE-1": 41.2, "ROUGE-2": 13.0, "ROUGE-L": 22.8, "METEOR": 22.0},
-        "bart-fusion": {"ROUGE-1": 44.3, "ROUGE-2": 14.6, "ROUGE-L": 24.7, "METEOR": 22.6},
-        "recap": {"ROUGE-1": 51.2, "ROUGE-2": 16.3, "ROUGE-L": 27.6, "METEOR": 27.9},
-    },
-}
-
-# Table 1's column groups: (metric set, heading, ((column name, key in evaluate()'s summary),
-# ...)). The paper set is the one comparable with the paper's numbers (ROUGE is recall, as the
-# papers; "METEOR" in the paper is NLTK's); the caption set is the caption literature's.
-TABLE_SETS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    (
-        "paper",
-        "Paper metrics (the papers' evaluation; comparable with the paper's Table 1)",
-        (
-            ("ROUGE-1", "ROUGE-1 recall"),
-            ("ROUGE-2", "ROUGE-2 recall"),
-            ("ROUGE-L", "ROUGE-L recall"),
-            ("METEOR", "METEOR (NLTK)"),
-            ("ROUGE-L F1", "ROUGE-L F1"),
-        ),
-    ),
-    (
-        "caption",
-        "Caption metrics (pycocoevalcap, multi-reference: comparable with other captioners)",
-        (
-            ("BLEU-1", "BLEU-1"),
-            ("BLEU-2", "BLEU-2"),
-            ("BLEU-3", "BLEU-3"),
-            ("BLEU-4", "BLEU-4"),
-            ("METEOR 1.5", "METEOR 1.5"),
-            ("ROUGE-L (COCO)", "ROUGE-L (COCO)"),
-            ("CIDEr-D", "CIDEr-D"),
-        ),
-    ),
-    (
-        "attributes",
-        "Attribute accuracy (rendered-songs benchmark only)",
-        (
-            ("Attr. audio", "attribute accuracy audio"),
-            ("Attr. lyrics", "attribute accuracy lyrics"),
-        ),
-    ),
-    (
-        "grounding",
-        "Grounding (rendered-songs benchmark: do the captions follow the lyrics and the audio?)",
-        (
-            ("Distinct", "distinct captions"),
-            ("Swap audio", "swap audio"),
-            ("Swap lyrics", "swap lyrics"),
-        ),
-    ),
-)
-TABLE_COLUMNS: tuple[tuple[str, str], ...] = tuple(c for _, _, cols in TABLE_SETS for c in cols)
-# Grounding measures that are not percentages (recap.evaluation.diagnose): shown in a table of their own.
-GROUNDING_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("Lyrics gap (nats/token)", "lyrics gap"),
-    ("Audio gap (nats/token)", "audio gap"),
-    ("Encoder output / embeddings dependence", "encoder dependence"),
-)
 
 
 @dataclass
@@ -133,7 +62,7 @@ class ExperimentConfig:
     # Training seeds; None: 0, or with sampling the authors' 2022, 2021, 2020.
     seeds: tuple[int, ...] | None = None
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
     # With sampling: True samples each trained model once with its own training seed (the
     # authors' protocol); False samples every model with each of `decode.seeds`.
     paired_sampling: bool = True
@@ -160,7 +89,7 @@ class ExperimentConfig:
     def run_dir(self, variant: str, name: str, seed: int) -> Path:
         return Path(self.out) / variant / name / f"seed{seed}"
 
-    def decode_for(self, seed: int) -> DecodeConfig:
+    def decode_for(self, seed: int) -> DecodeSettings:
         """The decoding of the model trained with `seed`: under paired sampling it is sampled
         once, with that same seed (the authors' code); otherwise `decode` as given."""
         if self.decode.do_sample and self.paired_sampling:
@@ -253,7 +182,7 @@ def train_and_evaluate(
 
 
 def _cached_metrics(
-    path: Path, cfg: ExperimentConfig, run: Path, decode: DecodeConfig | None = None
+    path: Path, cfg: ExperimentConfig, run: Path, decode: DecodeSettings | None = None
 ) -> dict[str, Any] | None:
     """A finished evaluation of this run's current model, with the same metric definitions,
     decoding (`decode`, default the config's), bootstrap and the METEOR 1.5 this config asks
@@ -287,197 +216,6 @@ def _effective_weight(method: str, size: str, align_weight: float | None) -> flo
     from recap.models.config import RecapConfig
 
     return float(RecapConfig.preset(method, size).align_weight)
-
-
-# ------------------------------------------------------------------------------ Table 1
-
-
-def aggregate(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (variant, method): each metric's mean over seeds, the mean of the per-seed
-    bootstrap bounds, and the seeds' standard deviation (0 with one seed)."""
-    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["variant"], r["method"]), []).append(r)
-    rows = []
-    for (variant, method), recs in groups.items():
-        row: dict[str, Any] = {
-            "variant": variant,
-            "method": method,
-            "seeds": [r["seed"] for r in recs],
-            "runs": [r["run"] for r in recs],
-            "n_examples": recs[0].get("n_examples"),
-        }
-        for _, key in TABLE_COLUMNS + GROUNDING_COLUMNS:
-            values = [r["summary"][key] for r in recs if key in r["summary"]]
-            if not values:
-                continue
-            lows = [r["summary"].get(f"{key} low") for r in recs]
-            highs = [r["summary"].get(f"{key} high") for r in recs]
-            row[key] = {
-                "mean": float(np.mean(values)),
-                "low": float(np.mean(lows)) if None not in lows else None,
-                "high": float(np.mean(highs)) if None not in highs else None,
-                "seed_std": float(np.std(values)),
-                "per_seed": values,
-            }
-        rows.append(row)
-    order = {m: i for i, m in enumerate(METHODS)}
-    variants = list(VARIANT_NAMES)
-    rows.sort(key=lambda r: (variants.index(r["variant"]), order[r["method"]]))
-    return rows
-
-
-def _cell(stat: Mapping[str, Any] | None, intervals: bool = True) -> str:
-    if stat is None:
-        return "—"
-    text = f"{100 * stat['mean']:.1f}"
-    if intervals and stat.get("low") is not None and stat.get("high") is not None:
-        text += f" [{100 * stat['low']:.1f}, {100 * stat['high']:.1f}]"
-    return text
-
-
-def render_table1(
-    rows: Sequence[Mapping[str, Any]],
-    decode: Mapping[str, Any] | None = None,
-    protocol: str | None = None,
-) -> str:
-    """Markdown Table 1, one table per labelled metric set: our numbers (with 95% bootstrap
-    intervals) and, in the paper set, the paper's on the line below each, labelled. Percent."""
-    lines: list[str] = []
-    for name, heading, columns in TABLE_SETS:
-        present = [(c, key) for c, key in columns if any(key in r for r in rows)]
-        if not present:
-            continue
-        head = ["Training data", "Method", "Source", *(c for c, _ in present)]
-        lines += [
-            f"**{heading}**",
-            "",
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] * 3 + ["---:"] * len(present)) + "|",
-        ]
-        for r in rows:
-            seeds = ",".join(str(s) for s in r["seeds"])
-            ours = [_cell(r.get(key)) for _, key in present]
-            variant, method = VARIANT_NAMES[r["variant"]], METHOD_NAMES[r["method"]]
-            lines.append(
-                f"| {variant} | {method} | ours (seed {seeds}) | " + " | ".join(ours) + " |"
-            )
-            paper = PAPER_TABLE1.get(r["variant"], {}).get(r["method"]) if name == "paper" else None
-            if paper is not None:
-                cells = [f"{paper[c]:.1f}" if c in paper else "—" for c, _ in present]
-                lines.append(f"| {variant} | {method} | paper | " + " | ".join(cells) + " |")
-        lines.append("")
-    notes = [
-        "Percent. Paper metrics: ROUGE-1/2/L recall (`mid.recall` of rouge_score's bootstrap, no "
-        "stemmer), as the papers report, ROUGE-L F1 beside it, and METEOR = NLTK's "
-        "`single_meteor_score` (the papers' METEOR); every test row scored against its own "
-        "interpretation. Caption metrics: pycocoevalcap's BLEU-1..4, METEOR 1.5 (the Java jar; "
-        "about half the NLTK figure), ROUGE-L (LCS F-measure, beta 1.2) and CIDEr-D on "
-        "PTB-tokenised text, one caption per song against all of its interpretations. Attr.: "
-        "mean attribute accuracy over the benchmark's audio / lyrics slots (the paper has none). "
-        "Brackets: 95% bootstrap intervals over test rows (paper) or songs (caption), averaged "
-        "over seeds when several. The paper's rows are its Song Interpretation Dataset results, "
-        "not comparable in level with a different dataset or model size.",
-    ]
-    notes[-1] += (
-        " Distinct: different captions per different input (songs; distinct lyrics for the "
-        "lyrics-only BART). Swap: captions of (audio of song A, lyrics of song B) for a fixed "
-        "pairing, A's audio facts and B's lyrics facts right."
-    )
-    if protocol:
-        notes.append(f"Seeds: {protocol}.")
-    if decode is not None:
-        notes.append(
-            f"Decoding: {DecodeConfig.from_dict(dict(decode)).tag()} ({json.dumps(dict(decode))})."
-        )
-    return "\n".join(lines + notes + render_grounding(rows)) + "\n"
-
-
-def render_grounding(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Markdown lines: the loss gaps and encoder input dependence (`recap diagnose`), mean and
-    standard deviation over seeds; empty when no run measured them."""
-    columns = [(c, k) for c, k in GROUNDING_COLUMNS if any(k in r for r in rows)]
-    if not columns:
-        return []
-    lines = [
-        "",
-        "| Training data | Method | " + " | ".join(c for c, _ in columns) + " |",
-        "|---|---|" + "---:|" * len(columns),
-    ]
-    for r in rows:
-        cells = []
-        for _, key in columns:
-            stat = r.get(key)
-            cells.append("—" if stat is None else f"{stat['mean']:+.3f} ± {stat['seed_std']:.3f}")
-        variant, method = VARIANT_NAMES[r["variant"]], METHOD_NAMES[r["method"]]
-        lines.append(f"| {variant} | {method} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Gaps: the teacher-forced caption loss on test references with another song's lyrics "
-        "(or music) minus with the song's own; ≈ 0 means the model ignores that input. "
-        "Dependence: how far two songs' encoder outputs are apart, as a share of how far their "
-        "embeddings are (a collapsed encoder gives ≈ 0). ± is the spread over seeds.",
-    ]
-    return lines
-
-
-def table1_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One line per (variant, method, source) with mean/low/high per metric; percent."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    header = ["variant", "method", "source", "seeds"]
-    for _, key in TABLE_COLUMNS:
-        header += [key, f"{key} low", f"{key} high"]
-    writer.writerow(header)
-    for r in rows:
-        line = [r["variant"], r["method"], "ours", " ".join(str(s) for s in r["seeds"])]
-        for _, key in TABLE_COLUMNS:
-            stat = r.get(key)
-            line += (
-                ["", "", ""]
-                if stat is None
-                else [_pct(stat["mean"]), _pct(stat.get("low")), _pct(stat.get("high"))]
-            )
-        writer.writerow(line)
-        paper = PAPER_TABLE1.get(r["variant"], {}).get(r["method"])
-        if paper is not None:
-            line = [r["variant"], r["method"], "paper", ""]
-            for col, _ in TABLE_COLUMNS:
-                line += [f"{paper[col]:.1f}" if col in paper else "", "", ""]
-            writer.writerow(line)
-    return buf.getvalue()
-
-
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.2f}"
-
-
-def write_table1(
-    rows: Sequence[Mapping[str, Any]],
-    out: str | os.PathLike,
-    decode: Mapping[str, Any] | None,
-    records: Sequence[Mapping[str, Any]] = (),
-    protocol: str | None = None,
-) -> dict[str, Path]:
-    """table1.md, table1.json (rows, the metric sets, the paper's numbers, every run record)
-    and table1.csv."""
-    out = Path(out)
-    paths = {"md": out / "table1.md", "json": out / "table1.json", "csv": out / "table1.csv"}
-    atomic_write_text(paths["md"], render_table1(rows, decode, protocol))
-    sets = {name: [key for _, key in cols] for name, _, cols in TABLE_SETS}
-    atomic_write_json(
-        paths["json"],
-        {
-            "rows": list(rows),
-            "metric_sets": sets,
-            "paper": PAPER_TABLE1,
-            "decode": decode,
-            "seed_protocol": protocol,
-            "runs": list(records),
-        },
-    )
-    atomic_write_text(paths["csv"], table1_csv(rows))
-    return paths
 
 
 def run_table1(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -614,119 +352,3 @@ def plot_sweep(
     plt.close(fig)
     os.replace(tmp, path)
     return path
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _csv_list(text: str, cast: type = str) -> tuple:
-    try:
-        return tuple(cast(x.strip()) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise RecapError(f"cannot parse the list {text!r}") from exc
-
-
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    """--train KEY=VALUE (JSON values, else strings) → TrainConfig overrides."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise RecapError(f"--train takes KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
-
-
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    # Without --sample-seeds, sampling pairs each model with its own training seed (the authors').
-    paired = args.sample_seeds is None
-    if paired:  # decode.seeds is then only a placeholder: each run gets its own seed
-        paper_seeds = ",".join(str(s) for s in PAPER_SAMPLING_SEEDS)
-        args = argparse.Namespace(**{**vars(args), "sample_seeds": paper_seeds})
-    decode = decode_from_args(args)
-    return ExperimentConfig(
-        data=args.data,
-        out=args.out,
-        size=args.size,
-        encoder=args.encoder,
-        bart=args.bart,
-        variants=_csv_list(args.variants) if hasattr(args, "variants") else (args.variant,),
-        seeds=_csv_list(args.seeds, int) if args.seeds else None,
-        train_overrides=_parse_set(args.train),
-        decode=decode,
-        paired_sampling=paired,
-        meteor15=not args.no_meteor15,
-        bootstrap=args.bootstrap,
-        device=args.device,
-    )
-
-
-def _table1_handler(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    result = run_table1(cfg)
-    print(result["markdown"])
-    print(f"written: {', '.join(result['paths'].values())}")
-    return 0
-
-
-def _sweep_handler(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    weights = _csv_list(args.weights, float)
-    result = run_sweep(cfg, weights, variant=args.variant)
-    for p in result["points"]:
-        print(
-            f"w={p['align_weight']:<6g} {p['metric']} {100 * p['mean']:.2f} [{100 * p['low']:.2f}, {100 * p['high']:.2f}] seeds {p['seeds']}"
-        )
-    print(f"written: {result['png']}")
-    return 0
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--out", default="runs/experiments", help="root of the runs and outputs")
-    p.add_argument("--size", default="small", help="model size: tiny | small | paper")
-    p.add_argument(
-        "--encoder", default=None, help="music encoder (tagger folder or CNNSA checkpoint)"
-    )
-    p.add_argument("--bart", default=None, help="pretrained BART (e.g. facebook/bart-base)")
-    p.add_argument(
-        "--seeds",
-        default=None,
-        help="training seeds, comma-separated (default 0; with --sample the authors' "
-        "2022,2021,2020, each model sampled once with its own seed)",
-    )
-    p.add_argument(
-        "--train",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="TrainConfig override (repeatable), e.g. epochs=5",
-    )
-    add_decode_arguments(
-        p,
-        seeds_flag="--sample-seeds",
-        seeds_help="with --sample: sample EVERY model with each of these seeds (metrics averaged) "
-        "instead of the authors' protocol (each model once, with its own training seed)",
-    )
-    # None = paired: each model sampled with its own training seed; a list overrides that.
-    p.set_defaults(sample_seeds=None)
-    p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("experiment", help="the paper's Table 1 and Figure 2")
-    sub = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
-    t = sub.add_parser("table1", help="train + evaluate BART, BART-fusion, RECAP; print Table 1")
-    _common(t)
-    t.add_argument("--variants", default="full,positive", help="training variants")
-    t.set_defaults(func=_table1_handler)
-    s = sub.add_parser("sweep", help="Figure 2: ROUGE-L against the alignment weight w")
-    _common(s)
-    s.add_argument("--weights", default="0,0.005,0.01,0.02,0.05,0.1", help="values of w")
-    s.add_argument("--variant", default="full", help="training variant")
-    s.set_defaults(func=_sweep_handler)

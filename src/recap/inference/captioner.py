@@ -7,23 +7,29 @@ folder, whose `best/` is used) with its tokenizer and audio settings:
     cap.caption("song.mp3", lyrics)                       # a path ...
     cap.caption(samples, lyrics, sample_rate=44100)       # ... or an array with its rate
     cap.caption_batch([("a.mp3", la), ("b.mp3", lb)])     # batched
+    cap.caption("instrumental.wav")                       # no lyrics: an audio-only interpretation
+
+A song is heard in as many windows of 15 s as the model was trained on (`RecapConfig.
+music_windows`), or, for a model trained on several, in up to `DEFAULT_WINDOWS` (its first 3
+minutes); `windows=` / `audio_config` override it. Fusion attends over all the windows' music
+tokens. Without lyrics the lyrics
+encoder gets the empty text (<s></s>), as captioners trained with `lyrics_dropout` saw it; the
+lyrics-only `bart` method hears no audio and refuses such songs.
 
 `recap caption` runs it over one file, a folder of audio files with `<stem>.txt` lyrics beside
 them, or a manifest (CSV / JSONL with `audio` and `lyrics` or `lyrics_path` columns). Bad items
-(unreadable audio, missing lyrics) are reported per item in the output and in a skip report; the
-job goes on, and exits non-zero only when every item failed.
+(unreadable audio) are reported per item in the output and in a skip report; the job goes on,
+and exits non-zero only when every item failed. Songs without lyrics get an audio-only caption.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from recap.data.songs import prepare_lyrics
+from recap.inference.generate import (
+    DecodeSettings,
+    generate_texts,
+    load_model_and_tokenizer,
+)
 from recap.utils import RecapError, SkipReport, is_file
 
 log = logging.getLogger(__name__)
@@ -48,152 +60,46 @@ AUDIO_SUFFIXES = (
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
 
 AudioInput = str | os.PathLike | np.ndarray
-MAX_SEED = 2**64 - 1  # torch.manual_seed's range
+# Whole songs: up to 12 windows of 15 s, the first 3 minutes (the paper hears the first 15 s).
+# Heard by default only by a model trained on several windows (`RecapConfig.music_windows`):
+# a captioner trained on one window captions worse from more (docs/results.md).
+DEFAULT_WINDOWS = 12
+# Windows per music-encoder call: bounds the encoder's activation memory whatever the batch.
+ENCODER_CHUNK = 32
 
 
-# ---------------------------------------------------------------------------- model folders
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model folder behind `path`: a model folder itself, a training RUN's `best/`, the
-    RECAP model of a `recap demo` folder, or the one best model anywhere below `path`."""
-    path = Path(path)
-    if not path.exists():
-        raise RecapError(f"model folder {path} does not exist")
-    # best.old: a kill between the two renames that replace best/ leaves only that copy.
-    for candidate in (path, path / "best", path / "best.old"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    found = _best_models_below(path)
-    if (path / "demo_config.json").is_file():
-        # The demo trains three methods (and the sweep): its captioner is the RECAP model.
-        demo = [f for f in found if f.parts[-4:-2] == ("full", "recap")]
-        found = demo or found
-    if len(found) == 1:
-        return found[0]
-    listing = "".join(f"\n  {f}" for f in found[:12]) + ("\n  …" if len(found) > 12 else "")
-    raise RecapError(
-        f"{path} is neither a model folder (config.json + model.safetensors) nor a training run "
-        "with a best/ model folder"
-        + (f"; it holds {len(found)} trained models, pass one of them:{listing}" if found else "")
+def no_audio_message(method: str) -> str:
+    return (
+        f"the {method} model reads lyrics only and hears no audio, so it cannot interpret a song "
+        "without lyrics: give the lyrics, or use a model that listens (bart-fusion or recap)"
     )
 
 
-def _best_models_below(path: Path, depth: int = 6) -> list[Path]:
-    """Every RUN/best model folder at most `depth` levels below `path`, sorted."""
-    found = []
-    for level in range(1, depth + 1):
-        found += [c.parent for c in path.glob("/".join(["*"] * level) + "/config.json")]
-    return sorted({f for f in found if f.name == "best" and (f / "model.safetensors").is_file()})
+def default_windows(model_config: Any) -> int:
+    """The windows a model hears when the caller does not say: the whole song (up to
+    DEFAULT_WINDOWS) for a model trained on several windows, else the count it was trained on
+    (1 for the paper's single excerpt and for models saved before windows existed)."""
+    trained = int(getattr(model_config, "music_windows", 1) or 1)
+    return max(DEFAULT_WINDOWS, trained) if trained > 1 else trained
 
 
-def load_model_and_tokenizer(path: str | os.PathLike, device: Any = None) -> tuple[Any, Any, Path]:
-    """Load (model in eval mode on `device`, tokenizer, resolved folder); every failure is a
-    RecapError naming the folder, so the CLI and the server report it without a traceback."""
-    import torch
+def listening_config(
+    model_config: Any, windows: int | None = None, hop: float | None = None
+) -> Any:
+    """The `AudioConfig` a model hears songs with: `windows` (default: `default_windows`)
+    excerpts of 15 s, `hop` seconds apart (default: back to back)."""
+    from recap.data.audio import AudioConfig
 
-    from recap.models.model import RecapModel
-
-    folder = resolve_model_dir(path)
-    try:
-        model = RecapModel.from_pretrained(folder)
-    except RecapError:
-        raise
-    except Exception as exc:  # a truncated safetensors file, a missing tensor, a bad JSON ...
-        raise RecapError(
-            f"cannot load the model in {folder}: {type(exc).__name__}: {exc} "
-            "(corrupt checkpoint, or written by an incompatible version of recap?)"
-        ) from exc
-    # NaN weights make every caption an empty string with no error at all: catch them here.
-    bad = [
-        name
-        for name, t in model.state_dict().items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
-    if bad:
-        raise RecapError(
-            f"the model in {folder} has NaN or infinite weights ({', '.join(bad[:3])}"
-            f"{', ...' if len(bad) > 3 else ''}); its captions would be empty: retrain or "
-            "re-export it"
-        )
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise RecapError(f"{folder} holds no tokenizer files (tokenizer.json); re-save the model")
-    if model.music_encoder is None and model.config.use_music:
-        raise RecapError(
-            f"the model in {folder} has no music encoder, so it cannot read audio; export it "
-            "with the music encoder included (RecapConfig.with_music_encoder=True)"
-        )
-    device = torch.device(device) if device is not None else default_device()
-    return model.to(device).eval(), tokenizer, folder
-
-
-def default_device() -> Any:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def prepare_lyrics(text: str) -> str:
-    """Lyrics as the model saw them in training: line breaks become ';' (SPEC §1.2, as
-    `recap.data.songs.load_rows` does); the trailing newline of a text file is dropped first."""
-    return re.sub(r"\r?\n", ";", text.strip())
-
-
-# ---------------------------------------------------------------------------- decoding
-@dataclass
-class DecodeOptions:
-    """Decoding settings for one call; None means the model's own generation default."""
-
-    num_beams: int | None = None
-    do_sample: bool | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    no_repeat_ngram_size: int | None = None
-    seed: int | None = None
-
-    def merged(self, defaults: Any, max_positions: int | None = None) -> dict[str, Any]:
-        """generate() keyword arguments: these values over the model's `GenerationSettings`.
-
-        Every value is checked here, before any work starts, so that a bad option is a clear
-        RecapError (a 422 from the server) and never a failure deep inside generation.
-        `max_positions`: the decoder's position limit, which caps max_new_tokens.
-        """
-        kwargs: dict[str, Any] = {}
-        for name in ("num_beams", "do_sample", "top_p", "max_new_tokens", "no_repeat_ngram_size"):
-            value = getattr(self, name)
-            kwargs[name] = value if value is not None else getattr(defaults, name)
-        for name in ("num_beams", "max_new_tokens", "no_repeat_ngram_size"):
-            if isinstance(kwargs[name], bool) or not isinstance(kwargs[name], int):
-                raise RecapError(f"{name} must be an integer, got {kwargs[name]!r}")
-        if kwargs["num_beams"] < 1:
-            raise RecapError("num_beams must be >= 1")
-        if isinstance(kwargs["top_p"], bool) or not isinstance(kwargs["top_p"], int | float):
-            raise RecapError(f"top_p must be a number, got {kwargs['top_p']!r}")
-        if not 0 < kwargs["top_p"] <= 1:
-            raise RecapError("top_p must be in (0, 1]")
-        if kwargs["max_new_tokens"] < 1:
-            raise RecapError("max_new_tokens must be >= 1")
-        if max_positions is not None and kwargs["max_new_tokens"] > max_positions:
-            raise RecapError(
-                f"max_new_tokens must be at most {max_positions}, the model's position limit "
-                f"(got {kwargs['max_new_tokens']})"
-            )
-        if kwargs["no_repeat_ngram_size"] < 0:
-            raise RecapError("no_repeat_ngram_size must be >= 0")
-        if self.seed is not None and (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed <= MAX_SEED
-        ):
-            raise RecapError(f"seed must be an integer from 0 to {MAX_SEED} (2**64 - 1)")
-        if not kwargs["do_sample"]:
-            kwargs.pop("top_p")  # only meaningful when sampling; HF warns otherwise
-        return kwargs
+    return AudioConfig(
+        windows=windows if windows is not None else default_windows(model_config), hop=hop
+    )
 
 
 # ---------------------------------------------------------------------------- inputs
 @dataclass
 class SongInput:
-    """One song to caption or index. `lyrics` None means "missing" (reported, not guessed)."""
+    """One song to caption or index. `lyrics` None (or empty) means the song has none: its
+    interpretation comes from the audio alone."""
 
     id: str
     audio: AudioInput
@@ -213,6 +119,11 @@ class CaptionResult:
     audio: str
     caption: str | None = None
     error: str | None = None
+    windows: int | None = None  # how many windows of audio the model heard
+    # the windows whole-song listening would take (up to DEFAULT_WINDOWS): more than `windows`
+    # when the model hears less than the song by default (trained on fewer windows)
+    song_windows: int | None = None
+    lyrics: bool | None = None  # whether lyrics were given (False: an audio-only interpretation)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -375,9 +286,11 @@ class Captioner:
         source: Path | None = None,
         int8: bool = False,
     ):
-        """`int8`: quantize the model's Linear layers to int8 (CPU only; a copy, `model` is
-        left as it is) — faster decoding on a CPU, slightly different captions (docs/cpu.md)."""
-        from recap.data.audio import AudioConfig
+        """`audio_config`: the windows heard (`recap.data.audio.AudioConfig`); default
+        `listening_config(model.config)`: as many as `default_windows` of 15 s, back to back.
+        `int8`: quantize the model's Linear layers to int8 (CPU only; a copy, `model` is left
+        as it is) — faster decoding on a CPU, slightly different captions (docs/cpu.md)."""
+        from recap.models.encoders import audio_config_for
 
         if int8:
             from recap.inference.quantize import quantize_int8
@@ -386,18 +299,46 @@ class Captioner:
         self.model = model
         self.int8 = int8
         self.tokenizer = tokenizer
-        self.audio_config = audio_config or AudioConfig()
+        if audio_config is None:
+            audio_config = listening_config(model.config)
+        # audio is decoded at the music encoder's rate (16 kHz CNNSA, 48 kHz CLAP)
+        self.audio_config = audio_config_for(getattr(model, "music_encoder", None), audio_config)
         self.source = source
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: Any = None, int8: bool = False
+        cls,
+        path: str | os.PathLike,
+        device: Any = None,
+        encoder: Any = None,
+        windows: int | None = None,
+        hop: float | None = None,
+        int8: bool = False,
     ) -> Captioner:
-        """Load a model folder or a training RUN folder (its `best/`); `int8`: see __init__."""
+        """Load a model folder or a training RUN folder (its `best/`); `encoder`: see
+        `load_model_and_tokenizer`; `windows` and `hop`: see `listening_config` (by default a
+        model trained on one window hears one, a model trained on several the whole song);
+        `int8`: see __init__."""
         if int8 and device is None:
             device = "cpu"  # quantized kernels are CPU kernels
-        model, tokenizer, folder = load_model_and_tokenizer(path, device)
-        return cls(model, tokenizer, source=folder, int8=int8)
+        model, tokenizer, folder = load_model_and_tokenizer(path, device, encoder=encoder)
+        audio_config = listening_config(model.config, windows, hop)
+        return cls(model, tokenizer, audio_config=audio_config, source=folder, int8=int8)
+
+    @property
+    def trained_windows(self) -> int:
+        """The windows per song the model was trained on (1: the paper's single excerpt)."""
+        return int(getattr(self.model.config, "music_windows", 1) or 1)
+
+    def song_windows(self, source_duration: float) -> int:
+        """The windows whole-song listening takes from a song this long (up to
+        DEFAULT_WINDOWS, or the configured count if more), with the configured hop."""
+        from recap.data.audio import window_starts
+
+        whole = dataclasses.replace(
+            self.audio_config, windows=max(DEFAULT_WINDOWS, self.audio_config.windows)
+        )
+        return len(window_starts(whole, source_duration))
 
     @property
     def device(self) -> Any:
@@ -405,14 +346,19 @@ class Captioner:
 
     # -- inputs -> tensors
     def load_waveform(self, audio: AudioInput, sample_rate: int | None = None) -> np.ndarray:
-        """A 15 s, 16 kHz mono excerpt (240,000 float32 samples) of a path or an array."""
-        from recap.data.audio import AudioError, excerpt_from_array, load_excerpt
+        """The windows heard of a path or an array: (W, n) float32, 15 s mono at the encoder's
+        rate each (240,000 samples at 16 kHz; W from `audio_config` and the song's length)."""
+        return self.load_windows(audio, sample_rate).waveforms
+
+    def load_windows(self, audio: AudioInput, sample_rate: int | None = None) -> Any:
+        """`recap.data.audio.Windows` of a path or an array: the waveforms and the song's length."""
+        from recap.data.audio import AudioError, load_windows, windows_from_array
 
         if isinstance(audio, np.ndarray):
             if sample_rate is None:
                 raise RecapError("an audio array needs its sample_rate")
             try:
-                return excerpt_from_array(audio, sample_rate, self.audio_config).waveform
+                return windows_from_array(audio, sample_rate, self.audio_config)
             except AudioError:
                 raise
             except Exception as exc:  # e.g. a 3-D array
@@ -420,15 +366,69 @@ class Captioner:
         path = Path(audio)
         if not is_file(path):
             raise RecapError(f"audio file {path} does not exist")
-        return load_excerpt(path, self.audio_config).waveform
+        return load_windows(path, self.audio_config)
 
-    def encode_lyrics(self, texts: Sequence[str]) -> dict[str, Any]:
-        """Token ids and mask (B, L), L <= the model's max_source_length."""
-        for text in texts:
-            if not text or not text.strip():
-                raise RecapError("lyrics are empty")
+    def music_sequences(self, waveforms: Sequence[np.ndarray]) -> list[Any] | None:
+        """One music token sequence (W*M, D) per song (each (T,) or (W, T)): every window's
+        tokens one after the other; None for the lyrics-only `bart`."""
+        import torch
+
+        if not self.model.config.use_music:
+            return None
+        songs = [np.asarray(w, dtype=np.float32).reshape(-1, w.shape[-1]) for w in waveforms]
+        counts = [w.shape[0] for w in songs]
+        flat = np.concatenate(songs)  # (ΣW, T)
+        with torch.inference_mode():
+            parts = [
+                self.model.music_sequence(
+                    waveform=torch.from_numpy(flat[i : i + ENCODER_CHUNK]).to(self.device)
+                )
+                for i in range(0, flat.shape[0], ENCODER_CHUNK)
+            ]  # each (chunk, M, D)
+            tokens = torch.cat(parts)  # (ΣW, M, D)
+            finite = torch.isfinite(tokens).flatten(1).all(dim=1).cpu().numpy()
+        bounds = np.cumsum([0, *counts])
+        bad = [i for i in range(len(songs)) if not finite[bounds[i] : bounds[i + 1]].all()]
+        if bad:
+            raise RecapError(
+                f"the music encoder gave NaN or infinite values for item(s) {bad} of the batch "
+                "(audio far outside [-1, 1], or a broken model)"
+            )
+        # (W, M, D) -> (W*M, D) per song
+        return [tokens[bounds[i] : bounds[i + 1]].flatten(0, 1) for i in range(len(songs))]
+
+    def music(self, waveforms: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The music keyword arguments of the model for these songs (each (T,) or (W, T)):
+        `music_embeds` (B, M, D) with every window's tokens one after the other (M = W * 119),
+        and `music_mask` (B, M) when songs have different window counts; {} for `bart`."""
+        from recap.data.batching import music_tensors
+
+        sequences = self.music_sequences(waveforms)
+        if sequences is None:
+            return {}
+        return music_tensors([t.float().cpu().numpy() for t in sequences], self.device)
+
+    def _texts(self, texts: Sequence[str | None]) -> list[str]:
+        """Missing or empty lyrics become the empty text (<s></s>), which a model that listens
+        interprets from the audio alone; the lyrics-only `bart` method refuses them."""
+        out = ["" if t is None or not t.strip() else prepare_lyrics(t) for t in texts]
+        if not self.model.config.use_music and not all(out):
+            raise RecapError(no_audio_message(self.model.config.method))
+        return out
+
+    def lyrics_ids(self, texts: Sequence[str | None]) -> list[list[int]]:
+        """Each lyrics' token ids, at most the model's max_source_length of them (missing or
+        empty lyrics: <s></s>)."""
         enc = self.tokenizer(
-            [prepare_lyrics(t) for t in texts],
+            self._texts(texts), truncation=True, max_length=self.model.config.max_source_length
+        )
+        return [list(ids) for ids in enc["input_ids"]]
+
+    def encode_lyrics(self, texts: Sequence[str | None]) -> dict[str, Any]:
+        """Token ids and mask (B, L), L <= the model's max_source_length (missing or empty
+        lyrics: <s></s>)."""
+        enc = self.tokenizer(
+            self._texts(texts),
             padding=True,
             truncation=True,
             max_length=self.model.config.max_source_length,
@@ -441,14 +441,19 @@ class Captioner:
 
     # -- captioning
     def caption(
-        self, audio: AudioInput, lyrics: str, sample_rate: int | None = None, **decode: Any
+        self,
+        audio: AudioInput,
+        lyrics: str | None = None,
+        sample_rate: int | None = None,
+        **decode: Any,
     ) -> str:
-        """The interpretation of one song. `decode`: DecodeOptions fields (num_beams, ...)."""
+        """The interpretation of one song (without `lyrics`: from its audio alone). `decode`:
+        DecodeSettings fields (num_beams, ...; a single `seed` for sampling)."""
         waveform = self.load_waveform(audio, sample_rate)
-        return self.caption_waveforms([waveform], [lyrics], DecodeOptions(**decode))[0]
+        return self.caption_waveforms([waveform], [lyrics], self.settings(**decode))[0]
 
     def caption_batch(
-        self, items: Iterable[SongInput | tuple], batch_size: int = 16, **decode: Any
+        self, items: Iterable[SongInput | tuple], batch_size: int | None = None, **decode: Any
     ) -> list[str]:
         """Captions of many songs, in order; items are SongInput or (audio, lyrics[, rate]).
 
@@ -463,30 +468,41 @@ class Captioner:
     def caption_results(
         self,
         items: Iterable[SongInput | tuple],
-        batch_size: int = 16,
+        batch_size: int | None = None,
         progress: bool = False,
+        options: DecodeSettings | None = None,
         **decode: Any,
     ) -> Iterator[CaptionResult]:
-        """One CaptionResult per item, in order; a bad item carries its error, the rest go on."""
+        """One CaptionResult per item, in order; a bad item carries its error, the rest go on.
+
+        Decoding: `options`, or DecodeSettings built from the `decode` keywords; `batch_size`
+        (songs per batch) defaults to the settings'.
+        """
         from tqdm.auto import tqdm
 
         from recap.data.audio import AudioError
 
-        options = DecodeOptions(**decode)
-        self.decode_kwargs(options)  # a bad option fails here, before any song is decoded
+        # A bad option fails here, before any decoding.
+        options = options or DecodeSettings.from_options(**decode)
+        options.check(self.model.config.max_position_embeddings)
+        batch_size = max(1, batch_size or options.batch_size)
         songs = [_as_song(item, n) for n, item in enumerate(items)]
         bar = tqdm(total=len(songs), desc="caption", unit="song", disable=not progress)
-        for start in range(0, len(songs), max(1, batch_size)):
+        for start in range(0, len(songs), batch_size):
             chunk = songs[start : start + batch_size]
             results = [CaptionResult(s.id, s.audio_label) for s in chunk]
             ready: list[int] = []
             waves: list[np.ndarray] = []
             for i, song in enumerate(chunk):
-                if song.lyrics is None or not song.lyrics.strip():
-                    results[i].error = "missing or empty lyrics"
+                results[i].lyrics = bool(song.lyrics and song.lyrics.strip())
+                if not results[i].lyrics and not self.model.config.use_music:
+                    results[i].error = no_audio_message(self.model.config.method)
                     continue
                 try:
-                    waves.append(self.load_waveform(song.audio, song.sample_rate))
+                    heard = self.load_windows(song.audio, song.sample_rate)
+                    waves.append(heard.waveforms)
+                    results[i].windows = heard.count
+                    results[i].song_windows = self.song_windows(heard.source_duration)
                     ready.append(i)
                 except (AudioError, RecapError) as exc:
                     results[i].error = f"unreadable audio: {exc}"
@@ -512,38 +528,31 @@ class Captioner:
             yield from results
         bar.close()
 
-    def decode_kwargs(self, options: DecodeOptions) -> dict[str, Any]:
-        """generate() arguments for `options`, checked against this model (RecapError)."""
-        return options.merged(
-            self.model.config.generation, max_positions=self.model.config.max_position_embeddings
+    def settings(self, **options: Any) -> DecodeSettings:
+        """DecodeSettings from keyword options, checked against this model (RecapError)."""
+        return DecodeSettings.from_options(**options).check(
+            self.model.config.max_position_embeddings
         )
 
     def caption_waveforms(
-        self, waveforms: Sequence[np.ndarray], lyrics: Sequence[str], options: DecodeOptions
+        self,
+        waveforms: Sequence[np.ndarray],
+        lyrics: Sequence[str | None],
+        options: DecodeSettings | None = None,
     ) -> list[str]:
-        """Generate for prepared excerpts: waveforms (each (240000,)) and their lyrics."""
-        import torch
-
-        kwargs = self.decode_kwargs(options)
-        batch = self.encode_lyrics(lyrics)
-        # (B, T): every excerpt has the same length, so stacking needs no padding.
-        wave = torch.from_numpy(np.stack(waveforms).astype(np.float32)).to(self.device)
-        with torch.inference_mode():
-            music = self.model.music_sequence(waveform=wave)  # None for the lyrics-only method
-            if music is not None:
-                finite = torch.isfinite(music).flatten(1).all(dim=1)
-                if not bool(finite.all()):
-                    rows = [int(i) for i in torch.nonzero(~finite).flatten()]
-                    raise RecapError(
-                        f"the music encoder gave NaN or infinite values for item(s) {rows} of "
-                        "the batch (audio far outside [-1, 1], or a broken model)"
-                    )
-            if options.seed is not None:
-                torch.manual_seed(options.seed)  # sampling draws from torch's global generator
-            out = self.model.generate(
-                batch["input_ids"], batch["attention_mask"], music_embeds=music, **kwargs
-            )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        """Generate for prepared audio: waveforms (each (W, 240000) windows, or one (240000,)
+        excerpt) and their lyrics (None or "": none)."""
+        options = options or DecodeSettings()
+        options.check(self.model.config.max_position_embeddings)
+        ids = self.lyrics_ids(lyrics)
+        return generate_texts(
+            self.model,
+            self.tokenizer,
+            ids,
+            self.music_sequences(waveforms),  # None for the lyrics-only method
+            dataclasses.replace(options, batch_size=max(1, len(ids))),
+            seed=options.seed,
+        )
 
 
 def _item_error(exc: BaseException) -> str:
@@ -564,7 +573,7 @@ def _as_song(item: SongInput | tuple, n: int) -> SongInput:
 
 
 # ---------------------------------------------------------------------------- output
-_FIELDS = ["id", "audio", "caption", "error"]
+_FIELDS = ["id", "audio", "caption", "error", "windows", "song_windows", "lyrics"]
 
 
 def _format_one(r: CaptionResult, fmt: str) -> str:
@@ -609,18 +618,24 @@ def check_output_path(out: str | os.PathLike) -> Path:
 
 def caption_files(
     source: str | os.PathLike,
-    model: str | os.PathLike,
+    model: str | os.PathLike | Captioner,
     lyrics: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     fmt: str | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: Any = None,
-    decode: DecodeOptions | None = None,
+    decode: DecodeSettings | None = None,
     progress: bool = True,
+    encoder: Any = None,
+    windows: int | None = None,
+    hop: float | None = None,
     lyrics_text: str | None = None,
     int8: bool = False,
 ) -> tuple[list[CaptionResult], SkipReport]:
     """The job behind `recap caption`: caption `source`, write the results, report failures.
+
+    `model`: a model or RUN folder (loaded with `device`, `encoder`, `windows`, `hop`; see
+    `Captioner.from_pretrained`), or a ready Captioner.
 
     Writes to `out` (format from `fmt` or the suffix) or to stdout, one result at a time as it
     is made, so a killed job keeps every caption made so far. Failed items stay in the output
@@ -639,9 +654,15 @@ def caption_files(
         if len(songs) != 1 or Path(source).is_dir():
             raise RecapError("--lyrics-text goes with a single audio file")
         songs[0].lyrics = lyrics_text
-    captioner = Captioner.from_pretrained(model, device=device, int8=int8)
-    decode = decode or DecodeOptions()
-    captioner.decode_kwargs(decode)  # a bad option is refused before any captioning
+    captioner = (
+        model
+        if isinstance(model, Captioner)
+        else Captioner.from_pretrained(
+            model, device=device, encoder=encoder, windows=windows, hop=hop, int8=int8
+        )
+    )
+    decode = decode or DecodeSettings()
+    decode.check(captioner.model.config.max_position_embeddings)  # refused before any work
     if fmt is None:
         suffix = Path(out).suffix.lower() if out else ""
         fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}.get(
@@ -654,7 +675,7 @@ def caption_files(
     try:
         stream.write(_header(fmt))
         for r in captioner.caption_results(
-            songs, batch_size=batch_size, progress=progress, **dataclasses.asdict(decode)
+            songs, batch_size=batch_size, progress=progress, options=decode
         ):
             results.append(r)
             stream.write(_format_one(r, fmt))
@@ -669,78 +690,28 @@ def caption_files(
     return results, skipped
 
 
-# ---------------------------------------------------------------------------- CLI
-def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    """Decoding flags shared with the server's form fields (defaults: the model's own)."""
-    g = parser.add_argument_group("decoding (defaults: the model's generation settings)")
-    g.add_argument("--beams", type=int, default=None, help="beam width")
-    g.add_argument("--sample", action="store_true", default=None, help="sample instead of search")
-    g.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling mass (with --sample)"
-    )
-    g.add_argument("--seed", type=int, default=None, help="random seed for --sample")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="caption length limit")
-    g.add_argument("--no-repeat-ngram", type=int, default=None, help="no_repeat_ngram_size")
+def heard_summary(results: Sequence[CaptionResult], trained: int, explicit: bool = False) -> str:
+    """What the model listened to, for the job's last line: ', heard in 2 windows of 15 s', or,
+    when the songs hold more than was heard, ', heard 1 of 12 windows of 15 s (the model was
+    trained on 1; --windows 12 to hear the whole song)'. `explicit`: the caller chose the
+    window count (no hint then)."""
+    done = [r for r in results if r.error is None and r.windows is not None]
+    if not done:
+        return ""
 
+    def span(values: Sequence[int]) -> str:
+        return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
-def decode_from_args(args: argparse.Namespace) -> DecodeOptions:
-    return DecodeOptions(
-        num_beams=args.beams,
-        do_sample=args.sample,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        no_repeat_ngram_size=args.no_repeat_ngram,
-        seed=args.seed,
+    heard = [r.windows for r in done]  # type: ignore[misc]
+    whole = [r.song_windows or r.windows for r in done]  # type: ignore[misc]
+    no_lyrics = sum(not r.lyrics for r in done)
+    lyrics = ""
+    if no_lyrics:
+        lyrics = ", audio only (no lyrics)" if len(done) == 1 else f", {no_lyrics} without lyrics"
+    if all(h >= w for h, w in zip(heard, whole)) or explicit:
+        plural = "s" if max(heard) > 1 else ""
+        return f", heard in {span(heard)} window{plural} of 15 s{lyrics}"
+    return (
+        f", heard {span(heard)} of {span(whole)} windows of 15 s{lyrics} (the model was trained "
+        f"on {trained}; --windows {max(whole)} to hear the whole song)"
     )
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "caption",
-        help="interpret songs from audio + lyrics",
-        description="Caption an audio file (with --lyrics or <stem>.txt), a folder of audio "
-        "files with <stem>.txt lyrics, or a CSV/JSONL manifest (audio, lyrics|lyrics_path, id). "
-        "Bad items are reported per item; the exit code is non-zero only if every item failed.",
-    )
-    p.add_argument("source", help="audio file, folder or manifest")
-    p.add_argument("--model", required=True, help="model folder or training RUN folder")
-    p.add_argument("--lyrics", help="lyrics text file (single audio file only)")
-    p.add_argument("--lyrics-text", help="the lyrics themselves, as text (single audio file only)")
-    p.add_argument("--out", help="output file (default: stdout)")
-    p.add_argument(
-        "--format",
-        choices=("text", "jsonl", "csv"),
-        help="default: from --out, else text for one song, jsonl for many",
-    )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--int8", action="store_true",
-                   help="int8 Linear layers (CPU only): faster, captions differ a little")  # fmt: skip
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar on stderr")  # fmt: skip
-    add_decode_arguments(p)
-    p.set_defaults(func=_cmd_caption)
-
-
-def _cmd_caption(args: argparse.Namespace) -> int:
-    results, skipped = caption_files(
-        args.source,
-        args.model,
-        lyrics=args.lyrics,
-        out=args.out,
-        fmt=args.format,
-        batch_size=args.batch_size,
-        device=args.device,
-        decode=decode_from_args(args),
-        progress=args.progress,
-        lyrics_text=args.lyrics_text,
-        int8=args.int8,
-    )
-    failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
-    print(
-        f"captioned {len(results) - failed}/{len(results)} song(s); {skipped.summary()}",
-        file=sys.stderr,
-    )
-    if failed == len(results):
-        raise RecapError(f"every item failed; first error: {results[0].error}")
-    return 0

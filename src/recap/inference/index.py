@@ -18,19 +18,20 @@ overridden (or whose centroid files are missing) is trained again. Nothing in th
 unpickled or parsed by FAISS: it is JSON and .npy arrays, checked on load. Search is exact (`IndexFlatIP`) up to `IVF_THRESHOLD` songs and approximate
 (`IndexIVFFlat`, inner product) above it, unless the kind is given. An audio query searches the lyrics side ("which lyrics fit this music?"); a lyrics
 query searches the audio side ("which songs sound like these words?").
+
+Songs without lyrics (instrumentals) are indexed by their audio alone: their lyrics row is zero,
+`has_lyrics` is false in meta.json, and the lyrics side's searcher holds only songs with lyrics,
+so an audio query never returns a song as "lyrics that fit". Each is a work of its own.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,15 +39,16 @@ from typing import Any
 
 import numpy as np
 
+from recap.data.songs import prepare_lyrics
+from recap.evaluation.retrieval import chance_metrics, retrieval_metrics
 from recap.inference.captioner import (
     Captioner,
     SongInput,
     collect_inputs,
-    prepare_lyrics,
     read_manifest,
-    resolve_model_dir,
 )
-from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir
+from recap.inference.generate import resolve_model_dir
+from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,7 @@ class SongEntry:
     first_line: str
     lyrics_key: str  # hash of the normalised lyrics: songs with equal lyrics are one work
     split: str | None = None
+    has_lyrics: bool = True  # False: an instrumental, indexed by its audio only
     work: str | None = None  # the catalogue's work id (renderings of one piece share it)
     audio: str | None = None  # absolute path of the audio file the entry was built from
 
@@ -140,7 +143,7 @@ class SongEntry:
         without lyrics is a work of its own (empty lyrics would otherwise all be one)."""
         if self.work:
             return f"work:{self.work}"
-        return f"lyrics:{self.lyrics_key}" if self.first_line else f"song:{self.song_id}"
+        return f"lyrics:{self.lyrics_key}" if self.has_lyrics else f"song:{self.song_id}"
 
 
 def lyrics_key(text: str) -> str:
@@ -212,7 +215,13 @@ class SongIndex:
         self.settings = self.settings.resolve(len(self.songs))
         audio_c, lyrics_c = self.centroids if self.centroids is not None else (None, None)
         self._audio_index = make_faiss_index(self.audio, self.settings, audio_c)
-        self._lyrics_index = make_faiss_index(self.lyrics, self.settings, lyrics_c)
+        # The lyrics side searches only songs that have lyrics; its ids are rows of this list.
+        self._lyrics_rows = np.array([i for i, s in enumerate(self.songs) if s.has_lyrics], int)
+        self._lyrics_index = (
+            make_faiss_index(self.lyrics[self._lyrics_rows], self.settings, lyrics_c)
+            if self._lyrics_rows.size
+            else None
+        )
         self.centroids = None
 
     def __len__(self) -> int:
@@ -239,25 +248,32 @@ class SongIndex:
                 f"query vectors have {queries.shape[1]} dimensions, the index {self.dim}: "
                 "was it built with another model?"
             )
-        index = self._lyrics_index if side == "lyrics" else self._audio_index
-        n = len(self.songs)
+        if side == "lyrics":
+            if self._lyrics_index is None:
+                raise RecapError("no song of this index has lyrics: search it with lyrics instead")
+            index, rows = self._lyrics_index, self._lyrics_rows
+        else:
+            index, rows = self._audio_index, np.arange(len(self.songs))
+        n = int(rows.size)  # the songs this side holds (instrumentals have no lyrics side)
         k = max(1, min(int(k), n))
         fetch = min(n, 4 * k) if distinct else k
         while True:
             scores, ids = index.search(queries, fetch)  # (Q, fetch); id -1 = none found (IVF)
-            rows = [self._hits(s, i, k, distinct) for s, i in zip(scores, ids)]
+            songs = np.where(ids >= 0, rows[np.maximum(ids, 0)], -1)  # (Q, fetch) rows of songs
+            hits = [self._hits(s, i, k, distinct) for s, i in zip(scores, songs)]
             # Too few distinct works among the first `fetch` songs: look further down.
-            if not distinct or fetch == n or all(len(r) == k for r in rows):
-                return rows
+            if not distinct or fetch == n or all(len(h) == k for h in hits):
+                return hits
             fetch = min(n, 4 * fetch)
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray, k: int, distinct: bool) -> list[Hit]:
+    def _hits(self, scores: np.ndarray, songs: np.ndarray, k: int, distinct: bool) -> list[Hit]:
+        """Hits for one query: `songs` are rows of `self.songs` (-1: none found), best first."""
         hits: list[Hit] = []
         seen: set[str] = set()
-        for score, i in zip(scores, ids):
+        for score, i in zip(scores, songs):
             if i < 0:
                 continue
-            entry = self.songs[i]
+            entry = self.songs[int(i)]
             if distinct:
                 if entry.work_key in seen:
                     continue
@@ -274,7 +290,8 @@ class SongIndex:
         Exact search within the split's songs (the candidates are that split only, as in the
         retrieval literature), so the figures measure the model, not the approximate index.
         A retrieved song counts as correct when its lyrics equal the query's (renderings of one
-        work share lyrics); the chance figures account for that.
+        work share lyrics); the chance figures account for that. Songs without lyrics have no
+        pair to find and are left out.
         """
         if split in (None, "all"):
             rows = np.arange(len(self.songs))
@@ -285,6 +302,9 @@ class SongIndex:
             if rows.size == 0:
                 splits = sorted({s.split for s in self.songs if s.split})
                 raise RecapError(f"no songs in split {split!r} (splits: {', '.join(splits)})")
+        rows = np.array([i for i in rows if self.songs[i].has_lyrics], dtype=int)
+        if rows.size == 0:
+            raise RecapError(f"no song with lyrics in split {split or 'all'!r}: nothing to pair")
         groups = np.array([self.songs[i].lyrics_key for i in rows])
         audio, lyrics = self.audio[rows], self.lyrics[rows]
         a2l = retrieval_metrics(audio, lyrics, groups)
@@ -312,8 +332,9 @@ class SongIndex:
                 # As plain arrays, not FAISS's own serialisation: loading parses no binary
                 # format beyond .npy, and the lists are rebuilt from them without k-means.
                 for side, index in (("audio", self._audio_index), ("lyrics", self._lyrics_index)):
-                    np.save(tmp / f"{side}{CENTROIDS_SUFFIX}", ivf_centroids(index),
-                            allow_pickle=False)  # fmt: skip
+                    if index is not None:
+                        np.save(tmp / f"{side}{CENTROIDS_SUFFIX}", ivf_centroids(index),
+                                allow_pickle=False)  # fmt: skip
             atomic_write_json(tmp / "meta.json", self._meta())
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -346,10 +367,7 @@ class SongIndex:
         meta_path = path / "meta.json"
         if not meta_path.is_file():
             raise RecapError(f"{path} is not a recap index (no meta.json)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise RecapError(f"cannot read {meta_path} (corrupt index?): {exc}") from exc
+        meta = read_json(meta_path, "index metadata")
         if not isinstance(meta, dict):
             raise RecapError(f"corrupt index {path}: meta.json is not an object")
         if meta.get("format") != "recap-index" or meta.get("format_version") != FORMAT_VERSION:
@@ -423,64 +441,15 @@ def _load_centroids(
     return out[0], out[1]
 
 
-# ---------------------------------------------------------------------------- metrics
-def retrieval_metrics(
-    queries: np.ndarray, keys: np.ndarray, groups: np.ndarray, ks: Sequence[int] = (1, 5, 10)
-) -> dict[str, float]:
-    """Recall@k and MRR of exact search: query i's correct keys are those with groups[i]."""
-    n = queries.shape[0]
-    ranks = np.empty(n, dtype=np.int64)
-    for start in range(0, n, 1024):
-        sim = queries[start : start + 1024] @ keys.T  # (q, N) cosine similarities
-        correct = groups[start : start + 1024, None] == groups[None, :]  # (q, N)
-        best = np.where(correct, sim, -np.inf).max(axis=1)  # best-scoring correct key
-        # Rank of the first correct key: 1 + wrong keys scoring strictly higher (ties favour it).
-        ranks[start : start + 1024] = 1 + ((sim > best[:, None]) & ~correct).sum(axis=1)
-    out = {f"recall@{k}": float((ranks <= k).mean()) for k in ks}
-    out["mrr"] = float((1.0 / ranks).mean())
-    out["median_rank"] = float(np.median(ranks))
-    return out
-
-
-def chance_metrics(groups: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Expected recall@k and MRR of a random ranking, per query with g correct keys among N."""
-    n = len(groups)
-    _, sizes = np.unique(groups, return_counts=True)
-    # Each group of size g contributes g queries, each with g correct keys.
-    weights = sizes / n
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"recall@{k}"] = float(sum(w * _p_hit_within(n, g, k) for g, w in zip(sizes, weights)))
-    out["mrr"] = float(sum(w * _expected_rr(n, g) for g, w in zip(sizes, weights)))
-    return out
-
-
-def _p_hit_within(n: int, g: int, k: int) -> float:
-    """P(at least one of g correct items in the first k of a random order of n)."""
-    if k >= n - g + 1:
-        return 1.0
-    t = np.arange(k)
-    return 1.0 - float(np.prod((n - g - t) / (n - t)))
-
-
-def _expected_rr(n: int, g: int) -> float:
-    """E[1 / rank of the first correct item] for g correct among n in random order."""
-    r = np.arange(1, n - g + 2)  # possible first-hit ranks
-    # P(first r-1 all wrong) = prod_{t<r-1} (n-g-t)/(n-t); then P(hit at r) = g/(n-r+1).
-    miss = np.concatenate([[1.0], np.cumprod((n - g - np.arange(n - g)) / (n - np.arange(n - g)))])
-    p = miss[: r.size] * g / (n - r + 1)
-    return float((p / r).sum())
-
-
 # ---------------------------------------------------------------------------- embedding
 def embed_audio(captioner: Captioner, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-    """Unit music vectors (B, D) of prepared excerpts: encoder → mean-pool → normalise."""
+    """Unit music vectors (B, D) of prepared audio (each (W, T) windows or one (T,) excerpt):
+    encoder → mean over every window's tokens → normalise."""
     import torch
 
-    wave = torch.from_numpy(np.stack(waveforms).astype(np.float32)).to(captioner.device)  # (B, T)
+    music = captioner.music(waveforms)  # music_embeds (B, W*119, C) [+ music_mask]
     with torch.inference_mode():
-        tokens = captioner.model.music_encoder(wave)  # (B, 119, C)
-        vectors = captioner.model.embed_music(tokens)  # (B, D)
+        vectors = captioner.model.embed_music(**music)  # (B, D)
     return normalize(vectors.float().cpu().numpy())
 
 
@@ -496,10 +465,24 @@ def embed_lyrics(captioner: Captioner, texts: Sequence[str]) -> np.ndarray:
     return normalize(vectors.float().cpu().numpy())
 
 
+def has_lyrics(song: SongInput) -> bool:
+    return bool(song.lyrics and song.lyrics.strip())
+
+
+def _lyrics_side(captioner: Captioner, songs: Sequence[SongInput]) -> np.ndarray:
+    """Unit lyrics vectors (B, D); zero rows for songs without lyrics."""
+    out = np.zeros((len(songs), captioner.model.config.music_dim), dtype=np.float32)
+    rows = [i for i, s in enumerate(songs) if has_lyrics(s)]
+    if rows:
+        out[rows] = embed_lyrics(captioner, [songs[i].lyrics for i in rows])  # type: ignore
+    return out
+
+
 def embed_songs(
     captioner: Captioner, songs: Sequence[SongInput], batch_size: int = 16, progress: bool = True
 ) -> tuple[list[SongInput], np.ndarray, np.ndarray, SkipReport]:
-    """Embed both sides of every usable song; bad ones go into the returned SkipReport."""
+    """Embed both sides of every usable song; bad ones go into the returned SkipReport. A song
+    without lyrics gets its audio vector and a zero lyrics vector."""
     from tqdm.auto import tqdm
 
     skipped = SkipReport("index build")
@@ -510,9 +493,6 @@ def embed_songs(
     for start in range(0, len(songs), max(1, batch_size)):
         chunk_songs, waves = [], []
         for song in songs[start : start + batch_size]:
-            if song.lyrics is None or not song.lyrics.strip():
-                skipped.add(f"{song.id} ({song.audio_label})", "missing or empty lyrics")
-                continue
             try:
                 waves.append(captioner.load_waveform(song.audio, song.sample_rate))
                 chunk_songs.append(song)
@@ -521,14 +501,14 @@ def embed_songs(
         if chunk_songs:
             try:
                 parts = [(embed_audio(captioner, waves),
-                          embed_lyrics(captioner, [s.lyrics for s in chunk_songs]))]  # fmt: skip
+                          _lyrics_side(captioner, chunk_songs))]  # fmt: skip
                 groups = [chunk_songs]
             except Exception:  # noqa: BLE001 - embed one by one to find the item at fault
                 parts, groups = [], []
                 for song, wave in zip(chunk_songs, waves):
                     try:
                         parts.append((embed_audio(captioner, [wave]),
-                                      embed_lyrics(captioner, [song.lyrics])))  # fmt: skip
+                                      _lyrics_side(captioner, [song])))  # fmt: skip
                         groups.append([song])
                     except Exception as exc:  # noqa: BLE001 - reported per song
                         skipped.add(f"{song.id} ({song.audio_label})", f"cannot embed: {exc}")
@@ -562,13 +542,14 @@ def check_index_out(out: str | os.PathLike) -> None:
 
 def catalogue_songs(data: str | os.PathLike, report: SkipReport | None = None) -> list[SongInput]:
     """The songs of a dataset folder (dataset.jsonl + audios/), an audio folder with <stem>.txt
-    lyrics, or a CSV/JSONL manifest. A dataset's songs appear once (first row's lyrics)."""
+    lyrics, or a CSV/JSONL manifest. A dataset's songs appear once (first row's lyrics); songs
+    without lyrics are kept (indexed by their audio)."""
     data = Path(data)
     if data.is_dir() and any((data / n).exists() for n in ("dataset.jsonl", "dataset.json")):
         from recap.data.songs import audio_path, load_rows
 
         songs: dict[str, SongInput] = {}
-        for row in load_rows(data, report):
+        for row in load_rows(data, report, allow_empty_lyrics=True):
             if row.song_id not in songs:
                 work = row.extra.get("work_id")
                 songs[row.song_id] = SongInput(
@@ -619,9 +600,10 @@ def build_index(
     entries = [
         SongEntry(
             s.id,
-            first_line(s.lyrics or ""),
-            lyrics_key(s.lyrics or ""),
+            first_line(s.lyrics) if has_lyrics(s) else "",
+            lyrics_key(s.lyrics) if has_lyrics(s) else f"audio:{lyrics_key(s.id)}",
             s.split,
+            has_lyrics=has_lyrics(s),
             work=s.work,
             audio=None if isinstance(s.audio, np.ndarray) else str(Path(s.audio).resolve()),
         )
@@ -679,101 +661,3 @@ class Searcher:
     def search_lyrics(self, text: str, k: int = 10) -> list[Hit]:
         """Songs whose audio vectors lie nearest these lyrics'."""
         return self.index.search(embed_lyrics(self.captioner, [text]), "audio", k)[0]
-
-
-# ---------------------------------------------------------------------------- CLI
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("index", help="build or evaluate an audio/lyrics search index")
-    sub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
-
-    b = sub.add_parser("build", help="embed a catalogue into a FAISS index")
-    b.add_argument("--model", required=True, help="model folder or training RUN folder")
-    b.add_argument("--data", required=True, help="dataset folder, audio folder, or manifest")
-    b.add_argument("--out", required=True, help="index folder to write")
-    _add_index_settings(b)
-    b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--device", default=None)
-    b.set_defaults(func=_cmd_build)
-
-    e = sub.add_parser("eval", help="recall@1/5/10 and MRR both ways on a split")
-    e.add_argument("--index", required=True)
-    e.add_argument("--split", default="test", help="split to evaluate, or 'all' (default: test)")
-    e.add_argument("--json", dest="json_out", help="also write the metrics here")
-    e.set_defaults(func=_cmd_eval)
-
-    s = subparsers.add_parser("search", help="top-K lyrics for an audio file, or songs for lyrics")
-    s.add_argument("--index", required=True)
-    s.add_argument("--model", default=None, help="default: the model recorded in the index")
-    q = s.add_mutually_exclusive_group(required=True)
-    q.add_argument("--audio", help="audio file: find the lyrics that fit it")
-    q.add_argument("--lyrics", help="lyrics text: find the songs that sound like it")
-    q.add_argument("--lyrics-file", help="lyrics from a file")
-    s.add_argument("-k", type=int, default=10)
-    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument("--nprobe", type=int, default=None, help="IVF lists to visit")
-    s.add_argument("--device", default=None)
-    s.set_defaults(func=_cmd_search)
-
-
-def _add_index_settings(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--kind", choices=KINDS, default="auto", help=f"auto: ivf from {IVF_THRESHOLD} songs"
-    )
-    p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4·sqrt(N))")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    settings = IndexSettings(args.kind, args.nlist, args.nprobe)
-    index, skipped = build_index(
-        args.model, args.data, args.out, settings, args.batch_size, args.device
-    )
-    s = index.settings
-    kind = s.kind if s.kind == "flat" else f"ivf (nlist {s.nlist}, nprobe {s.nprobe})"
-    print(f"indexed {len(index)} song(s), {index.dim}-d, {kind} → {args.out}", file=sys.stderr)
-    print(skipped.summary(), file=sys.stderr)
-    return 0
-
-
-def format_metrics(m: dict[str, Any]) -> str:
-    lines = [f"split {m['split']}: {m['songs']} songs, {m['works']} distinct lyrics"]
-    names = ["recall@1", "recall@5", "recall@10", "mrr"]
-    lines.append(f"{'':18}" + "".join(f"{n:>11}" for n in names))
-    for label, key in (
-        ("audio → lyrics", "audio_to_lyrics"),
-        ("lyrics → audio", "lyrics_to_audio"),
-        ("random chance", "chance"),
-    ):
-        lines.append(f"{label:18}" + "".join(f"{m[key][n]:>11.3f}" for n in names))
-    return "\n".join(lines)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    metrics = SongIndex.load(args.index).evaluate(None if args.split == "all" else args.split)
-    print(format_metrics(metrics))
-    if args.json_out:
-        atomic_write_json(args.json_out, metrics)
-    return 0
-
-
-def _cmd_search(args: argparse.Namespace) -> int:
-    searcher = Searcher.load(args.index, args.model, args.device, nprobe=args.nprobe)
-    if args.audio:
-        hits, what = searcher.search_audio(args.audio, k=args.k), "lyrics"
-    else:
-        text = args.lyrics
-        if args.lyrics_file:
-            try:
-                text = Path(args.lyrics_file).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise RecapError(f"cannot read lyrics file {args.lyrics_file}: {exc}") from exc
-        if not text or not text.strip():
-            raise RecapError("the lyrics query is empty")
-        hits, what = searcher.search_lyrics(text, k=args.k), "songs"
-    if args.json:
-        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
-    else:
-        print(f"top {len(hits)} {what}:")
-        for h in hits:
-            print(f"{h.rank:>3}  {h.score:+.3f}  {h.song_id}  {h.first_line}")
-    return 0

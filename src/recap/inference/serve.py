@@ -1,6 +1,6 @@
 """`recap serve`: an HTTP API and a small web page over a Captioner (and optionally an index).
 
-    POST /caption   multipart: audio (file), lyrics (text, optional), optional decoding fields
+    POST /caption   multipart: audio (file), optional lyrics (text; none: audio-only), decoding fields
     POST /search    multipart: audio (file) OR lyrics (text), k, distinct
     GET  /audio     ?song_id=…: a catalogue song's audio, for the page's players (only the
                     files the index was built from; the client never names a path)
@@ -18,7 +18,8 @@ The model is not thread-safe in a useful sense (and sampling seeds torch's globa
 so every model call holds one lock. Caption requests are batched (`CaptionBatcher`): uploads
 are decoded in parallel by the request threads, then queued; one worker thread takes what is
 queued (up to `max_batch_size` requests, waiting at most `max_wait_ms` for more) and captions
-them in one `Captioner.caption_waveforms` call, and each request gets its own row of the result.
+them in one `Captioner.caption_waveforms` call, and each request gets its own row of the result
+(songs heard in different numbers of windows are padded, with a music mask, by `generate_texts`).
 A batch one model call cannot take (an item it refuses) is retried one request at a time, so
 one bad request fails alone. Requests with a sampling seed run alone: their caption then does not
 depend on what else was in the queue.
@@ -26,7 +27,6 @@ depend on what else was in the queue.
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
 # definition time, and they name classes imported inside create_app (fastapi is an extra).
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from recap.data.audio import decode_error_reason
-from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, DecodeOptions
+from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, no_audio_message
+from recap.inference.generate import DecodeSettings
 from recap.utils import RecapError
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,9 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 @dataclass
 class _Job:
-    wave: Any  # (T,) float32 excerpt
+    wave: Any  # (W, T) float32 windows (songs in one batch may differ in W)
     lyrics: str | None
-    options: DecodeOptions
+    options: DecodeSettings
     future: Future
 
 
@@ -110,7 +111,7 @@ class CaptionBatcher:
         self.thread = threading.Thread(target=self._work, name="recap-batcher", daemon=True)
         self.thread.start()
 
-    def caption(self, wave: Any, lyrics: str | None, options: DecodeOptions) -> str:
+    def caption(self, wave: Any, lyrics: str | None, options: DecodeSettings) -> str:
         job = _Job(wave, lyrics, options, Future())
         try:
             self.queue.put_nowait(job)
@@ -298,13 +299,12 @@ def create_app(
             )
         return text
 
-    def decode_options(**values: Any) -> DecodeOptions:
-        options = DecodeOptions(**values)
+    def decode_options(**values: Any) -> DecodeSettings:
         try:
-            captioner.decode_kwargs(options)
+            options = captioner.settings(**values)
         except RecapError as exc:
             raise ApiError(422, "invalid_option", str(exc)) from exc
-        if options.num_beams is not None and options.num_beams > settings.max_beams:
+        if options.num_beams > settings.max_beams:
             raise ApiError(422, "invalid_option", f"num_beams is limited to {settings.max_beams}")
         if options.max_new_tokens is not None and options.max_new_tokens > settings.max_new_tokens:
             raise ApiError(
@@ -323,6 +323,9 @@ def create_app(
             "status": "ok",
             "version": recap.__version__,
             "model": str(captioner.source) if captioner.source else None,
+            # windows of 15 s heard per song, and the count the model was trained on
+            "windows": captioner.audio_config.windows,
+            "trained_windows": captioner.trained_windows,
             "index": index,
             "limits": asdict(settings),
         }
@@ -330,7 +333,7 @@ def create_app(
     @app.post("/caption", summary="Interpret a song from its audio (and lyrics)")
     def caption(
         audio: UploadFile = File(..., description="audio file (mp3, wav, flac, ogg)"),
-        lyrics: str | None = Form(None, description="the song's lyrics, if it has any"),
+        lyrics: str | None = Form(None, description="the song's lyrics (none: from the audio)"),
         num_beams: int | None = Form(None),
         do_sample: bool | None = Form(None),
         top_p: float | None = Form(None),
@@ -338,6 +341,8 @@ def create_app(
         max_new_tokens: int | None = Form(None),
     ) -> dict[str, Any]:
         text = check_lyrics(lyrics, required=False)
+        if text is None and not captioner.model.config.use_music:
+            raise ApiError(422, "empty_lyrics", no_audio_message(captioner.model.config.method))
         options = decode_options(
             num_beams=num_beams,
             do_sample=do_sample,
@@ -349,10 +354,14 @@ def create_app(
         start = time.perf_counter()
         try:
             result = batcher.caption(wave, text, options)
-        except RecapError as exc:  # the model refused this input (no lyrics, NaN music, ...)
-            code = "empty_lyrics" if text is None else "unprocessable_input"
-            raise ApiError(422, code, str(exc)) from exc
-        return {"caption": result, "seconds": round(time.perf_counter() - start, 3)}
+        except RecapError as exc:  # the model refused this input (NaN music, ...)
+            raise ApiError(422, "unprocessable_input", str(exc)) from exc
+        return {
+            "caption": result,
+            "seconds": round(time.perf_counter() - start, 3),
+            "windows": int(wave.shape[0]),
+            "lyrics": text is not None,
+        }
 
     @app.post("/search", summary="Nearest lyrics for an audio file, or nearest songs for lyrics")
     def search(
@@ -486,52 +495,16 @@ def load_app(
     index: str | os.PathLike | None = None,
     settings: ServeSettings | None = None,
     device: Any = None,
+    windows: int | None = None,
     int8: bool = False,
 ) -> Any:
-    """The app for a model folder / RUN and an optional index built with that model; `int8`:
-    a CPU captioner with int8 Linear layers (recap.inference.quantize)."""
-    captioner = Captioner.from_pretrained(model, device=device, int8=int8)
+    """The app for a model folder / RUN and an optional index built with that model. `windows`:
+    the 15 s windows heard per song (default: the model's, `Captioner`); `int8`: a CPU
+    captioner with int8 Linear layers (recap.inference.quantize)."""
+    captioner = Captioner.from_pretrained(model, device=device, windows=windows, int8=int8)
     searcher = None
     if index is not None:
         from recap.inference.index import Searcher, SongIndex
 
         searcher = Searcher(SongIndex.load(index), captioner)
     return create_app(captioner, searcher, settings)
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("serve", help="HTTP API + web page for captioning and search")
-    p.add_argument("--model", required=True, help="model folder or training RUN folder")
-    p.add_argument("--index", default=None, help="index folder from `recap index build`")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    defaults = ServeSettings()
-    p.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_mb)
-    p.add_argument("--max-duration-s", type=float, default=defaults.max_duration_s)
-    p.add_argument("--max-lyrics-chars", type=int, default=defaults.max_lyrics_chars)
-    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
-                   help="caption requests per model call (1: no batching)")  # fmt: skip
-    p.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
-                   help="how long the first queued request waits for others")  # fmt: skip
-    p.add_argument("--max-queue", type=int, default=defaults.max_queue,
-                   help="caption requests waiting beyond this get 503 busy")  # fmt: skip
-    p.add_argument("--device", default=None)
-    p.add_argument("--int8", action="store_true",
-                   help="int8 Linear layers (CPU only): faster, captions differ a little")  # fmt: skip
-    p.set_defaults(func=_cmd_serve)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    settings = ServeSettings(
-        max_upload_mb=args.max_upload_mb,
-        max_duration_s=args.max_duration_s,
-        max_lyrics_chars=args.max_lyrics_chars,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-    )
-    app = load_app(args.model, args.index, settings, args.device, int8=args.int8)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
-    return 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recap.models.encoders import music_config_from_dict, music_encoder_kinds
 from recap.models.music_encoder import MusicEncoderConfig
 from recap.utils import RecapError, atomic_write_json, known_fields
 
@@ -32,8 +33,11 @@ SIZES = ("tiny", "small", "paper")
 
 @dataclass
 class GenerationSettings:
-    """Decoding defaults (SPEC §2). They are handed to Hugging Face as a `GenerationConfig`:
-    transformers 5 silently drops generation settings placed on the model config."""
+    """The model's own Hugging Face generation config, saved with it (SPEC §2): the defaults of a
+    bare `RecapModel.generate` call, handed to Hugging Face as a `GenerationConfig` (transformers 5
+    silently drops generation settings placed on the model config). recap's commands decode with
+    `recap.inference.generate.DecodeSettings` instead and take from here only what belongs to
+    the model: its length limit `max_new_tokens` and the forced BOS/EOS token ids."""
 
     num_beams: int = 4
     do_sample: bool = False
@@ -86,13 +90,20 @@ class RecapConfig:
     attn_implementation: str = "sdpa"
 
     # --- music encoder (SPEC §1.1) ---
-    music: MusicEncoderConfig = field(
-        default_factory=lambda: MusicEncoderConfig.preset("reference")
-    )
+    # Its kind in the encoder registry (recap.models.encoders): "cnnsa" (the paper's), or "hf"
+    # (a transformers audio tower, e.g. CLAP); `music` is that kind's config. A config.json
+    # written before the field existed is CNNSA's.
+    music_kind: str = "cnnsa"
+    music: Any = field(default_factory=lambda: MusicEncoderConfig.preset("reference"))
     use_music: bool = True
     # Whether the model holds a (frozen) music encoder for raw-waveform input. Training uses
     # precomputed embeddings and does not need one; a captioner for audio files does.
     with_music_encoder: bool = False
+    # Windows of 15 s per song the model was trained on (TrainConfig.windows; fusion attends over
+    # their W*119 tokens). Captioning hears this many by default, or the whole song when it is
+    # more than 1: a model trained on one window captions worse from two (docs/results.md). A
+    # config.json written before the field existed was trained on one.
+    music_windows: int = 1
 
     # --- fusion (SPEC §1.3) ---
     fusion_layers: tuple[int, ...] = (4, 5)
@@ -120,6 +131,9 @@ class RecapConfig:
     # A pointer-generator output (recap.models.pointer): the decoder may copy lyrics tokens. Not in the
     # paper (off there); the small sizes need it to quote lyrics they never saw in training.
     copy_head: bool = False
+    # With a copy head: word numbers (capped here) the head sees of each lyrics token, so it
+    # knows where a quotation of the first words ends (recap.models.pointer). 0 = off.
+    copy_word_positions: int = 0
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.
@@ -139,6 +153,12 @@ class RecapConfig:
         """Raise RecapError on inconsistent values (caught early, not as a shape error later)."""
         if self.align_loss not in ("cosine", "infonce"):
             raise RecapError(f"align_loss must be 'cosine' or 'infonce', got {self.align_loss!r}")
+        if (
+            isinstance(self.music_windows, bool)
+            or not isinstance(self.music_windows, int)
+            or self.music_windows < 1
+        ):
+            raise RecapError(f"music_windows must be an integer >= 1, got {self.music_windows!r}")
         bad = [i for i in self.fusion_layers if not 0 <= i < self.encoder_layers]
         if bad:
             raise RecapError(
@@ -158,12 +178,18 @@ class RecapConfig:
             raise RecapError("align_temperature must be > 0")
         if self.reconstruct_weight < 0:
             raise RecapError("reconstruct_weight must be >= 0")
+        if self.music_kind not in music_encoder_kinds():
+            raise RecapError(
+                f"unknown music_kind {self.music_kind!r}; registered: "
+                + ", ".join(music_encoder_kinds())
+            )
         if self.fusion_init not in ("normal", "pytorch"):
             raise RecapError(f"fusion_init must be 'normal' or 'pytorch', got {self.fusion_init!r}")
 
     @property
     def music_dim(self) -> int:
-        """Width of the music token sequence (256 for the reference CNNSA)."""
+        """Width of the music token sequence (256 for the reference CNNSA, 1024 for
+        laion/larger_clap_music)."""
         return int(self.music.hidden_size)
 
     # ------------------------------------------------------------------ BART
@@ -246,13 +272,12 @@ class RecapConfig:
         values.update(_SIZE_VALUES[size]())
         # generation is given as a dict in the tables; partial override dicts are merged.
         gen = {**values.pop("generation", {}), **(overrides.pop("generation", None) or {})}
-        if isinstance(gen, GenerationSettings):  # pragma: no cover - defensive
-            gen = gen.to_dict()
         music = overrides.pop("music", values.pop("music"))
+        kind = overrides.get("music_kind", "cnnsa")
         if isinstance(music, str):
             music = MusicEncoderConfig.preset(music)
         elif isinstance(music, dict):
-            music = MusicEncoderConfig.from_dict(music)
+            music = music_config_from_dict(kind, music)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise RecapError(f"unknown RecapConfig field(s): {', '.join(sorted(unknown))}")
@@ -283,7 +308,9 @@ class RecapConfig:
                 "the checkpoint"
             )
         values = known_fields(cls, data, "RecapConfig")
-        values["music"] = MusicEncoderConfig.from_dict(values.get("music") or {})
+        values["music"] = music_config_from_dict(
+            values.get("music_kind", "cnnsa"), values.get("music") or {}
+        )
         values["generation"] = GenerationSettings.from_dict(values.get("generation") or {})
         values["fusion_layers"] = tuple(values.get("fusion_layers", ()))
         return cls(**values)
@@ -360,6 +387,7 @@ def _small() -> dict[str, Any]:
         # lyrics fixes both; the reconstruction loss also fixes the collapse but drowns the
         # music at the fused output, so it stays off (measured: docs/training.md).
         "copy_head": True,
+        "copy_word_positions": 8,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }

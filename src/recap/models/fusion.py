@@ -1,7 +1,7 @@
 """The BART-fusion block (SPEC §1.3): lyrics tokens attend to the music tokens.
 
     Q = Linear(d, d)(text)          K = Linear(m, d)(music)          V = Linear(m, d)(music)
-    a = MultiheadAttention(d, heads)(Q, K, V)            # no masks: every music token is real
+    a = MultiheadAttention(d, heads)(Q, K, V)            # masked only where a batch pads music
     text = LayerNorm_new(text + scale * a)               # scale 0.1; a NEW LayerNorm, not BART's
 
 The reference projects Q/K/V before `nn.MultiheadAttention`, which projects them again; those
@@ -52,12 +52,19 @@ class FusionBlock(nn.Module):
                     nn.init.normal_(module.weight, mean=0.0, std=init_std)
                     nn.init.zeros_(module.bias)
 
-    def forward(self, text: torch.Tensor, music: torch.Tensor) -> torch.Tensor:
-        # text: (B, L, d); music: (B, M, m)
+    def forward(
+        self, text: torch.Tensor, music: torch.Tensor, music_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # text: (B, L, d); music: (B, M, m), where a song heard in W windows brings its windows'
+        # tokens one after the other (M = W * 119); music_mask (B, M): 1 for real tokens, 0 for
+        # the padding of a song with fewer windows than the longest in the batch (None: all real).
         q = self.query(text)  # (B, L, d)
         k = self.key(music)  # (B, M, d)
         v = self.value(music)  # (B, M, d)
-        attended, _ = self.attention(q, k, v, need_weights=False)  # (B, L, d)
+        padding = None if music_mask is None else ~music_mask.bool()  # (B, M), True = ignore
+        attended, _ = self.attention(
+            q, k, v, key_padding_mask=padding, need_weights=False
+        )  # (B, L, d)
         if self.gate is not None:
             attended = attended * torch.sigmoid(self.gate(torch.cat([text, attended], dim=-1)))
         return self.layer_norm(text + self.scale * attended)

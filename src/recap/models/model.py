@@ -20,6 +20,7 @@ import copy
 import inspect
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,13 @@ from transformers.models.bart.modeling_bart import BartEncoderLayer, shift_token
 from transformers.utils import ModelOutput
 
 from recap.models.config import CONFIG_NAME, RecapConfig
+from recap.models.encoders import (
+    MusicEncoderProtocol,
+    build_music_encoder,
+    music_encoder_from_config,
+)
 from recap.models.fusion import FusionBlock
 from recap.models.losses import SongIds, masked_mean, recap_loss
-from recap.models.music_encoder import MusicEncoder, load_music_encoder
 from recap.models.pointer import CopyHead
 from recap.utils import RecapError, atomic_path, atomic_write_json
 
@@ -82,18 +87,20 @@ class RecapOutput(ModelOutput):
 
 
 class RecapModel(nn.Module):
-    """The RECAP captioner: BART + fusion + alignment projection (+ an optional frozen CNNSA).
+    """The RECAP captioner: BART + fusion + alignment projection (+ an optional frozen music
+    encoder: CNNSA, or another behind `recap.models.encoders.MusicEncoderProtocol`).
 
     `config.use_music=False` is plain BART (the `bart` method): music inputs are ignored.
     Music comes either as precomputed embeddings `music_embeds` (B, M, music_dim) — the training
-    path — or as raw 16 kHz `waveform` (B, T), run through the frozen music encoder in eval mode.
+    path — or as a raw `waveform` (B, T) at the encoder's sample rate (16 kHz for CNNSA), run
+    through the frozen music encoder in eval mode.
     """
 
     def __init__(
         self,
         config: RecapConfig,
         bart: BartForConditionalGeneration | None = None,
-        music_encoder: MusicEncoder | None = None,
+        music_encoder: MusicEncoderProtocol | None = None,
     ) -> None:
         super().__init__()
         config.validate()
@@ -119,32 +126,60 @@ class RecapModel(nn.Module):
         # The projection exists whenever music does, so a BART-fusion model (w = 0) can still be
         # fine-tuned with alignment later and its parameter count matches RECAP's.
         self.align_proj = nn.Linear(config.d_model, config.music_dim) if config.use_music else None
-        self.copy_head = CopyHead(config.d_model) if config.copy_head else None
+        self.copy_head = (
+            CopyHead(config.d_model, config.vocab_size, config.copy_word_positions)
+            if config.copy_head
+            else None
+        )
         if self.copy_head is not None:
             self.bart.lm_head.register_forward_hook(self.copy_head.hook)
             self.bart.get_decoder().register_forward_pre_hook(
                 self.copy_head.read_decoder_ids, with_kwargs=True
             )
-        self.music_encoder: MusicEncoder | None = None
+        self.music_encoder: MusicEncoderProtocol | None = None
         if music_encoder is not None:
             self.attach_music_encoder(music_encoder)
         elif config.with_music_encoder:
-            self.attach_music_encoder(MusicEncoder(config.music))
+            self.attach_music_encoder(music_encoder_from_config(config.music_kind, config.music))
         self.bart.generation_config = self._generation_config()
         self.tokenizer: Any = None  # attached by from_pretrained / from_bart when files exist
 
+    def attach_tokenizer(self, tokenizer: Any) -> None:
+        """The tokenizer saved with the model; the copy head learns which ids begin words."""
+        self.tokenizer = tokenizer
+        if self.copy_head is not None and tokenizer is not None:
+            self.copy_head.set_word_starts(tokenizer)
+
     # ------------------------------------------------------------------ parts
-    def attach_music_encoder(self, encoder: MusicEncoder) -> None:
+    def attach_music_encoder(self, encoder: MusicEncoderProtocol) -> None:
         """Hold `encoder` (frozen, eval mode) for waveform input; it is saved with the model."""
-        if encoder.config.hidden_size != self.config.music_dim:
+        if encoder.hidden_size != self.config.music_dim:
             raise RecapError(
-                f"music encoder width {encoder.config.hidden_size} does not match the model's "
+                f"music encoder width {encoder.hidden_size} does not match the model's "
                 f"music_dim {self.config.music_dim}"
             )
         self.music_encoder = encoder
+        self.config.music_kind = encoder.kind
         self.config.music = encoder.config
         self.config.with_music_encoder = True
         self.freeze_music_encoder()
+
+    def use_music_encoder(self, spec: Any) -> None:
+        """Give a model saved without a music encoder the one its embeddings came from (a spec
+        such as "hf:DIR", or an encoder); a model that holds its own accepts only that one."""
+        encoder = build_music_encoder(spec)
+        if encoder.kind != self.config.music_kind:
+            raise RecapError(
+                f"this model was trained on a {self.config.music_kind} music encoder, "
+                f"not {encoder.kind} ({spec})"
+            )
+        if self.music_encoder is None:
+            self.attach_music_encoder(encoder)
+        elif self.music_encoder.fingerprint() != encoder.fingerprint():
+            raise RecapError(
+                f"this model carries its own music encoder and {spec} is another one: captions "
+                "need the encoder the model was trained with"
+            )
 
     def freeze_music_encoder(self) -> None:
         """No gradient, eval mode (BatchNorm running stats, no dropout) — both codebases freeze it;
@@ -185,7 +220,10 @@ class RecapModel(nn.Module):
     def music_sequence(
         self, music_embeds: torch.Tensor | None = None, waveform: torch.Tensor | None = None
     ) -> torch.Tensor | None:
-        """The music token sequence (B, M, music_dim), or None for the lyrics-only method."""
+        """The music token sequence (B, M, music_dim), or None for the lyrics-only method.
+
+        `waveform` is (B, T), or (B, W, T) for songs heard in W windows: their tokens are
+        concatenated along the token axis, (B, W*M, music_dim), and fusion attends over all."""
         if not self.config.use_music:
             return None
         if music_embeds is not None:
@@ -202,6 +240,10 @@ class RecapModel(nn.Module):
                     "RecapModel.from_bart(..., music_encoder=PATH) or attach_music_encoder()"
                 )
             with torch.no_grad():
+                if waveform.dim() == 3:  # (B, W, T): every song heard in W windows
+                    b, w, t = waveform.shape
+                    tokens = self.music_encoder(waveform.reshape(b * w, t))  # (B*W, M, m)
+                    return tokens.reshape(b, w * tokens.size(1), tokens.size(2))  # (B, W*M, m)
                 return self.music_encoder(waveform)  # (B, T) -> (B, M, music_dim)
         raise RecapError(f"method {self.config.method!r} uses music: pass music_embeds or waveform")
 
@@ -210,14 +252,16 @@ class RecapModel(nn.Module):
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
         normalize: bool = False,
+        music_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Music vector (B, music_dim): the mean over all tokens of the music sequence (CLS
-        included, SPEC §1.4). This is the audio side of the aligned space used for retrieval;
+        included, SPEC §1.4; every window's tokens for a windowed song, `music_mask` (B, M)
+        leaving out a batch's padding). This is the audio side of the aligned space used for retrieval;
         `normalize=True` returns unit vectors (inner product = cosine)."""
         music = self.music_sequence(music_embeds, waveform)
         if music is None:
             raise RecapError(f"method {self.config.method!r} has no music embedding space")
-        vector = music.mean(dim=1)  # (B, M, m) -> (B, m)
+        vector = masked_mean(music, music_mask)  # (B, M, m) -> (B, m)
         return nn.functional.normalize(vector, dim=-1) if normalize else vector
 
     # ------------------------------------------------------------------ encoder
@@ -244,6 +288,7 @@ class RecapModel(nn.Module):
         attention_mask: torch.Tensor,
         music: torch.Tensor | None,
         num_layers: int | None = None,
+        music_mask: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """BART's encoder, layer by layer, with fusion after the configured layers.
 
@@ -265,7 +310,7 @@ class RecapModel(nn.Module):
                 hidden = out[0] if isinstance(out, tuple) else out  # older 5.x returned tuples
             block = self._fusion_block(index)
             if block is not None and music is not None:
-                hidden = block(hidden, music)
+                hidden = block(hidden, music, music_mask)
             states.append(hidden)
         return states
 
@@ -275,17 +320,21 @@ class RecapModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
+        music_mask: torch.Tensor | None = None,
     ) -> RecapEncoderOutput:
         """Run the fused encoder once: input_ids (B, L) (+ music) → `RecapEncoderOutput`
-        (L becomes max_source_length with `pad_to_max_source_length`)."""
+        (L becomes max_source_length with `pad_to_max_source_length`). `music_mask` (B, M):
+        1 for real music tokens, 0 for padding (songs with fewer windows); None: all real."""
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         music = self.music_sequence(music_embeds, waveform)
-        states = self._run_encoder(input_ids, attention_mask, music)
+        if music is None:
+            music_mask = None
+        states = self._run_encoder(input_ids, attention_mask, music, music_mask=music_mask)
         lyrics_vector = music_vector = None
         if self.align_proj is not None:
             lyrics_vector = self._pool_lyrics(states[self.config.align_layer], attention_mask)
         if music is not None:
-            music_vector = music.mean(dim=1)  # (B, M, m) -> (B, m), CLS included
+            music_vector = masked_mean(music, music_mask)  # (B, M, m) -> (B, m), CLS included
         return RecapEncoderOutput(
             last_hidden_state=states[-1],
             hidden_states=tuple(states),
@@ -300,6 +349,7 @@ class RecapModel(nn.Module):
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
         normalize: bool = False,
+        music_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Lyrics vector (B, music_dim): `align_proj(mean of encoder hidden_states[align_layer])`.
 
@@ -313,7 +363,9 @@ class RecapModel(nn.Module):
         music = None
         if any(layer < self.config.align_layer for layer in self.config.fusion_layers):
             music = self.music_sequence(music_embeds, waveform)
-        states = self._run_encoder(input_ids, attention_mask, music, self.config.align_layer)
+        states = self._run_encoder(
+            input_ids, attention_mask, music, self.config.align_layer, music_mask
+        )
         vector = self._pool_lyrics(states[self.config.align_layer], attention_mask)
         return nn.functional.normalize(vector, dim=-1) if normalize else vector
 
@@ -327,15 +379,18 @@ class RecapModel(nn.Module):
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
         song_ids: SongIds = None,
+        music_mask: torch.Tensor | None = None,
+        lyrics_present: Sequence[bool] | None = None,
     ) -> RecapOutput:
         """Teacher-forced forward pass with the named loss terms when `labels` (B, T) are given.
 
         `labels` may be padded with the pad id (masked unless `loss_includes_padding`) or -100;
         `decoder_input_ids` default to labels shifted right. `song_ids` (one per row) make the
-        alignment loss count each song once.
+        alignment loss count each song once; rows without lyrics (`lyrics_present` False, or
+        only <s></s>) are left out of it. `music_mask` (B, M): see `encode`.
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
-        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
+        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform, music_mask)
         if decoder_input_ids is None:
             if labels is None:
                 raise RecapError("forward needs labels or decoder_input_ids")
@@ -361,12 +416,15 @@ class RecapModel(nn.Module):
             encoder_last_hidden_state=encoded.last_hidden_state,
         )
         if labels is not None:
+            music_vector, lyrics_vector, align_ids = self._alignable(
+                encoded, attention_mask, song_ids, lyrics_present
+            )
             terms = recap_loss(
                 out.logits,
                 labels,
-                music=encoded.music_vector,
-                lyrics=encoded.lyrics_vector,
-                song_ids=song_ids,
+                music=music_vector,
+                lyrics=lyrics_vector,
+                song_ids=align_ids,
                 align_weight=self.config.align_weight,
                 align_kind=self.config.align_loss,
                 temperature=self.config.align_temperature,
@@ -382,6 +440,35 @@ class RecapModel(nn.Module):
             result.align_loss = terms.align_loss
             result.reconstruct_loss = terms.reconstruct_loss
         return result
+
+    @staticmethod
+    def _alignable(
+        encoded: RecapEncoderOutput,
+        attention_mask: torch.Tensor,
+        song_ids: SongIds,
+        lyrics_present: Sequence[bool] | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, SongIds]:
+        """The rows the alignment loss may pair: rows with lyrics. A row whose lyrics are empty
+        (only <s></s>: lyrics dropped in training, an instrumental) has no lyrics vector to pull
+        towards its music; with none left the term is zero. `lyrics_present` (one bool per row,
+        from the collator, so the training step never waits on the device); None reads it
+        from `attention_mask`."""
+        music, lyrics = encoded.music_vector, encoded.lyrics_vector
+        if music is None or lyrics is None:
+            return music, lyrics, song_ids
+        if lyrics_present is None:
+            lyrics_present = (attention_mask.sum(dim=1) > 2).tolist()  # more than <s></s>
+        if all(lyrics_present):
+            return music, lyrics, song_ids
+        keep = [i for i, present in enumerate(lyrics_present) if present]
+        if not keep:
+            return None, None, None
+        rows = torch.tensor(keep, device=music.device)
+        if isinstance(song_ids, torch.Tensor):
+            ids: SongIds = song_ids[rows.to(song_ids.device)]
+        else:
+            ids = [song_ids[i] for i in keep] if song_ids is not None else None
+        return music[rows], lyrics[rows], ids
 
     # ------------------------------------------------------------------ generation
     def _generation_config(self) -> GenerationConfig:
@@ -413,6 +500,7 @@ class RecapModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         music_embeds: torch.Tensor | None = None,
         waveform: torch.Tensor | None = None,
+        music_mask: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Caption token ids (B·num_return_sequences, T'), starting with decoder_start </s> <s>.
@@ -423,7 +511,7 @@ class RecapModel(nn.Module):
         `torch.manual_seed` beforehand.
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
-        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform)
+        encoded = self.encode(input_ids, attention_mask, music_embeds, waveform, music_mask)
         with self._copying(encoded.last_hidden_state, input_ids, attention_mask):
             return self.bart.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
@@ -511,23 +599,21 @@ class RecapModel(nn.Module):
         cls,
         name_or_path: str | os.PathLike,
         config: RecapConfig | None = None,
-        music_encoder: str | os.PathLike | MusicEncoder | None = None,
+        music_encoder: str | os.PathLike | MusicEncoderProtocol | None = None,
     ) -> RecapModel:
         """A captioner whose BART part comes from a Hugging Face BART checkpoint.
 
         `name_or_path`: e.g. "facebook/bart-base" or a local folder in that format. The BART
         sizes of `config` (default: the `recap` preset) are replaced by the checkpoint's.
-        `music_encoder`: a CNNSA checkpoint file, a saved music-encoder folder, or a module;
-        its config replaces `config.music`. Fusion and projection start freshly initialised.
+        `music_encoder`: an encoder spec (`recap.models.encoders.build_music_encoder`: a CNNSA
+        checkpoint file or folder, `hf:<name>`...) or an encoder; its kind and config replace
+        `config.music_kind` and `config.music`. Fusion and projection start freshly initialised.
         """
         config = RecapConfig.from_dict((config or RecapConfig.preset("recap")).to_dict())
         encoder = None
         if music_encoder is not None:
-            encoder = (
-                music_encoder
-                if isinstance(music_encoder, MusicEncoder)
-                else load_music_encoder(music_encoder)
-            )
+            encoder = build_music_encoder(music_encoder)
+            config.music_kind = encoder.kind
             config.music = encoder.config
         try:
             bart = BartForConditionalGeneration.from_pretrained(
@@ -537,7 +623,7 @@ class RecapModel(nn.Module):
             raise RecapError(f"cannot load a BART checkpoint from {name_or_path!s}: {exc}") from exc
         config = config.with_bart_config(bart.config.to_dict())
         model = cls(config, bart=bart, music_encoder=encoder)
-        model.tokenizer = _maybe_tokenizer(name_or_path)
+        model.attach_tokenizer(_maybe_tokenizer(name_or_path))
         return model
 
 

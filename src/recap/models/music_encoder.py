@@ -387,8 +387,11 @@ class MusicEncoder(nn.Module):
     """CNNSA: waveform → token sequence (B, 1 + T', hidden) and tag probabilities (B, n_tags).
 
     Inputs follow the module's device; the mel front end runs in at least float32 (fp16 power
-    spectra overflow), the rest in the parameters' dtype.
+    spectra overflow), the rest in the parameters' dtype. Implements `MusicEncoderProtocol`
+    (recap.models.encoders) as kind "cnnsa".
     """
+
+    kind = "cnnsa"
 
     def __init__(self, config: MusicEncoderConfig | None = None) -> None:
         super().__init__()
@@ -414,8 +417,30 @@ class MusicEncoder(nn.Module):
     def blocks(self) -> list[Res_2d]:
         return [getattr(self, f"layer{i + 1}") for i in range(len(BLOCK_STRIDES))]
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+    # -- the music-encoder protocol (recap.models.encoders)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the config and every state-dict tensor's bytes (weights and buffers)."""
+        from recap.models.encoders import fingerprint_of
+
+        return fingerprint_of(self.config.to_dict(), self.state_dict())
+
+    def mel_fingerprint(self) -> str:
+        """SHA-256 of the mel front end alone (settings, window, filterbank): the log-mel cache's
+        key, which training the network does not change."""
+        from recap.models.encoders import fingerprint_of
+
+        fields = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
+        settings = {f: getattr(self.config, f) for f in fields}
+        return fingerprint_of(settings, self.spec.state_dict())
 
     # -- shapes
 

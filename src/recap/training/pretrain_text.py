@@ -33,504 +33,40 @@ finished folder with the same settings is reused.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import logging
 import math
-import re
 import shutil
 import time
-import unicodedata
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from recap.utils import RecapError, atomic_write_json, flag_field, known_fields
+from recap.training.config import (
+    METRICS_NAME,
+    PRETRAIN_CONFIG_NAME,
+    REUSE_MUTABLE,
+    PretrainConfig,
+)
+from recap.training.denoising import (
+    Corrupted,
+    Segment,
+    corrupt,
+    make_batch,
+    make_segments,
+)
+from recap.training.text_corpus import (
+    Corpus,
+    Exclusion,
+    read_corpus,
+    split_corpus,
+)
+from recap.utils import RecapError, atomic_write_json
 
 logger = logging.getLogger(__name__)
-
-PRETRAIN_CONFIG_NAME = "pretrain_config.json"
-METRICS_NAME = "pretrain_metrics.json"
-# Settings that do not change what is trained: a finished folder is reused when only these differ.
-REUSE_MUTABLE = frozenset(
-    {"out", "overwrite", "progress", "workers", "corpus_cache", "threads", "checkpoint_every_steps"}
-)
-
-
-_opt = flag_field
-
-
-@dataclass
-class PretrainConfig:
-    """Every setting of a text pretraining run; each field is a `recap pretrain-text --flag`."""
-
-    # --- text
-    out: str = _opt("", "output folder DIR (a Hugging Face BART checkpoint)")
-    source: list = _opt(
-        ["music21", "openscore-lieder"],
-        "lyrics of scores: music21 | openscore-lieder | a folder of scores | none (--text only)",
-    )
-    text: list = _opt(
-        [], "text files: .jsonl rows with 'lyrics' or 'text', else blank-line paragraphs"
-    )
-    exclude_splits_of: list = _opt(
-        [], "benchmark folder(s) whose val/test works and lyrics are never trained on (repeat)"
-    )
-    held_out_share: float = _opt(0.05, "share of the works held out for the copy/infill report")
-    max_eval_lines: int = _opt(200, "held-out inputs scored per measure")
-    corpus_cache: str = _opt("", "JSONL file caching the lyrics read from scores ('': none)")
-    workers: int = _opt(2, "score-parsing processes")
-    # --- model
-    size: str = _opt("small", "BART size of RecapConfig.preset", choices=("tiny", "small", "paper"))
-    tokenizer: str = _opt("", "reuse this tokenizer folder ('': train a byte-level BPE)")
-    vocab_size: int = _opt(0, "size of the trained BPE (0: the size's vocab_size)")
-    model_overrides: dict = _opt({}, "RecapConfig BART fields, KEY=VALUE (JSON)", flag="--set")
-    position_init: str = _opt(
-        "random",
-        "position tables: random (BART's init) | sinusoidal (scaled to init_std)",
-        choices=("random", "sinusoidal"),
-    )
-    # --- objective
-    copy_share: float = _opt(0.5, "share of inputs left uncorrupted (pure copies)")
-    mask_ratio: float = _opt(0.3, "share of the tokens of a corrupted input that are masked")
-    poisson_lambda: float = _opt(3.0, "mean span length of the infilling")
-    permute_sentences: bool = _opt(True, "shuffle the sentences of a corrupted input")
-    reconstruct_weight: float = _opt(
-        1.0, "weight of predicting each input token from the encoder output (0: off)"
-    )
-    copy_attention_weight: float = _opt(
-        1.0,
-        "weight of a guided cross-attention loss on copies: head 0 of each decoder layer "
-        "attends to the source token it copies (0: off)",
-    )
-    decoder_input_dropout: float = _opt(
-        0.0, "share of decoder input tokens replaced by <mask> in training (0: off)"
-    )
-    # --- optimisation
-    curriculum: list = _opt(
-        [16, 32, 64, 128], "input-length caps in tokens, trained in turn for equal step shares"
-    )
-    max_steps: int = _opt(600, "optimizer steps in all")
-    batch_size: int = _opt(32, "sequences per step")
-    lr: float = _opt(2e-3, "peak learning rate (AdamW)")
-    warmup_steps: int = _opt(50, "linear warm-up steps")
-    min_lr_ratio: float = _opt(0.1, "cosine decay to this share of lr at the last step")
-    weight_decay: float = _opt(0.01, "AdamW decoupled weight decay")
-    max_grad_norm: float = _opt(1.0, "gradient clipping (0: off)")
-    seed: int = _opt(0, "seed of weights, held-out works, batches and corruption")
-    checkpoint_every_steps: int = _opt(250, "write DIR.partial every N steps (0: never)")
-    log_every_steps: int = _opt(50, "log the losses every N steps")
-    threads: int = _opt(0, "torch CPU threads (0: torch's default; 1 is fastest on busy cores)")
-    overwrite: bool = _opt(False, "train again even when DIR holds a finished model")
-    progress: bool = _opt(True, "tqdm progress bar")
-
-    def resolved(self) -> PretrainConfig:
-        """A checked copy (RecapError on bad values)."""
-        if not self.out:
-            raise RecapError("pretrain-text needs --out DIR")
-        source = [s for s in self.source if s != "none"]
-        if not source and not self.text:
-            raise RecapError("nothing to read: give --source and/or --text")
-        if self.position_init not in ("sinusoidal", "random"):
-            raise RecapError(f"position_init must be sinusoidal or random: {self.position_init!r}")
-        if not 0 <= self.copy_share <= 1:
-            raise RecapError("copy_share must lie in [0, 1]")
-        if not 0 < self.mask_ratio < 1:
-            raise RecapError("mask_ratio must lie in (0, 1)")
-        if not 0 <= self.held_out_share < 1:
-            raise RecapError("held_out_share must lie in [0, 1)")
-        if not self.curriculum or any(int(c) < 4 for c in self.curriculum):
-            raise RecapError("curriculum: one or more length caps of at least 4 tokens")
-        if self.max_steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise RecapError("max_steps and batch_size must be positive and lr > 0")
-        if self.copy_attention_weight < 0 or self.reconstruct_weight < 0:
-            raise RecapError("loss weights must be >= 0")
-        if not 0 <= self.decoder_input_dropout < 1:
-            raise RecapError("decoder_input_dropout must lie in [0, 1)")
-        if self.poisson_lambda <= 0:
-            raise RecapError("poisson_lambda must be > 0")
-        return dataclasses.replace(
-            self, source=source, curriculum=[int(c) for c in self.curriculum]
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        return cls(**known_fields(cls, data, "PretrainConfig"))
-
-
-# ============================================================================ text
-
-
-@dataclass
-class Document:
-    """One work's lyrics as the captioner sees them ('\\n' → ';'). `work_id` and `path` are what
-    the benchmark's exclusion matches on."""
-
-    doc_id: str
-    text: str
-    work_id: str = ""
-    path: str = ""
-
-
-def prepare(text: str) -> str:
-    # The captioner's own rule (recap.inference.captioner.prepare_lyrics, SPEC §1.2).
-    from recap.inference.captioner import prepare_lyrics
-
-    return prepare_lyrics(text)
-
-
-_SENTENCE_END = re.compile(r"(?<=;)|(?<=[.!?:])(?=\s)")
-
-
-def split_sentences(text: str) -> list[str]:
-    """The sentences (lines) of a prepared text: cut after each ';' (a line break or the poet's)
-    and after . ! ? : before a space. The space stays at the start of the next sentence, so the
-    sentences concatenate back to the text exactly: the captioner reads "a;b" (a line break) and
-    "a; b" (punctuation), and so must the pretraining."""
-    parts = _SENTENCE_END.split(text.strip())
-    return [p for p in parts if p.strip()]
-
-
-def normalize_line(text: str) -> str:
-    """The form lines are matched in (exclusion, held-out): case-folded letters and digits."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(re.findall(r"\w+", text))
-
-
-def _score_lyrics(src: Any) -> tuple[str, str, str, str | None]:
-    """(work id, path, lyrics, error) of one score: the part with the most text (as the
-    benchmark's melody), or the .txt beside the score."""
-    from recap.bench.sources import ScoreError, read_parts
-
-    try:
-        if src.lyrics_path:
-            return src.work_id, src.path, Path(src.lyrics_path).read_text("utf-8"), None
-        parts, _ = read_parts(src.path)
-    except (ScoreError, OSError, UnicodeDecodeError) as err:
-        return src.work_id, src.path, "", str(err)
-    lyrics = max((lyr for _, lyr in parts), key=len, default="")
-    return src.work_id, src.path, lyrics, None if lyrics.strip() else "no lyrics"
-
-
-def read_score_lyrics(source: str, workers: int = 2, progress: bool = False) -> list[Document]:
-    """The lyrics of every score of `source` (music21 | openscore-lieder | a folder)."""
-    from tqdm.auto import tqdm
-
-    from recap.bench.sources import find_sources
-
-    seen: set[str] = set()
-    sources = []
-    for src in find_sources(source):
-        if src.work_id not in seen:  # one work in two formats is one work
-            seen.add(src.work_id)
-            sources.append(src)
-    docs, failed = [], 0
-    bar = tqdm(total=len(sources), desc=f"lyrics {source}", unit="score", disable=not progress)
-    if workers > 1 and len(sources) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_score_lyrics, sources, chunksize=8))
-    else:
-        results = [_score_lyrics(s) for s in sources]
-    for work_id, path, lyrics, error in results:
-        bar.update()
-        if error:
-            failed += 1
-            continue
-        docs.append(Document(work_id, prepare(lyrics), work_id, str(Path(path).resolve())))
-    bar.close()
-    logger.info("%s: lyrics of %d scores (%d without)", source, len(docs), failed)
-    return docs
-
-
-def read_text_file(path: str | Path) -> list[Document]:
-    """Documents of a text file: JSONL rows with 'lyrics' (or 'text', and optional 'work_id',
-    'path'), else paragraphs separated by blank lines (each line a lyrics line)."""
-    path = Path(path)
-    try:
-        raw = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise RecapError(f"cannot read text file {path}: {err}") from err
-    docs = []
-    if path.suffix == ".jsonl":
-        texts: set[str] = set()
-        for i, line in enumerate(raw.splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                text = row.get("lyrics") or row.get("text") or ""
-            except (json.JSONDecodeError, AttributeError) as err:
-                raise RecapError(f"{path}:{i + 1}: not a JSON object with 'lyrics'") from err
-            text = prepare(str(text))
-            if text and text not in texts:  # a dataset repeats the lyrics once per caption
-                texts.add(text)
-                work = str(row.get("work_id") or f"{path.name}#{i}")
-                docs.append(Document(f"{path.name}#{i}", text, work, str(row.get("path") or "")))
-    else:
-        for i, para in enumerate(re.split(r"\n\s*\n", raw)):
-            if para.strip():
-                docs.append(Document(f"{path.name}#{i}", prepare(para), f"{path.name}#{i}"))
-    if not docs:
-        raise RecapError(f"no text in {path}")
-    return docs
-
-
-def read_corpus(cfg: PretrainConfig) -> list[Document]:
-    """Every document of the configured sources and text files (score lyrics cached in
-    `cfg.corpus_cache` when set, keyed by the source list)."""
-    docs: list[Document] = []
-    if cfg.source:
-        cache = Path(cfg.corpus_cache) if cfg.corpus_cache else None
-        key = json.dumps(sorted(cfg.source))
-        cached = None
-        if cache is not None and cache.is_file():
-            lines = cache.read_text("utf-8").splitlines()
-            if lines and json.loads(lines[0]).get("sources") == key:
-                cached = [Document(**json.loads(line)) for line in lines[1:]]
-        if cached is None:
-            cached = [
-                d for s in cfg.source for d in read_score_lyrics(s, cfg.workers, cfg.progress)
-            ]
-            if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                body = [json.dumps({"sources": key})]
-                body += [json.dumps(dataclasses.asdict(d), ensure_ascii=False) for d in cached]
-                cache.write_text("\n".join(body) + "\n", "utf-8")
-        docs += cached
-    for path in cfg.text:
-        docs += read_text_file(path)
-    return docs
-
-
-@dataclass
-class Exclusion:
-    """What must never be trained on: val/test works of a benchmark (by work id and score path)
-    and every line of their lyrics (a hymn text set twice lives under two work ids)."""
-
-    work_ids: set[str] = field(default_factory=set)
-    paths: set[str] = field(default_factory=set)
-    lines: set[str] = field(default_factory=set)
-
-    @classmethod
-    def from_benchmarks(cls, folders: Iterable[str | Path]) -> Exclusion:
-        ex = cls()
-        for folder in folders:
-            folder = Path(folder)
-            songs = folder / "songs.jsonl"
-            if not songs.is_file():
-                raise RecapError(f"{folder} is not a benchmark folder: songs.jsonl missing")
-            held: set[str] = set()
-            for line in songs.read_text("utf-8").splitlines():
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                if row.get("split") in ("val", "test"):
-                    held.add(str(row["song_id"]))
-                    ex.work_ids.add(str(row["work_id"]))
-                    if row.get("source"):
-                        ex.paths.add(str(Path(row["source"]).resolve()))
-            dataset = folder / "dataset.jsonl"
-            if dataset.is_file():  # the lyrics, as the captioner saw them
-                for line in dataset.read_text("utf-8").splitlines():
-                    if not line.strip():
-                        continue
-                    row = json.loads(line)
-                    song = str(row.get("music4all_id") or row.get("song_id") or "")
-                    if song in held or row.get("split") in ("val", "test"):
-                        ex.add_text(prepare(str(row.get("lyrics") or "")))
-        return ex
-
-    def add_text(self, text: str) -> None:
-        self.lines.update(n for n in map(normalize_line, split_sentences(text)) if n)
-
-    def excludes(self, doc: Document) -> bool:
-        return doc.work_id in self.work_ids or (bool(doc.path) and doc.path in self.paths)
-
-
-@dataclass
-class Corpus:
-    """Training and held-out documents, each a list of sentences."""
-
-    train: list[list[str]]
-    held_out: list[list[str]]
-    stats: dict[str, int]
-
-
-def split_corpus(
-    docs: Sequence[Document], exclusion: Exclusion, held_out_share: float, seed: int
-) -> Corpus:
-    """Drop excluded works, hold out a seeded share of the works, and remove from training every
-    line whose normalised text is an excluded or held-out line (a training document is cut into
-    its remaining runs of consecutive lines)."""
-    kept = [d for d in docs if not exclusion.excludes(d)]
-    stats = {"documents": len(docs), "excluded_works": len(docs) - len(kept)}
-    works = sorted({d.work_id or d.doc_id for d in kept})
-    rng = np.random.default_rng([seed, 7])
-    n_held = int(round(len(works) * held_out_share)) if held_out_share > 0 else 0
-    held_works = set(rng.permutation(works)[:n_held].tolist()) if n_held else set()
-    held_docs = [d for d in kept if (d.work_id or d.doc_id) in held_works]
-    held_out = []
-    held_lines: set[str] = set()
-    for d in held_docs:
-        sentences = [s for s in split_sentences(d.text) if normalize_line(s) not in exclusion.lines]
-        if sentences:
-            held_out.append(sentences)
-            held_lines.update(normalize_line(s) for s in sentences)
-    banned = exclusion.lines | held_lines
-    train: list[list[str]] = []
-    dropped = 0
-    seen_texts: set[str] = set()
-    for d in kept:
-        if (d.work_id or d.doc_id) in held_works:
-            continue
-        run: list[str] = []
-        for s in split_sentences(d.text):
-            if normalize_line(s) in banned:
-                dropped += 1
-                if run:
-                    train.append(run)
-                run = []
-            else:
-                run.append(s)
-        if run:
-            train.append(run)
-    # The same text twice (one chorale in two harmonisations) is trained on once.
-    unique = []
-    for run in train:
-        key = "".join(run).strip()
-        if key not in seen_texts:
-            seen_texts.add(key)
-            unique.append(run)
-    stats.update(
-        train_documents=len(unique),
-        held_out_works=len(held_docs),
-        held_out_documents=len(held_out),
-        dropped_lines=dropped,
-    )
-    return Corpus(unique, held_out, stats)
-
-
-# ============================================================================ segments
-
-
-@dataclass
-class Segment:
-    """Token ids of consecutive sentences (no <s>/</s>) and where each sentence starts."""
-
-    ids: list[int]
-    starts: list[int]
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def make_segments(
-    documents: Sequence[Sequence[str]], tokenizer: Any, cap: int, encoded: dict | None = None
-) -> list[Segment]:
-    """Pack each document's consecutive sentences greedily into segments of at most `cap` tokens
-    (a longer sentence alone is cut at `cap`). A segment's text is its sentences concatenated,
-    its first one without leading space; byte-level BPE pre-tokenises at these cuts, so the
-    sentences' tokens concatenate to the segment's."""
-    encoded = {} if encoded is None else encoded
-
-    def enc(text: str) -> list[int]:
-        if text not in encoded:
-            encoded[text] = _encode(tokenizer, text)
-        return encoded[text]
-
-    segments = []
-    for doc in documents:
-        ids: list[int] = []
-        starts: list[int] = []
-        for sentence in doc:
-            if ids and len(ids) + len(enc(sentence)) > cap:
-                segments.append(Segment(ids, starts))
-                ids, starts = [], []
-            piece = enc(sentence) if ids else enc(sentence.lstrip())
-            starts.append(len(ids))
-            ids = ids + piece[: cap - len(ids)]
-        if ids:
-            segments.append(Segment(ids, starts))
-    return segments
-
-
-# ============================================================================ corruption
-
-
-@dataclass
-class Corrupted:
-    """One training pair: the encoder input and, per target token, whether it was masked."""
-
-    source: list[int]
-    target: list[int]
-    masked: list[bool]
-    copy: bool
-
-
-def span_length(rng: np.random.Generator, lam: float, remaining: int) -> int:
-    """One span length ~ Poisson(λ), at least 1 (BART's zero-length spans, which insert a
-    <mask>, are left out: every <mask> here stands for tokens) and at most `remaining`."""
-    return min(max(1, int(rng.poisson(lam))), remaining)
-
-
-def corrupt(
-    segment: Segment,
-    rng: np.random.Generator,
-    mask_id: int,
-    copy_share: float = 0.5,
-    mask_ratio: float = 0.3,
-    poisson_lambda: float = 3.0,
-    permute_sentences: bool = True,
-) -> Corrupted:
-    """BART's noise on one segment: with probability `copy_share` none (a pure copy); else the
-    sentences are permuted and spans covering `mask_ratio` of the tokens are each replaced by a
-    single <mask> (spans that touch merge into one). The target is always the original."""
-    ids = list(segment.ids)
-    n = len(ids)
-    if rng.random() < copy_share or n == 0:
-        return Corrupted(ids, ids, [False] * n, True)
-    # order[i] = the original position of the token at position i of the permuted input
-    bounds = [*segment.starts, n]
-    chunks = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    if permute_sentences and len(chunks) > 1:
-        chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-    order = [i for chunk in chunks for i in chunk]
-    masked_at = np.zeros(n, dtype=bool)  # over permuted positions
-    n_mask = int(round(n * mask_ratio))
-    while int(masked_at.sum()) < n_mask:
-        length = span_length(rng, poisson_lambda, n_mask - int(masked_at.sum()))
-        free = np.flatnonzero(~masked_at)
-        # A span starts at an unmasked token and runs on (over masked ones too, which merges
-        # it with a neighbour) until it has masked `length` new tokens or hits the end.
-        start = int(free[rng.integers(len(free))])
-        pos, added = start, 0
-        while pos < n and added < length:
-            if not masked_at[pos]:
-                masked_at[pos] = True
-                added += 1
-            pos += 1
-    source: list[int] = []
-    for i in range(n):
-        if masked_at[i]:
-            if not (i > 0 and masked_at[i - 1]):
-                source.append(mask_id)
-        else:
-            source.append(ids[order[i]])
-    masked = [False] * n
-    for i in np.flatnonzero(masked_at):
-        masked[order[int(i)]] = True
-    return Corrupted(source, ids, masked, False)
-
 
 # ============================================================================ model
 
@@ -576,33 +112,6 @@ def sinusoidal_positions(model: Any, std: float) -> None:
         table *= std / table.pow(2).mean().sqrt()
         with torch.no_grad():
             emb.weight.copy_(table)
-
-
-def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
-
-
-def make_batch(pairs: Sequence[Corrupted], bos: int, eos: int, pad: int) -> dict[str, torch.Tensor]:
-    """Encoder inputs <s> source </s>; labels <s> target </s> (the decoder input is the labels
-    shifted right after </s>, as BART); `masked` marks the label positions that were masked."""
-    src = [[bos, *p.source, eos] for p in pairs]
-    tgt = [[bos, *p.target, eos] for p in pairs]
-    input_ids = _pad(src, pad)
-    labels = _pad(tgt, -100)
-    masked = torch.zeros_like(labels, dtype=torch.bool)
-    for i, p in enumerate(pairs):
-        masked[i, 1 : 1 + len(p.masked)] = torch.tensor(p.masked, dtype=torch.bool)
-    return {
-        "input_ids": input_ids,
-        "attention_mask": (input_ids != pad).long(),
-        "labels": labels,
-        "masked": masked,
-        "copy": torch.tensor([p.copy for p in pairs], dtype=torch.bool),
-    }
 
 
 def _losses(
@@ -683,6 +192,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """On held-out works: greedy exact copy of uncorrupted inputs — single lines and segments
     packed up to each cap — and teacher-forced token accuracy on masked spans."""
+    from recap.inference.generate import generate_ids
+
     model.eval()
     bos, eos, pad, mask = (
         tokenizer.bos_token_id,
@@ -705,9 +216,10 @@ def evaluate(
             part = chosen[start : start + 32]
             pairs = [Corrupted(s.ids, s.ids, [False] * len(s.ids), True) for s in part]
             batch = make_batch(pairs, bos, eos, pad)
-            out = model.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
+            out = generate_ids(
+                model,
+                batch["input_ids"],
+                batch["attention_mask"],
                 num_beams=1,
                 do_sample=False,
                 max_new_tokens=max(len(s.ids) for s in part) + 4,
@@ -1004,56 +516,11 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ============================================================================ CLI
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from recap.training.train import dataclass_from_args
-
-    cfg = dataclass_from_args(PretrainConfig, args)
-    out = pretrain_text(cfg)
-    metrics = json.loads((out / METRICS_NAME).read_text("utf-8"))
-    print(f"{out}: BART pretrained on lyrics ({metrics['steps']} steps)")
-    print(format_metrics(metrics))
-    return 0
-
-
-_LIST_FIELDS = {"source": str, "text": str, "exclude_splits_of": str, "curriculum": int}
-
-
-def register(subparsers: Any) -> None:
-    from recap.training.train import add_dataclass_arguments
-
-    parser = subparsers.add_parser(
-        "pretrain-text",
-        help="pretrain BART on lyrics by denoising (span infilling, sentence permutation, copies)",
-        description=__doc__.split("\n\n")[0],
-    )
-    add_dataclass_arguments(parser, PretrainConfig, skip=tuple(_LIST_FIELDS))
-    defaults = PretrainConfig()
-    for name, kind in _LIST_FIELDS.items():
-        # `--source music21 DIR` and `--source music21 --source DIR` both give two values.
-        help_text = PretrainConfig.__dataclass_fields__[name].metadata["help"]
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=kind, nargs="+", action="extend",
-            default=None, help=f"{help_text} (default: {getattr(defaults, name)})",
-        )  # fmt: skip
-    parser.set_defaults(func=_handler)
-
-
 __all__ = [
-    "Corrupted",
-    "copy_attention_loss",
-    "is_finished",
-    "Document",
-    "Exclusion",
     "PretrainConfig",
-    "Segment",
-    "corrupt",
+    "copy_attention_loss",
     "evaluate",
-    "make_segments",
+    "format_metrics",
+    "is_finished",
     "pretrain_text",
-    "read_corpus",
-    "register",
-    "split_corpus",
 ]

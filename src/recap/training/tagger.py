@@ -18,7 +18,6 @@ the arg-max tag, on the test split) and `log.jsonl`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -111,23 +110,13 @@ class TagData:
 
 def read_songs(data_dir: str | Path) -> dict[str, dict[str, Any]]:
     """songs.jsonl → {song_id: {"split", "truth"}} (the benchmark's per-song record)."""
-    path = Path(data_dir) / "songs.jsonl"
-    if not path.is_file():
-        raise RecapError(f"{path} not found: the tagger trains on a `recap bench build` folder")
-    songs: dict[str, dict[str, Any]] = {}
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                songs[str(record["song_id"])] = {
-                    "split": record.get("split") or "train",
-                    "truth": dict(record["truth"]),
-                }
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise RecapError(f"{path}:{n}: not a song record ({err})") from err
-    return songs
+    from recap.bench.scoring import read_songs as read_benchmark
+
+    songs = read_benchmark(data_dir, need_truth=True)
+    return {
+        sid: {"split": song.get("split") or "train", "truth": song["truth"]}
+        for sid, song in songs.items()
+    }
 
 
 def tag_matrix(truths: Sequence[Mapping[str, Any]], tags: Sequence[str]) -> np.ndarray:
@@ -332,6 +321,19 @@ def predict(
     return head_probs, torch.cat(tokens).numpy() if tokens else empty
 
 
+def _check_trainable(encoder: str) -> None:
+    """The tagger trains a CNNSA from scratch; another kind of encoder is refused clearly."""
+    from recap.models.encoders import parse_encoder_spec
+
+    kind, _ = parse_encoder_spec(encoder)
+    if kind != "cnnsa":
+        raise RecapError(
+            f"recap tagger train trains a CNNSA music encoder from scratch; {encoder} is a "
+            f"pretrained {kind} encoder, which RECAP uses frozen: pass it straight to "
+            f"`recap precompute --encoder {encoder}` or `recap train --encoder {encoder}`"
+        )
+
+
 def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     """Train the encoder on the audio tags of `config.data`; returns the test metrics (also
     written to OUT/tagger_metrics.json). A finished OUT is reused unless `overwrite`."""
@@ -345,6 +347,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if not cfg.data or not cfg.out:
         raise RecapError("the tagger needs --data (a benchmark folder) and --out")
+    _check_trainable(cfg.preset)
     if (out / METRICS_NAME).is_file() and not cfg.overwrite:
         logger.info("%s holds a trained tagger; reusing it (--overwrite to retrain)", out)
         saved = json.loads((out / METRICS_NAME).read_text())
@@ -533,29 +536,4 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     return metrics
 
 
-# ============================================================================ CLI
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from recap.training.train import dataclass_from_args
-
-    cfg = dataclass_from_args(TaggerConfig, args)
-    metrics = train_tagger(cfg)
-    print(format_metrics(metrics))
-    print(f"encoder saved to {cfg.out} (pass --encoder {cfg.out} to recap train)")
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    from recap.training.train import add_dataclass_arguments
-
-    parser = subparsers.add_parser("tagger", help="music-encoder (CNNSA) pretraining")
-    sub = parser.add_subparsers(dest="tagger_command", required=True, metavar="COMMAND")
-    train_parser = sub.add_parser(
-        "train", help="train CNNSA on the benchmark's audio slots as tags (ROC-AUC on test)"
-    )
-    add_dataclass_arguments(train_parser, TaggerConfig)
-    train_parser.set_defaults(func=_handler)
-
-
-__all__ = ["TaggerConfig", "format_metrics", "register", "tag_metrics", "train_tagger"]
+__all__ = ["TaggerConfig", "format_metrics", "tag_metrics", "train_tagger"]

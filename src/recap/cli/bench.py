@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from recap.utils import RecapError
 
+COMMANDS = {"bench": "the rendered-songs benchmark (build, probe)"}
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    bench = subparsers.add_parser("bench", help="the rendered-songs benchmark (build, probe)")
+
+def register(subparsers: Any) -> None:
+    bench = subparsers.add_parser("bench", help=COMMANDS["bench"])
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
 
     b = sub.add_parser("build", help="render scores with lyrics into a Song Interpretation dataset")

@@ -1,0 +1,106 @@
+"""`recap demo`: the command line of `recap.demo`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from recap.cli.flags import csv_list
+from recap.utils import RecapError
+
+COMMANDS = {
+    "demo": "the whole pipeline, small, on CPU: benchmark → tagger → 3 captioners → Table 1"
+}
+
+
+def _handler(args: argparse.Namespace) -> int:
+    from recap.demo import DemoConfig, run_demo
+
+    if args.epochs < 1:
+        raise RecapError("--epochs must be at least 1")
+    cfg = DemoConfig(
+        source=args.source,
+        out=args.out,
+        full=args.full,
+        seed=args.seed,
+        seeds=csv_list(args.seeds, int),
+        limit=args.limit,
+        workers=args.workers,
+        coupling=args.coupling,
+        comments_per_render=args.comments_per_render,
+        tagger_preset=args.tagger_preset,
+        tagger_epochs=args.tagger_epochs,
+        tagger_lr=args.tagger_lr,
+        pretrain_steps=args.pretrain_steps,
+        size=args.size,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        lyrics_dropout=args.lyrics_dropout,
+        beams=args.beams,
+        max_new_tokens=args.max_new_tokens,
+        meteor15=not args.no_meteor15,
+    )
+    run_demo(cfg)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    from recap import demo
+    from recap.demo import DemoConfig
+
+    d = DemoConfig()
+    p = subparsers.add_parser(
+        "demo",
+        help=COMMANDS["demo"],
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--source", default=d.source, help="music21 | openscore-lieder | DIR of scores")
+    p.add_argument("--out", default=d.out, help="output folder (reused by a rerun)")
+    p.add_argument("--full", action="store_true", help="also variant vote > 0 and the full sweep")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seeds",
+        default="",
+        metavar="0,1,2",
+        help="captioner seeds for Table 1 with intervals over seeds (default: --seed only)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
+    p.add_argument("--workers", type=int, default=d.workers, help="render processes")
+    p.add_argument(
+        "--coupling",
+        type=float,
+        default=d.coupling,
+        metavar="P",
+        help="share of renderings whose audio follows the lyrics' theme (recap bench build)",
+    )
+    p.add_argument(
+        "--comments-per-render",
+        type=int,
+        default=d.comments_per_render,
+        help="interpretations per rendering (more: more training rows, longer)",
+    )
+    p.add_argument(
+        "--tagger-preset", default=d.tagger_preset, help="tiny | mini | demo | small | reference"
+    )
+    p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
+    p.add_argument("--tagger-lr", type=float, default=d.tagger_lr)
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=d.pretrain_steps,
+        help="text pretraining steps of the captioners' BART (0: start from scratch)",
+    )
+    p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
+    p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
+    p.add_argument(
+        "--lyrics-dropout",
+        type=float,
+        default=d.lyrics_dropout,
+        help="share of training examples without lyrics (audio-only interpretations)",
+    )
+    p.add_argument("--beams", type=int, default=d.beams, help="beam width for evaluation")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
+    p.set_defaults(func=_handler)

@@ -1,0 +1,133 @@
+"""Training data as tensors: pre-tokenised examples and the collator that pads a batch to its
+own length and looks up each song's precomputed music sequence."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from recap.data.batching import pad_music
+
+
+@dataclass
+class Example:
+    """One pre-tokenised interpretation."""
+
+    song_id: str
+    lyrics_ids: list[int]
+    caption_ids: list[int]
+    lyrics: str = ""
+    caption: str = ""
+
+    @property
+    def length(self) -> int:
+        return len(self.lyrics_ids) + len(self.caption_ids)
+
+
+class ExampleDataset(Dataset):
+    def __init__(self, examples: Sequence[Example]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+def tokenize_rows(
+    rows: Sequence[Any], tokenizer: Any, max_source: int, max_target: int
+) -> list[Example]:
+    """`recap.data.songs.Row`s → Examples (lyrics and caption truncated to the model's lengths)."""
+    if not rows:
+        return []
+    lyrics = [r.lyrics for r in rows]  # newlines are already ';' (recap.data.songs, SPEC §1.2)
+    captions = [r.comment for r in rows]
+    src = tokenizer(lyrics, truncation=True, max_length=max_source)["input_ids"]
+    tgt = tokenizer(captions, truncation=True, max_length=max_target)["input_ids"]
+    return [
+        Example(str(r.song_id), list(s), list(t), lyr, cap)
+        for r, s, t, lyr, cap in zip(rows, src, tgt, lyrics, captions)
+    ]
+
+
+@dataclass
+class Collator:
+    """Pads a batch to its own longest sequence (dynamic padding) and looks up the music.
+
+    Labels are padded with the pad id (the model masks them unless `loss_includes_padding`).
+    Music embeddings stay float16 on the host: half the bytes to copy; the device casts. Songs
+    heard in different numbers of windows are padded to the longest, with a `music_mask`.
+
+    Lyrics dropout: a `lyrics_dropout` share of training examples get empty lyrics
+    (`empty_lyrics_ids`, the tokenizer's encoding of "": <s></s>), so the captioner learns to
+    interpret a song from its audio alone. The draw is a hash of (seed, epoch, song, caption), so
+    it is the same on every rank and after a resume; the trainer sets `epoch`. Validation calls
+    with `train=False` (no dropout).
+    """
+
+    pad_token_id: int
+    embeddings: Mapping[str, np.ndarray] | None = None
+    pad_to_multiple_of: int = 1
+    lyrics_dropout: float = 0.0
+    empty_lyrics_ids: tuple[int, ...] = (0, 2)
+    seed: int = 0
+    epoch: int = 0
+
+    def drops_lyrics(self, example: Example) -> bool:
+        if self.lyrics_dropout <= 0:
+            return False
+        key = f"{self.seed}|{self.epoch}|{example.song_id}|{example.caption_ids}".encode()
+        draw = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
+        return draw < self.lyrics_dropout
+
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        longest = max(len(s) for s in seqs)
+        m = max(1, self.pad_to_multiple_of)
+        longest = -(-longest // m) * m
+        out = torch.full((len(seqs), longest), self.pad_token_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        return out
+
+    def __call__(self, examples: Sequence[Example], train: bool = True) -> dict[str, Any]:
+        dropped = [train and self.drops_lyrics(e) for e in examples]
+        lyrics = [
+            list(self.empty_lyrics_ids) if d else e.lyrics_ids for e, d in zip(examples, dropped)
+        ]
+        input_ids = self._pad(lyrics)  # (B, S)
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != self.pad_token_id).long(),
+            "labels": self._pad([e.caption_ids for e in examples]),  # (B, T)
+            "song_ids": [e.song_id for e in examples],
+            # Host-side counts for throughput logging, so the step never waits on the device.
+            "n_tokens": sum(e.length for e in examples),
+        }
+        if any(dropped):  # the model leaves these rows out of the alignment loss
+            batch["lyrics_present"] = [not d for d in dropped]
+        if self.embeddings is not None:
+            music, music_mask = pad_music(
+                [np.asarray(self.embeddings[e.song_id]) for e in examples]
+            )
+            batch["music_embeds"] = torch.from_numpy(music)  # (B, W*119, D) float16
+            if music_mask is not None:
+                batch["music_mask"] = torch.from_numpy(music_mask)  # (B, W*119)
+        return batch
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if key == "music_embeds":
+                value = value.float()
+        out[key] = value
+    return out

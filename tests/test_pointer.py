@@ -1,0 +1,74 @@
+"""The copy (pointer-generator) head: a distribution that can quote the lyrics, and word numbers
+that tell it where a quotation of the first words ends."""
+
+from __future__ import annotations
+
+import torch
+
+from recap.models.config import RecapConfig
+from recap.models.model import RecapModel
+from recap.models.tokenizer import train_bpe_tokenizer
+
+TEXTS = ["Meine Seel’ erhebt den Herren; und mein Geist freut sich", "1. Was mein Gott will"] * 20
+
+
+def copying_model(**overrides) -> RecapModel:
+    torch.manual_seed(0)
+    config = RecapConfig.preset("recap", "tiny", copy_head=True, copy_word_positions=8, **overrides)
+    return RecapModel(config).eval()
+
+
+def test_word_numbers_follow_the_words_of_the_text_not_its_tokens():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer))
+    model.attach_tokenizer(tokenizer)
+    head = model.copy_head
+    for text, words in [
+        ("Meine Seel’ erhebt den Herren; und", ["Meine", "Seel", "erhebt", "den", "Herren", "und"]),
+        ("1. Was mein Gott will", ["Was", "mein", "Gott", "will"]),
+    ]:
+        ids = torch.tensor([tokenizer(text)["input_ids"]])  # (1, S)
+        numbers = head.word_numbers(ids)[0].tolist()
+        tokens = tokenizer.convert_ids_to_tokens(ids[0])
+        # the token that begins word k carries number k; a word's later pieces keep it
+        for k, word in enumerate(words, start=1):
+            piece = tokenizer.convert_tokens_to_string([tokens[numbers.index(k)]]).strip()
+            assert piece and (word.startswith(piece) or piece.startswith(word)), (k, piece)
+        assert numbers[0] == 0 and max(numbers) == len(words)  # <s> precedes the first word
+        assert numbers == sorted(numbers)
+
+
+def test_word_numbers_are_capped():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer))
+    model.attach_tokenizer(tokenizer)
+    ids = torch.tensor(
+        [tokenizer("und mein Geist freut sich und mein Geist freut sich")["input_ids"]]
+    )
+    assert int(model.copy_head.word_numbers(ids).max()) == 8
+
+
+def test_the_head_returns_a_distribution_that_can_copy_unseen_source_tokens():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer))
+    model.attach_tokenizer(tokenizer)
+    ids = torch.tensor([tokenizer("Meine Seel’ erhebt den Herren")["input_ids"]])
+    labels = ids.clone()
+    music = torch.randn(1, 5, model.config.music_dim)
+    with torch.no_grad():
+        model.copy_head.gate.bias.fill_(-30.0)  # the gate says: copy
+        out = model(ids, torch.ones_like(ids), labels=labels, music_embeds=music)
+    probs = out.logits.exp()  # the head returns log-probabilities
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]), rtol=0, atol=1e-4)
+    on_source = probs[..., ids[0].unique()].sum(-1)
+    assert bool((on_source > 0.99).all())  # all mass on the lyrics' own tokens
+
+
+def test_word_starts_are_saved_with_the_weights(tmp_path):
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer))
+    model.attach_tokenizer(tokenizer)
+    assert int((model.copy_head.word_start > 0).sum()) > 10
+    model.save_pretrained(tmp_path / "m", tokenizer=tokenizer)
+    loaded = RecapModel.from_pretrained(tmp_path / "m")
+    assert torch.equal(loaded.copy_head.word_start, model.copy_head.word_start)
