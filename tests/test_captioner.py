@@ -162,7 +162,25 @@ def test_caption_cli_single_file(model_dir, songs_dir, tmp_path, capsys):
             str(model_dir),
         ]
     )
-    assert rc == 2 and "lyrics file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "lyrics file" in err and "--lyrics-text" in err
+
+
+def test_caption_cli_lyrics_as_text_without_progress(model_dir, songs_dir, tmp_path, capsys):
+    base = ["caption", str(songs_dir / "winter.wav"), "--model", str(model_dir)]
+    rc = main([*base, "--lyrics-text", SONGS[1][2], "--no-progress", "--format", "jsonl"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "winter" in json.loads(captured.out)["caption"]
+    assert "100%" not in captured.err  # no tqdm bar
+    # the text wins over winter.txt beside the audio: other lyrics, another caption
+    rc = main([*base, "--lyrics-text", SONGS[3][2], "--no-progress"])
+    assert rc == 0 and "storm" in capsys.readouterr().out
+    lyrics = tmp_path / "l.txt"
+    lyrics.write_text("words")
+    rc = main([*base, "--lyrics-text", "words", "--lyrics", str(lyrics)])
+    assert rc == 2 and "not both" in capsys.readouterr().err
+    rc = main(["caption", str(songs_dir), "--model", str(model_dir), "--lyrics-text", "words"])
+    assert rc == 2 and "single audio file" in capsys.readouterr().err
 
 
 def test_caption_cli_folder_with_bad_items(model_dir, songs_dir, tmp_path, capsys):

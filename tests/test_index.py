@@ -152,6 +152,57 @@ def test_flat_and_ivf_agree(tmp_path):
     assert SongIndex.load(tmp_path / "ivf", kind="flat").settings.kind == "flat"
 
 
+def test_distinct_search_lists_each_work_once(tmp_path):
+    # Six songs, three works: two renderings each of works a and b (a by work id, b by equal
+    # lyrics), and two lyrics-less songs that are two works, not one.
+    songs = [
+        SongEntry("a1", "line a", "ka", work="A"),
+        SongEntry("a2", "line a, live", "kx", work="A"),
+        SongEntry("b1", "line b", "kb"),
+        SongEntry("b2", "line b", "kb"),
+        SongEntry("i1", "", "audio:1", has_lyrics=False),
+        SongEntry("i2", "", "audio:2", has_lyrics=False),
+    ]
+    base = np.eye(6, dtype=np.float32)
+    query = np.array([[6, 5, 4, 3, 2, 1]], dtype=np.float32)  # ranks a1 a2 b1 b2 i1 i2
+    index = SongIndex(songs, base, base, IndexSettings("flat"))
+    plain = [h.song_id for h in index.search(query, "audio", 4)[0]]
+    assert plain == ["a1", "a2", "b1", "b2"]
+    hits = index.search(query, "audio", 4, distinct=True)[0]
+    assert [h.song_id for h in hits] == ["a1", "b1", "i1", "i2"]
+    assert [h.rank for h in hits] == [1, 2, 3, 4]
+    assert len(index.search(query, "audio", 10, distinct=True)[0]) == 4  # only 4 works exist
+    # The lyrics side holds no instrumentals, with or without `distinct`.
+    for distinct, expected in ((False, ["a1", "a2", "b1", "b2"]), (True, ["a1", "b1"])):
+        hits = index.search(query, "lyrics", 10, distinct=distinct)[0]
+        assert [h.song_id for h in hits] == expected
+    # work ids and audio paths survive a save/load; an older meta.json without them loads
+    index.save(tmp_path / "idx")
+    again = SongIndex.load(tmp_path / "idx")
+    assert [h.song_id for h in again.search(query, "audio", 4, distinct=True)[0]] == [
+        "a1", "b1", "i1", "i2"
+    ]  # fmt: skip
+    meta = json.loads((tmp_path / "idx" / "meta.json").read_text())
+    for song in meta["songs"]:
+        del song["work"], song["audio"]
+    (tmp_path / "idx" / "meta.json").write_text(json.dumps(meta))
+    assert SongIndex.load(tmp_path / "idx").songs[0].work is None
+
+
+def test_build_records_audio_files_and_work_ids(model_dir, songs_dir, tmp_path):
+    rows = [
+        {"id": sid, "audio": str(songs_dir / f"{sid}.wav"), "lyrics": lyr, "work_id": f"w-{n // 2}"}
+        for n, (sid, _, lyr) in enumerate(SONGS)
+    ]
+    manifest = tmp_path / "songs.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index, _ = build_index(model_dir, manifest, progress=False)
+    assert [s.work for s in index.songs] == [f"w-{n // 2}" for n in range(len(SONGS))]
+    assert index.songs[0].audio == str((songs_dir / "river.wav").resolve())
+    hits = index.search(index.audio[:1], "audio", len(SONGS), distinct=True)[0]
+    assert len(hits) == len(SONGS) // 2
+
+
 def test_metrics_and_chance_by_hand():
     # Queries 0 and 2 find their key first; query 1 scores its key 0.1, both others 1: third.
     q = np.eye(3, dtype=np.float32)

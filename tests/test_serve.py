@@ -19,6 +19,7 @@ from recap.inference.captioner import Captioner
 from recap.inference.generate import DecodeSettings
 from recap.inference.index import Searcher, build_index
 from recap.inference.serve import ServeSettings, create_app
+from recap.utils import RecapError
 
 
 def free_port() -> int:
@@ -198,6 +199,116 @@ def test_concurrent_requests_get_their_own_results(client, model_dir, songs_dir)
     with ThreadPoolExecutor(max_workers=6) as pool:
         got = list(pool.map(call, jobs))
     assert all(caption == expected[sid] for sid, caption in got)
+
+
+def test_concurrent_requests_are_batched(model_dir, songs_dir, tmp_path):
+    """Requests that arrive together share one model call, each gets its own row, songs heard in
+    different numbers of windows share a call, and one refused request fails alone."""
+    captioner = Captioner.from_pretrained(model_dir, device="cpu", windows=3)
+    # Songs of 2 s, 30 s and 45 s: heard in 1, 2 and 3 windows of 15 s.
+    for sid, seconds in (("river", 30.0), ("dance", 45.0)):
+        freqs = next(f for s, f, _ in SONGS if s == sid)
+        sf.write(tmp_path / f"{sid}.wav", tone(freqs, seconds), RATE)
+    for sid, _, _ in SONGS:
+        if not (tmp_path / f"{sid}.wav").exists():
+            (tmp_path / f"{sid}.wav").write_bytes((songs_dir / f"{sid}.wav").read_bytes())
+    expected = {
+        sid: captioner.caption_waveforms(
+            [captioner.load_waveform(tmp_path / f"{sid}.wav")], [lyr], DecodeSettings()
+        )[0]
+        for sid, _, lyr in SONGS
+    }
+    sizes: list[int] = []
+    windows: list[set[int]] = []
+    batch_call = captioner.caption_waveforms
+
+    def spy(waves, lyrics, options):
+        sizes.append(len(waves))
+        windows.append({w.shape[0] for w in waves})
+        time.sleep(0.2)  # a slow model: the other requests queue meanwhile
+        if len(waves) > 1 and "refuse me" in lyrics:  # the model refuses one item of a batch
+            raise RecapError("cannot take item 'refuse me'")
+        if lyrics == ["refuse me"]:
+            raise RecapError("the music encoder gave NaN values")
+        return batch_call(waves, lyrics, options)
+
+    captioner.caption_waveforms = spy
+    settings = ServeSettings(max_batch_size=4, max_wait_ms=200)
+    live = LiveServer(create_app(captioner, settings=settings))
+    jobs = [(sid, lyr) for sid, _, lyr in SONGS] * 2  # 12 requests, 6 distinct captions
+
+    def post(sid, lyr):
+        return httpx.post(f"{live.url}/caption", files=upload(tmp_path, sid),
+                          data={"lyrics": lyr}, timeout=60)  # fmt: skip
+
+    def call(job):
+        r = post(*job)
+        assert r.status_code == 200, r.text
+        return job[0], r.json()
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            got = list(pool.map(call, jobs))
+        first, first_windows = list(sizes), list(windows)
+        # one bad request in a batch fails alone; the others still get their captions
+        bad = [("river", SONGS[0][2]), ("winter", "refuse me")] * 2
+        with ThreadPoolExecutor(max_workers=len(bad)) as pool:
+            answers = list(pool.map(lambda j: post(*j), bad))
+    finally:
+        live.close()
+    assert all(body["caption"] == expected[sid] for sid, body in got)
+    assert {sid: body["windows"] for sid, body in got} == {
+        sid: {"river": 2, "dance": 3}.get(sid, 1) for sid, _, _ in SONGS
+    }
+    assert sum(first) == len(jobs) and max(first) > 1 and max(first) <= 4
+    assert any(len(w) > 1 for w in first_windows)  # a call held songs of different lengths
+    assert [r.status_code for r in answers] == [200, 422, 200, 422]
+    assert answers[1].json()["error"]["code"] == "unprocessable_input"
+
+
+def test_lyrics_only_model_refuses_a_song_without_lyrics(model_dir, songs_dir):
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+
+    tokenizer = Captioner.from_pretrained(model_dir, device="cpu").tokenizer
+    cfg = RecapConfig.preset("bart", "tiny", vocab_size=len(tokenizer))
+    bart = Captioner(RecapModel(cfg).eval(), tokenizer)
+    from starlette.testclient import TestClient
+
+    with TestClient(create_app(bart)) as c:
+        for data in ({}, {"lyrics": "  "}):
+            r = c.post("/caption", files=upload(songs_dir, "river"), data=data)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "empty_lyrics"
+            assert "hears no audio" in r.json()["error"]["message"]
+        r = c.post("/caption", files=upload(songs_dir, "river"), data={"lyrics": "the river"})
+        assert r.status_code == 200 and r.json()["lyrics"] is True
+
+
+def test_batching_off_runs_one_request_per_call(model_dir, songs_dir):
+    captioner = Captioner.from_pretrained(model_dir, device="cpu")
+    sizes: list[int] = []
+    batch_call = captioner.caption_waveforms
+    captioner.caption_waveforms = lambda w, ly, o: (sizes.append(len(w)), batch_call(w, ly, o))[1]
+    app = create_app(captioner, settings=ServeSettings(max_batch_size=1))
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as c, ThreadPoolExecutor(max_workers=4) as pool:
+        rs = list(pool.map(lambda sid: c.post("/caption", files=upload(songs_dir, sid),
+                                               data={"lyrics": "words"}), ["river"] * 4))  # fmt: skip
+    assert [r.status_code for r in rs] == [200] * 4 and sizes == [1, 1, 1, 1]
+
+
+def test_neighbour_audio_is_served_from_the_index_only(client, songs_dir):
+    r = client.post("/search", data={"lyrics": SONGS[4][2], "k": "3"})
+    hits = r.json()["results"]
+    assert all(h["audio_url"].startswith("/audio?song_id=") for h in hits)
+    audio = client.get(hits[0]["audio_url"])
+    assert audio.status_code == 200 and audio.headers["content-type"] == "audio/x-wav"
+    assert audio.content == (songs_dir / f"{hits[0]['song_id']}.wav").read_bytes()
+    for bad in ("nowhere", "../river.wav", str(songs_dir / "river.wav"), "/etc/passwd"):
+        r = client.get("/audio", params={"song_id": bad})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert client.get("/audio").status_code == 422  # no song_id at all
 
 
 def test_search_without_an_index(model_dir, songs_dir):

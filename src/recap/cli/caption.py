@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from recap.cli.flags import add_decode_arguments, decode_from_args
+from recap.cli.flags import add_decode_arguments, add_int8_argument, decode_from_args
 from recap.utils import RecapError
 
 COMMANDS = {"caption": "interpret songs from audio + lyrics"}
@@ -25,6 +25,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--lyrics", help="lyrics text file (single audio file only); none: audio-only caption"
     )
+    p.add_argument("--lyrics-text", help="the lyrics themselves, as text (single audio file only)")
     p.add_argument("--out", help="output file (default: stdout)")
     p.add_argument(
         "--format",
@@ -32,6 +33,10 @@ def register(subparsers: Any) -> None:
         help="default: from --out, else text for one song, jsonl for many",
     )
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_int8_argument(p)
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"
+    )
     p.add_argument(
         "--encoder",
         default=None,
@@ -59,7 +64,12 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     if args.windows is not None and args.windows < 1:
         raise RecapError("--windows must be at least 1")
     captioner = Captioner.from_pretrained(
-        args.model, device=args.device, encoder=args.encoder, windows=args.windows, hop=args.hop
+        args.model,
+        device=args.device,
+        encoder=args.encoder,
+        windows=args.windows,
+        hop=args.hop,
+        int8=args.int8,
     )
     results, skipped = caption_files(
         args.source,
@@ -68,6 +78,8 @@ def _cmd_caption(args: argparse.Namespace) -> int:
         out=args.out,
         fmt=args.format,
         decode=decode_from_args(args),
+        progress=args.progress,
+        lyrics_text=args.lyrics_text,
     )
     failed = sum(r.error is not None for r in results)  # the report also holds manifest rows
     heard = heard_summary(results, captioner.trained_windows, explicit=args.windows is not None)

@@ -131,6 +131,15 @@ def add_decode_arguments(
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"{batch_help} (16)")
 
 
+def add_int8_argument(parser: Any) -> None:
+    """`--int8` of the commands that caption on a CPU (caption, serve)."""
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 Linear layers (CPU only): faster, captions differ a little (docs/cpu.md)",
+    )
+
+
 def decode_from_args(args: Any) -> Any:
     """The DecodeSettings of parsed `add_decode_arguments` flags (checked: RecapError)."""
     from recap.inference.generate import DecodeSettings

@@ -106,6 +106,7 @@ class SongInput:
     lyrics: str | None
     sample_rate: int | None = None
     split: str | None = None
+    work: str | None = None  # renderings of one piece share a work id (the index lists it once)
 
     @property
     def audio_label(self) -> str:
@@ -154,7 +155,10 @@ def collect_inputs(
         return read_manifest(source, report)
     lyrics_path = Path(lyrics) if lyrics is not None else source.with_suffix(".txt")
     if lyrics is not None and not lyrics_path.is_file():
-        raise RecapError(f"lyrics file {lyrics_path} does not exist")
+        raise RecapError(
+            f"lyrics file {lyrics_path} does not exist (to give the lyrics themselves, use "
+            "--lyrics-text)"
+        )
     return [SongInput(source.stem, source, _read_lyrics_file(lyrics_path))]
 
 
@@ -239,8 +243,13 @@ def _manifest_song(row: Any, base: Path) -> SongInput:
         text_value = _read_lyrics_file(lp if lp.is_absolute() else base / lp)
     song_id = row.get("id") or row.get("song_id") or audio_path.stem
     split = row.get("split")
+    work = row.get("work_id")
     return SongInput(
-        str(song_id), audio_path, text_value or None, split=str(split) if split else None
+        str(song_id),
+        audio_path,
+        text_value or None,
+        split=str(split) if split else None,
+        work=str(work) if work else None,
     )
 
 
@@ -270,13 +279,25 @@ class Captioner:
     """A trained RECAP model with its tokenizer and audio settings, ready to caption songs."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, audio_config: Any = None, source: Path | None = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        audio_config: Any = None,
+        source: Path | None = None,
+        int8: bool = False,
     ):
         """`audio_config`: the windows heard (`recap.data.audio.AudioConfig`); default
-        `listening_config(model.config)`: as many as `default_windows` of 15 s, back to back."""
+        `listening_config(model.config)`: as many as `default_windows` of 15 s, back to back.
+        `int8`: quantize the model's Linear layers to int8 (CPU only; a copy, `model` is left
+        as it is) — faster decoding on a CPU, slightly different captions (docs/cpu.md)."""
         from recap.models.encoders import audio_config_for
 
+        if int8:
+            from recap.inference.quantize import quantize_int8
+
+            model = quantize_int8(model)
         self.model = model
+        self.int8 = int8
         self.tokenizer = tokenizer
         if audio_config is None:
             audio_config = listening_config(model.config)
@@ -292,13 +313,17 @@ class Captioner:
         encoder: Any = None,
         windows: int | None = None,
         hop: float | None = None,
+        int8: bool = False,
     ) -> Captioner:
         """Load a model folder or a training RUN folder (its `best/`); `encoder`: see
         `load_model_and_tokenizer`; `windows` and `hop`: see `listening_config` (by default a
-        model trained on one window hears one, a model trained on several the whole song)."""
+        model trained on one window hears one, a model trained on several the whole song);
+        `int8`: see __init__."""
+        if int8 and device is None:
+            device = "cpu"  # quantized kernels are CPU kernels
         model, tokenizer, folder = load_model_and_tokenizer(path, device, encoder=encoder)
         audio_config = listening_config(model.config, windows, hop)
-        return cls(model, tokenizer, audio_config=audio_config, source=folder)
+        return cls(model, tokenizer, audio_config=audio_config, source=folder, int8=int8)
 
     @property
     def trained_windows(self) -> int:
@@ -604,6 +629,8 @@ def caption_files(
     encoder: Any = None,
     windows: int | None = None,
     hop: float | None = None,
+    lyrics_text: str | None = None,
+    int8: bool = False,
 ) -> tuple[list[CaptionResult], SkipReport]:
     """The job behind `recap caption`: caption `source`, write the results, report failures.
 
@@ -613,17 +640,25 @@ def caption_files(
     Writes to `out` (format from `fmt` or the suffix) or to stdout, one result at a time as it
     is made, so a killed job keeps every caption made so far. Failed items stay in the output
     with their error and go into `<out>.skipped.json`, with the manifest rows that could not be
-    read.
+    read. `lyrics_text`: the lyrics of a single audio file as text (instead of a `lyrics` file).
     """
     if out is not None:
         check_output_path(out)
+    if lyrics_text is not None and lyrics is not None:
+        raise RecapError(
+            "give the lyrics as a file (--lyrics) or as text (--lyrics-text), not both"
+        )
     skipped = SkipReport("caption")
     songs = collect_inputs(source, lyrics, skipped)
+    if lyrics_text is not None:
+        if len(songs) != 1 or Path(source).is_dir():
+            raise RecapError("--lyrics-text goes with a single audio file")
+        songs[0].lyrics = lyrics_text
     captioner = (
         model
         if isinstance(model, Captioner)
         else Captioner.from_pretrained(
-            model, device=device, encoder=encoder, windows=windows, hop=hop
+            model, device=device, encoder=encoder, windows=windows, hop=hop, int8=int8
         )
     )
     decode = decode or DecodeSettings()

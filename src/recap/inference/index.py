@@ -6,7 +6,8 @@ modalities. An index folder holds both sides of every song:
 
     INDEX/
       meta.json     format version, model path + fingerprint, kind, and per song: id, first line
-                    of the lyrics, a hash of the lyrics (songs sharing lyrics are one "work"), split
+                    of the lyrics, a hash of the lyrics (songs sharing lyrics are one "work"), split,
+                    the work id when the catalogue names one, and the audio file it was built from
       audio.npy     (N, D) float32 unit vectors of the audio
       lyrics.npy    (N, D) float32 unit vectors of the lyrics
       *.ivf_centroids.npy  IVF only: the trained list centroids (k-means over 1e5 songs takes
@@ -133,6 +134,16 @@ class SongEntry:
     lyrics_key: str  # hash of the normalised lyrics: songs with equal lyrics are one work
     split: str | None = None
     has_lyrics: bool = True  # False: an instrumental, indexed by its audio only
+    work: str | None = None  # the catalogue's work id (renderings of one piece share it)
+    audio: str | None = None  # absolute path of the audio file the entry was built from
+
+    @property
+    def work_key(self) -> str:
+        """What makes two entries one work: the catalogue's work id, else equal lyrics; a song
+        without lyrics is a work of its own (empty lyrics would otherwise all be one)."""
+        if self.work:
+            return f"work:{self.work}"
+        return f"lyrics:{self.lyrics_key}" if self.has_lyrics else f"song:{self.song_id}"
 
 
 def lyrics_key(text: str) -> str:
@@ -221,9 +232,12 @@ class SongIndex:
         return int(self.audio.shape[1])
 
     # -- search
-    def search(self, queries: np.ndarray, side: str, k: int = 10) -> list[list[Hit]]:
+    def search(
+        self, queries: np.ndarray, side: str, k: int = 10, distinct: bool = False
+    ) -> list[list[Hit]]:
         """Top-k songs per query row; `side` is the side searched: "lyrics" (for audio queries)
-        or "audio" (for lyrics queries)."""
+        or "audio" (for lyrics queries). `distinct`: k different works (`SongEntry.work_key`),
+        each at its best-scoring song, so two renderings of one piece are listed once."""
         if side not in ("audio", "lyrics"):
             raise RecapError(f"side must be 'audio' or 'lyrics', not {side!r}")
         queries = normalize(np.atleast_2d(queries))  # (Q, D)
@@ -240,17 +254,34 @@ class SongIndex:
             index, rows = self._lyrics_index, self._lyrics_rows
         else:
             index, rows = self._audio_index, np.arange(len(self.songs))
-        k = max(1, min(int(k), rows.size))
-        scores, ids = index.search(queries, k)  # (Q, k) each; id -1 = fewer than k found (IVF)
-        return [
-            [
-                Hit(r + 1, self.songs[j].song_id, float(s), self.songs[j].first_line)
-                for r, (s, i) in enumerate(zip(row_s, row_i))
-                if i >= 0
-                for j in (int(rows[i]),)
-            ]
-            for row_s, row_i in zip(scores, ids)
-        ]
+        n = int(rows.size)  # the songs this side holds (instrumentals have no lyrics side)
+        k = max(1, min(int(k), n))
+        fetch = min(n, 4 * k) if distinct else k
+        while True:
+            scores, ids = index.search(queries, fetch)  # (Q, fetch); id -1 = none found (IVF)
+            songs = np.where(ids >= 0, rows[np.maximum(ids, 0)], -1)  # (Q, fetch) rows of songs
+            hits = [self._hits(s, i, k, distinct) for s, i in zip(scores, songs)]
+            # Too few distinct works among the first `fetch` songs: look further down.
+            if not distinct or fetch == n or all(len(h) == k for h in hits):
+                return hits
+            fetch = min(n, 4 * fetch)
+
+    def _hits(self, scores: np.ndarray, songs: np.ndarray, k: int, distinct: bool) -> list[Hit]:
+        """Hits for one query: `songs` are rows of `self.songs` (-1: none found), best first."""
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        for score, i in zip(scores, songs):
+            if i < 0:
+                continue
+            entry = self.songs[int(i)]
+            if distinct:
+                if entry.work_key in seen:
+                    continue
+                seen.add(entry.work_key)
+            hits.append(Hit(len(hits) + 1, entry.song_id, float(score), entry.first_line))
+            if len(hits) == k:
+                break
+        return hits
 
     # -- evaluation
     def evaluate(self, split: str | None = "test") -> dict[str, Any]:
@@ -352,6 +383,8 @@ class SongIndex:
             for s in songs:
                 if not isinstance(s.song_id, str) or not isinstance(s.first_line, str):
                     raise TypeError(f"song entry {s} has non-text fields")
+                if not all(isinstance(v, str | None) for v in (s.work, s.audio)):
+                    raise TypeError(f"song entry {s.song_id}: work and audio must be text")
             stored = IndexSettings(**meta["settings"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RecapError(f"corrupt index {path}: {type(exc).__name__}: {exc}") from exc
@@ -518,8 +551,13 @@ def catalogue_songs(data: str | os.PathLike, report: SkipReport | None = None) -
         songs: dict[str, SongInput] = {}
         for row in load_rows(data, report, allow_empty_lyrics=True):
             if row.song_id not in songs:
+                work = row.extra.get("work_id")
                 songs[row.song_id] = SongInput(
-                    str(row.song_id), audio_path(data, row.song_id), row.lyrics, split=row.split
+                    str(row.song_id),
+                    audio_path(data, row.song_id),
+                    row.lyrics,
+                    split=row.split,
+                    work=str(work) if work else None,
                 )
         if not songs:
             raise RecapError(f"no rows in {data}")
@@ -560,9 +598,15 @@ def build_index(
     skipped.items[:0] = rows.items
     source = captioner.source
     entries = [
-        SongEntry(s.id, first_line(s.lyrics), lyrics_key(s.lyrics), s.split)
-        if has_lyrics(s)
-        else SongEntry(s.id, "", f"audio:{lyrics_key(s.id)}", s.split, has_lyrics=False)
+        SongEntry(
+            s.id,
+            first_line(s.lyrics) if has_lyrics(s) else "",
+            lyrics_key(s.lyrics) if has_lyrics(s) else f"audio:{lyrics_key(s.id)}",
+            s.split,
+            has_lyrics=has_lyrics(s),
+            work=s.work,
+            audio=None if isinstance(s.audio, np.ndarray) else str(Path(s.audio).resolve()),
+        )
         for s in kept
     ]
     index = SongIndex(

@@ -1,7 +1,9 @@
 """`recap serve`: an HTTP API and a small web page over a Captioner (and optionally an index).
 
     POST /caption   multipart: audio (file), optional lyrics (text; none: audio-only), decoding fields
-    POST /search    multipart: audio (file) OR lyrics (text), k
+    POST /search    multipart: audio (file) OR lyrics (text), k, distinct
+    GET  /audio     ?song_id=…: a catalogue song's audio, for the page's players (only the
+                    files the index was built from; the client never names a path)
     GET  /health    model, index and limits
     GET  /          the web page (serve_static/); GET /openapi.json and /docs come from FastAPI
 
@@ -13,17 +15,28 @@ they arrive (`BodyLimit`), so a chunked upload without Content-Length is cut off
 too. Messages never show the server's temporary file names.
 
 The model is not thread-safe in a useful sense (and sampling seeds torch's global generator),
-so every model call holds one lock: requests are decoded in parallel, run one at a time, and
-each gets its own result.
+so every model call holds one lock. Caption requests are batched (`CaptionBatcher`): uploads
+are decoded in parallel by the request threads, then queued; one worker thread takes what is
+queued (up to `max_batch_size` requests, waiting at most `max_wait_ms` for more) and captions
+them in one `Captioner.caption_waveforms` call, and each request gets its own row of the result
+(songs heard in different numbers of windows are padded, with a music mask, by `generate_texts`).
+A batch one model call cannot take (an item it refuses) is retried one request at a time, so
+one bad request fails alone. Requests with a sampling seed run alone: their caption then does not
+depend on what else was in the queue.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
 # definition time, and they name classes imported inside create_app (fastapi is an extra).
+import contextlib
+import dataclasses
 import logging
+import mimetypes
 import os
+import queue
 import tempfile
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +62,10 @@ class ServeSettings:
     max_beams: int = 8
     max_new_tokens: int = 512
     max_k: int = 100
+    # Batching of concurrent caption requests (max_batch_size 1 turns it off).
+    max_batch_size: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 64  # requests waiting beyond this are refused (503) rather than queued
 
     @property
     def max_upload_bytes(self) -> int:
@@ -67,6 +84,97 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+@dataclass
+class _Job:
+    wave: Any  # (W, T) float32 windows (songs in one batch may differ in W)
+    lyrics: str | None
+    options: DecodeSettings
+    future: Future
+
+
+class CaptionBatcher:
+    """Captions concurrent requests in batches: a short queue, one worker thread.
+
+    `caption()` blocks the calling (request) thread until its caption is made. The worker takes
+    the first queued job, waits up to `max_wait_ms` for more (never past `max_batch_size`), and
+    runs each group of jobs with equal decoding options as one `caption_waveforms` call under
+    `lock` (shared with the server's other model calls).
+    """
+
+    def __init__(self, captioner: Captioner, lock: threading.Lock, settings: ServeSettings):
+        if settings.max_batch_size < 1 or settings.max_wait_ms < 0 or settings.max_queue < 1:
+            raise RecapError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        self.captioner, self.lock = captioner, lock
+        self.max_batch = settings.max_batch_size
+        self.max_wait = settings.max_wait_ms / 1000
+        self.queue: queue.Queue[_Job | None] = queue.Queue(maxsize=settings.max_queue)
+        self.thread = threading.Thread(target=self._work, name="recap-batcher", daemon=True)
+        self.thread.start()
+
+    def caption(self, wave: Any, lyrics: str | None, options: DecodeSettings) -> str:
+        job = _Job(wave, lyrics, options, Future())
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise ApiError(
+                503, "busy", "the server is busy (caption queue full); try again shortly"
+            ) from None
+        return job.future.result()
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            batch = [job]
+            deadline = time.monotonic() + self.max_wait
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    # Whatever queued while the last batch ran is taken without waiting.
+                    nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            for group in _groups(batch):
+                self._run(group)
+            if stop:
+                return
+
+    def _run(self, jobs: list[_Job]) -> None:
+        try:
+            with self.lock:
+                captions = self.captioner.caption_waveforms(
+                    [j.wave for j in jobs], [j.lyrics for j in jobs], jobs[0].options
+                )
+        except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(exc)
+            else:  # find the job at fault; the others still get their captions
+                for j in jobs:
+                    self._run([j])
+            return
+        for j, text in zip(jobs, captions):
+            j.future.set_result(text)
+
+
+def _groups(jobs: list[_Job]) -> list[list[_Job]]:
+    """Jobs that can share one model call: equal decoding options, and no sampling seed (a
+    seeded job alone draws the same numbers whatever else is queued)."""
+    groups: dict[Any, list[_Job]] = {}
+    for n, job in enumerate(jobs):
+        key = ("seed", n) if job.options.seed is not None else dataclasses.astuple(job.options)
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
+
+
 def create_app(
     captioner: Captioner, searcher: Any = None, settings: ServeSettings | None = None
 ) -> Any:
@@ -81,11 +189,26 @@ def create_app(
 
     settings = settings or ServeSettings()
     lock = threading.Lock()  # one model call at a time (see the module docstring)
+    batcher = CaptionBatcher(captioner, lock, settings)
+    # The only files GET /audio serves: those the index was built from, by song id.
+    audio_files: dict[str, str] = {}
+    if searcher is not None:
+        for entry in searcher.index.songs:
+            if entry.audio:
+                audio_files.setdefault(entry.song_id, entry.audio)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        yield
+        batcher.close()
+
     app = FastAPI(
         title="RECAP",
         version=recap.__version__,
         description="Interpret songs from their audio and lyrics; search songs across modalities.",
+        lifespan=lifespan,
     )
+    app.state.batcher = batcher
 
     # -- errors: one JSON shape for all of them
     @app.exception_handler(ApiError)
@@ -164,9 +287,12 @@ def create_app(
                     message = f"{name}: {message}"
                 raise ApiError(422, "unreadable_audio", message) from exc
 
-    def check_lyrics(text: str | None) -> str:
+    def check_lyrics(text: str | None, required: bool = True) -> str | None:
+        """The lyrics, or None when there are none (an error when `required`)."""
         if text is None or not text.strip():
-            raise ApiError(422, "empty_lyrics", "lyrics are missing or empty")
+            if required:
+                raise ApiError(422, "empty_lyrics", "lyrics are missing or empty")
+            return None
         if len(text) > settings.max_lyrics_chars:
             raise ApiError(
                 413, "lyrics_too_long", f"lyrics exceed {settings.max_lyrics_chars} characters"
@@ -204,7 +330,7 @@ def create_app(
             "limits": asdict(settings),
         }
 
-    @app.post("/caption", summary="Interpret a song from its audio and lyrics")
+    @app.post("/caption", summary="Interpret a song from its audio (and lyrics)")
     def caption(
         audio: UploadFile = File(..., description="audio file (mp3, wav, flac, ogg)"),
         lyrics: str | None = Form(None, description="the song's lyrics (none: from the audio)"),
@@ -214,7 +340,7 @@ def create_app(
         seed: int | None = Form(None),
         max_new_tokens: int | None = Form(None),
     ) -> dict[str, Any]:
-        text = check_lyrics(lyrics) if lyrics and lyrics.strip() else None
+        text = check_lyrics(lyrics, required=False)
         if text is None and not captioner.model.config.use_music:
             raise ApiError(422, "empty_lyrics", no_audio_message(captioner.model.config.method))
         options = decode_options(
@@ -226,8 +352,10 @@ def create_app(
         )
         wave = read_audio(audio)
         start = time.perf_counter()
-        with lock:
-            result = captioner.caption_waveforms([wave], [text], options)[0]
+        try:
+            result = batcher.caption(wave, text, options)
+        except RecapError as exc:  # the model refused this input (NaN music, ...)
+            raise ApiError(422, "unprocessable_input", str(exc)) from exc
         return {
             "caption": result,
             "seconds": round(time.perf_counter() - start, 3),
@@ -240,7 +368,10 @@ def create_app(
         audio: UploadFile | None = File(None, description="find lyrics that fit this audio"),
         lyrics: str | None = Form(None, description="find songs that sound like these lyrics"),
         k: int = Form(10, ge=1),
+        distinct: bool = Form(True, description="list each work once (renderings share one)"),
     ) -> dict[str, Any]:
+        from urllib.parse import urlencode
+
         from recap.inference.index import embed_audio, embed_lyrics
 
         if searcher is None:
@@ -256,8 +387,25 @@ def create_app(
             text = check_lyrics(lyrics)
             with lock:
                 vector, side, query = embed_lyrics(captioner, [text]), "audio", "lyrics"
-        hits = searcher.index.search(vector, side, k)[0]
-        return {"query": query, "results": [h.to_dict() for h in hits]}
+        hits = searcher.index.search(vector, side, k, distinct=distinct)[0]
+        results = []
+        for h in hits:
+            row = h.to_dict()
+            if h.song_id in audio_files:
+                row["audio_url"] = "/audio?" + urlencode({"song_id": h.song_id})
+            results.append(row)
+        return {"query": query, "results": results}
+
+    @app.get("/audio", summary="A catalogue song's audio (files of the index only)")
+    def catalogue_audio(song_id: str) -> FileResponse:
+        path = audio_files.get(song_id)
+        # Only a path the index recorded, looked up by id: the request never names a file.
+        if path is None or Path(path).suffix.lower() not in AUDIO_SUFFIXES:
+            raise ApiError(404, "not_found", f"no audio for song {song_id!r} in the index")
+        if not Path(path).is_file():
+            raise ApiError(404, "not_found", f"the audio of song {song_id!r} is gone")
+        media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -348,10 +496,12 @@ def load_app(
     settings: ServeSettings | None = None,
     device: Any = None,
     windows: int | None = None,
+    int8: bool = False,
 ) -> Any:
     """The app for a model folder / RUN and an optional index built with that model. `windows`:
-    the 15 s windows heard per song (default: the model's, `Captioner`)."""
-    captioner = Captioner.from_pretrained(model, device=device, windows=windows)
+    the 15 s windows heard per song (default: the model's, `Captioner`); `int8`: a CPU
+    captioner with int8 Linear layers (recap.inference.quantize)."""
+    captioner = Captioner.from_pretrained(model, device=device, windows=windows, int8=int8)
     searcher = None
     if index is not None:
         from recap.inference.index import Searcher, SongIndex
