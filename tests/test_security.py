@@ -117,7 +117,7 @@ def test_resume_accepts_other_spellings_of_the_same_paths(paused_run, tmp_path, 
 
 
 def test_tokenizer_with_auto_map_is_refused_without_a_prompt(tmp_path, monkeypatch):
-    from recap.models.model import _maybe_tokenizer
+    from recap.models.pretrained import _maybe_tokenizer
     from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     folder = tmp_path / "model"
