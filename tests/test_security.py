@@ -22,8 +22,10 @@ from support import RATE, SONGS, tone
 from test_train import fake_music_embeddings, make_dataset, tiny_config
 
 import recap.training.train as train_mod
-from recap.inference.captioner import Captioner, caption_files, collect_inputs
+from recap.inference.caption_job import caption_files
+from recap.inference.captioner import Captioner
 from recap.inference.generate import DecodeSettings
+from recap.inference.inputs import collect_inputs
 from recap.training.checkpoint import rng_state, set_rng_state
 from recap.utils import RecapError
 
@@ -432,7 +434,7 @@ def test_outputs_honour_the_umask(tmp_path):
 
 def test_deeply_nested_json_is_a_clear_error(tmp_path):
     from recap.data.songs import load_rows
-    from recap.inference.captioner import read_manifest
+    from recap.inference.inputs import read_manifest
     from recap.models.config import RecapConfig
 
     deep = "[" * 100_000 + "]" * 100_000

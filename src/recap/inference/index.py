@@ -41,13 +41,9 @@ import numpy as np
 
 from recap.data.songs import prepare_lyrics
 from recap.evaluation.retrieval import chance_metrics, retrieval_metrics
-from recap.inference.captioner import (
-    Captioner,
-    SongInput,
-    collect_inputs,
-    read_manifest,
-)
+from recap.inference.captioner import Captioner
 from recap.inference.generate import resolve_model_dir
+from recap.inference.inputs import SongInput, collect_inputs, read_manifest
 from recap.utils import RecapError, SkipReport, atomic_write_json, make_temp_dir, read_json
 
 log = logging.getLogger(__name__)

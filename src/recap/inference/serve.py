@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from recap.data.audio import decode_error_reason
-from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, no_audio_message
+from recap.inference.captioner import Captioner
 from recap.inference.generate import DecodeSettings
+from recap.inference.inputs import AUDIO_SUFFIXES, no_audio_message
 from recap.utils import RecapError
 
 log = logging.getLogger(__name__)
