@@ -328,7 +328,7 @@ def test_saved_ivf_lists_are_read_not_retrained(tmp_path, monkeypatch):
 
 
 def test_index_build_refuses_a_bad_out_before_embedding(model_dir, songs_dir, tmp_path):
-    from recap.inference.index import build_index
+    from recap.inference.indexing import build_index
 
     out = tmp_path / "taken"
     out.mkdir()

@@ -52,7 +52,8 @@ class SplitSongs:
     @classmethod
     def load(cls, data: str | os.PathLike, split: str = "test") -> SplitSongs:
         from recap.bench import load_truth
-        from recap.inference.index import SongEntry, catalogue_songs, first_line, lyrics_key
+        from recap.inference.index import SongEntry, first_line, lyrics_key
+        from recap.inference.indexing import catalogue_songs
 
         truths = load_truth(data)
         songs = [s for s in catalogue_songs(data) if s.split == split and s.id in truths]
@@ -95,7 +96,7 @@ def embed_test_songs(
     """(audio, lyrics) unit vectors (N, D) of `songs` in the aligned space of the model in RUN."""
     from recap.inference.captioner import Captioner
     from recap.inference.generate import load_model_and_tokenizer
-    from recap.inference.index import embed_lyrics
+    from recap.inference.indexing import embed_lyrics
 
     model, tokenizer, folder = load_model_and_tokenizer(run, device="cpu")
     captioner = Captioner(model, tokenizer, source=folder)
@@ -162,7 +163,7 @@ def ranked_retrieval(
 ) -> dict[str, dict[str, float]]:
     """Retrieval both ways from a score matrix (audio i, lyrics j), ties broken at random (the
     mean over `draws` orders; `retrieval_metrics` alone counts a tie as a hit)."""
-    from recap.inference.index import retrieval_metrics
+    from recap.evaluation.retrieval import retrieval_metrics
 
     eye = np.eye(score.shape[1])  # key j = one-hot: query row i @ eye = that row's scores
     spread = max(float(np.ptp(score)), 1.0) * 1e-6
