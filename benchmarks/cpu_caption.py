@@ -125,7 +125,7 @@ def plain(model: Any, tokenizer: Any, waves: list, lyrics: list) -> tuple[float,
     import numpy as np
     import torch
 
-    from recap.inference.captioner import prepare_lyrics
+    from recap.data.songs import prepare_lyrics
 
     ids = []
     start = time.perf_counter()

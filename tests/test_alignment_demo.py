@@ -7,17 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from recap.evaluation.alignment import (
-    AlignmentDemoConfig,
+from recap.evaluation.aligned_space import (
     SplitSongs,
     coupled_facts,
     fact_agreement,
     geometry,
     linear_map_retrieval,
     oracle_retrieval,
-    run_alignment_demo,
-    training_tasks,
 )
+from recap.evaluation.alignment import AlignmentDemoConfig, run_alignment_demo, training_tasks
 from recap.models.config import RecapConfig
 
 

@@ -13,7 +13,8 @@ from support import SONGS
 
 from recap.cli import main
 from recap.data.audio import AudioConfig
-from recap.inference.captioner import Captioner, collect_inputs
+from recap.inference.captioner import Captioner
+from recap.inference.inputs import collect_inputs
 from recap.utils import RecapError
 
 
@@ -304,7 +305,7 @@ def test_a_model_hears_the_window_count_it_was_trained_on_by_default(
     song. `--windows` always decides."""
     import shutil
 
-    from recap.inference.captioner import DEFAULT_WINDOWS, default_windows
+    from recap.inference.inputs import DEFAULT_WINDOWS, default_windows
     from recap.models.config import RecapConfig
 
     song, _, _ = three_minute_song(tmp_path)

@@ -230,7 +230,7 @@ def test_a_captioner_trains_captions_and_reloads_with_clap(clap_dir: Path, tmp_p
     """recap train --encoder hf:DIR → RUN/best reloads with the CLAP tower → recap caption."""
     from test_train import make_dataset, tiny_config
 
-    from recap.inference.captioner import caption_files
+    from recap.inference.caption_job import caption_files
     from recap.models.model import RecapModel
     from recap.training.train import train
 

@@ -10,15 +10,9 @@ import pytest
 from support import SONGS
 
 from recap.cli import main
-from recap.inference.index import (
-    IndexSettings,
-    Searcher,
-    SongEntry,
-    SongIndex,
-    build_index,
-    chance_metrics,
-    retrieval_metrics,
-)
+from recap.evaluation.retrieval import chance_metrics, retrieval_metrics
+from recap.inference.index import IndexSettings, SongEntry, SongIndex
+from recap.inference.indexing import Searcher, build_index
 from recap.utils import RecapError
 
 

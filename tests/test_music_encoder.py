@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from recap.models.music_encoder import (
-    MusicEncoder,
-    MusicEncoderConfig,
-    htk_mel_filterbank,
-    load_music_encoder,
-)
+from recap.models.mel import htk_mel_filterbank
+from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig, load_music_encoder
 from recap.utils import RecapError
 
 REFERENCE_PARAMS = 10_521_652  # SPEC §1.1 / cnnsa_ref_meta.json

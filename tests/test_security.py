@@ -22,8 +22,10 @@ from support import RATE, SONGS, tone
 from test_train import fake_music_embeddings, make_dataset, tiny_config
 
 import recap.training.train as train_mod
-from recap.inference.captioner import Captioner, caption_files, collect_inputs
+from recap.inference.caption_job import caption_files
+from recap.inference.captioner import Captioner
 from recap.inference.generate import DecodeSettings
+from recap.inference.inputs import collect_inputs
 from recap.training.checkpoint import rng_state, set_rng_state
 from recap.utils import RecapError
 
@@ -117,7 +119,7 @@ def test_resume_accepts_other_spellings_of_the_same_paths(paused_run, tmp_path, 
 
 
 def test_tokenizer_with_auto_map_is_refused_without_a_prompt(tmp_path, monkeypatch):
-    from recap.models.model import _maybe_tokenizer
+    from recap.models.pretrained import _maybe_tokenizer
     from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     folder = tmp_path / "model"
@@ -326,7 +328,7 @@ def test_saved_ivf_lists_are_read_not_retrained(tmp_path, monkeypatch):
 
 
 def test_index_build_refuses_a_bad_out_before_embedding(model_dir, songs_dir, tmp_path):
-    from recap.inference.index import build_index
+    from recap.inference.indexing import build_index
 
     out = tmp_path / "taken"
     out.mkdir()
@@ -432,7 +434,7 @@ def test_outputs_honour_the_umask(tmp_path):
 
 def test_deeply_nested_json_is_a_clear_error(tmp_path):
     from recap.data.songs import load_rows
-    from recap.inference.captioner import read_manifest
+    from recap.inference.inputs import read_manifest
     from recap.models.config import RecapConfig
 
     deep = "[" * 100_000 + "]" * 100_000

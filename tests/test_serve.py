@@ -17,7 +17,7 @@ from support import RATE, SONGS, tone
 
 from recap.inference.captioner import Captioner
 from recap.inference.generate import DecodeSettings
-from recap.inference.index import Searcher, build_index
+from recap.inference.indexing import Searcher, build_index
 from recap.inference.serve import ServeSettings, create_app
 from recap.utils import RecapError
 

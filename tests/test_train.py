@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import recap.training.train as train_mod
 from recap.cli.train import add_config_arguments, config_from_args
 from recap.data.batching import LengthGroupedBatchSampler, pad_music
 from recap.training.collate import Collator, Example
+from recap.training.optim import build_optimizer
 from recap.training.train import TrainConfig, train
 
 WORDS = "love night river sun rain heart road home fire sea".split()
@@ -211,7 +211,7 @@ def test_paper_preset_builds_the_authors_adafactor():
     paper = TrainConfig(preset="recap", size="paper").resolved()
     small = TrainConfig(preset="recap", size="small").resolved()
     assert paper.adafactor_scale_parameter is True and small.adafactor_scale_parameter is False
-    opt = train_mod.build_optimizer(paper, [torch.nn.Parameter(torch.zeros(2))])
+    opt = build_optimizer(paper, [torch.nn.Parameter(torch.zeros(2))])
     d = opt.defaults
     assert (d["scale_parameter"], d["relative_step"], d["warmup_init"]) == (True, False, False)
     assert d["lr"] == paper.lr
@@ -220,7 +220,7 @@ def test_paper_preset_builds_the_authors_adafactor():
         torch.manual_seed(0)
         weight = torch.nn.Parameter(0.02 * torch.randn(64, 64))  # std 0.02, as BART's init
         before = weight.detach().clone()
-        opt = train_mod.build_optimizer(cfg, [weight])
+        opt = build_optimizer(cfg, [weight])
         weight.grad = torch.randn(64, 64)
         opt.step()
         return float((weight.detach() - before).pow(2).mean().sqrt())

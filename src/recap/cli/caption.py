@@ -1,4 +1,4 @@
-"""`recap caption`: the command line of `recap.inference.captioner`."""
+"""`recap caption`: the command line of `recap.inference.caption_job`."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def register(subparsers: Any) -> None:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
-    from recap.inference.captioner import Captioner, caption_files, heard_summary
+    from recap.inference.caption_job import caption_files, heard_summary
+    from recap.inference.captioner import Captioner
 
     if args.windows is not None and args.windows < 1:
         raise RecapError("--windows must be at least 1")

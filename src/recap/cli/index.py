@@ -1,4 +1,4 @@
-"""`recap index`: the command line of `recap.inference.index`."""
+"""`recap index`: the command line of `recap.inference.index` and `recap.inference.indexing`."""
 
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def _add_index_settings(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from recap.inference.index import IndexSettings, build_index
+    from recap.inference.index import IndexSettings
+    from recap.inference.indexing import build_index
 
     settings = IndexSettings(args.kind, args.nlist, args.nprobe)
     index, skipped = build_index(
@@ -98,7 +99,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from recap.inference.index import Searcher
+    from recap.inference.indexing import Searcher
 
     searcher = Searcher.load(args.index, args.model, args.device, nprobe=args.nprobe)
     if args.audio:

@@ -322,7 +322,7 @@ def evaluate(
     model, tokenizer, _ = load_model_and_tokenizer(target.model_dir, device, needs_audio=False)
 
     if without_lyrics:
-        from recap.inference.captioner import no_audio_message
+        from recap.inference.inputs import no_audio_message
 
         grounding = False  # the swap test needs lyrics to swap
 

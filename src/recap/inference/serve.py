@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from recap.data.audio import decode_error_reason
-from recap.inference.captioner import AUDIO_SUFFIXES, Captioner, no_audio_message
+from recap.inference.captioner import Captioner
 from recap.inference.generate import DecodeSettings
+from recap.inference.inputs import AUDIO_SUFFIXES, no_audio_message
 from recap.utils import RecapError
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def _groups(jobs: list[_Job]) -> list[list[_Job]]:
 def create_app(
     captioner: Captioner, searcher: Any = None, settings: ServeSettings | None = None
 ) -> Any:
-    """The FastAPI application. `searcher`: a recap.inference.index.Searcher sharing `captioner`, or None."""
+    """The FastAPI application. `searcher`: a recap.inference.indexing.Searcher sharing `captioner`, or None."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
@@ -372,7 +373,7 @@ def create_app(
     ) -> dict[str, Any]:
         from urllib.parse import urlencode
 
-        from recap.inference.index import embed_audio, embed_lyrics
+        from recap.inference.indexing import embed_audio, embed_lyrics
 
         if searcher is None:
             raise ApiError(503, "no_index", "this server has no index; start it with --index")
@@ -504,7 +505,8 @@ def load_app(
     captioner = Captioner.from_pretrained(model, device=device, windows=windows, int8=int8)
     searcher = None
     if index is not None:
-        from recap.inference.index import Searcher, SongIndex
+        from recap.inference.index import SongIndex
+        from recap.inference.indexing import Searcher
 
         searcher = Searcher(SongIndex.load(index), captioner)
     return create_app(captioner, searcher, settings)

@@ -18,11 +18,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.bart.modeling_bart import BartEncoderLayer, shift_tokens_right
 from transformers.utils import ModelOutput
 
-from recap.models.config import CONFIG_NAME, RecapConfig
+from recap.models.config import RecapConfig
 from recap.models.encoders import (
     MusicEncoderProtocol,
     build_music_encoder,
@@ -42,9 +39,8 @@ from recap.models.encoders import (
 from recap.models.fusion import FusionBlock
 from recap.models.losses import SongIds, masked_mean, recap_loss
 from recap.models.pointer import CopyHead
-from recap.utils import RecapError, atomic_path, atomic_write_json
-
-WEIGHTS_NAME = "model.safetensors"
+from recap.models.pretrained import PretrainedMixin
+from recap.utils import RecapError
 
 # Early transformers 5 releases still required a `layer_head_mask` argument on encoder layers;
 # later ones dropped it. Pass it only where it exists (read once, never mutated).
@@ -86,14 +82,15 @@ class RecapOutput(ModelOutput):
     encoder_last_hidden_state: torch.Tensor | None = None
 
 
-class RecapModel(nn.Module):
+class RecapModel(PretrainedMixin, nn.Module):
     """The RECAP captioner: BART + fusion + alignment projection (+ an optional frozen music
     encoder: CNNSA, or another behind `recap.models.encoders.MusicEncoderProtocol`).
 
     `config.use_music=False` is plain BART (the `bart` method): music inputs are ignored.
     Music comes either as precomputed embeddings `music_embeds` (B, M, music_dim) — the training
     path — or as a raw `waveform` (B, T) at the encoder's sample rate (16 kHz for CNNSA), run
-    through the frozen music encoder in eval mode.
+    through the frozen music encoder in eval mode. Saving and loading (`save_pretrained`,
+    `from_pretrained`, `from_bart`) come from `recap.models.pretrained.PretrainedMixin`.
     """
 
     def __init__(
@@ -527,150 +524,5 @@ class RecapModel(nn.Module):
             return contextlib.nullcontext()
         return self.copy_head.attend(states, input_ids, attention_mask)
 
-    # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | os.PathLike, tokenizer: Any = None) -> Path:
-        """Write `model.safetensors`, the tokenizer files (if one is given or attached) and, last,
-        `config.json` into `directory`; each file is replaced atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        from safetensors.torch import save_file
 
-        full = self.state_dict()
-        state = {k: full[k].detach().cpu().contiguous().clone() for k in _unique_state_names(full)}
-        with atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "model": "recap.RecapModel"})
-        if tokenizer is not None:
-            # The tokenizer writes several files: stage them, then move each into place.
-            with tempfile.TemporaryDirectory(dir=directory, prefix=".tokenizer.") as staging:
-                for written in tokenizer.save_pretrained(staging):
-                    written = Path(written)
-                    if written.is_file():
-                        os.replace(written, directory / written.name)
-        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
-        return directory
-
-    def _load_weights(self, weights: Path) -> None:
-        """Load `model.safetensors` strictly, tied aliases (lm_head = shared embeddings) aside."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError) as exc:
-            raise RecapError(f"cannot read {weights}: {exc}") from exc
-        try:
-            missing, unexpected = self.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise RecapError(f"{weights} does not fit its config.json: {exc}") from exc
-        full = self.state_dict()
-        missing = set(missing) - (set(full) - set(_unique_state_names(full)))
-        if missing or unexpected:
-            raise RecapError(
-                f"{weights} does not fit its config.json: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
-            )
-
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | os.PathLike, device: torch.device | str | None = None
-    ) -> RecapModel:
-        """Load a folder written by `save_pretrained` (or a hub repo in that format); eval mode.
-
-        A plain Hugging Face BART folder is refused with a pointer to `from_bart`.
-        """
-        directory = _resolve_folder(name_or_path)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise RecapError(f"{directory} is not a RECAP model folder: {CONFIG_NAME} missing")
-        config = RecapConfig.load(config_path)
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise RecapError(f"{directory} is not a RECAP model folder: {WEIGHTS_NAME} missing")
-        model = cls(config)
-        model._load_weights(weights)
-        model.tokenizer = _maybe_tokenizer(directory)
-        if device is not None:
-            model.to(device)
-        return model.eval()
-
-    @classmethod
-    def from_bart(
-        cls,
-        name_or_path: str | os.PathLike,
-        config: RecapConfig | None = None,
-        music_encoder: str | os.PathLike | MusicEncoderProtocol | None = None,
-    ) -> RecapModel:
-        """A captioner whose BART part comes from a Hugging Face BART checkpoint.
-
-        `name_or_path`: e.g. "facebook/bart-base" or a local folder in that format. The BART
-        sizes of `config` (default: the `recap` preset) are replaced by the checkpoint's.
-        `music_encoder`: an encoder spec (`recap.models.encoders.build_music_encoder`: a CNNSA
-        checkpoint file or folder, `hf:<name>`...) or an encoder; its kind and config replace
-        `config.music_kind` and `config.music`. Fusion and projection start freshly initialised.
-        """
-        config = RecapConfig.from_dict((config or RecapConfig.preset("recap")).to_dict())
-        encoder = None
-        if music_encoder is not None:
-            encoder = build_music_encoder(music_encoder)
-            config.music_kind = encoder.kind
-            config.music = encoder.config
-        try:
-            bart = BartForConditionalGeneration.from_pretrained(
-                str(name_or_path), attn_implementation=config.attn_implementation
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RecapError(f"cannot load a BART checkpoint from {name_or_path!s}: {exc}") from exc
-        config = config.with_bart_config(bart.config.to_dict())
-        model = cls(config, bart=bart, music_encoder=encoder)
-        model.attach_tokenizer(_maybe_tokenizer(name_or_path))
-        return model
-
-
-def _unique_state_names(state: dict[str, torch.Tensor]) -> list[str]:
-    """State-dict names with tied aliases removed (the first name of each tensor is kept):
-    BART's lm_head and token embeddings are one tensor, stored once."""
-    seen: set[tuple[int, int, tuple[int, ...]]] = set()
-    names = []
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
-            seen.add(key)
-            names.append(name)
-    return names
-
-
-def _resolve_folder(name_or_path: str | os.PathLike) -> Path:
-    """A local folder as is; otherwise a hub repo id fetched with huggingface_hub (cache/offline
-    rules apply)."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise RecapError(f"{path} is a file; a RECAP model is a folder")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(name_or_path)))
-    except Exception as exc:  # noqa: BLE001 - any hub failure is "cannot load this name"
-        raise RecapError(
-            f"{name_or_path!s} is not a local folder and could not be fetched from the hub: {exc}"
-        ) from exc
-
-
-def _maybe_tokenizer(name_or_path: str | os.PathLike) -> Any:
-    """The tokenizer saved beside a model, or None when there is none."""
-    from recap.models.tokenizer import has_tokenizer_files, load_tokenizer, refuse_remote_code
-
-    path = Path(name_or_path)
-    if path.is_dir():
-        refuse_remote_code(path)  # a folder that asks to run its own code is an error, not "none"
-        if not has_tokenizer_files(path):
-            return None
-    try:
-        return load_tokenizer(name_or_path)
-    except RecapError:
-        return None
-
-
-__all__ = ["RecapModel", "RecapOutput", "RecapEncoderOutput", "WEIGHTS_NAME"]
+__all__ = ["RecapModel", "RecapOutput", "RecapEncoderOutput"]

@@ -8,19 +8,18 @@ waveform (B, T) 16 kHz mono
   → [tagging only] pooler(CLS) → dropout → Linear → sigmoid                 (B, n_tags)
 
 Module and buffer names follow the public reference code, so its pretrained checkpoints
-(`best_model.pth`) load with `strict=True`. The mel front end is written with `torch.stft`
-because torchaudio is not a dependency; it reproduces `torchaudio.transforms.MelSpectrogram`'s
-defaults (periodic Hann window, center=True with reflect padding, power 2, HTK mel, no norm).
+(`best_model.pth`) load with `strict=True` (`MusicEncoder.from_checkpoint`; reading that format:
+recap.models.cnnsa_checkpoint). The mel front end, `torch.stft` in place of torchaudio's
+`MelSpectrogram`, is recap.models.mel.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recap.models.mel import MelSpectrogram
 from recap.utils import RecapError, atomic_path, atomic_write_json, known_fields
 
 logger = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ WEIGHTS_NAME = "model.safetensors"
 # n_mels <= 2**7 = 128 reaches exactly 1, which the sequence step requires.
 BLOCK_STRIDES: tuple[tuple[int, int], ...] = ((2, 2),) * 3 + ((2, 1),) * 4
 MAX_N_MELS = 2 ** len(BLOCK_STRIDES)
-
-# The public reference keeps 64 copies of the CLS vector as a plain attribute (not saved), so it
-# fails above batch 64; some forks saved it. Such keys are dropped on load (the vector is fixed).
-_LEGACY_CLS_KEYS = ("vec_cls",)
 
 
 def _conv_out(size: int, stride: int) -> int:
@@ -166,99 +162,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "top_db": 80.0,
     },
 }
-
-
-# ----------------------------------------------------------------------------- mel front end
-
-
-def htk_mel_filterbank(
-    n_freqs: int,
-    f_min: float,
-    f_max: float,
-    n_mels: int,
-    sample_rate: int,
-    dtype: torch.dtype = torch.float32,
-    freq_scale: float = 1.0,
-) -> torch.Tensor:
-    """Triangular HTK-mel filterbank without normalisation, (n_freqs, n_mels).
-
-    torchaudio's `melscale_fbanks(..., norm=None, mel_scale="htk")` construction. In float32
-    (the default) it equals the `fb` torchaudio stores in checkpoints bit for bit; float64
-    differs from it by up to 1.3e-5 (float32 rounding of the mel grid) and equals librosa's.
-    `freq_scale` multiplies every band edge (1: the mel filterbank itself); the tagger's pitch
-    shift reads a spectrum moved k semitones with freq_scale 2^(-k/12).
-    """
-    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=dtype)  # (F,)
-
-    def hz_to_mel(hz: float) -> float:
-        return 2595.0 * math.log10(1.0 + hz / 700.0)
-
-    m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=dtype)
-    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)  # (n_mels + 2,) band edges in Hz
-    if freq_scale != 1.0:
-        f_pts = f_pts * freq_scale
-    f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,)
-    slopes = f_pts.unsqueeze(0) - all_freqs.unsqueeze(1)  # (F, n_mels + 2)
-    down = -slopes[:, :-2] / f_diff[:-1]  # (F, n_mels) rising edge
-    up = slopes[:, 2:] / f_diff[1:]  # (F, n_mels) falling edge
-    return torch.clamp(torch.minimum(down, up), min=0.0)
-
-
-class Spectrogram(nn.Module):
-    """Power spectrogram, torchaudio defaults: periodic Hann, center=True, reflect padding."""
-
-    def __init__(self, n_fft: int, hop_length: int) -> None:
-        super().__init__()
-        self.n_fft = n_fft
-        self.hop_length = hop_length
-        # clone(): the periodic window is a view into an (n_fft + 1) storage, which safetensors
-        # refuses to save.
-        window = torch.hann_window(n_fft, periodic=True).clone()  # (n_fft,)
-        self.register_buffer("window", window)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        # waveform (B, T) → (B, n_fft // 2 + 1, T // hop + 1)
-        stft = torch.stft(
-            waveform,
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            win_length=self.n_fft,
-            window=self.window.to(waveform.dtype),
-            center=True,
-            pad_mode="reflect",
-            normalized=False,
-            onesided=True,
-            return_complex=True,
-        )
-        return stft.abs().pow(2.0)
-
-
-class MelScale(nn.Module):
-    """Projects a power spectrogram onto the HTK mel bands stored in the `fb` buffer."""
-
-    def __init__(self, config: MusicEncoderConfig) -> None:
-        super().__init__()
-        fb = htk_mel_filterbank(
-            config.n_freqs, config.f_min, config.f_max, config.n_mels, config.sample_rate
-        )
-        self.register_buffer("fb", fb)  # (n_freqs, n_mels)
-
-    def forward(self, power: torch.Tensor) -> torch.Tensor:
-        # power (B, n_freqs, frames) → (B, frames, n_freqs) @ (n_freqs, n_mels) → (B, n_mels, frames)
-        return torch.matmul(power.transpose(-1, -2), self.fb.to(power.dtype)).transpose(-1, -2)
-
-
-class MelSpectrogram(nn.Module):
-    """`spec` of the reference model: keys `spec.spectrogram.window`, `spec.mel_scale.fb`."""
-
-    def __init__(self, config: MusicEncoderConfig) -> None:
-        super().__init__()
-        self.spectrogram = Spectrogram(config.n_fft, config.hop_length)
-        self.mel_scale = MelScale(config)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        # (B, T) → (B, n_mels, frames) mel power
-        return self.mel_scale(self.spectrogram(waveform))
 
 
 # ----------------------------------------------------------------------------- CNN
@@ -521,32 +424,18 @@ class MusicEncoder(nn.Module):
         filterbank or window of another shape (older torchaudio) is replaced by the computed one.
         Returned in eval mode.
         """
-        source = str(checkpoint) if isinstance(checkpoint, str | os.PathLike) else "state dict"
-        state = _normalise_state_dict(
-            _read_checkpoint(checkpoint)
-            if isinstance(checkpoint, str | os.PathLike)
-            else checkpoint,
+        from recap.models.cnnsa_checkpoint import fit_front_end, read_reference
+
+        config, state, source = read_reference(checkpoint, config)
+        model = cls(config)
+        fit_front_end(
+            state,
+            {
+                "spec.mel_scale.fb": model.spec.mel_scale.fb,
+                "spec.spectrogram.window": model.spec.spectrogram.window,
+            },
             source,
         )
-        if config is None:
-            config = _infer_config(state, source)
-        else:
-            config = _with_checkpoint_tags(config, state, source)
-        model = cls(config)
-        for key, expected in (
-            ("spec.mel_scale.fb", model.spec.mel_scale.fb),
-            ("spec.spectrogram.window", model.spec.spectrogram.window),
-        ):
-            stored = state.get(key)
-            if stored is not None and stored.shape != expected.shape:
-                logger.info(
-                    "%s: stored %s has shape %s, expected %s; using the computed one",
-                    source,
-                    key,
-                    tuple(stored.shape),
-                    tuple(expected.shape),
-                )
-                state[key] = expected.clone()
         model._load_strict(state, source)
         return model.eval()
 
@@ -594,86 +483,6 @@ class MusicEncoder(nn.Module):
         model = cls(config)
         model._load_strict(state, str(weights_path))
         return model.eval()
-
-
-def _read_checkpoint(path: str | os.PathLike) -> Mapping[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise RecapError(f"music encoder checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # weights_only: a checkpoint is data, never code to run
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a corrupt or foreign file
-        raise RecapError(f"cannot read music encoder checkpoint {path}: {err}") from err
-
-
-def _normalise_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """Unwrap {'state_dict': ...}/{'model': ...}, strip 'module.', drop the legacy CLS copies."""
-    while isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in ("state_dict", "model") if k in obj), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise RecapError(f"{source} holds no state dict (got {type(obj).__name__})")
-    state = {}
-    for key, value in obj.items():
-        if not isinstance(value, torch.Tensor):
-            continue  # e.g. an epoch counter stored beside the weights
-        key = key.removeprefix("module.")
-        if key in _LEGACY_CLS_KEYS:
-            continue
-        state[key] = value
-    return state
-
-
-def _infer_config(state: Mapping[str, torch.Tensor], source: str) -> MusicEncoderConfig:
-    """Read the sizes a state dict fixes; the rest (heads, dropout, audio) stay the defaults."""
-    try:
-        n_channels = state["layer1.conv_1.weight"].shape[0]
-        n_tags = state["dense.weight"].shape[0]
-    except KeyError as err:
-        raise RecapError(f"{source} is not a CNNSA checkpoint: no {err.args[0]!r}") from err
-    overrides: dict[str, Any] = {"n_channels": n_channels, "n_tags": n_tags}
-    layers = {k.split(".")[2] for k in state if k.startswith("encoder.layer.")}
-    overrides["n_layers"] = len(layers)
-    if "encoder.layer.0.intermediate.dense.weight" in state:
-        overrides["ffn_dim"] = state["encoder.layer.0.intermediate.dense.weight"].shape[0]
-    window = state.get("spec.spectrogram.window")
-    if window is not None and window.dim() == 1 and window.numel() >= 2:
-        overrides["n_fft"] = window.numel()
-    fb = state.get("spec.mel_scale.fb")
-    n_freqs = overrides.get("n_fft", MusicEncoderConfig.n_fft) // 2 + 1
-    if fb is not None and fb.dim() == 2 and fb.shape[0] == n_freqs:
-        overrides["n_mels"] = fb.shape[1]  # otherwise (empty or transposed) keep the default
-    heads = MusicEncoderConfig.n_heads
-    if (2 * n_channels) % heads:
-        heads = math.gcd(2 * n_channels, heads)
-    overrides["n_heads"] = heads
-    return MusicEncoderConfig(**overrides)
-
-
-def _with_checkpoint_tags(
-    config: MusicEncoderConfig, state: Mapping[str, torch.Tensor], source: str
-) -> MusicEncoderConfig:
-    """The tagging head's size is a fact of the weights: take n_tags from the checkpoint."""
-    head = state.get("dense.weight")
-    if head is None or head.dim() != 2 or head.shape[0] == config.n_tags:
-        return config
-    n_tags = head.shape[0]
-    names = config.tag_names if len(config.tag_names) == n_tags else []
-    if config.tag_names and not names:
-        logger.warning(
-            "%s has %d tags but the config names %d; dropping the tag names",
-            source,
-            n_tags,
-            len(config.tag_names),
-        )
-    return replace(config, n_tags=n_tags, tag_names=names)
 
 
 def load_music_encoder(

@@ -167,7 +167,7 @@ class PitchShifter:
     """
 
     def __init__(self, model: Any, max_shift: int) -> None:
-        from recap.models.music_encoder import htk_mel_filterbank
+        from recap.models.mel import htk_mel_filterbank
 
         c = model.config
         self.spectrogram = model.spec.spectrogram

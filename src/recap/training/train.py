@@ -45,6 +45,7 @@ from recap.training.config import (
     check_same_config,
     read_train_config,
 )
+from recap.training.optim import build_optimizer
 from recap.training.runlog import TensorBoard, append_jsonl, validation_scores
 from recap.utils import RecapError, SkipReport, atomic_write_json
 
@@ -532,32 +533,6 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
 
-def build_optimizer(
-    cfg: TrainConfig, params: Sequence[torch.nn.Parameter], device_type: str = "cpu"
-) -> torch.optim.Optimizer:
-    """The run's optimizer from a resolved config.
-
-    Adafactor with a fixed lr as both public codebases build it (`relative_step=False,
-    warmup_init=False`); `scale_parameter` is `cfg.adafactor_scale_parameter` (True at paper
-    size, as the authors: Hugging Face's default). AdamW is fused on CUDA.
-    """
-    if cfg.optimizer == "adafactor":
-        from transformers.optimization import Adafactor
-
-        if cfg.adafactor_scale_parameter is None:
-            raise RecapError("adafactor_scale_parameter is unset: resolve the TrainConfig first")
-        return Adafactor(
-            list(params),
-            lr=cfg.lr,
-            relative_step=False,
-            scale_parameter=bool(cfg.adafactor_scale_parameter),
-            warmup_init=False,
-            weight_decay=cfg.weight_decay,
-        )
-    fused = device_type == "cuda"
-    return torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-
-
 def _term(out: Any, name: str) -> torch.Tensor:
     value = getattr(out, name, None)
     if value is None:
@@ -612,7 +587,6 @@ __all__: list[str] = [
     "TrainConfig",
     "TrainState",
     "Trainer",
-    "build_optimizer",
     "train",
     "validation_scores",
 ]
