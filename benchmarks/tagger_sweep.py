@@ -62,7 +62,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import recap.data.cache
-    from recap import music_encoder, tagger
+    from recap.models import music_encoder
+    from recap.training import tagger
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
