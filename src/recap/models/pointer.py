@@ -53,7 +53,7 @@ class CopyHead(nn.Module):
             self.word_embedding = nn.Embedding(word_positions + 1, d_model)
             self.context = nn.Linear(d_model, d_model, bias=False)
             nn.init.zeros_(self.context.weight)  # starts as the plain pointer-generator
-        self._source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._source: tuple[torch.Tensor, ...] | None = None
         self._decoder_ids: torch.Tensor | None = None
 
     def set_word_starts(self, tokenizer) -> None:
@@ -85,8 +85,15 @@ class CopyHead(nn.Module):
         self, encoder_states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> Iterator[None]:
         """Within the block, BART's output distribution can copy from these source tokens:
-        encoder_states (B, S, d), input_ids and attention_mask (B, S)."""
-        self._source = (encoder_states, input_ids, attention_mask)
+        encoder_states (B, S, d), input_ids and attention_mask (B, S).
+
+        The source side (word numbers, keys) is computed here once, not at every decoding step."""
+        states = encoder_states
+        if self.word_positions:
+            states = states + self.word_embedding(self.word_numbers(input_ids))  # (B, S, d)
+        previous = F.pad(states[:, :-1], (0, 0, 1, 0))  # (B, S, d): state of position s - 1
+        keys = self.key(states) + self.key_previous(previous)  # (B, S, d)
+        self._source = (states, keys, input_ids, attention_mask)
         try:
             yield
         finally:
@@ -106,14 +113,12 @@ class CopyHead(nn.Module):
         if self._source is None:
             return logits
         hidden = args[0]
-        states, ids, mask = self._source
+        states, keys, ids, mask = self._source
         if hidden.size(0) != states.size(0):
             repeat = hidden.size(0) // states.size(0)
-            states, ids, mask = (t.repeat_interleave(repeat, dim=0) for t in (states, ids, mask))
-        if self.word_positions:
-            states = states + self.word_embedding(self.word_numbers(ids))  # (B, S, d)
-        previous = F.pad(states[:, :-1], (0, 0, 1, 0))  # (B, S, d): state of position s - 1
-        keys = self.key(states) + self.key_previous(previous)  # (B, S, d)
+            states, keys, ids, mask = (
+                t.repeat_interleave(repeat, dim=0) for t in (states, keys, ids, mask)
+            )
         scores = self.query(hidden) @ keys.transpose(1, 2) / math.sqrt(keys.size(-1))  # (B, T, S)
         read = self._decoder_ids
         if read is not None and read.shape == hidden.shape[:2]:
