@@ -227,6 +227,8 @@ def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
             source=list(cfg.pretrain_sources),
             text=list(cfg.pretrain_texts),
             exclude_splits_of=[str(b) for b in benches],
+            # the first benchmark's training captions: what the captioners will write
+            bpe_text=[str(benches[0] / "dataset.jsonl")] if benches else [],
             corpus_cache=str(cfg.root / "pretrain-corpus.jsonl"),
             size=cfg.size,
             max_steps=cfg.pretrain_steps,

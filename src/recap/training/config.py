@@ -258,6 +258,11 @@ class PretrainConfig:
     size: str = _opt("small", "BART size of RecapConfig.preset", choices=("tiny", "small", "paper"))
     tokenizer: str = _opt("", "reuse this tokenizer folder ('': train a byte-level BPE)")
     vocab_size: int = _opt(0, "size of the trained BPE (0: the size's vocab_size)")
+    bpe_text: list = _opt(
+        [],
+        "files the BPE also learns from, never denoised: a benchmark's dataset.jsonl gives its "
+        "training rows' captions (repeat)",
+    )
     model_overrides: dict = _opt({}, "RecapConfig BART fields, KEY=VALUE (JSON)", flag="--set")
     position_init: str = _opt(
         "random",
