@@ -398,3 +398,27 @@ def test_songs_with_different_window_counts_pad_their_music_with_a_mask():
     assert not music[0, 119:].any()
     same, none = pad_music([one, one])
     assert same.shape == (2, 119, 8) and none is None  # one window: the paper's path, no mask
+
+
+def test_a_finished_run_from_another_starting_point_is_refused(tmp_path):
+    """A --bart or --encoder folder retrained in place, or a preset the code has changed since,
+    makes a finished run stale: reusing it would report a model the settings no longer build."""
+    from recap.training.config import StaleRunError, _folder_digest
+
+    data = make_dataset(tmp_path / "data", n_songs=5, per_song=2)
+    cfg = tiny_config(data, tmp_path / "run", preset="bart", epochs=1, align_weight=None)
+    run = train(cfg)
+    done = json.loads((run / "done.json").read_text())
+    assert done["starts_from"]["preset"]["d_model"] == 32 and done["starts_from"]["bart"] is None
+    assert train(cfg) == run  # same start: reused
+    done["starts_from"]["preset"]["copy_head"] = not done["starts_from"]["preset"]["copy_head"]
+    (run / "done.json").write_text(json.dumps(done))
+    with pytest.raises(StaleRunError, match="starting point .*preset"):
+        train(cfg)
+    # folder digests follow the files' contents, not their names or times
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    first = _folder_digest(str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text('{"d_model": 2}')
+    assert _folder_digest(str(tmp_path / "m")) != first
+    assert _folder_digest("facebook/bart-base") is None

@@ -20,6 +20,7 @@ Stages (each reuses what a previous run of the demo left in OUT, so a rerun only
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -215,28 +216,31 @@ def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
         METRICS_NAME,
         PretrainConfig,
         format_metrics,
+        is_finished,
         pretrain_text,
     )
 
     # The curriculum's length caps must fit the size's position table (<s> … </s>: 2 more).
     positions = RecapConfig.preset("bart", cfg.size).max_position_embeddings
     curriculum = [c for c in PretrainConfig().curriculum if c + 2 <= positions]
-    out = pretrain_text(
-        PretrainConfig(
-            out=str(cfg.root / "bart-lyrics"),
-            source=list(cfg.pretrain_sources),
-            text=list(cfg.pretrain_texts),
-            exclude_splits_of=[str(b) for b in benches],
-            # the first benchmark's training captions: what the captioners will write
-            bpe_text=[str(benches[0] / "dataset.jsonl")] if benches else [],
-            corpus_cache=str(cfg.root / "pretrain-corpus.jsonl"),
-            size=cfg.size,
-            max_steps=cfg.pretrain_steps,
-            curriculum=curriculum,
-            seed=cfg.seed,
-            workers=cfg.workers,
-        )
+    settings = PretrainConfig(
+        out=str(cfg.root / "bart-lyrics"),
+        source=list(cfg.pretrain_sources),
+        text=list(cfg.pretrain_texts),
+        exclude_splits_of=[str(b) for b in benches],
+        # the first benchmark's training captions: what the captioners will write
+        bpe_text=[str(benches[0] / "dataset.jsonl")] if benches else [],
+        corpus_cache=str(cfg.root / "pretrain-corpus.jsonl"),
+        size=cfg.size,
+        max_steps=cfg.pretrain_steps,
+        curriculum=curriculum,
+        seed=cfg.seed,
+        workers=cfg.workers,
     )
+    folder = Path(settings.out)
+    # the demo owns its folder: one pretrained with other settings (an older commit) is replaced
+    stale = folder.exists() and not is_finished(folder, settings.resolved())
+    out = pretrain_text(dataclasses.replace(settings, overwrite=stale))
     print(format_metrics(json.loads((out / METRICS_NAME).read_text("utf-8"))))
     return out
 
@@ -275,6 +279,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
         ),
         meteor15=cfg.meteor15,
         bootstrap=cfg.bootstrap,
+        retrain_stale=True,  # the demo owns its folder: a rerun at a newer commit retrains
     )
 
 
