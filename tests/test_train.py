@@ -368,6 +368,35 @@ def test_lyrics_dropout_empties_a_share_of_examples_deterministically():
     assert "lyrics_present" not in Collator(pad_token_id=1)(examples)  # off by default
 
 
+def test_a_dropped_example_learns_its_comment_without_lyrics_when_the_row_has_one():
+    from recap.data.songs import Row
+    from recap.models.tokenizer import train_bpe_tokenizer
+    from recap.training.collate import tokenize_rows
+
+    rows = [
+        Row(f"s{i}", "love night river", f'A harp leads. The text begins "love night" {i}.',
+            extra={"comment_without_lyrics": "A harp leads."} if i % 2 else {})
+        for i in range(40)
+    ]  # fmt: skip
+    tok = train_bpe_tokenizer([r.lyrics for r in rows] + [r.comment for r in rows], 300)
+    examples = tokenize_rows(rows, tok, 32, 32)
+    assert examples[0].caption_without_lyrics_ids is None
+    assert tok.decode(examples[1].caption_without_lyrics_ids, skip_special_tokens=True) == (
+        "A harp leads."
+    )
+    collate = Collator(pad_token_id=tok.pad_token_id, lyrics_dropout=0.5, seed=3)
+    batch = collate(examples)
+    labels = [tok.decode(ids, skip_special_tokens=True) for ids in batch["labels"].tolist()]
+    for i, present in enumerate(batch["lyrics_present"]):
+        # the audio-only reference only where the lyrics are gone and the row has one
+        expected = rows[i].comment if present or i % 2 == 0 else "A harp leads."
+        assert labels[i] == expected, i
+    assert not all(batch["lyrics_present"][1::2])  # some odd rows did drop their lyrics
+    assert [tok.decode(i, skip_special_tokens=True) for i in collate(examples, train=False)[
+        "labels"
+    ].tolist()] == [r.comment for r in rows]  # fmt: skip
+
+
 def test_alignment_leaves_out_rows_without_lyrics():
     from recap.models.config import RecapConfig
     from recap.models.model import RecapModel
