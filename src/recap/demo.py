@@ -384,6 +384,7 @@ def slot_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "distinct": ground.get("distinct"),
                 "diagnosis": ground.get("diagnosis"),
                 "swap": ground.get("swap"),
+                "audio_only": ground.get("audio_only"),
             }
         )
     return out
@@ -395,8 +396,9 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
     names = [s for s in AUDIO_SLOTS + LYRICS_SLOTS if s != "salient_words"]
     lines = [
         "| method | seed | " + " | ".join(n.replace("_", " ") for n in names)
-        + " | salient words F1 | distinct | swap: A's audio | swap: B's lyrics |",
-        "|---|---:|" + "---:|" * (len(names) + 4),
+        + " | salient words F1 | distinct | swap: A's audio | swap: B's lyrics"
+        + " | no lyrics: audio | no lyrics: states lyrics facts |",
+        "|---|---:|" + "---:|" * (len(names) + 6),
     ]  # fmt: skip
     for s in slots:
         cells = [f"{100 * s['accuracy'].get(n, 0.0):.0f}" for n in names]
@@ -407,6 +409,9 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
         swap = s["swap"] or {}
         for key in ("audio_mean", "lyrics_mean"):
             cells.append(f"{100 * swap[key]:.0f}" if key in swap else "—")
+        alone = s.get("audio_only") or {}
+        for key in ("audio_mean", "states_lyrics_facts"):
+            cells.append(f"{100 * alone[key]:.0f}" if key in alone else "—")
         lines.append(f"| {s['method']} | {s['seed']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -438,7 +443,9 @@ def results_markdown(
         *slot_markdown(slots or []),
         "",
         "Distinct: different captions / different inputs. Swap: captions of (audio of song A, "
-        "lyrics of song B), A's audio facts and B's lyrics facts right.",
+        "lyrics of song B), A's audio facts and B's lyrics facts right. No lyrics: captions of "
+        "each song's audio alone, its audio facts right, and the share that still state a "
+        "lyrics fact (language, first line, salient words or theme: none can be known).",
         "",
         *(
             [
