@@ -290,7 +290,9 @@ class RecapModel(PretrainedMixin, nn.Module):
 
     def _pool_lyrics(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = None if self.config.pool_includes_padding else attention_mask
-        pooled = masked_mean(hidden, mask) if self.align_pool is None else self.align_pool(hidden, mask)
+        pooled = (
+            masked_mean(hidden, mask) if self.align_pool is None else self.align_pool(hidden, mask)
+        )
         return self.align_proj(pooled)  # (B, L, d) -> (B, d) -> (B, m)
 
     def align_temperature(self) -> float | torch.Tensor:
