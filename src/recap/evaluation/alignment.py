@@ -13,13 +13,16 @@ whatever a previous run left in OUT):
 3. the frozen encoder's music embeddings                         → OUT/bench/cache/
 4. every captioner trained once, `--jobs` at a time: BART, BART-fusion, RECAP at each sweep w,
    each with every seed. RECAP at w = 0 is BART-fusion (the same config and initialisation), and
-   RECAP at the preset's w is the RECAP of Table 1: both are trained once  → OUT/experiments/
-5. Table 1 and the Figure 2 sweep (ROUGE-L recall against w) over the seeds
-6. retrieval in the aligned space (test split): recall@1/5/10 and MRR both ways per model, the
-   chance row, and the ceiling of a reader who knows the coupling table; what the projection
-   learned: do a song's lyrics retrieve audio with the facts its theme maps to, how far apart
-   are paired and unpaired songs, and what could a linear map from the lexicon's reading or
-   from the pooled state the projection reads align? (recap.evaluation.aligned_space)
+   RECAP at the preset's w is the RECAP of Table 1: both are trained once. And the arm beyond
+   the paper (`--arm`, default `ARM`: RECAP with InfoNCE over an attention pool of the lyrics
+   states), every seed                                           → OUT/experiments/
+5. Table 1, the Figure 2 sweep (ROUGE-L recall against w) over the seeds, the arm's row
+6. retrieval in the aligned space (test split): recall@1/5/10 and MRR both ways per model (the
+   arm's beside RECAP's), the chance row, and the ceiling of a reader who knows the coupling
+   table; what the projection learned: do a song's lyrics retrieve audio with the facts its
+   theme maps to, how far apart are paired and unpaired songs, and what could a linear map from
+   the lexicon's reading, from a reader trained on the train works' themes, or from the pooled
+   state the projection reads align? (recap.evaluation.aligned_space)
 7. OUT/results.md and OUT/results.json with every number, the command and the stage times.
 """
 
