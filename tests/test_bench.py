@@ -218,8 +218,12 @@ def test_probe_writes_table(built, tmp_path):
 
 def build_digest(out: Path) -> str:
     """sha256 of a build's dataset.jsonl bytes and of songs.jsonl without the machine-dependent
-    parts (the score's absolute path, the soundfont's name)."""
-    h = hashlib.sha256((out / "dataset.jsonl").read_bytes())
+    parts (the score's absolute path, the soundfont's name). Rows are hashed as the build wrote
+    them before `comment_without_lyrics` (derived from the same draws) was added."""
+    rows = [json.loads(line) for line in (out / "dataset.jsonl").read_text("utf-8").splitlines()]
+    for row in rows:
+        assert row.pop("comment_without_lyrics")
+    h = hashlib.sha256("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     for line in (out / "songs.jsonl").read_text("utf-8").splitlines():
         song = json.loads(line)
         song["source"] = Path(song["source"]).name
@@ -393,3 +397,21 @@ def test_demo_passes_the_coupling_and_keeps_benchmarks_apart(built, tmp_path):
     assert build_bench(DemoConfig(out=str(tmp_path))) == tmp_path / "bench"  # reused
     with pytest.raises(RecapError, match="coupling"):
         build_bench(DemoConfig(out=str(tmp_path), coupling=0.5))
+
+
+def test_each_comment_has_its_audio_only_sentences(built):
+    from recap.bench.slots import AUDIO_SLOTS, LYRICS_SLOTS
+    from recap.bench.templates import parse_caption
+
+    rows = [json.loads(line) for line in (built / "dataset.jsonl").read_text("utf-8").splitlines()]
+    for row in rows:
+        heard = row["comment_without_lyrics"]
+        assert (
+            heard
+            and heard in row["comment"]
+            or all(sentence in row["comment"] for sentence in heard.split(". "))
+        )
+        parsed = parse_caption(heard)
+        assert {s: parsed.get(s) for s in AUDIO_SLOTS} == {s: row["slots"][s] for s in AUDIO_SLOTS}
+        assert not any(parsed.get(s) for s in LYRICS_SLOTS), parsed
+        assert row["slots"]["first_line"] not in heard

@@ -136,3 +136,26 @@ def test_swap_test_scores_audio_against_a_and_lyrics_against_b():
     assert deaf["lyrics_mean"] == 1.0
     assert deaf["accuracy"]["melody"] == 0.0  # the melody is B's, the audio was A's
     assert set(LYRICS_SLOTS) <= set(good["accuracy"]) | {"salient_words"}
+
+
+def test_audio_only_test_counts_captions_that_invent_lyrics_facts():
+    from recap.bench.templates import AUDIO_FAMILIES
+    from recap.evaluation.diagnose import audio_only_test
+
+    rng = random.Random(1)
+    truths = {"A": _truth(rng), "B": _truth(rng)}
+    songs = [("A", "lyrics of A"), ("B", "lyrics of B")]
+    choice = dict.fromkeys(FAMILIES, 0)
+
+    def honest(pairs):  # only what the audio tells
+        assert all(lyrics == "" for _, lyrics in pairs)  # the test gives no lyrics
+        return [render_caption(truths[song], choice, AUDIO_FAMILIES) for song, _ in pairs]
+
+    def inventive(pairs):  # the whole caption, a first line it cannot know included
+        return [render_caption(truths[song], choice, FAMILIES) for song, _ in pairs]
+
+    good = audio_only_test(songs, truths, honest)
+    assert good["n"] == 2 and good["audio_mean"] == 1.0 and good["states_lyrics_facts"] == 0.0
+    assert set(AUDIO_SLOTS) <= set(good["accuracy"])
+    assert not set(LYRICS_SLOTS) & set(good["accuracy"])
+    assert audio_only_test(songs, truths, inventive)["states_lyrics_facts"] == 1.0

@@ -14,7 +14,8 @@ TEXTS = ["Meine Seel’ erhebt den Herren; und mein Geist freut sich", "1. Was m
 
 def copying_model(**overrides) -> RecapModel:
     torch.manual_seed(0)
-    config = RecapConfig.preset("recap", "tiny", copy_head=True, copy_word_positions=8, **overrides)
+    settings = {"copy_head": True, "copy_word_positions": 8, **overrides}
+    config = RecapConfig.preset("recap", "tiny", **settings)
     return RecapModel(config).eval()
 
 
@@ -72,3 +73,58 @@ def test_word_starts_are_saved_with_the_weights(tmp_path):
     model.save_pretrained(tmp_path / "m", tokenizer=tokenizer)
     loaded = RecapModel.from_pretrained(tmp_path / "m")
     assert torch.equal(loaded.copy_head.word_start, model.copy_head.word_start)
+
+
+def _continuation_model(bigram: bool) -> RecapModel:
+    model = copying_model(copy_word_positions=0, copy_follow_bigram=bigram)
+    head = model.copy_head
+    with torch.no_grad():
+        head.gate.bias.fill_(-30.0)  # always copy
+        head.query.weight.zero_()  # no content match: only the continuation bonuses count
+        head.query.bias.zero_()
+        head.continue_bonus.fill_(20.0)
+        if bigram:
+            head.continue_bigram_bonus.fill_(20.0)
+    return model
+
+
+# <s> a b x c b y </s>: after "b" the next source token is x or y; only the token before "b"
+# tells which, so a quotation of the whole source needs the bigram bonus.
+SOURCE = [0, 10, 11, 12, 13, 11, 14, 2]
+
+
+def _generate(model: RecapModel, **kwargs) -> list[int]:
+    ids = torch.tensor([SOURCE])
+    music = torch.zeros(1, 5, model.config.music_dim)
+    out = model.generate(
+        ids, torch.ones_like(ids), music_embeds=music, max_new_tokens=12, do_sample=False, **kwargs
+    )
+    tokens = out[0].tolist()
+    start = tokens.index(0)  # after the decoder start token
+    return tokens[start : tokens.index(2, start) + 1] if 2 in tokens[start:] else tokens[start:]
+
+
+def test_bigram_bonus_resolves_a_recurring_token_when_teacher_forced():
+    ids = torch.tensor([SOURCE])
+    music = torch.zeros(1, 5, RecapConfig.preset("recap", "tiny").music_dim)
+    for bigram, expected in ((True, [12, 14]), (False, None)):
+        model = _continuation_model(bigram)
+        with torch.no_grad():
+            out = model(ids, torch.ones_like(ids), labels=ids, music_embeds=music)
+        # the decoder reads </s> <s> a b x c b y: predictions after the two b's are at 3 and 6
+        after_b = out.logits[0, [3, 6]]  # (2, V)
+        if expected:
+            assert after_b.argmax(-1).tolist() == expected
+        else:  # one bonus alone cannot tell x from y
+            torch.testing.assert_close(after_b[:, 12], after_b[:, 14])
+
+
+def test_bigram_bonus_holds_when_generating_with_a_cache_and_beams():
+    model = _continuation_model(True)
+    uncached = _generate(model, num_beams=1, use_cache=False)
+    assert uncached == SOURCE  # the whole source quoted, through the recurring "b"
+    assert _generate(model, num_beams=1) == uncached
+    assert _generate(model, num_beams=3) == uncached
+    assert model.copy_head._history is None  # the generation history is not kept afterwards
+    # prepare_inputs_for_generation is BART's own again
+    assert "prepare_inputs_for_generation" not in vars(model.bart)

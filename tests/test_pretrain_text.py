@@ -296,3 +296,41 @@ def test_copy_attention_loss_reads_the_diagonal_of_copies_only():
     assert pt.copy_attention_loss([perfect], batch).item() < 1e-4
     uniform = torch.full((b, 2, t, s), 1.0 / s)
     assert pt.copy_attention_loss([uniform, uniform], batch).item() == pytest.approx(np.log(s))
+
+
+def test_bpe_text_reads_the_training_captions_of_a_dataset_only(tmp_path):
+    from recap.training.text_corpus import read_bpe_text
+    from recap.utils import RecapError
+
+    rows = [
+        {"lyrics": "l1", "comment": "a slow hymn in the key of G", "split": "train"},
+        {"lyrics": "l2", "comment": "a test caption never to be seen", "split": "test"},
+        {"lyrics": "l3", "comment": "a fast song with a harp", "split": "train"},
+    ]
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert read_bpe_text(dataset) == ["a slow hymn in the key of G", "a fast song with a harp"]
+    plain = tmp_path / "more.txt"
+    plain.write_text("first verse\nline two\n\nsecond verse\n")
+    assert read_bpe_text(plain) == ["first verse;line two", "second verse"]  # SPEC §1.2
+    (tmp_path / "bad.jsonl").write_text('{"comment": "x"}\nnot json\n')
+    with pytest.raises(RecapError, match="bad.jsonl:2"):
+        read_bpe_text(tmp_path / "bad.jsonl")
+
+
+def test_the_bpe_learns_the_extra_text(tmp_path):
+    from recap.models.tokenizer import load_tokenizer
+
+    caption = "Schwungvoll interpretiert"  # a word the lyrics never hold
+    extra = tmp_path / "captions.jsonl"
+    extra.write_text(
+        "\n".join(json.dumps({"comment": caption, "split": "train"}) for _ in range(50))
+    )
+    without = pretrain_text(tiny_config(tmp_path / "a", max_steps=2, checkpoint_every_steps=0))
+    with_extra = pretrain_text(
+        tiny_config(tmp_path / "b", max_steps=2, checkpoint_every_steps=0, bpe_text=[str(extra)])
+    )
+    n = lambda out: len(load_tokenizer(out)(caption, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert n(with_extra) < n(without)
+    with pytest.raises(Exception, match="--tokenizer"):
+        pretrain_text(tiny_config(tmp_path / "c", tokenizer=str(without), bpe_text=[str(extra)]))

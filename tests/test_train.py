@@ -395,6 +395,35 @@ def test_lyrics_dropout_empties_a_share_of_examples_deterministically():
     assert "lyrics_present" not in Collator(pad_token_id=1)(examples)  # off by default
 
 
+def test_a_dropped_example_learns_its_comment_without_lyrics_when_the_row_has_one():
+    from recap.data.songs import Row
+    from recap.models.tokenizer import train_bpe_tokenizer
+    from recap.training.collate import tokenize_rows
+
+    rows = [
+        Row(f"s{i}", "love night river", f'A harp leads. The text begins "love night" {i}.',
+            extra={"comment_without_lyrics": "A harp leads."} if i % 2 else {})
+        for i in range(40)
+    ]  # fmt: skip
+    tok = train_bpe_tokenizer([r.lyrics for r in rows] + [r.comment for r in rows], 300)
+    examples = tokenize_rows(rows, tok, 32, 32)
+    assert examples[0].caption_without_lyrics_ids is None
+    assert tok.decode(examples[1].caption_without_lyrics_ids, skip_special_tokens=True) == (
+        "A harp leads."
+    )
+    collate = Collator(pad_token_id=tok.pad_token_id, lyrics_dropout=0.5, seed=3)
+    batch = collate(examples)
+    labels = [tok.decode(ids, skip_special_tokens=True) for ids in batch["labels"].tolist()]
+    for i, present in enumerate(batch["lyrics_present"]):
+        # the audio-only reference only where the lyrics are gone and the row has one
+        expected = rows[i].comment if present or i % 2 == 0 else "A harp leads."
+        assert labels[i] == expected, i
+    assert not all(batch["lyrics_present"][1::2])  # some odd rows did drop their lyrics
+    assert [tok.decode(i, skip_special_tokens=True) for i in collate(examples, train=False)[
+        "labels"
+    ].tolist()] == [r.comment for r in rows]  # fmt: skip
+
+
 def test_alignment_leaves_out_rows_without_lyrics():
     from recap.models.config import RecapConfig
     from recap.models.model import RecapModel
@@ -425,3 +454,27 @@ def test_songs_with_different_window_counts_pad_their_music_with_a_mask():
     assert not music[0, 119:].any()
     same, none = pad_music([one, one])
     assert same.shape == (2, 119, 8) and none is None  # one window: the paper's path, no mask
+
+
+def test_a_finished_run_from_another_starting_point_is_refused(tmp_path):
+    """A --bart or --encoder folder retrained in place, or a preset the code has changed since,
+    makes a finished run stale: reusing it would report a model the settings no longer build."""
+    from recap.training.config import StaleRunError, _folder_digest
+
+    data = make_dataset(tmp_path / "data", n_songs=5, per_song=2)
+    cfg = tiny_config(data, tmp_path / "run", preset="bart", epochs=1, align_weight=None)
+    run = train(cfg)
+    done = json.loads((run / "done.json").read_text())
+    assert done["starts_from"]["preset"]["d_model"] == 32 and done["starts_from"]["bart"] is None
+    assert train(cfg) == run  # same start: reused
+    done["starts_from"]["preset"]["copy_head"] = not done["starts_from"]["preset"]["copy_head"]
+    (run / "done.json").write_text(json.dumps(done))
+    with pytest.raises(StaleRunError, match="starting point .*preset"):
+        train(cfg)
+    # folder digests follow the files' contents, not their names or times
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    first = _folder_digest(str(tmp_path / "m"))
+    (tmp_path / "m" / "config.json").write_text('{"d_model": 2}')
+    assert _folder_digest(str(tmp_path / "m")) != first
+    assert _folder_digest("facebook/bart-base") is None

@@ -39,6 +39,7 @@ from recap.bench.slots import (
 )
 from recap.bench.sources import ScoreError, ScoreSource, find_sources, load_score
 from recap.bench.templates import random_caption
+from recap.data.songs import COMMENT_WITHOUT_LYRICS
 from recap.utils import RecapError, SkipReport, atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -257,12 +258,15 @@ def make_interpretations(song: dict, cfg: BuildConfig) -> list[dict]:
             votes = 0
         else:
             votes = rng.randint(1, 12)
+        comment, heard = random_caption(stated, rng)
         rows.append(
             {
                 "music4all_id": song["song_id"],
                 "songmeanings_id": f"{song['song_id']}-c{j}",
                 "lyrics": None,  # filled by the caller (one copy of the text per song)
-                "comment": random_caption(stated, rng),
+                "comment": comment,
+                # the reference when training drops the lyrics (TrainConfig.lyrics_dropout)
+                COMMENT_WITHOUT_LYRICS: heard,
                 "votes": votes,
                 "split": song["split"],
                 "work_id": song["work_id"],

@@ -48,6 +48,9 @@ SENTENCES: dict[str, tuple[str, ...]] = {
     ),
 }
 FAMILIES: tuple[str, ...] = tuple(SENTENCES)
+# What a listener without the words can state. The reading names the theme, which comes from
+# the lyrics (the mood beside it follows the tempo), so it stays out too.
+AUDIO_FAMILIES: tuple[str, ...] = ("instruments", "tempo_key")
 
 _ARTICLE_AN = {"oboe", "organ"}
 _PLURAL = {"strings"}
@@ -95,16 +98,18 @@ def render_caption(
     return " ".join(SENTENCES[family][choice[family]].format(**fields) for family in order)
 
 
-def random_caption(slots: dict[str, object], rng: random.Random) -> str:
+def random_caption(slots: dict[str, object], rng: random.Random) -> tuple[str, str]:
     """A caption with a random wording per family and a random family order (the reading last
-    half of the time, as a closing interpretation)."""
+    half of the time, as a closing interpretation), and the same caption's sentences that can
+    be told from the audio alone: the reference of a training example whose lyrics are dropped."""
     choice = {family: rng.randrange(len(SENTENCES[family])) for family in FAMILIES}
     order = list(FAMILIES)
     rng.shuffle(order)
     if rng.random() < 0.5:
         order.remove("reading")
         order.append("reading")
-    return render_caption(slots, choice, order)
+    heard = [family for family in order if family in AUDIO_FAMILIES]
+    return render_caption(slots, choice, order), render_caption(slots, choice, heard)
 
 
 def parse_caption(text: str) -> dict[str, object]:

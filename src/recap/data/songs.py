@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 VARIANTS = ("full", "not_negative", "positive")
 SPLITS = ("train", "val", "test")
 ID_FIELDS = ("music4all_id", "song_id")
+# Optional row field: the comment with only what the audio tells (the rendered-songs benchmark
+# writes it); a training example whose lyrics are dropped learns this instead (kept in Row.extra).
+COMMENT_WITHOUT_LYRICS = "comment_without_lyrics"
 VOTE_FIELDS = ("votes", "vote", "rating", "score", "comment_votes", "comment_rating", "upvotes")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
                   "dev": "val", "test": "test"}  # fmt: skip

@@ -256,7 +256,33 @@ def grounding(
     result["diagnosis"] = diagnose_examples(model, examples, music, seed=seed)
     if truths is not None:
         result["swap"] = swap_test(songs, truths, generate, seed=seed)
+        if cfg.use_music:
+            result["audio_only"] = audio_only_test(songs, truths, generate)
     return result
+
+
+def audio_only_test(
+    songs: Sequence[tuple[str, str]],
+    truths: Mapping[str, Mapping[str, object]],
+    generate: Any,
+) -> dict[str, Any]:
+    """Caption each song from its audio alone (empty lyrics, as `recap caption song.wav`):
+    its audio facts against the song's truth, and the share of captions that still state a
+    lyrics fact (language, first line, salient words, theme) — facts no listener can know."""
+    from recap.bench import score_captions
+    from recap.bench.slots import LYRICS_SLOTS
+    from recap.bench.templates import parse_caption
+
+    ids = sorted({song for song, _ in songs})
+    captions = generate([(song, "") for song in ids])
+    scored = score_captions(captions, [truths[s] for s in ids])
+    invented = [any(parse_caption(c).get(slot) for slot in LYRICS_SLOTS) for c in captions]
+    return {
+        "n": len(ids),
+        "audio_mean": scored["audio_mean"],
+        "accuracy": {k: v for k, v in scored["accuracy"].items() if k not in LYRICS_SLOTS},
+        "states_lyrics_facts": float(np.mean(invented)),
+    }
 
 
 def swap_test(

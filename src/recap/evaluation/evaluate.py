@@ -444,6 +444,10 @@ def _run_summary(run: Mapping[str, Any]) -> dict[str, float]:
         if isinstance(swap, Mapping):
             summary["swap audio"] = float(swap["audio_mean"])
             summary["swap lyrics"] = float(swap["lyrics_mean"])
+        alone = ground.get("audio_only")
+        if isinstance(alone, Mapping):
+            summary["audio only audio"] = float(alone["audio_mean"])
+            summary["audio only states lyrics"] = float(alone["states_lyrics_facts"])
     return summary
 
 

@@ -70,6 +70,10 @@ class ExperimentConfig:
     bootstrap: int = 1000
     device: str | None = None
     progress: bool = True
+    # A finished run trained from other settings or another starting point (a retrained
+    # --bart/--encoder folder, a preset the code changed) is trained again instead of refused:
+    # for commands that own their runs folder, like `recap demo`.
+    retrain_stale: bool = False
 
     def __post_init__(self) -> None:
         self.variants = tuple(self.variants)
@@ -130,6 +134,7 @@ def train_and_evaluate(
     """Train one RUN (reusing a finished one) and evaluate it on the test split (reusing an
     evaluation with the same decoding). Returns a record: method, variant, seed, w, run, summary."""
     from recap.evaluation.evaluate import default_out_dir, evaluate, resolve_target
+    from recap.training.config import StaleRunError
     from recap.training.train import TrainConfig, train
 
     run = cfg.run_dir(variant, name or method, seed)
@@ -147,7 +152,13 @@ def train_and_evaluate(
         **cfg.train_overrides,
     )
     logger.info("train %s (%s, seed %d, w %s) → %s", method, variant, seed, align_weight, run)
-    run = Path(train(tc))
+    try:
+        run = Path(train(tc))
+    except StaleRunError as err:
+        if not cfg.retrain_stale:
+            raise
+        logger.warning("%s; training it again", err)
+        run = Path(train(dataclasses.replace(tc, overwrite=True)))
     decode = cfg.decode_for(seed)
     out = default_out_dir(resolve_target(run), "test", decode)
     cached = _cached_metrics(out / METRICS_NAME, cfg, run, decode)

@@ -81,6 +81,8 @@ TABLE_SETS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
             ("Distinct", "distinct captions"),
             ("Swap audio", "swap audio"),
             ("Swap lyrics", "swap lyrics"),
+            ("No lyrics: audio", "audio only audio"),
+            ("No lyrics: states lyrics facts", "audio only states lyrics"),
         ),
     ),
 )

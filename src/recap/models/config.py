@@ -143,6 +143,9 @@ class RecapConfig:
     # With a copy head: word numbers (capped here) the head sees of each lyrics token, so it
     # knows where a quotation of the first words ends (recap.models.pointer). 0 = off.
     copy_word_positions: int = 0
+    # With a copy head: a second continuation bonus matching the last two tokens written, so a
+    # quotation does not jump to another occurrence of a recurring BPE piece (pointer.py).
+    copy_follow_bigram: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.
@@ -401,6 +404,7 @@ def _small() -> dict[str, Any]:
         # music at the fused output, so it stays off (measured: docs/training.md).
         "copy_head": True,
         "copy_word_positions": 8,
+        "copy_follow_bigram": True,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +138,12 @@ class RecapModel(PretrainedMixin, nn.Module):
             else None
         )
         self.copy_head = (
-            CopyHead(config.d_model, config.vocab_size, config.copy_word_positions)
+            CopyHead(
+                config.d_model,
+                config.vocab_size,
+                config.copy_word_positions,
+                config.copy_follow_bigram,
+            )
             if config.copy_head
             else None
         )
@@ -532,7 +538,10 @@ class RecapModel(PretrainedMixin, nn.Module):
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         encoded = self.encode(input_ids, attention_mask, music_embeds, waveform, music_mask)
-        with self._copying(encoded.last_hidden_state, input_ids, attention_mask):
+        with (
+            self._copying(encoded.last_hidden_state, input_ids, attention_mask),
+            self._copy_head_reads_history(),
+        ):
             return self.bart.generate(
                 encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
                 attention_mask=attention_mask,
@@ -546,6 +555,28 @@ class RecapModel(PretrainedMixin, nn.Module):
         if self.copy_head is None:
             return contextlib.nullcontext()
         return self.copy_head.attend(states, input_ids, attention_mask)
+
+    @contextlib.contextmanager
+    def _copy_head_reads_history(self) -> Iterator[None]:
+        """With a cache BART's decoder reads only the last generated token; the copy head's
+        bigram bonus also needs the one before. `prepare_inputs_for_generation` sees the whole
+        sequence at every step (rows already reordered by beam search): hand it to the head."""
+        head = self.copy_head
+        if head is None or not head.follow_bigram:
+            yield
+            return
+        prepare = self.bart.prepare_inputs_for_generation
+
+        @functools.wraps(prepare)
+        def prepare_and_tell(input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            head.read_history(input_ids)
+            return prepare(input_ids, *args, **kwargs)
+
+        self.bart.prepare_inputs_for_generation = prepare_and_tell  # this call only
+        try:
+            yield
+        finally:
+            del self.bart.prepare_inputs_for_generation
 
 
 __all__ = ["RecapModel", "RecapOutput", "RecapEncoderOutput"]

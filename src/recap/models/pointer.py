@@ -12,6 +12,13 @@ where `a` (B, T, S) is one attention of the decoder state `h` over the encoder's
 also sees the encoder state of the *previous* source position, and a learned bonus goes to the
 positions whose previous source token is the token the decoder just read: "the token after the
 one I just wrote" is a direct match, so continuing a quotation needs no positional arithmetic.
+A lyrics BPE splits words into pieces that recur ('M' 'eine', 'S' 'ch' 'm' 'ück' 'e': half the
+first-line tokens of the demo's test songs have a previous token that occurs more than once in
+the lyrics), so that match is ambiguous and quotes jumped to another occurrence ("Donnerwort" →
+"Donnerwigkeit"). With `follow_bigram` a second bonus goes to the positions whose previous *two*
+source tokens are the last two tokens read. When generating with a cache BART's decoder reads
+only the last token; `RecapModel.generate` hands the head the whole sequence so far
+(`read_history`, beams already reordered by Hugging Face).
 
 Knowing where a quotation *ends* does: the templates quote the first four words, and a head that
 only points closed its quotes after two, three or four words alike (teacher-forced P(") ≈ 0.2 at
@@ -38,13 +45,22 @@ from torch import nn
 
 
 class CopyHead(nn.Module):
-    def __init__(self, d_model: int, vocab_size: int = 0, word_positions: int = 0) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int = 0,
+        word_positions: int = 0,
+        follow_bigram: bool = False,
+    ) -> None:
         super().__init__()
         self.query = nn.Linear(d_model, d_model)
         self.key = nn.Linear(d_model, d_model)
         self.key_previous = nn.Linear(d_model, d_model, bias=False)
         self.gate = nn.Linear(d_model, 1)
         self.continue_bonus = nn.Parameter(torch.tensor(2.0))
+        if follow_bigram:
+            self.continue_bigram_bonus = nn.Parameter(torch.tensor(2.0))
+        self.follow_bigram = follow_bigram
         self.word_positions = word_positions
         if word_positions:
             # Per vocabulary id: 2 = starts a word after a space, 1 = starts with a letter (a
@@ -55,6 +71,7 @@ class CopyHead(nn.Module):
             nn.init.zeros_(self.context.weight)  # starts as the plain pointer-generator
         self._source: tuple[torch.Tensor, ...] | None = None
         self._decoder_ids: torch.Tensor | None = None
+        self._history: torch.Tensor | None = None
 
     def set_word_starts(self, tokenizer) -> None:
         """Which vocabulary ids begin a word, from the tokenizer's text of each id."""
@@ -99,6 +116,23 @@ class CopyHead(nn.Module):
         finally:
             self._source = None
             self._decoder_ids = None
+            self._history = None
+
+    def read_history(self, decoder_ids: torch.Tensor) -> None:
+        """(B', t) every token generated so far, before the decoder reads the last of them."""
+        self._history = decoder_ids if self._source is not None else None
+
+    def _before_read(self, read: torch.Tensor) -> torch.Tensor | None:
+        """(B', T) the token before each read token (-2 where there is none), or None when the
+        generation history does not line up with what the decoder reads."""
+        if read.size(1) > 1:  # the whole caption at once (training, or no cache)
+            return F.pad(read[:, :-1], (1, 0), value=-2)
+        history = self._history
+        if history is None or history.size(0) != read.size(0) or history.size(1) < 2:
+            return None
+        if not torch.equal(history[:, -1:], read):
+            return None
+        return history[:, -2:-1]
 
     def read_decoder_ids(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook of BART's decoder: remember the tokens it reads, (B', T) — the whole
@@ -125,6 +159,11 @@ class CopyHead(nn.Module):
             previous_ids = F.pad(ids[:, :-1], (1, 0), value=-1)  # (B, S): source token at s - 1
             follows = read[:, :, None] == previous_ids[:, None, :]  # (B, T, S)
             scores = scores + self.continue_bonus * follows
+            before = self._before_read(read) if self.follow_bigram else None
+            if before is not None:
+                ids_before = F.pad(ids[:, :-2], (2, 0), value=-1)  # (B, S): source token at s - 2
+                both = follows & (before[:, :, None] == ids_before[:, None, :])  # (B, T, S)
+                scores = scores + self.continue_bigram_bonus * both
         scores = scores.float().masked_fill(mask[:, None, :] == 0, float("-inf"))
         attention = scores.softmax(dim=-1)  # (B, T, S)
         index = ids[:, None, :].expand(-1, hidden.size(1), -1)  # (B, T, S)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from recap.data.batching import pad_music
+from recap.data.songs import COMMENT_WITHOUT_LYRICS
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Example:
     caption_ids: list[int]
     lyrics: str = ""
     caption: str = ""
+    # the reference when the lyrics are dropped (the row's `comment_without_lyrics`), if any
+    caption_without_lyrics_ids: list[int] | None = None
 
     @property
     def length(self) -> int:
@@ -51,9 +54,11 @@ def tokenize_rows(
     captions = [r.comment for r in rows]
     src = tokenizer(lyrics, truncation=True, max_length=max_source)["input_ids"]
     tgt = tokenizer(captions, truncation=True, max_length=max_target)["input_ids"]
+    heard = [str(getattr(r, "extra", {}).get(COMMENT_WITHOUT_LYRICS) or "") for r in rows]
+    heard_ids = tokenizer(heard, truncation=True, max_length=max_target)["input_ids"]
     return [
-        Example(str(r.song_id), list(s), list(t), lyr, cap)
-        for r, s, t, lyr, cap in zip(rows, src, tgt, lyrics, captions)
+        Example(str(r.song_id), list(s), list(t), lyr, cap, list(h) if text else None)
+        for r, s, t, lyr, cap, text, h in zip(rows, src, tgt, lyrics, captions, heard, heard_ids)
     ]
 
 
@@ -67,7 +72,8 @@ class Collator:
 
     Lyrics dropout: a `lyrics_dropout` share of training examples get empty lyrics
     (`empty_lyrics_ids`, the tokenizer's encoding of "": <s></s>), so the captioner learns to
-    interpret a song from its audio alone. The draw is a hash of (seed, epoch, song, caption), so
+    interpret a song from its audio alone; its reference is then the row's comment without the
+    lyrics facts when the dataset has one (else the whole comment, lyrics facts included). The draw is a hash of (seed, epoch, song, caption), so
     it is the same on every rank and after a resume; the trainer sets `epoch`. Validation calls
     with `train=False` (no dropout).
     """
@@ -105,7 +111,15 @@ class Collator:
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": (input_ids != self.pad_token_id).long(),
-            "labels": self._pad([e.caption_ids for e in examples]),  # (B, T)
+            # Without its lyrics an example learns what its audio tells, when the row says.
+            "labels": self._pad(
+                [
+                    e.caption_without_lyrics_ids
+                    if d and e.caption_without_lyrics_ids
+                    else e.caption_ids
+                    for e, d in zip(examples, dropped)
+                ]
+            ),  # (B, T)
             "song_ids": [e.song_id for e in examples],
             # Host-side counts for throughput logging, so the step never waits on the device.
             "n_tokens": sum(e.length for e in examples),

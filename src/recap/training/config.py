@@ -5,6 +5,7 @@ that a run folder is resumed or reused with the settings it was started with, an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recap.data.songs import VARIANTS
-from recap.models.config import METHODS, SIZES
+from recap.models.config import METHODS, SIZES, RecapConfig
 from recap.utils import RecapError, flag_field, known_fields, read_json
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -210,6 +211,46 @@ def _canonical(value: Any) -> Any:
         return value
 
 
+class StaleRunError(RecapError):
+    """A finished run was trained from other settings or another starting point than asked."""
+
+
+def _folder_digest(path: str | None) -> str | None:
+    """sha256 of a local model folder's files (None for a hub name or nothing): a folder
+    retrained in place (the demo's BART, its tagger) is another starting point."""
+    if not path or not Path(path).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
+        if file.suffix in (".json", ".safetensors", ".txt", ".model") and file.name != "log.jsonl":
+            digest.update(file.name.encode())
+            with file.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def starting_point(cfg: TrainConfig) -> dict[str, Any]:
+    """What a run starts from besides its settings: the model preset as the code defines it
+    now, and the contents of the --bart and --encoder folders. Saved in done.json; a finished
+    run is reused only while it matches."""
+    preset = RecapConfig.preset(cfg.preset, cfg.size, **cfg.model_overrides).to_dict()
+    return {
+        "preset": preset,
+        "bart": _folder_digest(cfg.bart),
+        "encoder": _folder_digest(cfg.encoder),
+    }
+
+
+def check_same_start(saved: dict[str, Any], now: dict[str, Any], run: Path) -> None:
+    changed = sorted(k for k in now if k in saved and saved[k] != now[k])
+    if changed:
+        raise StaleRunError(
+            f"{run} was trained from another starting point ({', '.join(changed)} changed "
+            "since); pass --overwrite to train it again, or use another --out"
+        )
+
+
 def check_same_config(saved: TrainConfig, now: TrainConfig, run: Path) -> None:
     a, b = saved.to_dict(), now.to_dict()
     # `out` is where the run is now: a run folder may be moved or named by another path.
@@ -223,7 +264,7 @@ def check_same_config(saved: TrainConfig, now: TrainConfig, run: Path) -> None:
     if changed:
         details = "; ".join(f"{k}: {a[k]!r} then, {b.get(k)!r} now" for k in changed[:5])
         # Never suggest --overwrite here: it deletes the run the user is trying to continue.
-        raise RecapError(
+        raise StaleRunError(
             f"{run} was trained with other settings ({details}); pass the run's own settings "
             f"(saved in {run / TRAIN_CONFIG_NAME}) to continue it, or use another --out"
         )
@@ -266,6 +307,11 @@ class PretrainConfig:
     size: str = _opt("small", "BART size of RecapConfig.preset", choices=("tiny", "small", "paper"))
     tokenizer: str = _opt("", "reuse this tokenizer folder ('': train a byte-level BPE)")
     vocab_size: int = _opt(0, "size of the trained BPE (0: the size's vocab_size)")
+    bpe_text: list = _opt(
+        [],
+        "files the BPE also learns from, never denoised: a benchmark's dataset.jsonl gives its "
+        "training rows' captions (repeat)",
+    )
     model_overrides: dict = _opt({}, "RecapConfig BART fields, KEY=VALUE (JSON)", flag="--set")
     position_init: str = _opt(
         "random",

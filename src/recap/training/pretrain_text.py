@@ -61,6 +61,7 @@ from recap.training.denoising import (
 from recap.training.text_corpus import (
     Corpus,
     Exclusion,
+    read_bpe_text,
     read_corpus,
     split_corpus,
 )
@@ -305,6 +306,8 @@ def _tokenizer_for(cfg: PretrainConfig, corpus: Corpus, work: Path) -> Any:
     from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 
     if cfg.tokenizer:
+        if cfg.bpe_text:
+            raise RecapError("--bpe-text trains a new BPE; it cannot be used with --tokenizer")
         tok = load_tokenizer(cfg.tokenizer)
         if tok.mask_token_id is None:
             raise RecapError(f"the tokenizer of {cfg.tokenizer} has no <mask> token")
@@ -313,7 +316,11 @@ def _tokenizer_for(cfg: PretrainConfig, corpus: Corpus, work: Path) -> Any:
     if not (tok_dir / "tokenizer.json").is_file():
         vocab = cfg.vocab_size or RecapConfig.preset("bart", cfg.size).vocab_size
         # Trained on the training text only: held-out lines stay unseen even by the BPE.
-        train_bpe_tokenizer(("".join(d).strip() for d in corpus.train), vocab, out_dir=tok_dir)
+        texts = ["".join(d).strip() for d in corpus.train]
+        # The captions a fine-tuned model will write: a lyrics-only BPE splits them into ~110
+        # tokens against ~69 (the demo's test captions), slowing every decoder pass.
+        texts += [t for path in cfg.bpe_text for t in read_bpe_text(path)]
+        train_bpe_tokenizer(texts, vocab, out_dir=tok_dir)
     return load_tokenizer(tok_dir)
 
 

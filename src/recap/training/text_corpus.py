@@ -135,6 +135,35 @@ def read_text_file(path: str | Path) -> list[Document]:
     return docs
 
 
+def read_bpe_text(path: str | Path) -> list[str]:
+    """Text the BPE learns from besides the corpus: the captions ('comment') of a dataset
+    JSONL's training rows (so the fine-tuned captioner's vocabulary has the words of its
+    captions), else the documents of `read_text_file`."""
+    path = Path(path)
+    if path.suffix != ".jsonl":
+        return [d.text for d in read_text_file(path)]
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecapError(f"cannot read text file {path}: {err}") from err
+    texts = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            comment, split = row.get("comment"), row.get("split", "train")
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise RecapError(f"{path}:{i + 1}: not a JSON object") from err
+        if comment is None:  # not a dataset: a text file's rows
+            return [d.text for d in read_text_file(path)]
+        if split == "train":  # val/test captions stay unseen, even by the BPE
+            texts.append(str(comment))
+    if not texts:
+        raise RecapError(f"{path}: no training rows with a 'comment'")
+    return texts
+
+
 def read_corpus(cfg: Any) -> list[Document]:
     """Every document of the configured sources and text files (score lyrics cached in
     `cfg.corpus_cache` when set, keyed by the source list)."""

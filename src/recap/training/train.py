@@ -43,11 +43,13 @@ from recap.training.config import (
     TRAIN_CONFIG_NAME,
     TrainConfig,
     check_same_config,
+    check_same_start,
     read_train_config,
+    starting_point,
 )
 from recap.training.optim import build_optimizer
 from recap.training.runlog import TensorBoard, append_jsonl, validation_scores
-from recap.utils import RecapError, SkipReport, atomic_write_json
+from recap.utils import RecapError, SkipReport, atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -469,6 +471,7 @@ class Trainer:
             if not (run / "best").is_dir():  # no validation ran (e.g. an empty val split)
                 self.save_best()
             result = {
+                "starts_from": starting_point(cfg),
                 "step": state.step,
                 "epochs": state.epoch,
                 "best_metric": state.best_metric,
@@ -586,6 +589,9 @@ def train(config: TrainConfig, embed: EmbedFn | None = None) -> Path:
         saved = run / TRAIN_CONFIG_NAME
         if saved.exists():
             check_same_config(read_train_config(saved), cfg, run)
+        done = read_json(run / DONE_NAME, "done.json")
+        if isinstance(done, dict) and "starts_from" in done:
+            check_same_start(done["starts_from"], starting_point(cfg), run)
         logger.info("%s is finished; reusing it (pass --overwrite to train again)", run)
         return run
     return Trainer(cfg, embed).fit()
