@@ -51,6 +51,10 @@ def test_each_run_is_trained_once(tmp_path):
     assert [(t["name"], t["seed"], t["overrides"]) for t in extra] == [
         (ARM_NAME, 0, arm), (ARM_NAME, 1, arm)
     ]  # fmt: skip
+    # w is train_and_evaluate's own argument, not a train override
+    weighted = training_tasks(exp, (0.0,), {**arm, "align_weight": 0.1})
+    assert {(t["align_weight"], tuple(t["overrides"])) for t in weighted if t["name"] == ARM_NAME} \
+        == {(0.1, ("align_loss", "align_pool"))}  # fmt: skip
     merged = with_overrides(
         dataclasses.replace(exp, train_overrides={"model_overrides": {"dropout": 0.0}}),
         {"align_pool": "attention", "model_overrides": {"align_temperature": 0.1}},

@@ -150,11 +150,20 @@ def training_tasks(
         for seed in exp.seeds:
             task = {"method": method, "align_weight": align_weight, "name": name, "seed": seed}
             tasks.setdefault(f"{name}/{seed}", task)
+    weight, overrides = split_arm(arm or {})
     for seed in exp.seeds if arm else ():
-        task = {"method": "recap", "align_weight": None, "name": ARM_NAME, "seed": seed,
-                "overrides": dict(arm)}  # fmt: skip
+        task = {"method": "recap", "align_weight": weight, "name": ARM_NAME, "seed": seed,
+                "overrides": overrides}  # fmt: skip
         tasks[f"{ARM_NAME}/{seed}"] = task
     return list(tasks.values())
+
+
+def split_arm(arm: Mapping[str, Any]) -> tuple[float | None, dict[str, Any]]:
+    """(the arm's w, None for the preset's; its other overrides): `train_and_evaluate` takes w
+    as an argument of its own."""
+    overrides = {k: v for k, v in arm.items() if k != "align_weight"}
+    weight = arm.get("align_weight")
+    return (None if weight is None else float(weight)), overrides
 
 
 def with_overrides(exp: Any, overrides: Mapping[str, Any] | None) -> Any:
@@ -221,8 +230,12 @@ def arm_records(cfg: AlignmentDemoConfig, exp: Any) -> list[dict[str, Any]]:
 
     if not cfg.arm:
         return []
-    arm_exp = with_overrides(exp, cfg.arm)
-    return [train_and_evaluate(arm_exp, "recap", "full", s, name=ARM_NAME) for s in exp.seeds]
+    weight, overrides = split_arm(cfg.arm)
+    arm_exp = with_overrides(exp, overrides)
+    return [
+        train_and_evaluate(arm_exp, "recap", "full", seed, align_weight=weight, name=ARM_NAME)
+        for seed in exp.seeds
+    ]
 
 
 def retrieval_stage(
@@ -352,7 +365,8 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
         lines.append(row(f"RECAP (w = {recap_w:g})", by_w[recap_w]))
     arm = retrieval.get("arm") or {}
     if arm.get("point"):
-        lines.append(row(f"{arm_label(arm['overrides'])} (w = {recap_w:g})", arm["point"]))
+        w = arm["point"]["align_weight"]
+        lines.append(row(f"{arm_label({**arm['overrides'], 'align_weight': w})}", arm["point"]))
     reader = retrieval.get("reader_map")
     fixed = [
         ("random chance", {"audio_to_lyrics": retrieval["chance"],
