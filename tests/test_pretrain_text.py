@@ -303,13 +303,18 @@ def test_bpe_text_reads_the_training_captions_of_a_dataset_only(tmp_path):
     from recap.utils import RecapError
 
     rows = [
+        {"lyrics": "Gott ist gut", "comment": 'It opens "Gott ist", about Gott.', "split": "train"},
         {"lyrics": "l1", "comment": "a slow hymn in the key of G", "split": "train"},
         {"lyrics": "l2", "comment": "a test caption never to be seen", "split": "test"},
         {"lyrics": "l3", "comment": "a fast song with a harp", "split": "train"},
     ]
     dataset = tmp_path / "dataset.jsonl"
     dataset.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert read_bpe_text(dataset) == ["a slow hymn in the key of G", "a fast song with a harp"]
+    assert read_bpe_text(dataset) == [
+        'It opens " ", about .',  # the words quoted from the lyrics keep the lyrics' pieces
+        "a slow hymn in the key of G",
+        "a fast song with a harp",
+    ]
     plain = tmp_path / "more.txt"
     plain.write_text("first verse\nline two\n\nsecond verse\n")
     assert read_bpe_text(plain) == ["first verse;line two", "second verse"]  # SPEC §1.2
