@@ -211,6 +211,12 @@ def test_pretraining_writes_a_bart_folder_that_from_bart_and_train_load(tmp_path
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert pretrain_text(tiny_config(tmp_path, progress=True)) == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    # A folder written before a setting existed is reused while that setting is at its default.
+    saved = json.loads((out / "pretrain_config.json").read_text())
+    del saved["bpe_text"]
+    (out / "pretrain_config.json").write_text(json.dumps(saved))
+    assert pretrain_text(tiny_config(tmp_path)) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
     with pytest.raises(Exception, match="overwrite"):
         pretrain_text(tiny_config(tmp_path, lr=0.5))
 

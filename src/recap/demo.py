@@ -68,6 +68,11 @@ class DemoConfig:
     pretrain_steps: int = 600
     pretrain_sources: tuple[str, ...] = ("music21", "openscore-lieder")
     pretrain_texts: tuple[str, ...] = ()  # extra text files (tests use these alone)
+    # The BPE also learns the benchmark's training captions (`pretrain-text --bpe-text`):
+    # captions of ~70 tokens instead of ~110, a third faster to train, first line 91-92 %, but
+    # every captioner's lyrics encoder then collapsed and the salient words fell to 9-15 % F1
+    # (run H, docs/results.md). Off until that is understood.
+    bpe_captions: bool = False
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     # 2 epochs left the copy head quoting one or two words of the first line (docs/results.md)
@@ -228,8 +233,8 @@ def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
         source=list(cfg.pretrain_sources),
         text=list(cfg.pretrain_texts),
         exclude_splits_of=[str(b) for b in benches],
-        # the first benchmark's training captions: what the captioners will write
-        bpe_text=[str(benches[0] / "dataset.jsonl")] if benches else [],
+        # the first benchmark's training captions' wording: what the captioners will write
+        bpe_text=[str(benches[0] / "dataset.jsonl")] if benches and cfg.bpe_captions else [],
         corpus_cache=str(cfg.root / "pretrain-corpus.jsonl"),
         size=cfg.size,
         max_steps=cfg.pretrain_steps,

@@ -285,9 +285,13 @@ def _cap_at(step: int, cfg: PretrainConfig) -> int:
     return cfg.curriculum[phase]
 
 
-def _same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _same_settings(saved: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a folder written with `saved` settings is what `now` would train. A setting
+    added to the code after the folder was written counts as equal at its default value."""
+    defaults = PretrainConfig().to_dict()
     strip = lambda d: {k: v for k, v in d.items() if k not in REUSE_MUTABLE}  # noqa: E731
-    return strip(a) == strip(b)
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    return strip(saved) == strip(now)
 
 
 def is_finished(out: str | Path, cfg: PretrainConfig) -> bool:
