@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,7 +16,14 @@ from recap.evaluation.aligned_space import (
     linear_map_retrieval,
     oracle_retrieval,
 )
-from recap.evaluation.alignment import AlignmentDemoConfig, run_alignment_demo, training_tasks
+from recap.evaluation.alignment import (
+    ARM_NAME,
+    AlignmentDemoConfig,
+    arm_label,
+    run_alignment_demo,
+    training_tasks,
+    with_overrides,
+)
 from recap.models.config import RecapConfig
 
 
@@ -35,6 +43,26 @@ def test_each_run_is_trained_once(tmp_path):
     names = sorted({t["name"] for t in tasks})
     assert names == ["bart", "bart-fusion", "recap", "recap-w0.005"]
     assert len(tasks) == 4 * 2
+    assert not any(t.get("overrides") for t in tasks)
+    # the arm beyond the paper: one more run per seed, with its own overrides
+    arm = {"align_loss": "infonce", "align_pool": "attention"}
+    with_arm = training_tasks(exp, (0.0, 0.005, 0.02), arm)
+    extra = [t for t in with_arm if t not in tasks]
+    assert [(t["name"], t["seed"], t["overrides"]) for t in extra] == [
+        (ARM_NAME, 0, arm), (ARM_NAME, 1, arm)
+    ]  # fmt: skip
+    # w is train_and_evaluate's own argument, not a train override
+    weighted = training_tasks(exp, (0.0,), {**arm, "align_weight": 0.1})
+    assert {(t["align_weight"], tuple(t["overrides"])) for t in weighted if t["name"] == ARM_NAME} \
+        == {(0.1, ("align_loss", "align_pool"))}  # fmt: skip
+    merged = with_overrides(
+        dataclasses.replace(exp, train_overrides={"model_overrides": {"dropout": 0.0}}),
+        {"align_pool": "attention", "model_overrides": {"align_temperature": 0.1}},
+    )
+    assert merged.train_overrides == {
+        "align_pool": "attention",
+        "model_overrides": {"dropout": 0.0, "align_temperature": 0.1},
+    }
 
 
 def _truth(theme, colour, **audio):
@@ -128,7 +156,15 @@ def test_demo_alignment_runs_every_stage(tmp_path, one_thread):
     assert [p["align_weight"] for p in result["sweep"]] == [0.0, 0.02, 0.1]
     # w = 0 and w = 0.02 are Table 1's runs, not new ones
     runs = sorted(p.name for p in (root / "experiments" / "full").iterdir())
-    assert runs == ["bart", "bart-fusion", "recap", "recap-w0.1"]
+    assert runs == ["bart", "bart-fusion", "recap", ARM_NAME, "recap-w0.1"]
+    # the arm is RECAP at the preset's w with its own pooling and loss; RECAP stays the paper's
+    arm_config = RecapConfig.load(root / "experiments" / "full" / ARM_NAME / "seed0" / "best")
+    recap_config = RecapConfig.load(root / "experiments" / "full" / "recap" / "seed0" / "best")
+    assert (arm_config.align_pool, arm_config.align_loss, arm_config.align_weight) == (
+        "attention", "infonce", recap_config.align_weight
+    )  # fmt: skip
+    assert (recap_config.align_pool, recap_config.align_loss) == ("mean", "cosine")
+    assert result["arm"]["seeds"] == [0, 1] and "ROUGE-L recall" in result["arm"]
     retrieval = result["retrieval"]
     assert len(retrieval["runs"]) == 3 * 2
     for r in retrieval["runs"]:
@@ -139,13 +175,17 @@ def test_demo_alignment_runs_every_stage(tmp_path, one_thread):
     assert retrieval["coupled_songs"] == retrieval["songs"]
     assert {p["align_weight"] for p in retrieval["state_probes"]} == {0.0, 0.02}
     assert 0.0 <= retrieval["lexicon_map"]["lyrics_to_audio"]["mrr"] <= 1.0
+    assert set(retrieval["reader_map"]["accuracy"]) == {"theme", "colour"}
+    assert [r["seed"] for r in retrieval["arm"]["runs"]] == [0, 1]
+    assert retrieval["arm"]["point"]["seeds"] == [0, 1]
     oracle, chance = retrieval["oracle"], retrieval["chance"]
     assert oracle["audio_to_lyrics"]["mrr"] > chance["mrr"]
     saved = json.loads((root / "results.json").read_text(encoding="utf-8"))
     assert saved["command"].startswith("recap demo-alignment")
     md = (root / "results.md").read_text(encoding="utf-8")
-    for heading in ("Table 1", "Figure 2", "retrieval", "random chance", "oracle"):
+    for heading in ("Table 1", "Figure 2", "retrieval", "random chance", "oracle", "reader"):
         assert heading in md
+    assert md.count(arm_label(cfg.arm)) >= 2  # its Table 1 row and its retrieval row
     assert (root / "sweep.png").is_file()
     # a rerun trains nothing and reads the cached retrieval
     again = run_alignment_demo(cfg)

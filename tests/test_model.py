@@ -373,3 +373,90 @@ def test_paper_preset_parameter_counts_on_meta_device():
     assert counts["music_encoder"] == 10_521_652  # the reference CNNSA (SPEC: 10.52 M)
     assert counts["total"] == bart + fusion + linear(d, m) + 10_521_652
     assert counts["trainable"] == counts["total"] - counts["music_encoder"]
+
+
+# ----------------------------------------------------------------------------- alignment options
+
+
+def test_paper_alignment_is_the_mean_of_hidden_states_4_through_one_linear():
+    # The options beyond the paper (attention pool, learned temperature) must leave the default
+    # model exactly as it was: the same parameters and the same lyrics vector.
+    for size in ("tiny", "paper"):
+        config = RecapConfig.preset("recap", size)
+        assert (config.align_pool, config.align_learn_temperature) == ("mean", False)
+    with torch.device("meta"):
+        paper = RecapModel(RecapConfig.preset("recap", "paper"))
+    assert {k for k in paper.state_dict() if k.startswith("align")} == {
+        "align_proj.weight",
+        "align_proj.bias",
+    }
+    assert paper.align_pool is None and paper.align_temperature() == 0.3
+    model = tiny("recap")
+    ids, mask, _, _ = batch(model.config)
+    states = model._run_encoder(ids, mask, None)
+    mean = (states[4] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, d)
+    torch.testing.assert_close(model.embed_lyrics(ids, mask), model.align_proj(mean))
+
+
+def test_attention_pool_starts_as_the_mean_and_learns_to_weight_tokens():
+    from recap.models.losses import AttentionPool, masked_mean
+
+    pool = AttentionPool(8)
+    x = torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    torch.testing.assert_close(pool(x, mask), masked_mean(x, mask))  # zero score: the mean
+    with torch.no_grad():
+        pool.score.weight.copy_(x[0, 3])  # a query that matches token 3 of row 0 best
+        pool.score.weight.mul_(10.0)
+    pooled = pool(x, mask)
+    assert torch.allclose(pooled[0], x[0, 3], atol=1e-2)  # the keyword, not the mean
+    # padding never gets weight, and an empty row pools to zeros (no NaN)
+    padded = torch.cat([x[1:2, :2], 100 * torch.randn(1, 3, 8)], dim=1)
+    torch.testing.assert_close(pool(padded, mask[1:2]), pooled[1:2])
+    assert torch.equal(pooled[2], torch.zeros(8))
+
+
+def test_attention_pool_option_changes_what_is_aligned_and_trains():
+    model = tiny("recap", align_pool="attention").train()
+    keys = {k for k in model.state_dict() if k.startswith("align")}
+    assert keys == {"align_proj.weight", "align_proj.bias", "align_pool.score.weight",
+                    "align_pool.score.bias"}  # fmt: skip
+    assert model.param_counts()["projection"] == 32 * 16 + 16 + 32 + 1
+    ids, mask, labels, music = batch(model.config)
+    out = model(ids, mask, labels=labels, music_embeds=music)
+    out.align_loss.backward()
+    assert model.align_pool.score.weight.grad.abs().sum() > 0
+    # with a trained score the vector is no longer the mean model's (same other weights)
+    mean_model = tiny("recap")
+    mean_model.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("align_pool")}
+    )
+    model.eval()
+    torch.testing.assert_close(model.embed_lyrics(ids, mask), mean_model.embed_lyrics(ids, mask))
+    with torch.no_grad():
+        model.align_pool.score.weight.normal_()
+    assert (model.embed_lyrics(ids, mask) - mean_model.embed_lyrics(ids, mask)).abs().max() > 1e-4
+    # the retrieval vector is the one the loss sees
+    torch.testing.assert_close(
+        model.embed_lyrics(ids, mask), model.encode(ids, mask, music_embeds=music).lyrics_vector
+    )
+    with pytest.raises(RecapError, match="align_pool"):
+        RecapConfig.preset("recap", "tiny", align_pool="max")
+
+
+def test_learned_temperature_enters_the_infonce_loss():
+    from recap.models.losses import infonce_alignment_loss
+
+    model = tiny("recap", align_loss="infonce", align_learn_temperature=True).train()
+    assert model.align_temperature().item() == pytest.approx(0.3)
+    with torch.no_grad():
+        model.align_log_temperature.fill_(torch.tensor(0.1).log())
+    ids, mask, labels, music = batch(model.config)
+    out = model(ids, mask, labels=labels, music_embeds=music)
+    expected = infonce_alignment_loss(out.music_vector, out.lyrics_vector, temperature=0.1)
+    assert out.align_loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    out.align_loss.backward()
+    assert model.align_log_temperature.grad.abs() > 0
+    with torch.no_grad():
+        model.align_log_temperature.fill_(-20.0)  # clamped: the logits cannot blow up
+    assert model.align_temperature().item() == pytest.approx(0.01)

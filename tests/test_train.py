@@ -238,6 +238,33 @@ def test_paper_preset_builds_the_authors_adafactor():
     assert TrainConfig.from_dict(old).adafactor_scale_parameter is False
 
 
+def test_align_lr_gives_the_alignment_parameters_their_own_learning_rate():
+    from types import SimpleNamespace
+
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+    from recap.training.train import Trainer
+
+    model = RecapModel(RecapConfig.preset("recap", "tiny", align_pool="attention"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    paper = TrainConfig(preset="recap", size="tiny").resolved()
+    assert paper.align_lr is None  # the paper's: one learning rate for everything
+    plain = Trainer._param_groups(SimpleNamespace(cfg=paper), model)
+    assert len(plain) == len(list(model.parameters()))
+    assert len(build_optimizer(paper, plain).param_groups) == 1
+    cfg = TrainConfig(preset="recap", size="tiny", align_lr=0.05).resolved()
+    groups = Trainer._param_groups(SimpleNamespace(cfg=cfg), model)
+    opt = build_optimizer(cfg, groups)
+    rest, align = opt.param_groups
+    assert (rest["lr"], align["lr"]) == (cfg.lr, 0.05)
+    assert {names[id(p)] for p in align["params"]} == {
+        "align_proj.weight", "align_proj.bias", "align_pool.score.weight", "align_pool.score.bias"
+    }  # fmt: skip
+    assert len(rest["params"]) + len(align["params"]) == len(plain)
+    with pytest.raises(Exception, match="align_lr"):
+        TrainConfig(align_lr=0.0).resolved()
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from recap.cli.demo import add_demo_arguments
@@ -12,6 +13,21 @@ from recap.utils import RecapError
 COMMANDS = {
     "demo-alignment": "RECAP's alignment on a coupled benchmark: Table 1, the w sweep, retrieval"
 }
+
+
+def _arm(text: str | None) -> dict[str, Any]:
+    """`--arm JSON`: a JSON object of TrainConfig fields ({} drops the arm); None: the default."""
+    from recap.evaluation.alignment import ARM
+
+    if text is None:
+        return dict(ARM)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise RecapError(f"--arm must be a JSON object of TrainConfig fields: {exc}") from exc
+    if not isinstance(value, dict):
+        raise RecapError(f"--arm must be a JSON object of TrainConfig fields, got {text!r}")
+    return value
 
 
 def _handler(args: argparse.Namespace) -> int:
@@ -31,6 +47,7 @@ def _handler(args: argparse.Namespace) -> int:
         size=args.size,
         epochs=args.epochs,
         align_loss=args.align_loss,
+        arm=_arm(args.arm),
         jobs=args.jobs,
         threads=args.threads,
     )
@@ -60,6 +77,13 @@ def register(subparsers: Any) -> None:
         choices=("cosine", "infonce"),
         default=None,
         help="alignment loss (default: the preset's, cosine as the paper's eq. 1)",
+    )
+    p.add_argument(
+        "--arm",
+        default=None,
+        metavar="JSON",
+        help="the arm beyond the paper trained beside RECAP: TrainConfig fields as a JSON "
+        f"object ('{{}}': none; default {json.dumps(d.arm)})",
     )
     p.add_argument("--jobs", type=int, default=d.jobs, help="captioners trained at once")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per training")

@@ -225,6 +225,36 @@ def lexicon_features(songs: SplitSongs) -> np.ndarray:
     return x
 
 
+def theme_reader_features(
+    train: SplitSongs, test: SplitSongs, c: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """What a reader that learns the lexicon's reading from the train works can know about
+    unseen ones: a logistic regression from the words a text contains (binary bag of words) to
+    its theme and to its colour, fitted on the train songs' true labels (a stronger signal than
+    any alignment loss gets), read on the test songs as the same one-hot features as
+    `lexicon_features`. Returns (train features: the true ones, test features: the predicted
+    ones, the test accuracy of each)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from recap.bench.facts import words
+    from recap.bench.slots import THEMES
+
+    vectorizer = CountVectorizer(analyzer=words, binary=True)
+    x_train = vectorizer.fit_transform(train.lyrics)  # (N, vocabulary) sparse
+    x_test = vectorizer.transform(test.lyrics)
+    predicted = np.zeros((len(test.ids), 2 * len(THEMES)), dtype=np.float32)
+    accuracy = {}
+    for block, slot in enumerate(("theme", "colour")):
+        labels = [t.get(slot) or t["theme"] for t in train.truths]
+        truth = np.array([t.get(slot) or t["theme"] for t in test.truths])
+        guess = LogisticRegression(C=c, max_iter=5000).fit(x_train, labels).predict(x_test)
+        accuracy[slot] = float((guess == truth).mean())
+        for n, theme in enumerate(guess):
+            predicted[n, block * len(THEMES) + THEMES.index(theme)] = 1.0
+    return lexicon_features(train), predicted, accuracy
+
+
 def pooled_lyrics_states(captioner: Any, texts: Sequence[str]) -> np.ndarray:
     """The pooled encoder state (N, d_model) that RECAP's projection reads (its input)."""
     import torch

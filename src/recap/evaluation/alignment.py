@@ -13,19 +13,23 @@ whatever a previous run left in OUT):
 3. the frozen encoder's music embeddings                         → OUT/bench/cache/
 4. every captioner trained once, `--jobs` at a time: BART, BART-fusion, RECAP at each sweep w,
    each with every seed. RECAP at w = 0 is BART-fusion (the same config and initialisation), and
-   RECAP at the preset's w is the RECAP of Table 1: both are trained once  → OUT/experiments/
-5. Table 1 and the Figure 2 sweep (ROUGE-L recall against w) over the seeds
-6. retrieval in the aligned space (test split): recall@1/5/10 and MRR both ways per model, the
-   chance row, and the ceiling of a reader who knows the coupling table; what the projection
-   learned: do a song's lyrics retrieve audio with the facts its theme maps to, how far apart
-   are paired and unpaired songs, and what could a linear map from the lexicon's reading or
-   from the pooled state the projection reads align? (recap.evaluation.aligned_space)
+   RECAP at the preset's w is the RECAP of Table 1: both are trained once. And the arm beyond
+   the paper (`--arm`, default `ARM`: RECAP with InfoNCE over an attention pool of the lyrics
+   states), every seed                                           → OUT/experiments/
+5. Table 1, the Figure 2 sweep (ROUGE-L recall against w) over the seeds, the arm's row
+6. retrieval in the aligned space (test split): recall@1/5/10 and MRR both ways per model (the
+   arm's beside RECAP's), the chance row, and the ceiling of a reader who knows the coupling
+   table; what the projection learned: do a song's lyrics retrieve audio with the facts its
+   theme maps to, how far apart are paired and unpaired songs, and what could a linear map from
+   the lexicon's reading, from a reader trained on the train works' themes, or from the pooled
+   state the projection reads align? (recap.evaluation.aligned_space)
 7. OUT/results.md and OUT/results.json with every number, the command and the stage times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,12 +50,20 @@ from recap.evaluation.aligned_space import (
     linear_map_retrieval,
     oracle_retrieval,
     probe_run,
+    theme_reader_features,
 )
 from recap.utils import RecapError, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 SWEEP_WEIGHTS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)  # the paper's Figure 2
+# The arm beyond the paper trained beside it (TrainConfig fields; docs/results.md, "Changing
+# what RECAP aligns"): the authors' InfoNCE, so the texts stay apart, over an attention pool
+# of the lyrics states, so the one or two keywords are not averaged away, at a lower
+# temperature. The best of the levers measured there; it still does not reach the bar.
+ARM: dict[str, Any] = {"align_loss": "infonce", "align_pool": "attention",
+                       "model_overrides": {"align_temperature": 0.1}}  # fmt: skip
+ARM_NAME = "recap-attention"
 
 
 @dataclass
@@ -79,6 +91,9 @@ class AlignmentDemoConfig(DemoConfig):
         }
     )
     align_loss: str | None = None  # None: the preset's (cosine, the paper's eq. 1) | infonce
+    # RECAP at the preset's w with these TrainConfig overrides, every seed, reported beside
+    # the paper's RECAP and BART-fusion; {} leaves the arm out.
+    arm: dict[str, Any] = field(default_factory=lambda: dict(ARM))
     tagger: str | None = None  # a trained tagger folder to reuse instead of stage 2
     jobs: int = 2  # trainings at once (processes)
     threads: int = 1  # torch threads per training process
@@ -120,9 +135,12 @@ def experiment(cfg: AlignmentDemoConfig, data: Path, encoder: Path) -> Any:
     return dataclasses.replace(exp, seeds=cfg.seeds, train_overrides=overrides)
 
 
-def training_tasks(exp: Any, weights: Sequence[float]) -> list[dict[str, Any]]:
-    """Every distinct run Table 1 and the sweep need: (method, align_weight, name, seed). The
-    sweep's w = 0 and preset-w points are Table 1's BART-fusion and RECAP runs (same folder)."""
+def training_tasks(
+    exp: Any, weights: Sequence[float], arm: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Every distinct run Table 1, the sweep and the arm need: (method, align_weight, name,
+    seed, train overrides). The sweep's w = 0 and preset-w points are Table 1's BART-fusion and
+    RECAP runs (same folder)."""
     from recap.evaluation.experiment import sweep_run_name
 
     tasks: dict[str, dict[str, Any]] = {}
@@ -132,7 +150,34 @@ def training_tasks(exp: Any, weights: Sequence[float]) -> list[dict[str, Any]]:
         for seed in exp.seeds:
             task = {"method": method, "align_weight": align_weight, "name": name, "seed": seed}
             tasks.setdefault(f"{name}/{seed}", task)
+    weight, overrides = split_arm(arm or {})
+    for seed in exp.seeds if arm else ():
+        task = {"method": "recap", "align_weight": weight, "name": ARM_NAME, "seed": seed,
+                "overrides": overrides}  # fmt: skip
+        tasks[f"{ARM_NAME}/{seed}"] = task
     return list(tasks.values())
+
+
+def split_arm(arm: Mapping[str, Any]) -> tuple[float | None, dict[str, Any]]:
+    """(the arm's w, None for the preset's; its other overrides): `train_and_evaluate` takes w
+    as an argument of its own."""
+    overrides = {k: v for k, v in arm.items() if k != "align_weight"}
+    weight = arm.get("align_weight")
+    return (None if weight is None else float(weight)), overrides
+
+
+def with_overrides(exp: Any, overrides: Mapping[str, Any] | None) -> Any:
+    """`exp` whose trainings also take `overrides` (TrainConfig fields; `model_overrides`
+    merged with the experiment's own)."""
+    if not overrides:
+        return exp
+    merged = {**exp.train_overrides, **overrides}
+    if "model_overrides" in overrides:
+        merged["model_overrides"] = {
+            **exp.train_overrides.get("model_overrides", {}),
+            **overrides["model_overrides"],
+        }
+    return dataclasses.replace(exp, train_overrides=merged)
 
 
 def _train_task(exp: Any, task: Mapping[str, Any], threads: int) -> str:
@@ -144,7 +189,7 @@ def _train_task(exp: Any, task: Mapping[str, Any], threads: int) -> str:
 
     torch.set_num_threads(threads)
     rec = train_and_evaluate(
-        dataclasses.replace(exp, progress=False),
+        dataclasses.replace(with_overrides(exp, task.get("overrides")), progress=False),
         task["method"],
         "full",
         task["seed"],
@@ -179,11 +224,30 @@ def train_all(exp: Any, tasks: Sequence[Mapping[str, Any]], jobs: int, threads: 
 # ------------------------------------------------------------------------------ retrieval
 
 
+def arm_records(cfg: AlignmentDemoConfig, exp: Any) -> list[dict[str, Any]]:
+    """The arm's trained and evaluated runs (found finished: stage 4 trained them)."""
+    from recap.evaluation.experiment import train_and_evaluate
+
+    if not cfg.arm:
+        return []
+    weight, overrides = split_arm(cfg.arm)
+    arm_exp = with_overrides(exp, overrides)
+    return [
+        train_and_evaluate(arm_exp, "recap", "full", seed, align_weight=weight, name=ARM_NAME)
+        for seed in exp.seeds
+    ]
+
+
 def retrieval_stage(
-    cfg: AlignmentDemoConfig, data: Path, encoder: Path, sweep_records: Sequence[Mapping]
+    cfg: AlignmentDemoConfig,
+    data: Path,
+    encoder: Path,
+    sweep_records: Sequence[Mapping],
+    arm: Sequence[Mapping] = (),
 ) -> dict[str, Any]:
-    """Retrieval of every model with an aligned space (every sweep run), the chance and oracle
-    rows, and what the frozen audio vectors hold."""
+    """Retrieval of every model with an aligned space (every sweep run and the arm), the chance
+    and oracle rows, what a reader of the train works' themes could know, and what the frozen
+    audio vectors hold."""
     from recap.bench import load_truth
     from recap.data.cache import ensure_embeddings
 
@@ -207,6 +271,8 @@ def retrieval_stage(
     lexicon = linear_map_retrieval(
         lexicon_features(train), train_audio, lexicon_features(songs), audio, songs.groups
     )
+    reader_train, reader_test, reader_accuracy = theme_reader_features(train, songs)
+    reader = linear_map_retrieval(reader_train, train_audio, reader_test, audio, songs.groups)
     table_weights = (0.0, _effective_weight("recap", cfg.size, None))
     probes = [
         {"align_weight": r["align_weight"], "seed": r["seed"],
@@ -214,6 +280,12 @@ def retrieval_stage(
         for r in sweep_records
         if r["align_weight"] in table_weights
     ]  # fmt: skip
+    arm_runs = [
+        {"align_weight": r["align_weight"], "seed": r["seed"], "run": r["run"],
+         **evaluate_retrieval(r["run"], songs, store)}
+        for r in arm
+    ]  # fmt: skip
+    arm_probes = [{"seed": r["seed"], **probe_run(r["run"], train, songs, store)} for r in arm]
     return {
         "split": first["split"],
         "songs": first["songs"],
@@ -223,9 +295,17 @@ def retrieval_stage(
         "oracle": oracle_retrieval(songs),
         "audio_facts": audio_fact_neighbours(audio, songs.truths),
         "lexicon_map": lexicon,
+        "reader_map": {**reader, "accuracy": reader_accuracy},
         "state_probes": probes,
         "runs": runs,
         "points": retrieval_points(runs),
+        "arm": {
+            "name": ARM_NAME,
+            "overrides": dict(cfg.arm),
+            "runs": arm_runs,
+            "point": retrieval_points(arm_runs)[0] if arm_runs else None,
+            "state_probes": arm_probes,
+        },
     }
 
 
@@ -283,12 +363,19 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
         lines.append(row("BART-fusion (w = 0)", by_w[0.0]))
     if recap_w in by_w:
         lines.append(row(f"RECAP (w = {recap_w:g})", by_w[recap_w]))
+    arm = retrieval.get("arm") or {}
+    if arm.get("point"):
+        w = arm["point"]["align_weight"]
+        lines.append(row(f"{arm_label({**arm['overrides'], 'align_weight': w})}", arm["point"]))
+    reader = retrieval.get("reader_map")
     fixed = [
         ("random chance", {"audio_to_lyrics": retrieval["chance"],
                            "lyrics_to_audio": retrieval["chance"]}),
         ("coupling-table oracle", retrieval["oracle"]),
         ("linear map from the lexicon's theme + colour", retrieval["lexicon_map"]),
     ]  # fmt: skip
+    if reader:
+        fixed.append(("linear map from a reader of the train works' theme + colour", reader))
     for name, fig in fixed:
         cells = [f"{fig[side][c]:.3f}" for side in ("audio_to_lyrics", "lyrics_to_audio")
                  for c in cols]  # fmt: skip
@@ -302,6 +389,13 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
                 for c in cols
             }
             lines.append(row(f"linear map from {label}'s pooled lyrics states", point))
+    if arm.get("state_probes"):
+        point = {
+            f"{side} {c}": _stat([p[side][c] for p in arm["state_probes"]])
+            for side in ("audio_to_lyrics", "lyrics_to_audio")
+            for c in cols
+        }
+        lines.append(row("linear map from the arm's attention-pooled lyrics states", point))
     lines += [
         "",
         f"Test split: {retrieval['songs']} songs, {retrieval['works']} distinct lyrics, "
@@ -312,7 +406,16 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
         "ridge regression (λ = 10) from lyrics features to the audio vectors, fitted on the "
         "train songs, both sides centred: what a projection of those features could align "
         "(the lexicon's one-hot reading of each text; the encoder state RECAP's projection "
-        "reads, the mean of hidden_states[4]).",
+        "reads, the mean of hidden_states[4]). Reader: a logistic regression from the words a "
+        "text contains to its theme and to its colour, fitted on the train songs' true labels, "
+        "its predictions read through the lexicon's map: what a reader that learns the "
+        "lexicon from the train works can know of unseen ones"
+        + (
+            f" (test accuracy: theme {100 * reader['accuracy']['theme']:.0f} %, colour "
+            f"{100 * reader['accuracy']['colour']:.0f} %)."
+            if reader
+            else "."
+        ),
         "",
         "Retrieval at every w (mean ± sd over seeds) and the geometry of the space: mean cosine "
         "of a song's audio with its own lyrics (paired), with other songs' lyrics (unpaired), "
@@ -362,6 +465,56 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
     return lines
 
 
+def arm_label(overrides: Mapping[str, Any]) -> str:
+    """The arm's row name from its overrides, e.g. "RECAP + InfoNCE, attention pool, T 0.1"."""
+    parts = []
+    if overrides.get("align_loss"):
+        parts.append({"infonce": "InfoNCE", "cosine": "cosine"}[overrides["align_loss"]])
+    if overrides.get("align_pool"):
+        parts.append(f"{overrides['align_pool']} pool")
+    model = overrides.get("model_overrides") or {}
+    if "align_temperature" in model:
+        parts.append(f"T {model['align_temperature']:g}")
+    if model.get("align_learn_temperature"):
+        parts.append("learned T")
+    if overrides.get("align_lr"):
+        parts.append(f"align lr {overrides['align_lr']:g}")
+    if overrides.get("align_weight") is not None:
+        parts.append(f"w {overrides['align_weight']:g}")
+    return "RECAP + " + ", ".join(parts) if parts else "RECAP (arm)"
+
+
+ARM_COLUMNS = (
+    ("ROUGE-1", "ROUGE-1 recall"),
+    ("ROUGE-L", "ROUGE-L recall"),
+    ("METEOR", "METEOR (NLTK)"),
+    ("CIDEr-D", "CIDEr-D"),
+    ("Attr. audio", "attribute accuracy audio"),
+    ("Attr. lyrics", "attribute accuracy lyrics"),
+    ("Distinct", "distinct captions"),
+)
+
+
+def arm_table_markdown(
+    table_rows: Sequence[Mapping[str, Any]], arm_row: Mapping[str, Any], label: str
+) -> list[str]:
+    """Table 1's BART-fusion and RECAP rows with the arm's beside them (percent, mean over
+    seeds, brackets: the mean of each seed's 95% bootstrap interval)."""
+    from recap.evaluation.table1 import METHOD_NAMES, _cell
+
+    rows = [(METHOD_NAMES[r["method"]], r) for r in table_rows if r["method"] != "bart"]
+    rows.append((label, arm_row))
+    lines = [
+        "| Method | " + " | ".join(name for name, _ in ARM_COLUMNS) + " |",
+        "|---|" + "---:|" * len(ARM_COLUMNS),
+    ]
+    for name, row in rows:
+        cells = [_cell(row.get(key), intervals=key.startswith(("ROUGE", "METEOR", "CIDEr")))
+                 for _, key in ARM_COLUMNS]  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def sweep_markdown(points: Sequence[Mapping[str, Any]], records: Sequence[Mapping]) -> list[str]:
     """Figure 2 as a table: ROUGE-L recall and the audio attribute accuracy per w over seeds."""
     lines = [
@@ -395,6 +548,8 @@ def command_line(cfg: AlignmentDemoConfig) -> str:
         parts.append("--seeds " + ",".join(map(str, cfg.seeds)))
     if cfg.weights != d.weights:
         parts.append("--weights " + ",".join(f"{w:g}" for w in cfg.weights))
+    if cfg.arm != d.arm:
+        parts.append(f"--arm '{json.dumps(cfg.arm)}'")
     return " ".join(parts)
 
 
@@ -406,6 +561,7 @@ def results_markdown(
     seconds: Mapping[str, float],
     cpu: Mapping[str, float],
     commit: str | None,
+    arm_md: Sequence[str] = (),
 ) -> str:
     lines = [
         "# Alignment where audio and lyrics correspond",
@@ -428,6 +584,19 @@ def results_markdown(
         "Table 1: each trained once. Brackets: the mean over seeds of each seed's 95% bootstrap "
         "interval over test rows; the seeds' own values beside it.",
         "",
+        *(
+            [
+                "## The arm beyond the paper, beside Table 1's fusion models",
+                "",
+                f"`{ARM_NAME}`: RECAP with {json.dumps(dict(cfg.arm))} (TrainConfig fields), "
+                "every seed.",
+                "",
+                *arm_md,
+                "",
+            ]
+            if arm_md
+            else []
+        ),
         "## Audio ↔ lyrics retrieval in the aligned space (test split)",
         "",
         *retrieval_markdown(retrieval, cfg.size),
@@ -468,6 +637,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
 
     from recap.demo import _Stages, build_bench, code_version, precompute_embeddings
     from recap.evaluation.experiment import run_sweep, run_table1
+    from recap.evaluation.table1 import aggregate
 
     torch.set_num_threads(cfg.threads)
     stages = _Stages()
@@ -478,21 +648,24 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     stages.run("3. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
     exp = experiment(cfg, data, encoder)
     weights = cfg.sweep_weights()
-    tasks = training_tasks(exp, weights)
+    tasks = training_tasks(exp, weights, cfg.arm)
     stages.run(
         f"4. train + evaluate {len(tasks)} captioners",
         lambda: train_all(exp, tasks, cfg.jobs, cfg.threads),
     )
     table = stages.run("5a. Table 1", lambda: run_table1(exp))
     sweep = stages.run("5b. alignment-weight sweep", lambda: run_sweep(exp, weights))
+    arm = stages.run("5c. the arm beyond the paper", lambda: arm_records(cfg, exp))
+    arm_row = aggregate(arm)[0] if arm else None
+    arm_md = arm_table_markdown(table["rows"], arm_row, arm_label(cfg.arm)) if arm else []
     retrieval = stages.run(
-        "6. retrieval", lambda: retrieval_stage(cfg, data, encoder, sweep["records"])
+        "6. retrieval", lambda: retrieval_stage(cfg, data, encoder, sweep["records"], arm)
     )
     png = Path(sweep["png"])
     (cfg.root / png.name).write_bytes(png.read_bytes())  # beside results.md for its image link
     commit = code_version()
     md = results_markdown(
-        cfg, table["markdown"], sweep, retrieval, stages.seconds, stages.cpu, commit
+        cfg, table["markdown"], sweep, retrieval, stages.seconds, stages.cpu, commit, arm_md
     )
     atomic_write_text(cfg.root / "results.md", md)
     atomic_write_json(
@@ -502,6 +675,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
             "command": command_line(cfg),
             "config": asdict(cfg),
             "table1": table["rows"],
+            "arm": {"name": ARM_NAME, "overrides": dict(cfg.arm), "row": arm_row},
             "sweep": sweep["points"],
             "sweep_runs": [
                 {k: r[k] for k in ("align_weight", "seed", "run", "summary")}
@@ -519,6 +693,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     )
     return {
         "table": table["rows"],
+        "arm": arm_row,
         "sweep": sweep["points"],
         "retrieval": retrieval,
         "seconds": stages.seconds,

@@ -29,6 +29,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 METHODS = ("bart", "bart-fusion", "recap")
 SIZES = ("tiny", "small", "paper")
+ALIGN_POOLS = ("mean", "attention")
 
 
 @dataclass
@@ -121,6 +122,14 @@ class RecapConfig:
     align_temperature: float = 0.3
     align_layer: int = 4  # index into the encoder hidden states: output of the 4th layer
     pool_includes_padding: bool = False
+    # How the lyrics states are pooled into one vector before the projection. "mean" (paper):
+    # their mean. "attention" (not in the paper): softmax weights from a learned score per
+    # token, so one or two keywords are not diluted by a mean over ~100 tokens
+    # (recap.models.losses.AttentionPool; docs/results.md, issue 17).
+    align_pool: str = "mean"
+    # Learn InfoNCE's temperature (from align_temperature, CLIP-style) instead of fixing it.
+    # Not in the paper; only read by the InfoNCE loss.
+    align_learn_temperature: bool = False
 
     # --- caption loss and lengths (SPEC §1.2, §1.5) ---
     loss_includes_padding: bool = False
@@ -156,6 +165,10 @@ class RecapConfig:
         """Raise RecapError on inconsistent values (caught early, not as a shape error later)."""
         if self.align_loss not in ("cosine", "infonce"):
             raise RecapError(f"align_loss must be 'cosine' or 'infonce', got {self.align_loss!r}")
+        if self.align_pool not in ALIGN_POOLS:
+            raise RecapError(
+                f"align_pool must be one of {', '.join(ALIGN_POOLS)}, got {self.align_pool!r}"
+            )
         if (
             isinstance(self.music_windows, bool)
             or not isinstance(self.music_windows, int)

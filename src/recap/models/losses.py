@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 IGNORE_INDEX = -100
 
@@ -59,6 +60,34 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return total / count
 
 
+class AttentionPool(nn.Module):
+    """Attention pooling (not in the paper): `sum_t softmax_t(score(x_t)) x_t` over the masked
+    positions, with a learned linear score per token (a query vector and a bias).
+
+    Why: the paper's mean over a text's ~100 tokens dilutes the one or two keywords that say
+    what the song is about; a learned score can weight them up. The score starts at zero
+    weights, so an untrained pool is the masked mean.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        scores = self.score(x).squeeze(-1).float()  # (B, L, d) -> (B, L)
+        if mask is not None:
+            # an all-masked row softmaxes over -inf only: give it zeros (as masked_mean does)
+            scores = scores.masked_fill(mask == 0, float("-inf"))
+            empty = ~(mask != 0).any(dim=1, keepdim=True)  # (B, 1)
+            scores = scores.masked_fill(empty, 0.0)
+        weights = scores.softmax(dim=-1).to(x.dtype)  # (B, L)
+        if mask is not None:
+            weights = weights * (mask != 0).to(x.dtype)
+        return torch.einsum("bl,bld->bd", weights, x)  # (B, d)
+
+
 def first_of_each_song(song_ids: SongIds, batch_size: int, device: torch.device) -> torch.Tensor:
     """Row indices (LongTensor) keeping the first row of each distinct song id, in batch order.
 
@@ -94,7 +123,7 @@ def infonce_alignment_loss(
     music: torch.Tensor,
     lyrics: torch.Tensor,
     song_ids: SongIds = None,
-    temperature: float = 0.3,
+    temperature: float | torch.Tensor = 0.3,
 ) -> torch.Tensor:
     """NT-Xent with music as anchors: for song i, `-log softmax_j(cos(m_i, l_j) / T)[i]`.
 
@@ -115,7 +144,7 @@ def alignment_loss(
     lyrics: torch.Tensor,
     song_ids: SongIds = None,
     kind: str = "cosine",
-    temperature: float = 0.3,
+    temperature: float | torch.Tensor = 0.3,
 ) -> torch.Tensor:
     """Dispatch on `kind` ("cosine" | "infonce")."""
     if kind == "cosine":
@@ -152,7 +181,7 @@ def recap_loss(
     song_ids: SongIds = None,
     align_weight: float = 0.02,
     align_kind: str = "cosine",
-    temperature: float = 0.3,
+    temperature: float | torch.Tensor = 0.3,
     pad_token_id: int | None = 1,
     include_padding: bool = False,
     reconstruct_logits: torch.Tensor | None = None,

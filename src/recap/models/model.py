@@ -38,7 +38,7 @@ from recap.models.encoders import (
     music_encoder_from_config,
 )
 from recap.models.fusion import FusionBlock
-from recap.models.losses import SongIds, masked_mean, recap_loss
+from recap.models.losses import AttentionPool, SongIds, masked_mean, recap_loss
 from recap.models.pointer import CopyHead
 from recap.models.pretrained import PretrainedMixin
 from recap.utils import RecapError
@@ -124,6 +124,19 @@ class RecapModel(PretrainedMixin, nn.Module):
         # The projection exists whenever music does, so a BART-fusion model (w = 0) can still be
         # fine-tuned with alignment later and its parameter count matches RECAP's.
         self.align_proj = nn.Linear(config.d_model, config.music_dim) if config.use_music else None
+        # Options not in the paper (docs/training.md): a learned attention pool instead of the
+        # mean, and a learned InfoNCE temperature. Absent by default, so a paper model's
+        # parameters (and state_dict keys) are the paper's.
+        self.align_pool = (
+            AttentionPool(config.d_model)
+            if config.use_music and config.align_pool == "attention"
+            else None
+        )
+        self.align_log_temperature = (
+            nn.Parameter(torch.tensor(float(config.align_temperature)).log())
+            if config.use_music and config.align_learn_temperature
+            else None
+        )
         self.copy_head = (
             CopyHead(
                 config.d_model,
@@ -212,7 +225,7 @@ class RecapModel(PretrainedMixin, nn.Module):
         counts = {
             "bart": count(self.bart),
             "fusion": count(self.fusion),
-            "projection": count(self.align_proj),
+            "projection": count(self.align_proj) + count(self.align_pool),
             "music_encoder": count(self.music_encoder),
         }
         counts["total"] = count(self)
@@ -283,7 +296,17 @@ class RecapModel(PretrainedMixin, nn.Module):
 
     def _pool_lyrics(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = None if self.config.pool_includes_padding else attention_mask
-        return self.align_proj(masked_mean(hidden, mask))  # (B, L, d) -> (B, d) -> (B, m)
+        pooled = (
+            masked_mean(hidden, mask) if self.align_pool is None else self.align_pool(hidden, mask)
+        )
+        return self.align_proj(pooled)  # (B, L, d) -> (B, d) -> (B, m)
+
+    def align_temperature(self) -> float | torch.Tensor:
+        """InfoNCE's temperature: the config's, or the learned one (kept at 0.01 or above, so
+        the logits cannot blow up)."""
+        if self.align_log_temperature is None:
+            return self.config.align_temperature
+        return self.align_log_temperature.exp().clamp_min(0.01)
 
     def _run_encoder(
         self,
@@ -430,7 +453,7 @@ class RecapModel(PretrainedMixin, nn.Module):
                 song_ids=align_ids,
                 align_weight=self.config.align_weight,
                 align_kind=self.config.align_loss,
-                temperature=self.config.align_temperature,
+                temperature=self.align_temperature(),
                 pad_token_id=self.config.pad_token_id,
                 include_padding=self.config.loss_includes_padding,
                 reconstruct_logits=reconstruct_logits,

@@ -62,6 +62,12 @@ class TrainConfig:
     # --- model settings the experiments vary (None: the preset's)
     align_weight: float | None = _opt(None, "w in L = L_cap + w L_align (paper 0.02)")
     align_loss: str | None = _opt(None, "cosine | infonce")
+    align_pool: str | None = _opt(
+        None, "pool the lyrics states for alignment by: mean (paper) | attention (learned)"
+    )
+    align_lr: float | None = _opt(
+        None, "learning rate of the alignment projection and pool (None: lr, as the paper)"
+    )
     vocab_size: int | None = _opt(None, "size of the local BPE (default: the size's vocab_size)")
     model_overrides: dict = _opt({}, "RecapConfig fields, KEY=VALUE (JSON values)", flag="--set")
     # --- optimisation (None: SIZE_DEFAULTS)
@@ -138,6 +144,8 @@ class TrainConfig:
         if not 0.0 <= cfg.lyrics_dropout < 1.0:
             raise RecapError(f"lyrics_dropout must be in [0, 1), got {cfg.lyrics_dropout}")
         cfg.audio_config()  # checks windows and window_hop
+        if cfg.align_lr is not None and cfg.align_lr <= 0:
+            raise RecapError(f"align_lr must be > 0, got {cfg.align_lr}")
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
             raise RecapError("batch_size and epochs must be positive and lr > 0")
         return cfg

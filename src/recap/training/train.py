@@ -143,7 +143,7 @@ class Trainer:
             raise RecapError(f"no training rows in {cfg.data} (variant {cfg.variant})")
 
         overrides: dict[str, Any] = dict(cfg.model_overrides)
-        for key in ("align_weight", "align_loss"):
+        for key in ("align_weight", "align_loss", "align_pool"):
             if getattr(cfg, key) is not None:
                 overrides[key] = getattr(cfg, key)
         encoder = None
@@ -249,7 +249,7 @@ class Trainer:
         # --- model, optimizer
         self._freeze_unused(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self._optimizer(params)
+        optimizer = self._optimizer(self._param_groups(model))
         self.scheduler = (
             torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_epochs, cfg.lr_step_gamma)
             if cfg.lr_schedule == "step"
@@ -281,7 +281,17 @@ class Trainer:
                 if "align" in name.split(".")[0]:
                     param.requires_grad_(False)
 
-    def _optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def _param_groups(self, model: torch.nn.Module) -> list[Any]:
+        """The trainable parameters; with `align_lr`, the alignment's own (projection, pool,
+        temperature: top-level names starting with "align") in a group of their own."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if self.cfg.align_lr is None:
+            return [p for _, p in named]
+        align = [p for n, p in named if n.split(".")[0].startswith("align")]
+        rest = [p for n, p in named if not n.split(".")[0].startswith("align")]
+        return [{"params": rest}, {"params": align, "lr": self.cfg.align_lr}]
+
+    def _optimizer(self, params: list[Any]) -> torch.optim.Optimizer:
         return build_optimizer(self.cfg, params, self.accelerator.device.type)
 
     # -------------------------------------------------------------- checkpoints
