@@ -30,6 +30,20 @@ def test_rouge_has_no_stemming():
     assert r["rouge1"]["recall"]["mid"] == 0.0
 
 
+def test_zero_bootstrap_resamples_is_a_clear_error_not_a_crash_after_generation():
+    with pytest.raises(RecapError, match="at least 1 resample"):
+        metrics.rouge_scores(["a song"], ["a song"], bootstrap=0)
+    with pytest.raises(RecapError, match="at least 1 resample"):
+        metrics.bootstrap_interval([0.5, 1.0], n_samples=0)
+    # The commands refuse it before any model is loaded.
+    from recap.cli import main
+
+    for command in (["evaluate", "--model", "M", "--data", "D"], ["score", "P.csv", "--data", "D"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*command, "--bootstrap", "0"])
+        assert exc.value.code == 2
+
+
 def test_bootstrap_interval_contains_mid_and_is_seeded():
     rng = np.random.default_rng(1)
     words = "a b c d e f g h i j".split()

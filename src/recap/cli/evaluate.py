@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from recap.cli.flags import add_decode_arguments, decode_from_args
+from recap.cli.flags import add_bootstrap_argument, add_decode_arguments, decode_from_args
 
 COMMANDS = {
     "evaluate": "caption a split and score it (paper and caption metric sets, attribute accuracy)"
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     add_decode_arguments(p, seed_aliases=("--seeds",))
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
     p.add_argument("--encoder", default=None, help="music encoder (default: the run's)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    add_bootstrap_argument(p)
     p.add_argument("--out", default=None, help="output folder (default RUN/eval/<split>-<tag>)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")

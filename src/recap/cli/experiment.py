@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from recap.cli.flags import add_decode_arguments, csv_list, decode_from_args, parse_key_value
+from recap.cli.flags import (
+    add_bootstrap_argument,
+    add_decode_arguments,
+    csv_list,
+    decode_from_args,
+    parse_key_value,
+)
 
 COMMANDS = {"experiment": "the paper's Table 1 and Figure 2"}
 
@@ -93,7 +99,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     # None = paired: each model sampled with its own training seed; a list overrides that.
     p.set_defaults(sample_seeds=None)
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    add_bootstrap_argument(p)
     p.add_argument("--device", default=None, help="evaluation device (default: cuda if available)")
 
 

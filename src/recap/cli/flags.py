@@ -140,6 +140,23 @@ def add_int8_argument(parser: Any) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def add_bootstrap_argument(parser: Any) -> None:
+    """`--bootstrap N` of the commands that score: rouge_score's intervals need N ≥ 1."""
+    parser.add_argument(
+        "--bootstrap", type=_positive_int, default=1000, help="bootstrap resamples (at least 1)"
+    )
+
+
 def decode_from_args(args: Any) -> Any:
     """The DecodeSettings of parsed `add_decode_arguments` flags (checked: RecapError)."""
     from recap.inference.generate import DecodeSettings

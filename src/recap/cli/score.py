@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from recap.cli.flags import add_bootstrap_argument
+
 COMMANDS = {"score": "score any captioner's captions of a split (paper and caption metric sets)"}
 
 
@@ -39,7 +41,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--variant", default="full", help="for --split train/val (test is shared)")
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    add_bootstrap_argument(p)
     p.add_argument(
         "--allow-missing", action="store_true", help="score the songs that have a caption"
     )

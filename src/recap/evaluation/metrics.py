@@ -112,6 +112,8 @@ def bootstrap_interval(
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise RecapError("cannot bootstrap an empty list of scores")
+    if n_samples < 1:
+        raise RecapError(f"bootstrap must be at least 1 resample, got {n_samples}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(n_samples, x.size))  # (n_samples, N) resampled rows
     means = x[idx].mean(axis=1)  # (n_samples,)
@@ -149,6 +151,8 @@ def rouge_scores(
     from rouge_score import rouge_scorer, scoring
 
     _check_pairs(predictions, references)
+    if bootstrap < 1:
+        raise RecapError(f"bootstrap must be at least 1 resample, got {bootstrap}")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
     aggregator = scoring.BootstrapAggregator(confidence_interval=confidence, n_samples=bootstrap)
     per_example: dict[str, dict[str, list[float]]] = {
