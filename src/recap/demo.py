@@ -100,6 +100,9 @@ class DemoConfig:
     # The interpretations are ~65 BPE tokens with a tokenizer trained on them, ~110 with the
     # text-pretrained BART's lyrics tokenizer: 96 cut 97 % of run F's captions short.
     max_new_tokens: int = 160
+    # Quotes are the song's own words (recap.inference.quotes): the captioners quote the first
+    # line, and a free quote jumps between occurrences of a token (docs/training.md).
+    quote_lyrics: bool = True
     eval_batch_size: int = 32
     meteor15: bool = True
     bootstrap: int = 1000
@@ -280,7 +283,10 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
         seeds=tuple(cfg.seeds) or (cfg.seed,),
         train_overrides=overrides,
         decode=DecodeSettings(
-            num_beams=cfg.beams, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size
+            num_beams=cfg.beams,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.eval_batch_size,
+            quote_lyrics=cfg.quote_lyrics,
         ),
         meteor15=cfg.meteor15,
         bootstrap=cfg.bootstrap,

@@ -55,14 +55,16 @@ AUDIO_FAMILIES: tuple[str, ...] = ("instruments", "tempo_key")
 _ARTICLE_AN = {"oboe", "organ"}
 _PLURAL = {"strings"}
 _QUOTED = re.compile(r'"([^"]*)"')
-# The "words" sentences with their three words as groups (a word: letters, elisions).
+# The "words" sentences up to their third word, the words as groups (a word: letters,
+# elisions). What follows the words is the theme's, scored as its own slot: a caption that names
+# the words and then ends the sentence in another wording still states them.
 _WORDS_SENTENCES = [
     re.compile(
-        re.escape(t)
+        re.escape(t[: t.index("{w3}") + len("{w3}")])
         .replace(re.escape("{w1}"), f"({WORD.pattern})")
         .replace(re.escape("{w2}"), f"({WORD.pattern})")
         .replace(re.escape("{w3}"), f"({WORD.pattern})")
-        .replace(re.escape("{theme}"), r"\w+")
+        + r"(?![^\W\d_]|['’][^\W\d_])"
     )
     for t in SENTENCES["words"]
 ]

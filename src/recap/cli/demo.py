@@ -38,6 +38,7 @@ def _handler(args: argparse.Namespace) -> int:
         lyrics_dropout=args.lyrics_dropout,
         beams=args.beams,
         max_new_tokens=args.max_new_tokens,
+        quote_lyrics=not args.free_quotes,
         meteor15=not args.no_meteor15,
     )
     run_demo(cfg)
@@ -108,5 +109,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--beams", type=int, default=d.beams, help="beam width for evaluation")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument(
+        "--free-quotes",
+        action="store_true",
+        help="decode quotes freely (default: a quote continues the song's lyrics verbatim)",
+    )
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
     p.set_defaults(func=_handler)

@@ -129,6 +129,11 @@ def add_decode_arguments(
         "--max-new-tokens", type=int, default=None, help="caption length (default: the model's)"
     )
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"{batch_help} (16)")
+    g.add_argument(
+        "--quote-lyrics",
+        action="store_true",
+        help="a quote in a caption continues the song's lyrics verbatim (docs/evaluation.md)",
+    )
 
 
 def add_int8_argument(parser: Any) -> None:
@@ -175,6 +180,7 @@ def decode_from_args(args: Any) -> Any:
         no_repeat_ngram_size=args.no_repeat_ngram,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        quote_lyrics=args.quote_lyrics,
     ).check()
 
 

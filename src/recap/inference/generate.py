@@ -35,8 +35,10 @@ class DecodeSettings:
     `max_new_tokens=None` keeps the model's own limit (`RecapConfig.generation`, 512 at paper
     size, as the papers' max_length). `seeds` matter only when sampling: an evaluation decodes
     once per seed; one captioning call seeds torch with the first. `batch_size`: songs decoded
-    together. The values are checked by `check` (a RecapError naming the setting), so a bad
-    option fails before any work starts and reaches the server's client as a 422.
+    together. `quote_lyrics`: what a caption quotes is the song's own lyrics, verbatim
+    (`recap.inference.quotes`; off by default: the papers decode freely). The values are
+    checked by `check` (a RecapError naming the setting), so a bad option fails before any work
+    starts and reaches the server's client as a 422.
     """
 
     num_beams: int = 4
@@ -46,6 +48,7 @@ class DecodeSettings:
     max_new_tokens: int | None = None
     seeds: tuple[int, ...] = PAPER_SAMPLING_SEEDS
     batch_size: int = 16
+    quote_lyrics: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
@@ -93,6 +96,8 @@ class DecodeSettings:
         for seed in self.seeds:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
                 raise RecapError(f"seed must be an integer from 0 to {MAX_SEED} (2**64 - 1)")
+        if not isinstance(self.quote_lyrics, bool):
+            raise RecapError(f"quote_lyrics must be true or false, got {self.quote_lyrics!r}")
         if self.do_sample and not self.seeds:
             raise RecapError("sampling needs at least one seed")
         return self
@@ -116,6 +121,8 @@ class DecodeSettings:
         )
         if self.max_new_tokens is not None:
             text += f"-len{self.max_new_tokens}"
+        if self.quote_lyrics:
+            text += "-quotes"
         return text
 
     def generate_kwargs(self, model_config: Any) -> dict[str, Any]:
@@ -301,6 +308,13 @@ def generate_texts(
     kwargs = settings.generate_kwargs(model.config)
     device = next(model.parameters()).device
     pad = model.config.pad_token_id
+    table = None
+    if settings.quote_lyrics:
+        from transformers import LogitsProcessorList
+
+        from recap.inference.quotes import QuoteFromLyrics, token_bytes
+
+        table = token_bytes(tokenizer)
     order = sorted(range(len(lyrics_ids)), key=lambda i: len(lyrics_ids[i]))
     if seed is not None:
         torch.manual_seed(seed)  # sampling draws from torch's global generator
@@ -331,6 +345,10 @@ def generate_texts(
                     [r.float().cpu().numpy() if isinstance(r, torch.Tensor) else r for r in rows],
                     device,
                 )
+        if table is not None:
+            songs = tokenizer.batch_decode([lyrics_ids[i] for i in chunk], skip_special_tokens=True)
+            quotes = QuoteFromLyrics(tokenizer, songs, settings.num_beams, table)
+            kwargs["logits_processor"] = LogitsProcessorList([quotes])
         with autocast() if autocast is not None else contextlib.nullcontext():
             generated = generate_ids(
                 model, input_ids.to(device), attention_mask.to(device), **music_t, **kwargs

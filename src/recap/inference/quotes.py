@@ -1,0 +1,136 @@
+"""Quotations that are the song's own words: a decoding constraint (`DecodeSettings.quote_lyrics`).
+
+A caption quotes its lyrics between straight double quotes ("Meine Seel’ erhebt den"). Left free,
+a small captioner misquotes: it jumps from one occurrence of a token to another ("O Ewort"),
+fuses two words ("denkes'") or closes the quote inside a word. With this constraint, once a
+caption has opened a quote, every next token must continue, byte for byte, a stretch of the
+song's lyrics that begins at a word, and the closing quote may only come where a word of the
+lyrics ends (before a space, the end of the text or a sentence mark; an apostrophe belongs to
+its word). Outside quotes nothing changes, nor does what the model prefers among the allowed
+tokens: how long a quote is, and whether there is one, stay the model's choice.
+
+The comparison is on bytes (the captioners' BPE is byte-level, and a token may hold part of a
+character such as ’), with every run of white space in the lyrics read as one space.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+QUOTE = ord('"')
+# Where a quote may close: the end of the lyrics, white space, or sentence marks then either.
+_CLOSES_BEFORE = re.compile(rb'(?:$|\s|[,.;:!?)\]\xc2\xbb-]+(?:$|\s))')
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """The character → byte table of byte-level BPE vocabularies (GPT-2, BART, ours): printable
+    Latin-1 bytes stand for themselves, the other 68 bytes for the code points from 256 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table.values():
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def token_bytes(tokenizer: Any) -> list[bytes]:
+    """The bytes each vocabulary id stands for (b"" for special tokens), by id."""
+    alphabet = byte_level_alphabet()
+    special = set(tokenizer.all_special_ids)
+    vocab = tokenizer.get_vocab()  # token string -> id
+    out = [b""] * (max(vocab.values()) + 1)
+    for text, i in vocab.items():
+        if i in special:
+            continue
+        try:
+            out[i] = bytes(alphabet[c] for c in text)
+        except KeyError:  # not a byte-level token (an added word): never part of a quote
+            out[i] = b""
+    return out
+
+
+def _word_starts(text: str) -> list[int]:
+    """Byte offsets where a quote may begin: each run of non-space characters, and its first
+    letter when punctuation leads it („Meine, (Herr)."""
+    chars = sorted(
+        {m.start() for m in re.finditer(r"\S+", text)}
+        | {m.end() for m in re.finditer(r"(?<!\S)[^\w\s]+(?=\w)", text)}
+    )
+    return [len(text[:i].encode("utf-8")) for i in chars]
+
+
+class QuoteFromLyrics(LogitsProcessor):
+    """Inside an open quote, only tokens that continue the song's lyrics (see the module).
+
+    `lyrics`: the text of each song in the batch; rows of `input_ids` are song-major, `rows_per_song`
+    of them per song (the beams). The decoder's start tokens are special: they hold no bytes.
+    `table`: `token_bytes(tokenizer)`, when the caller has it already.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        lyrics: Sequence[str],
+        rows_per_song: int,
+        table: list[bytes] | None = None,
+    ) -> None:
+        self.table = table if table is not None else token_bytes(tokenizer)
+        self.rows_per_song = rows_per_song
+        texts = [" ".join(text.split()) for text in lyrics]
+        self.lyrics = [text.encode("utf-8") for text in texts]
+        self.starts = [_word_starts(text) for text in texts]
+        self.by_first_byte: dict[int, list[tuple[int, bytes]]] = {}
+        self.closing: list[tuple[int, bytes]] = []
+        for i, piece in enumerate(self.table):
+            if not piece:
+                continue
+            if QUOTE in piece:
+                self.closing.append((i, piece))
+            else:
+                self.by_first_byte.setdefault(piece[0], []).append((i, piece))
+
+    def _allowed(self, song: int, quoted: bytes) -> list[int]:
+        text = self.lyrics[song]
+        ends = [s + len(quoted) for s in self.starts[song] if text.startswith(quoted, s)]
+        allowed: set[int] = set()
+        for end in set(ends):
+            if end < len(text):
+                for i, piece in self.by_first_byte.get(text[end], ()):
+                    if text.startswith(piece, end):
+                        allowed.add(i)
+        for i, piece in self.closing:
+            # The bytes before the closing mark continue the quote; those after it are free.
+            head = quoted + piece[: piece.index(QUOTE)]
+            if head.strip() and any(
+                text.startswith(head, s) and _CLOSES_BEFORE.match(text, s + len(head))
+                for s in self.starts[song]
+            ):
+                allowed.add(i)
+        return sorted(allowed)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row in range(input_ids.shape[0]):
+            sofar = b"".join(self.table[i] for i in input_ids[row].tolist())
+            if sofar.count(QUOTE) % 2 == 0:
+                continue  # outside a quote: free
+            quoted = sofar[sofar.rindex(QUOTE) + 1 :]
+            allowed = self._allowed(row // self.rows_per_song, quoted)
+            if not allowed:  # nothing of the lyrics continues it (no lyrics): close at once
+                allowed = [i for i, _ in self.closing]
+            keep = torch.tensor(allowed, device=scores.device)
+            if torch.isinf(scores[row, keep]).all():
+                continue  # every allowed token is banned already (repeated n-grams): leave it
+            masked = torch.full_like(scores[row], float("-inf"))
+            masked[keep] = scores[row, keep]
+            scores[row] = masked
+        return scores
+
+
+__all__ = ["QuoteFromLyrics", "byte_level_alphabet", "token_bytes"]
