@@ -100,6 +100,13 @@ def test_caption_matches_the_python_api(client, model_dir, songs_dir):
         "/caption", files=upload(songs_dir, "storm"), data={"lyrics": lyrics, "max_new_tokens": "2"}
     )
     assert len(short.json()["caption"].split()) < len(expected.split())
+    quoted = client.post(
+        "/caption", files=upload(songs_dir, "storm"), data={"lyrics": lyrics, "quote_lyrics": "true"}
+    )
+    assert quoted.status_code == 200, quoted.text
+    assert quoted.json()["caption"] == Captioner.from_pretrained(model_dir).caption(
+        songs_dir / "storm.wav", lyrics, quote_lyrics=True
+    )
 
 
 def test_caption_without_lyrics_is_audio_only(client, model_dir, songs_dir):

@@ -132,7 +132,7 @@ def add_decode_arguments(
     g.add_argument(
         "--quote-lyrics",
         action="store_true",
-        help="a quote in a caption continues the song's lyrics verbatim (docs/evaluation.md)",
+        help="a quote in a caption continues the song's lyrics verbatim (docs/training.md)",
     )
 
 

@@ -24,7 +24,7 @@ from transformers import LogitsProcessor
 
 QUOTE = ord('"')
 # Where a quote may close: the end of the lyrics, white space, or sentence marks then either.
-_CLOSES_BEFORE = re.compile(rb'(?:$|\s|[,.;:!?)\]\xc2\xbb-]+(?:$|\s))')
+_CLOSES_BEFORE = re.compile(rb"(?:$|\s|[,.;:!?)\]\xc2\xbb-]+(?:$|\s))")
 
 
 def byte_level_alphabet() -> dict[str, int]:
@@ -86,6 +86,7 @@ class QuoteFromLyrics(LogitsProcessor):
         texts = [" ".join(text.split()) for text in lyrics]
         self.lyrics = [text.encode("utf-8") for text in texts]
         self.starts = [_word_starts(text) for text in texts]
+        self.quote_marks = torch.tensor([piece.count(QUOTE) for piece in self.table])  # (V,)
         self.by_first_byte: dict[int, list[tuple[int, bytes]]] = {}
         self.closing: list[tuple[int, bytes]] = []
         for i, piece in enumerate(self.table):
@@ -98,29 +99,31 @@ class QuoteFromLyrics(LogitsProcessor):
 
     def _allowed(self, song: int, quoted: bytes) -> list[int]:
         text = self.lyrics[song]
-        ends = [s + len(quoted) for s in self.starts[song] if text.startswith(quoted, s)]
+        # Where the quote so far ends, for each place of the lyrics it matches (usually one).
+        ends = {s + len(quoted) for s in self.starts[song] if text.startswith(quoted, s)}
         allowed: set[int] = set()
-        for end in set(ends):
+        for end in ends:
             if end < len(text):
                 for i, piece in self.by_first_byte.get(text[end], ()):
                     if text.startswith(piece, end):
                         allowed.add(i)
         for i, piece in self.closing:
             # The bytes before the closing mark continue the quote; those after it are free.
-            head = quoted + piece[: piece.index(QUOTE)]
-            if head.strip() and any(
-                text.startswith(head, s) and _CLOSES_BEFORE.match(text, s + len(head))
-                for s in self.starts[song]
+            before = piece[: piece.index(QUOTE)]
+            if (quoted + before).strip() and any(
+                text.startswith(before, end) and _CLOSES_BEFORE.match(text, end + len(before))
+                for end in ends
             ):
                 allowed.add(i)
         return sorted(allowed)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row in range(input_ids.shape[0]):
-            sofar = b"".join(self.table[i] for i in input_ids[row].tolist())
-            if sofar.count(QUOTE) % 2 == 0:
-                continue  # outside a quote: free
-            quoted = sofar[sofar.rindex(QUOTE) + 1 :]
+        marks = self.quote_marks.to(input_ids.device)[input_ids]  # (rows, T) quotes per token
+        inside = (marks.sum(dim=1) % 2 == 1).nonzero().flatten().tolist()  # outside: free
+        for row in inside:
+            opened = int(marks[row].nonzero().max())  # the token that opened the quote
+            tail = b"".join(self.table[i] for i in input_ids[row, opened:].tolist())
+            quoted = tail[tail.rindex(QUOTE) + 1 :]
             allowed = self._allowed(row // self.rows_per_song, quoted)
             if not allowed:  # nothing of the lyrics continues it (no lyrics): close at once
                 allowed = [i for i, _ in self.closing]

@@ -340,6 +340,9 @@ def create_app(
         top_p: float | None = Form(None),
         seed: int | None = Form(None),
         max_new_tokens: int | None = Form(None),
+        quote_lyrics: bool | None = Form(
+            None, description="a quote in the caption continues the lyrics verbatim"
+        ),
     ) -> dict[str, Any]:
         text = check_lyrics(lyrics, required=False)
         if text is None and not captioner.model.config.use_music:
@@ -350,6 +353,7 @@ def create_app(
             top_p=top_p,
             seed=seed,
             max_new_tokens=max_new_tokens,
+            quote_lyrics=quote_lyrics,
         )
         wave = read_audio(audio)
         start = time.perf_counter()
