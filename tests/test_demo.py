@@ -54,3 +54,13 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     # The demo's captioners learn audio-only interpretations too (lyrics dropout).
     run = root / "experiments" / "full" / "recap" / "seed0"
     assert json.loads((run / "train_config.json").read_text())["lyrics_dropout"] == 0.25
+
+
+def test_the_recorded_command_reproduces_the_run():
+    from recap.demo import demo_command
+
+    assert demo_command(DemoConfig()) == "recap demo --source music21 --out runs/demo"
+    cfg = DemoConfig(seeds=(0, 1, 2), quote_lyrics=False, epochs=4)
+    assert demo_command(cfg) == (
+        "recap demo --source music21 --out runs/demo --seeds 0,1,2 --epochs 4 --free-quotes"
+    )

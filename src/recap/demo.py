@@ -427,6 +427,22 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def demo_command(cfg: DemoConfig) -> str:
+    """The command line that reproduces this demo (the options that differ from `make demo`)."""
+    parts = [f"recap demo --source {cfg.source} --out {cfg.out}"]
+    if cfg.full:
+        parts.append("--full")
+    if cfg.coupling:
+        parts.append(f"--coupling {cfg.coupling:g}")
+    if cfg.seeds:
+        parts.append("--seeds " + ",".join(str(s) for s in cfg.seeds))
+    if cfg.epochs != DemoConfig.epochs:
+        parts.append(f"--epochs {cfg.epochs}")
+    if not cfg.quote_lyrics:
+        parts.append("--free-quotes")
+    return " ".join(parts)
+
+
 def results_markdown(
     cfg: DemoConfig,
     table_md: str,
@@ -440,8 +456,7 @@ def results_markdown(
     lines = [
         "# Demo results",
         "",
-        f"`recap demo --source {cfg.source} --out {cfg.out}{' --full' if cfg.full else ''}"
-        f"{f' --coupling {cfg.coupling:g}' if cfg.coupling else ''}` "
+        f"`{demo_command(cfg)}` "
         f"(size {cfg.size}, {cfg.epochs} epochs per captioner, seed {cfg.seed}), at commit "
         f"`{commit or 'unknown'}`.",
         "",
@@ -547,7 +562,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         cfg.root / "results.json",
         {
             "commit": commit,
-            "command": f"recap demo --source {cfg.source} --out {cfg.out}",
+            "command": demo_command(cfg),
             "demo_config": asdict(cfg),
             "table1": table["rows"],
             "slots": slots,
