@@ -101,7 +101,9 @@ def test_caption_matches_the_python_api(client, model_dir, songs_dir):
     )
     assert len(short.json()["caption"].split()) < len(expected.split())
     quoted = client.post(
-        "/caption", files=upload(songs_dir, "storm"), data={"lyrics": lyrics, "quote_lyrics": "true"}
+        "/caption",
+        files=upload(songs_dir, "storm"),
+        data={"lyrics": lyrics, "quote_lyrics": "true"},
     )
     assert quoted.status_code == 200, quoted.text
     assert quoted.json()["caption"] == Captioner.from_pretrained(model_dir).caption(
