@@ -43,6 +43,17 @@ def test_token_bytes_spell_what_the_tokenizer_decodes(tokenizer):
     assert all(table[i] == b"" for i in tokenizer.all_special_ids)
 
 
+def test_a_vocabulary_that_is_not_byte_level_is_refused(tokenizer):
+    class WordPieces:
+        all_special_ids = [0]
+
+        def get_vocab(self):
+            return {"[PAD]": 0, "song": 1, "##s": 2}
+
+    with pytest.raises(RecapError, match="byte-level BPE"):
+        token_bytes(WordPieces())
+
+
 def _quote_after(tokenizer, song: int, prefix: str, rng: torch.Generator, steps: int = 40):
     """Decode greedily from random scores under the constraint until the quote closes."""
     table = token_bytes(tokenizer)

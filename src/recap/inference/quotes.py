@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from recap.utils import RecapError
+
 QUOTE = ord('"')
 # Where a quote may close: the end of the lyrics, white space, or sentence marks then either.
 _CLOSES_BEFORE = re.compile(rb"(?:$|\s|[,.;:!?)\]\xc2\xbb-]+(?:$|\s))")
@@ -41,10 +43,17 @@ def byte_level_alphabet() -> dict[str, int]:
 
 
 def token_bytes(tokenizer: Any) -> list[bytes]:
-    """The bytes each vocabulary id stands for (b"" for special tokens), by id."""
+    """The bytes each vocabulary id stands for (b"" for special tokens), by id. A RecapError
+    when the vocabulary is not byte-level BPE (its 256 byte symbols are not all tokens)."""
     alphabet = byte_level_alphabet()
     special = set(tokenizer.all_special_ids)
     vocab = tokenizer.get_vocab()  # token string -> id
+    missing = sum(symbol not in vocab for symbol in alphabet)
+    if missing:
+        raise RecapError(
+            f"quote_lyrics needs a byte-level BPE tokenizer (as BART's); {missing} of its 256 "
+            "byte symbols are not in this vocabulary"
+        )
     out = [b""] * (max(vocab.values()) + 1)
     for text, i in vocab.items():
         if i in special:
