@@ -9,7 +9,12 @@ import torch
 
 from recap.bench.templates import parse_caption
 from recap.inference.generate import DecodeSettings
-from recap.inference.quotes import QuoteFromLyrics, byte_level_alphabet, token_bytes
+from recap.inference.quotes import (
+    QuoteFromLyrics,
+    QuoteVocabulary,
+    byte_level_alphabet,
+    token_bytes,
+)
 from recap.models.tokenizer import train_bpe_tokenizer
 from recap.utils import RecapError
 
@@ -57,7 +62,7 @@ def test_a_vocabulary_that_is_not_byte_level_is_refused(tokenizer):
 def _quote_after(tokenizer, song: int, prefix: str, rng: torch.Generator, steps: int = 40):
     """Decode greedily from random scores under the constraint until the quote closes."""
     table = token_bytes(tokenizer)
-    processor = QuoteFromLyrics(tokenizer, LYRICS, rows_per_song=1, table=table)
+    processor = QuoteFromLyrics(QuoteVocabulary(tokenizer), LYRICS, rows_per_song=1)
     ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     for _ in range(steps):
         batch = torch.full((2, len(ids)), tokenizer.pad_token_id)
@@ -89,7 +94,7 @@ def test_a_constrained_quote_is_the_songs_own_words_ending_at_a_word(tokenizer):
 
 def test_the_quote_may_not_close_inside_a_word_nor_before_its_apostrophe(tokenizer):
     table = token_bytes(tokenizer)
-    processor = QuoteFromLyrics(tokenizer, LYRICS, rows_per_song=1, table=table)
+    processor = QuoteFromLyrics(QuoteVocabulary(tokenizer), LYRICS, rows_per_song=1)
     closing = [i for i, piece in enumerate(table) if piece == b'"']
     assert closing
     for prefix, may_close in (
@@ -106,7 +111,7 @@ def test_the_quote_may_not_close_inside_a_word_nor_before_its_apostrophe(tokeniz
 
 def test_outside_quotes_and_without_lyrics_nothing_is_forced(tokenizer):
     table = token_bytes(tokenizer)
-    processor = QuoteFromLyrics(tokenizer, ["", LYRICS[0]], rows_per_song=2, table=table)
+    processor = QuoteFromLyrics(QuoteVocabulary(tokenizer), ["", LYRICS[0]], rows_per_song=2)
     free = torch.tensor([tokenizer('The "Meine" text', add_special_tokens=False)["input_ids"]] * 4)
     scores = torch.randn(4, len(table))
     assert torch.equal(processor(free, scores.clone()), scores)
@@ -161,7 +166,7 @@ def test_beam_search_quotes_each_song_from_its_own_lyrics(model_dir, one_thread)
         )  # (B, M, D)
     quote = tok.convert_tokens_to_ids('"')
     processors = LogitsProcessorList(
-        [_OpenQuoteAt(quote, at=4), QuoteFromLyrics(tok, lyrics, rows_per_song=3)]
+        [_OpenQuoteAt(quote, at=4), QuoteFromLyrics(QuoteVocabulary(tok), lyrics, rows_per_song=3)]
     )
     ids = generate_ids(
         model, enc["input_ids"], enc["attention_mask"], music_embeds=music, num_beams=3,

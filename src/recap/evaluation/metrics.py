@@ -102,6 +102,11 @@ def _seeded_numpy(seed: int) -> Iterator[None]:
         np.random.set_state(state)
 
 
+def _check_resamples(n_samples: int) -> None:
+    if n_samples < 1:
+        raise RecapError(f"bootstrap must be at least 1 resample, got {n_samples}")
+
+
 def bootstrap_interval(
     values: Sequence[float], n_samples: int = 1000, seed: int = 0, confidence: float = 0.95
 ) -> dict[str, float]:
@@ -112,8 +117,7 @@ def bootstrap_interval(
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
         raise RecapError("cannot bootstrap an empty list of scores")
-    if n_samples < 1:
-        raise RecapError(f"bootstrap must be at least 1 resample, got {n_samples}")
+    _check_resamples(n_samples)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(n_samples, x.size))  # (n_samples, N) resampled rows
     means = x[idx].mean(axis=1)  # (n_samples,)
@@ -151,8 +155,7 @@ def rouge_scores(
     from rouge_score import rouge_scorer, scoring
 
     _check_pairs(predictions, references)
-    if bootstrap < 1:
-        raise RecapError(f"bootstrap must be at least 1 resample, got {bootstrap}")
+    _check_resamples(bootstrap)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
     aggregator = scoring.BootstrapAggregator(confidence_interval=confidence, n_samples=bootstrap)
     per_example: dict[str, dict[str, list[float]]] = {

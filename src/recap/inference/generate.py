@@ -308,13 +308,13 @@ def generate_texts(
     kwargs = settings.generate_kwargs(model.config)
     device = next(model.parameters()).device
     pad = model.config.pad_token_id
-    table = None
+    vocabulary = None
     if settings.quote_lyrics:
         from transformers import LogitsProcessorList
 
-        from recap.inference.quotes import QuoteFromLyrics, token_bytes
+        from recap.inference.quotes import QuoteFromLyrics, QuoteVocabulary
 
-        table = token_bytes(tokenizer)
+        vocabulary = QuoteVocabulary(tokenizer)
     order = sorted(range(len(lyrics_ids)), key=lambda i: len(lyrics_ids[i]))
     if seed is not None:
         torch.manual_seed(seed)  # sampling draws from torch's global generator
@@ -345,9 +345,9 @@ def generate_texts(
                     [r.float().cpu().numpy() if isinstance(r, torch.Tensor) else r for r in rows],
                     device,
                 )
-        if table is not None:
+        if vocabulary is not None:
             songs = tokenizer.batch_decode([lyrics_ids[i] for i in chunk], skip_special_tokens=True)
-            quotes = QuoteFromLyrics(tokenizer, songs, settings.num_beams, table)
+            quotes = QuoteFromLyrics(vocabulary, songs, settings.num_beams)
             kwargs["logits_processor"] = LogitsProcessorList([quotes])
         with autocast() if autocast is not None else contextlib.nullcontext():
             generated = generate_ids(

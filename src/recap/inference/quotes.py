@@ -75,26 +75,13 @@ def _word_starts(text: str) -> list[int]:
     return [len(text[:i].encode("utf-8")) for i in chars]
 
 
-class QuoteFromLyrics(LogitsProcessor):
-    """Inside an open quote, only tokens that continue the song's lyrics (see the module).
+class QuoteVocabulary:
+    """What the constraint needs to know of a vocabulary, computed once per tokenizer: the bytes
+    of each id, how many quote marks each holds, the ids that close a quote, and the others by
+    their first byte."""
 
-    `lyrics`: the text of each song in the batch; rows of `input_ids` are song-major, `rows_per_song`
-    of them per song (the beams). The decoder's start tokens are special: they hold no bytes.
-    `table`: `token_bytes(tokenizer)`, when the caller has it already.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        lyrics: Sequence[str],
-        rows_per_song: int,
-        table: list[bytes] | None = None,
-    ) -> None:
-        self.table = table if table is not None else token_bytes(tokenizer)
-        self.rows_per_song = rows_per_song
-        texts = [" ".join(text.split()) for text in lyrics]
-        self.lyrics = [text.encode("utf-8") for text in texts]
-        self.starts = [_word_starts(text) for text in texts]
+    def __init__(self, tokenizer: Any) -> None:
+        self.table = token_bytes(tokenizer)
         self.quote_marks = torch.tensor([piece.count(QUOTE) for piece in self.table])  # (V,)
         self.by_first_byte: dict[int, list[tuple[int, bytes]]] = {}
         self.closing: list[tuple[int, bytes]] = []
@@ -106,6 +93,23 @@ class QuoteFromLyrics(LogitsProcessor):
             else:
                 self.by_first_byte.setdefault(piece[0], []).append((i, piece))
 
+
+class QuoteFromLyrics(LogitsProcessor):
+    """Inside an open quote, only tokens that continue the song's lyrics (see the module).
+
+    `lyrics`: the text of each song in the batch; rows of `input_ids` are song-major, `rows_per_song`
+    of them per song (the beams). The decoder's start tokens are special: they hold no bytes.
+    """
+
+    def __init__(
+        self, vocabulary: QuoteVocabulary, lyrics: Sequence[str], rows_per_song: int
+    ) -> None:
+        self.vocabulary = vocabulary
+        self.rows_per_song = rows_per_song
+        texts = [" ".join(text.split()) for text in lyrics]
+        self.lyrics = [text.encode("utf-8") for text in texts]
+        self.starts = [_word_starts(text) for text in texts]
+
     def _allowed(self, song: int, quoted: bytes) -> list[int]:
         text = self.lyrics[song]
         # Where the quote so far ends, for each place of the lyrics it matches (usually one).
@@ -113,10 +117,10 @@ class QuoteFromLyrics(LogitsProcessor):
         allowed: set[int] = set()
         for end in ends:
             if end < len(text):
-                for i, piece in self.by_first_byte.get(text[end], ()):
+                for i, piece in self.vocabulary.by_first_byte.get(text[end], ()):
                     if text.startswith(piece, end):
                         allowed.add(i)
-        for i, piece in self.closing:
+        for i, piece in self.vocabulary.closing:
             # The bytes before the closing mark continue the quote; those after it are free.
             before = piece[: piece.index(QUOTE)]
             if (quoted + before).strip() and any(
@@ -127,15 +131,16 @@ class QuoteFromLyrics(LogitsProcessor):
         return sorted(allowed)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        marks = self.quote_marks.to(input_ids.device)[input_ids]  # (rows, T) quotes per token
+        vocab = self.vocabulary
+        marks = vocab.quote_marks.to(input_ids.device)[input_ids]  # (rows, T) quotes per token
         inside = (marks.sum(dim=1) % 2 == 1).nonzero().flatten().tolist()  # outside: free
         for row in inside:
             opened = int(marks[row].nonzero().max())  # the token that opened the quote
-            tail = b"".join(self.table[i] for i in input_ids[row, opened:].tolist())
+            tail = b"".join(vocab.table[i] for i in input_ids[row, opened:].tolist())
             quoted = tail[tail.rindex(QUOTE) + 1 :]
             allowed = self._allowed(row // self.rows_per_song, quoted)
             if not allowed:  # nothing of the lyrics continues it (no lyrics): close at once
-                allowed = [i for i, _ in self.closing]
+                allowed = [i for i, _ in vocab.closing]
             keep = torch.tensor(allowed, device=scores.device)
             if torch.isinf(scores[row, keep]).all():
                 continue  # every allowed token is banned already (repeated n-grams): leave it
@@ -145,4 +150,4 @@ class QuoteFromLyrics(LogitsProcessor):
         return scores
 
 
-__all__ = ["QuoteFromLyrics", "byte_level_alphabet", "token_bytes"]
+__all__ = ["QuoteFromLyrics", "QuoteVocabulary", "byte_level_alphabet", "token_bytes"]
