@@ -97,6 +97,9 @@ def _train_tiny_model(folder: Path, steps: int) -> Path:
         opt.zero_grad()
         (out.loss + nce).backward()
         opt.step()
+    from recap.inference.words import caption_vocabulary
+
+    model.caption_words = frozenset(caption_vocabulary(CAPTIONS.values()))  # as `recap train`
     model.save_pretrained(folder, tokenizer=tokenizer)
     return folder
 

@@ -60,7 +60,8 @@ def test_the_recorded_command_reproduces_the_run():
     from recap.demo import demo_command
 
     assert demo_command(DemoConfig()) == "recap demo --source music21 --out runs/demo"
-    cfg = DemoConfig(seeds=(0, 1, 2), quote_lyrics=False, epochs=4)
+    cfg = DemoConfig(seeds=(0, 1, 2), quote_lyrics=False, known_words=False, epochs=4)
     assert demo_command(cfg) == (
-        "recap demo --source music21 --out runs/demo --seeds 0,1,2 --epochs 4 --free-quotes"
+        "recap demo --source music21 --out runs/demo --seeds 0,1,2 --epochs 4 --free-quotes "
+        "--free-words"
     )

@@ -109,6 +109,15 @@ def test_caption_matches_the_python_api(client, model_dir, songs_dir):
     assert quoted.json()["caption"] == Captioner.from_pretrained(model_dir).caption(
         songs_dir / "storm.wav", lyrics, quote_lyrics=True
     )
+    known = client.post(
+        "/caption",
+        files=upload(songs_dir, "storm"),
+        data={"lyrics": lyrics, "known_words": "true"},
+    )
+    assert known.status_code == 200, known.text
+    assert known.json()["caption"] == Captioner.from_pretrained(model_dir).caption(
+        songs_dir / "storm.wav", lyrics, known_words=True
+    )
 
 
 def test_caption_without_lyrics_is_audio_only(client, model_dir, songs_dir):

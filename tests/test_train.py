@@ -288,6 +288,13 @@ def test_end_to_end_cpu_run_with_real_embedding_cache(tmp_path):
 
     model = RecapModel.from_pretrained(run / "best")
     assert model.music_encoder is not None  # captions audio files on its own
+    # The words of the training captions travel with the model (known-words decoding).
+    from recap.data.songs import load_splits
+    from recap.inference.words import caption_vocabulary
+    from recap.training.collate import caption_texts
+
+    train_rows = load_splits(data, val_fraction=0.1, seed=tiny_config(data, run).seed)["train"]
+    assert model.caption_words == frozenset(caption_vocabulary(caption_texts(train_rows)))
     tok = model.tokenizer
     enc = tok(["love night river;sun rain heart"], return_tensors="pt")
     out = model.generate(enc["input_ids"], enc["attention_mask"],

@@ -103,6 +103,10 @@ class DemoConfig:
     # Quotes are the song's own words (recap.inference.quotes): the captioners quote the first
     # line, and a free quote jumps between occurrences of a token (docs/training.md).
     quote_lyrics: bool = True
+    # Every word of a caption is one of the training captions' or the song's (recap.inference.
+    # words): the small captioners otherwise spell non-words ("frehebt", "orggan") in 10-57 of
+    # 86 captions (docs/training.md "Known words").
+    known_words: bool = True
     eval_batch_size: int = 32
     meteor15: bool = True
     bootstrap: int = 1000
@@ -287,6 +291,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
             max_new_tokens=cfg.max_new_tokens,
             batch_size=cfg.eval_batch_size,
             quote_lyrics=cfg.quote_lyrics,
+            known_words=cfg.known_words,
         ),
         meteor15=cfg.meteor15,
         bootstrap=cfg.bootstrap,
@@ -440,6 +445,8 @@ def demo_command(cfg: DemoConfig) -> str:
         parts.append(f"--epochs {cfg.epochs}")
     if not cfg.quote_lyrics:
         parts.append("--free-quotes")
+    if not cfg.known_words:
+        parts.append("--free-words")
     return " ".join(parts)
 
 

@@ -39,6 +39,7 @@ def _handler(args: argparse.Namespace) -> int:
         beams=args.beams,
         max_new_tokens=args.max_new_tokens,
         quote_lyrics=not args.free_quotes,
+        known_words=not args.free_words,
         meteor15=not args.no_meteor15,
     )
     run_demo(cfg)
@@ -113,6 +114,11 @@ def register(subparsers: Any) -> None:
         "--free-quotes",
         action="store_true",
         help="decode quotes freely (default: a quote continues the song's lyrics verbatim)",
+    )
+    p.add_argument(
+        "--free-words",
+        action="store_true",
+        help="let captions spell any word (default: the training captions' or the lyrics' words)",
     )
     p.add_argument("--no-meteor15", action="store_true", help="skip the Java METEOR 1.5")
     p.set_defaults(func=_handler)

@@ -134,6 +134,11 @@ def add_decode_arguments(
         action="store_true",
         help="a quote in a caption continues the song's lyrics verbatim (docs/training.md)",
     )
+    g.add_argument(
+        "--known-words",
+        action="store_true",
+        help="every word of a caption is one of the training captions' or the song's lyrics'",
+    )
 
 
 def add_int8_argument(parser: Any) -> None:
@@ -181,6 +186,7 @@ def decode_from_args(args: Any) -> Any:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         quote_lyrics=args.quote_lyrics,
+        known_words=args.known_words,
     ).check()
 
 

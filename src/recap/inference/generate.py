@@ -36,7 +36,9 @@ class DecodeSettings:
     size, as the papers' max_length). `seeds` matter only when sampling: an evaluation decodes
     once per seed; one captioning call seeds torch with the first. `batch_size`: songs decoded
     together. `quote_lyrics`: what a caption quotes is the song's own lyrics, verbatim
-    (`recap.inference.quotes`; off by default: the papers decode freely). The values are
+    (`recap.inference.quotes`; off by default: the papers decode freely). `known_words`: every
+    word of a caption is a word of the captioner's training captions or of the song's lyrics
+    (`recap.inference.words`; off by default). The values are
     checked by `check` (a RecapError naming the setting), so a bad option fails before any work
     starts and reaches the server's client as a 422.
     """
@@ -49,6 +51,7 @@ class DecodeSettings:
     seeds: tuple[int, ...] = PAPER_SAMPLING_SEEDS
     batch_size: int = 16
     quote_lyrics: bool = False
+    known_words: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
@@ -96,8 +99,10 @@ class DecodeSettings:
         for seed in self.seeds:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
                 raise RecapError(f"seed must be an integer from 0 to {MAX_SEED} (2**64 - 1)")
-        if not isinstance(self.quote_lyrics, bool):
-            raise RecapError(f"quote_lyrics must be true or false, got {self.quote_lyrics!r}")
+        for name in ("quote_lyrics", "known_words"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise RecapError(f"{name} must be true or false, got {value!r}")
         if self.do_sample and not self.seeds:
             raise RecapError("sampling needs at least one seed")
         return self
@@ -123,6 +128,8 @@ class DecodeSettings:
             text += f"-len{self.max_new_tokens}"
         if self.quote_lyrics:
             text += "-quotes"
+        if self.known_words:
+            text += "-words"
         return text
 
     def generate_kwargs(self, model_config: Any) -> dict[str, Any]:
@@ -276,6 +283,48 @@ def generate_ids(
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, **extra, **kwargs)
 
 
+class _Constraints:
+    """The decoding constraints `settings` asks for, with their vocabulary tables built once per
+    call of `generate_texts` (not per batch)."""
+
+    def __init__(self, model: Any, tokenizer: Any, settings: DecodeSettings) -> None:
+        self.rows_per_song = settings.num_beams
+        self.quotes = self.words = None
+        self.caption_words: frozenset[str] = frozenset()
+        if settings.quote_lyrics:
+            from recap.inference.quotes import QuoteVocabulary
+
+            self.quotes = QuoteVocabulary(tokenizer)
+        if settings.known_words:
+            from recap.inference.words import CAPTION_WORDS_NAME, WordVocabulary
+
+            if getattr(model, "caption_words", None) is None:
+                raise RecapError(
+                    f"known_words needs the words of the captioner's training captions "
+                    f"({CAPTION_WORDS_NAME} in its model folder, written by `recap train`); "
+                    "this model has none"
+                )
+            self.caption_words = model.caption_words
+            self.words = WordVocabulary(tokenizer)
+
+    def __bool__(self) -> bool:
+        return self.quotes is not None or self.words is not None
+
+    def for_songs(self, songs: Sequence[str]) -> Any:
+        """The logits processors of one batch (`songs`: its lyrics, in row order)."""
+        from transformers import LogitsProcessorList
+
+        from recap.inference.quotes import QuoteFromLyrics
+        from recap.inference.words import KnownWords
+
+        processors: list[Any] = []
+        if self.quotes is not None:
+            processors.append(QuoteFromLyrics(self.quotes, songs, self.rows_per_song))
+        if self.words is not None:
+            processors.append(KnownWords(self.words, self.caption_words, songs, self.rows_per_song))
+        return LogitsProcessorList(processors)
+
+
 def generate_texts(
     model: Any,
     tokenizer: Any,
@@ -308,13 +357,7 @@ def generate_texts(
     kwargs = settings.generate_kwargs(model.config)
     device = next(model.parameters()).device
     pad = model.config.pad_token_id
-    vocabulary = None
-    if settings.quote_lyrics:
-        from transformers import LogitsProcessorList
-
-        from recap.inference.quotes import QuoteFromLyrics, QuoteVocabulary
-
-        vocabulary = QuoteVocabulary(tokenizer)
+    constraints = _Constraints(model, tokenizer, settings)
     order = sorted(range(len(lyrics_ids)), key=lambda i: len(lyrics_ids[i]))
     if seed is not None:
         torch.manual_seed(seed)  # sampling draws from torch's global generator
@@ -345,10 +388,9 @@ def generate_texts(
                     [r.float().cpu().numpy() if isinstance(r, torch.Tensor) else r for r in rows],
                     device,
                 )
-        if vocabulary is not None:
+        if constraints:
             songs = tokenizer.batch_decode([lyrics_ids[i] for i in chunk], skip_special_tokens=True)
-            quotes = QuoteFromLyrics(vocabulary, songs, settings.num_beams)
-            kwargs["logits_processor"] = LogitsProcessorList([quotes])
+            kwargs["logits_processor"] = constraints.for_songs(songs)
         with autocast() if autocast is not None else contextlib.nullcontext():
             generated = generate_ids(
                 model, input_ids.to(device), attention_mask.to(device), **music_t, **kwargs

@@ -343,6 +343,9 @@ def create_app(
         quote_lyrics: bool | None = Form(
             None, description="a quote in the caption continues the lyrics verbatim"
         ),
+        known_words: bool | None = Form(
+            None, description="every word is one of the training captions' or the lyrics'"
+        ),
     ) -> dict[str, Any]:
         text = check_lyrics(lyrics, required=False)
         if text is None and not captioner.model.config.use_music:
@@ -354,6 +357,7 @@ def create_app(
             seed=seed,
             max_new_tokens=max_new_tokens,
             quote_lyrics=quote_lyrics,
+            known_words=known_words,
         )
         wave = read_audio(audio)
         start = time.perf_counter()

@@ -159,6 +159,9 @@ class RecapModel(PretrainedMixin, nn.Module):
             self.attach_music_encoder(music_encoder_from_config(config.music_kind, config.music))
         self.bart.generation_config = self._generation_config()
         self.tokenizer: Any = None  # attached by from_pretrained / from_bart when files exist
+        # The words of the training captions (`caption_words.json`; `recap train` sets them),
+        # for decoding with `known_words` (recap.inference.words). None: not known.
+        self.caption_words: frozenset[str] | None = None
 
     def attach_tokenizer(self, tokenizer: Any) -> None:
         """The tokenizer saved with the model; the copy head learns which ids begin words."""

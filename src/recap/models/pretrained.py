@@ -1,6 +1,7 @@
 """Persistence of `RecapModel`, in the manner of Hugging Face's `PreTrainedModel`: a model
 folder holds `config.json`, `model.safetensors` (tied tensors stored once) and the tokenizer's
-files; `from_bart` starts a captioner from a plain BART checkpoint.
+files, and `caption_words.json` when the training captions' words are known; `from_bart` starts
+a captioner from a plain BART checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import BartForConditionalGeneration
 
+from recap.inference.words import load_caption_words, save_caption_words
 from recap.models.config import CONFIG_NAME, RecapConfig
 from recap.models.encoders import MusicEncoderProtocol, build_music_encoder
 from recap.utils import RecapError, atomic_path, atomic_write_json
@@ -46,6 +48,8 @@ class PretrainedMixin:
                     written = Path(written)
                     if written.is_file():
                         os.replace(written, directory / written.name)
+        if self.caption_words is not None:
+            save_caption_words(directory, self.caption_words)
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
         return directory
 
@@ -89,6 +93,7 @@ class PretrainedMixin:
         model = cls(config)
         model._load_weights(weights)
         model.tokenizer = _maybe_tokenizer(directory)
+        model.caption_words = load_caption_words(directory)
         if device is not None:
             model.to(device)
         return model.eval()

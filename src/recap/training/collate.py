@@ -44,6 +44,14 @@ class ExampleDataset(Dataset):
         return self.examples[i]
 
 
+def caption_texts(rows: Sequence[Any]) -> list[str]:
+    """Every caption the rows teach: each comment, and its version without the lyrics facts
+    where the dataset has one (the reference under lyrics dropout)."""
+    texts = [r.comment for r in rows]
+    heard = (getattr(r, "extra", {}).get(COMMENT_WITHOUT_LYRICS) for r in rows)
+    return texts + [str(text) for text in heard if text]
+
+
 def tokenize_rows(
     rows: Sequence[Any], tokenizer: Any, max_source: int, max_target: int
 ) -> list[Example]:

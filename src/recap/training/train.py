@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from recap.data.batching import LengthGroupedBatchSampler
+from recap.inference.words import caption_vocabulary
 from recap.training.checkpoint import (
     TrainState,
     existing_dir,
@@ -37,7 +38,14 @@ from recap.training.checkpoint import (
     save_checkpoint,
     swap_dir,
 )
-from recap.training.collate import Collator, Example, ExampleDataset, to_device, tokenize_rows
+from recap.training.collate import (
+    Collator,
+    Example,
+    ExampleDataset,
+    caption_texts,
+    to_device,
+    tokenize_rows,
+)
 from recap.training.config import (
     DONE_NAME,
     TRAIN_CONFIG_NAME,
@@ -175,6 +183,7 @@ class Trainer:
             # The frozen encoder rides along (no gradient), so RUN/best captions audio files.
             model = RecapModel(model_cfg, music_encoder=encoder)
         model.attach_tokenizer(tokenizer)
+        model.caption_words = frozenset(caption_vocabulary(caption_texts(train_rows)))
         self.model_config = mcfg = model.config
         self.tokenizer = tokenizer
 
