@@ -75,8 +75,8 @@ def test_word_starts_are_saved_with_the_weights(tmp_path):
     assert torch.equal(loaded.copy_head.word_start, model.copy_head.word_start)
 
 
-def _continuation_model(bigram: bool) -> RecapModel:
-    model = copying_model(copy_word_positions=0, copy_follow_bigram=bigram)
+def _continuation_model(bigram: bool, **overrides) -> RecapModel:
+    model = copying_model(copy_word_positions=0, copy_follow_bigram=bigram, **overrides)
     head = model.copy_head
     with torch.no_grad():
         head.gate.bias.fill_(-30.0)  # always copy
@@ -128,3 +128,13 @@ def test_bigram_bonus_holds_when_generating_with_a_cache_and_beams():
     assert model.copy_head._history is None  # the generation history is not kept afterwards
     # prepare_inputs_for_generation is BART's own again
     assert "prepare_inputs_for_generation" not in vars(model.bart)
+
+
+def test_state_bonus_starts_as_the_fixed_bonus_and_can_stop_a_quotation():
+    fixed = _continuation_model(True)
+    moving = _continuation_model(True, copy_state_bonus=True)
+    moving.load_state_dict(fixed.state_dict(), strict=False)  # the offset layer stays at 0
+    assert _generate(moving, num_beams=3) == _generate(fixed, num_beams=3) == SOURCE
+    with torch.no_grad():  # the state says "do not continue": no bonus leads the pointer on
+        moving.copy_head.bonus_offset.bias.fill_(-20.0)
+    assert _generate(moving, num_beams=3) != SOURCE

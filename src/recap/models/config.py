@@ -146,6 +146,9 @@ class RecapConfig:
     # With a copy head: a second continuation bonus matching the last two tokens written, so a
     # quotation does not jump to another occurrence of a recurring BPE piece (pointer.py).
     copy_follow_bigram: bool = False
+    # With a copy head: the continuation bonuses move with the decoder state, so a quotation can
+    # run on and a single key word can end (pointer.py). Off = fixed learned bonuses.
+    copy_state_bonus: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.

@@ -143,6 +143,7 @@ class RecapModel(PretrainedMixin, nn.Module):
                 config.vocab_size,
                 config.copy_word_positions,
                 config.copy_follow_bigram,
+                config.copy_state_bonus,
             )
             if config.copy_head
             else None

@@ -27,6 +27,12 @@ embedding of its word number (1, 2, …, capped), and, as in See et al., the con
 points at feeds back into the gate and the vocabulary logits: pointing at word five says "the
 quotation is complete". Word starts come from the tokenizer (`set_word_starts`).
 
+Whether to continue is not the same everywhere in a caption: inside a quotation the next
+source token is the right one, but a key word ("returning to Seel, erhebt and Herren") ends after
+itself, and heads with fixed bonuses ran on into the lyrics ("Seel, er hat and Herren"). With
+`state_bonus` the bonuses are offsets set by the decoder state, `bonus + w · h` (w starts at 0,
+so the head starts as the one with fixed bonuses).
+
 It is attached to BART's `lm_head` as a forward hook, so Hugging Face's `generate` (beam search,
 sampling, caches) runs unchanged; the returned "logits" are log-probabilities, which every
 decoding strategy and the cross-entropy treat exactly as logits. `RecapModel` sets the source
@@ -51,6 +57,7 @@ class CopyHead(nn.Module):
         vocab_size: int = 0,
         word_positions: int = 0,
         follow_bigram: bool = False,
+        state_bonus: bool = False,
     ) -> None:
         super().__init__()
         self.query = nn.Linear(d_model, d_model)
@@ -61,6 +68,12 @@ class CopyHead(nn.Module):
         if follow_bigram:
             self.continue_bigram_bonus = nn.Parameter(torch.tensor(2.0))
         self.follow_bigram = follow_bigram
+        if state_bonus:
+            # (d,) → an offset of each bonus: [continue, continue_bigram]
+            self.bonus_offset = nn.Linear(d_model, 2)
+            nn.init.zeros_(self.bonus_offset.weight)
+            nn.init.zeros_(self.bonus_offset.bias)
+        self.state_bonus = state_bonus
         self.word_positions = word_positions
         if word_positions:
             # Per vocabulary id: 2 = starts a word after a space, 1 = starts with a letter (a
@@ -156,14 +169,21 @@ class CopyHead(nn.Module):
         scores = self.query(hidden) @ keys.transpose(1, 2) / math.sqrt(keys.size(-1))  # (B, T, S)
         read = self._decoder_ids
         if read is not None and read.shape == hidden.shape[:2]:
+            bonus = self.continue_bonus
+            bigram_bonus = self.continue_bigram_bonus if self.follow_bigram else None
+            if self.state_bonus:
+                offset = self.bonus_offset(hidden)  # (B, T, 2)
+                bonus = bonus + offset[..., :1]  # (B, T, 1): broadcasts over S
+                if bigram_bonus is not None:
+                    bigram_bonus = bigram_bonus + offset[..., 1:]
             previous_ids = F.pad(ids[:, :-1], (1, 0), value=-1)  # (B, S): source token at s - 1
             follows = read[:, :, None] == previous_ids[:, None, :]  # (B, T, S)
-            scores = scores + self.continue_bonus * follows
+            scores = scores + bonus * follows
             before = self._before_read(read) if self.follow_bigram else None
             if before is not None:
                 ids_before = F.pad(ids[:, :-2], (2, 0), value=-1)  # (B, S): source token at s - 2
                 both = follows & (before[:, :, None] == ids_before[:, None, :])  # (B, T, S)
-                scores = scores + self.continue_bigram_bonus * both
+                scores = scores + bigram_bonus * both
         scores = scores.float().masked_fill(mask[:, None, :] == 0, float("-inf"))
         attention = scores.softmax(dim=-1)  # (B, T, S)
         index = ids[:, None, :].expand(-1, hidden.size(1), -1)  # (B, T, S)
