@@ -408,9 +408,6 @@ def _small() -> dict[str, Any]:
         "copy_head": True,
         "copy_word_positions": 8,
         "copy_follow_bigram": True,
-        # Fixed bonuses ran quotations of the first line a word too long or too short; set by
-        # the decoder state they stop where the line does (3 seeds, docs/training.md).
-        "copy_state_bonus": True,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }
