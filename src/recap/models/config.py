@@ -147,7 +147,8 @@ class RecapConfig:
     # quotation does not jump to another occurrence of a recurring BPE piece (pointer.py).
     copy_follow_bigram: bool = False
     # With a copy head: the continuation bonuses move with the decoder state, so a quotation can
-    # run on and a single key word can end (pointer.py). Off = fixed learned bonuses.
+    # run on and a single key word can end (pointer.py). Off = fixed learned bonuses; off in every
+    # preset: over six seeds it was no better (docs/training.md).
     copy_state_bonus: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
