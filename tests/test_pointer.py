@@ -55,10 +55,7 @@ def test_piece_kinds_mark_where_each_word_ends_past_the_capped_numbers():
             words.append(piece)
         elif kind == 2:
             words[-1] += piece
-    assert words == [
-        "Meine", "Seel", "erhebt", "den", "Herren", "und", "mein", "Geist", "freuet", "sich",
-        "Gottes",
-    ]
+    assert words == text.replace("’", "").replace(",", "").split()
     assert max(model.copy_head.word_numbers(ids)[0].tolist()) == 2  # the numbers say no more
 
 
