@@ -3,6 +3,7 @@ that tell it where a quotation of the first words ends."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recap.models.config import RecapConfig
@@ -37,6 +38,40 @@ def test_word_numbers_follow_the_words_of_the_text_not_its_tokens():
             assert piece and (word.startswith(piece) or piece.startswith(word)), (k, piece)
         assert numbers[0] == 0 and max(numbers) == len(words)  # <s> precedes the first word
         assert numbers == sorted(numbers)
+
+
+def test_piece_kinds_mark_where_each_word_ends_past_the_capped_numbers():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer), copy_word_positions=2, copy_word_pieces=True)
+    model.attach_tokenizer(tokenizer)
+    text = "Meine Seel’ erhebt den Herren, und mein Geist freuet sich Gottes"
+    ids = torch.tensor([tokenizer(text)["input_ids"]])  # (1, S)
+    kinds = model.copy_head.piece_kinds(ids)[0].tolist()
+    tokens = tokenizer.convert_ids_to_tokens(ids[0])
+    words: list[str] = []  # rebuilt from the kinds alone: a word ends where no piece continues it
+    for token, kind in zip(tokens, kinds):
+        piece = tokenizer.convert_tokens_to_string([token]).strip()
+        if kind == 1:
+            words.append(piece)
+        elif kind == 2:
+            words[-1] += piece
+    assert words == text.replace("’", "").replace(",", "").split()
+    assert max(model.copy_head.word_numbers(ids)[0].tolist()) == 2  # the numbers say no more
+
+
+def test_word_pieces_start_as_the_head_without_them():
+    ids = torch.tensor([SOURCE])
+    music = torch.zeros(1, 5, RecapConfig.preset("recap", "tiny").music_dim)
+    labels = torch.tensor([[11, 12, 13, 2]])
+    plain = copying_model()
+    pieces = copying_model(copy_word_pieces=True)
+    pieces.load_state_dict(plain.state_dict(), strict=False)  # the piece embedding stays at 0
+    with torch.no_grad():
+        a = plain(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
+        b = pieces(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="word_positions"):
+        copying_model(copy_word_positions=0, copy_word_pieces=True)
 
 
 def test_word_numbers_are_capped():

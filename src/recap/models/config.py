@@ -150,6 +150,9 @@ class RecapConfig:
     # run on and a single key word can end (pointer.py). Off = fixed learned bonuses; off in every
     # preset: over six seeds it was no better (docs/training.md).
     copy_state_bonus: bool = False
+    # With word positions: each lyrics token's kind (begins / continues a word / neither) is
+    # seen by the head everywhere, not only within the capped first words (pointer.py).
+    copy_word_pieces: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.

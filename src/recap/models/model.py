@@ -144,6 +144,7 @@ class RecapModel(PretrainedMixin, nn.Module):
                 config.copy_word_positions,
                 config.copy_follow_bigram,
                 config.copy_state_bonus,
+                config.copy_word_pieces,
             )
             if config.copy_head
             else None

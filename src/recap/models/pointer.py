@@ -34,6 +34,12 @@ itself, and heads with fixed bonuses ran on into the lyrics ("Seel, er hat and H
 so the head starts as the one with fixed bonuses). No preset uses it: over six demo seeds its
 quotations were no more often the right length (docs/training.md).
 
+Word numbers stop at the cap, so past the first words the head does not know where a word ends,
+and key words ran on into the next words of the lyrics ("returning to Seel, von nun an werden
+mich selig and Herren"). With `word_pieces` each source token also carries a learned embedding of
+its kind — begins a word, continues one, neither (punctuation) — so pointing at the piece after a
+key word tells whether that word is complete.
+
 It is attached to BART's `lm_head` as a forward hook, so Hugging Face's `generate` (beam search,
 sampling, caches) runs unchanged; the returned "logits" are log-probabilities, which every
 decoding strategy and the cross-entropy treat exactly as logits. `RecapModel` sets the source
@@ -59,6 +65,7 @@ class CopyHead(nn.Module):
         word_positions: int = 0,
         follow_bigram: bool = False,
         state_bonus: bool = False,
+        word_pieces: bool = False,
     ) -> None:
         super().__init__()
         self.query = nn.Linear(d_model, d_model)
@@ -83,6 +90,13 @@ class CopyHead(nn.Module):
             self.word_embedding = nn.Embedding(word_positions + 1, d_model)
             self.context = nn.Linear(d_model, d_model, bias=False)
             nn.init.zeros_(self.context.weight)  # starts as the plain pointer-generator
+        if word_pieces and not word_positions:
+            raise ValueError("word_pieces needs word_positions (the word-start table)")
+        self.word_pieces = word_pieces
+        if word_pieces:
+            # 0 = neither, 1 = begins a word, 2 = continues one; zero: starts as the head without
+            self.piece_embedding = nn.Embedding(3, d_model)
+            nn.init.zeros_(self.piece_embedding.weight)
         self._source: tuple[torch.Tensor, ...] | None = None
         self._decoder_ids: torch.Tensor | None = None
         self._history: torch.Tensor | None = None
@@ -100,16 +114,25 @@ class CopyHead(nn.Module):
                 table[token_id] = 1
         self.word_start.copy_(table)
 
-    def word_numbers(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, S) token ids → (B, S) word number of each token (0 before the first word),
-        capped at `word_positions`."""
+    def word_starts(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) token ids → (B, S) bools: the token begins a word; it has a letter first."""
         code = self.word_start[ids]  # (B, S)
-        starts = code == 2
         # The text's first word has no space before it: the first letter-initial token counts.
         lettered = code > 0
         first = lettered & (lettered.long().cumsum(dim=1) == 1)
-        starts = starts | first
+        return (code == 2) | first, lettered
+
+    def word_numbers(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, S) token ids → (B, S) word number of each token (0 before the first word),
+        capped at `word_positions`."""
+        starts, _ = self.word_starts(ids)
         return starts.long().cumsum(dim=1).clamp_max(self.word_positions)
+
+    def piece_kinds(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, S) token ids → (B, S) 1 where a token begins a word, 2 where it continues one
+        (letters, no space before), 0 otherwise."""
+        starts, lettered = self.word_starts(ids)
+        return torch.where(starts, 1, torch.where(lettered, 2, 0))
 
     @contextmanager
     def attend(
@@ -122,6 +145,8 @@ class CopyHead(nn.Module):
         states = encoder_states
         if self.word_positions:
             states = states + self.word_embedding(self.word_numbers(input_ids))  # (B, S, d)
+        if self.word_pieces:
+            states = states + self.piece_embedding(self.piece_kinds(input_ids))  # (B, S, d)
         previous = F.pad(states[:, :-1], (0, 0, 1, 0))  # (B, S, d): state of position s - 1
         keys = self.key(states) + self.key_previous(previous)  # (B, S, d)
         self._source = (states, keys, input_ids, attention_mask)
