@@ -412,6 +412,9 @@ def _small() -> dict[str, Any]:
         "copy_head": True,
         "copy_word_positions": 8,
         "copy_follow_bigram": True,
+        # Word numbers stop at 8: past them key words ran on into the lyrics; the kind of each
+        # piece (begins / continues a word) tells the head where a word ends (docs/training.md).
+        "copy_word_pieces": True,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }
