@@ -27,6 +27,7 @@ from recap.bench import (
 from recap.bench.build import BuildConfig, build_benchmark, rng_for
 from recap.bench.coupling import COUPLING, Rendering, is_coupled, theme_and_colour, transpose_to
 from recap.bench.facts import lyrics_facts
+from recap.bench.scoring import first_line_miss
 from recap.bench.slots import (
     ALL_SLOTS,
     MELODY_INSTRUMENTS,
@@ -85,6 +86,23 @@ def test_score_captions_counts_wrong_and_missing_slots():
     assert report["salient_words"]["precision"] == 1.0
     assert report["audio_mean"] == pytest.approx(1.5 / 4)  # melody 0, three audio slots at 0.5
     assert report["lyrics_mean"] == pytest.approx((3 * 0.5 + 2 / 3) / 4)  # words F1 = 2/3
+    assert report["first_line_misses"]["not_stated"] == 1
+
+
+def test_first_line_misses_say_whether_the_quote_ran_on_or_stopped_short():
+    true = "Meine Seel’ erhebt den"
+    assert first_line_miss("meine seel' erhebt den", true) is None  # scoring normalises
+    assert first_line_miss("Meine Seel’ erhebt den Herren", true) == "too_long"
+    assert first_line_miss("Meine Seel’", true) == "too_short"
+    assert first_line_miss("Nun danket alle Gott", true) == "other_words"
+    assert first_line_miss(None, true) == "not_stated"
+    truths = [{"first_line": true}] * 3
+    captions = [f'The German text begins "{q}".' for q in ("Meine Seel’ erhebt den Herren", true)]
+    report = score_captions([*captions, "no facts"], truths)
+    assert report["accuracy"]["first_line"] == pytest.approx(1 / 3)
+    assert report["first_line_misses"] == {
+        "not_stated": 1, "too_long": 1, "too_short": 0, "other_words": 0
+    }
 
 
 def test_lyrics_facts_language_and_theme():

@@ -42,6 +42,8 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         assert slots["distinct"]["inputs"] > 0
         assert 0.0 <= slots["swap"]["lyrics_mean"] <= 1.0
         assert "lyrics_gap" in slots["diagnosis"]
+        misses = slots["first_line_misses"]  # why the wrong quotes are wrong, counted
+        assert sum(misses.values()) == round((1 - slots["accuracy"]["first_line"]) * slots["n"])
     md = (root / "results.md").read_text(encoding="utf-8")
     assert "swap: A's audio" in md and "Table 1" in md
     assert (root / "experiments" / "sweep.png").is_file()

@@ -393,8 +393,10 @@ def slot_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "variant": r["variant"],
                 "method": r["method"],
                 "seed": r["seed"],
+                "n": acc.get("n"),
                 "accuracy": acc.get("accuracy", {}),
                 "salient_words_f1": (acc.get("salient_words") or {}).get("f1"),
+                "first_line_misses": acc.get("first_line_misses"),
                 "audio_mean": acc.get("audio_mean"),
                 "lyrics_mean": acc.get("lyrics_mean"),
                 "distinct": ground.get("distinct"),
@@ -413,11 +415,18 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| method | seed | " + " | ".join(n.replace("_", " ") for n in names)
         + " | salient words F1 | distinct | swap: A's audio | swap: B's lyrics"
-        + " | no lyrics: audio | no lyrics: states lyrics facts |",
-        "|---|---:|" + "---:|" * (len(names) + 6),
+        + " | no lyrics: audio | no lyrics: states lyrics facts | dependence |",
+        "|---|---:|" + "---:|" * (len(names) + 7),
     ]  # fmt: skip
     for s in slots:
         cells = [f"{100 * s['accuracy'].get(n, 0.0):.0f}" for n in names]
+        misses = s.get("first_line_misses")
+        if misses and "first_line" in names:
+            # Why the quotes fail: their length (ran on / stopped short) or their words.
+            cells[names.index("first_line")] += (
+                f" ({misses['too_long']} / {misses['too_short']} / "
+                f"{misses['not_stated'] + misses['other_words']})"
+            )
         f1 = s["salient_words_f1"]
         cells.append("—" if f1 is None else f"{100 * f1:.0f}")
         d = s["distinct"]
@@ -428,6 +437,8 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
         alone = s.get("audio_only") or {}
         for key in ("audio_mean", "states_lyrics_facts"):
             cells.append(f"{100 * alone[key]:.0f}" if key in alone else "—")
+        ratio = (s.get("diagnosis") or {}).get("dependence_ratio")
+        cells.append("—" if ratio is None else f"{ratio:.2f}")
         lines.append(f"| {s['method']} | {s['seed']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -475,6 +486,9 @@ def results_markdown(
         "",
         *slot_markdown(slots or []),
         "",
+        "First line (a / b / c): of the wrong ones, a quote that ran on past the line, one "
+        "that stopped short, and one missing or of other words. Dependence: how far two songs' "
+        "lyrics-encoder outputs are apart as a share of their embeddings (≈ 0: collapsed). "
         "Distinct: different captions / different inputs. Swap: captions of (audio of song A, "
         "lyrics of song B), A's audio facts and B's lyrics facts right. No lyrics: captions of "
         "each song's audio alone, its audio facts right, and the share that still state a "

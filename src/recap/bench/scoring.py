@@ -53,17 +53,42 @@ def _same(slot: str, predicted: object, true: object) -> bool:
     return str(predicted) == str(true)
 
 
+FIRST_LINE_MISSES = ("not_stated", "too_long", "too_short", "other_words")
+
+
+def first_line_miss(predicted: object, true: object) -> str | None:
+    """Why a quoted first line is wrong, or None when it is right: not stated; the true words
+    and more (`too_long`: the quote ran on into the lyrics); only the true line's first words
+    (`too_short`); anything else (`other_words`)."""
+    if predicted is None or not str(predicted).strip():
+        return "not_stated"
+    said, wanted = normalize_phrase(str(predicted)).split(), normalize_phrase(str(true)).split()
+    if said == wanted:
+        return None
+    if said[: len(wanted)] == wanted:
+        return "too_long"
+    if said and wanted[: len(said)] == said:
+        return "too_short"
+    return "other_words"
+
+
 def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, object]]) -> dict:
     """Per-slot accuracy (a slot the caption does not state counts as wrong), micro precision /
     recall / F1 of the salient words, and the means over audio and lyrics slots (the lyrics mean
-    counts salient-word F1 as that slot's score)."""
+    counts salient-word F1 as that slot's score). `first_line_misses` counts the wrong first
+    lines by `first_line_miss`'s reason: a quote's length and its words fail differently."""
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
     n = len(predictions)
     correct = dict.fromkeys(EXACT_SLOTS, 0)
+    misses = dict.fromkeys(FIRST_LINE_MISSES, 0)
     tp = n_pred = n_true = 0
     for caption, truth in zip(predictions, truths):
         parsed = parse_caption(caption)
+        if truth.get("first_line"):
+            miss = first_line_miss(parsed.get("first_line"), truth["first_line"])
+            if miss:
+                misses[miss] += 1
         for slot in EXACT_SLOTS:
             correct[slot] += _same(slot, parsed.get(slot), truth.get(slot))
         pred_words = {normalize_phrase(str(w)) for w in parsed.get("salient_words", ())}  # type: ignore[union-attr]
@@ -80,6 +105,7 @@ def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, obj
     return {
         "n": n,
         "accuracy": acc,
+        "first_line_misses": misses,
         "salient_words": {"precision": precision, "recall": recall, "f1": f1},
         "audio_mean": sum(audio) / len(audio),
         "lyrics_mean": sum(lyrics) / len(lyrics),
