@@ -101,7 +101,10 @@ def test_first_line_misses_say_whether_the_quote_ran_on_or_stopped_short():
     report = score_captions([*captions, "no facts"], truths)
     assert report["accuracy"]["first_line"] == pytest.approx(1 / 3)
     assert report["first_line_misses"] == {
-        "not_stated": 1, "too_long": 1, "too_short": 0, "other_words": 0
+        "not_stated": 1,
+        "too_long": 1,
+        "too_short": 0,
+        "other_words": 0,
     }
 
 
