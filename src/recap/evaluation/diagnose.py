@@ -204,12 +204,37 @@ def format_diagnosis(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def distinct_captions(songs: Sequence[tuple[str, str]], captions: Sequence[str], listens: bool):
+def distinct_captions(
+    songs: Sequence[tuple[str, str]],
+    captions: Sequence[str],
+    listens: bool,
+    truths: Mapping[str, Mapping[str, object]] | None = None,
+):
     """How many different captions for how many different inputs: songs for a model that listens,
-    distinct lyrics for a lyrics-only one (two renderings of one piece are one input to it)."""
+    distinct lyrics for a lyrics-only one (two renderings of one piece are one input to it).
+
+    Given the benchmark's truths, also `separated`: the share of inputs whose caption no input
+    with other facts shares. Two texts can have the same facts (two verses of one hymn: same
+    first line, key words and theme), and a caption that states every fact right is then the
+    same for both; the raw rate counts that as a failure, `separated` does not."""
     inputs = len(set(songs)) if listens else len({lyrics for _, lyrics in songs})
     n = len(set(captions))
-    return {"captions": n, "inputs": inputs, "rate": n / inputs if inputs else 0.0}
+    out: dict[str, Any] = {"captions": n, "inputs": inputs, "rate": n / inputs if inputs else 0.0}
+    if truths is not None:
+        from recap.bench.slots import AUDIO_SLOTS, LYRICS_SLOTS
+
+        slots = (AUDIO_SLOTS if listens else ()) + LYRICS_SLOTS
+        by_input: dict[object, tuple[str, tuple]] = {}
+        for (song, lyrics), caption in zip(songs, captions):
+            facts = tuple(str(truths[song].get(slot)) for slot in slots)
+            by_input.setdefault((song, lyrics) if listens else lyrics, (caption, facts))
+        facts_of: dict[str, set] = {}
+        for caption, facts in by_input.values():
+            facts_of.setdefault(caption, set()).add(facts)
+        apart = sum(len(facts_of[caption]) == 1 for caption, _ in by_input.values())
+        out["fact_sets"] = len({facts for _, facts in by_input.values()})
+        out["separated"] = apart / len(by_input) if by_input else 0.0
+    return out
 
 
 def swap_truths(
@@ -246,7 +271,7 @@ def grounding(
     cfg = model.config
     songs = list(captions)
     result: dict[str, Any] = {
-        "distinct": distinct_captions(songs, list(captions.values()), bool(cfg.use_music)),
+        "distinct": distinct_captions(songs, list(captions.values()), bool(cfg.use_music), truths),
         "pairing_seed": seed,
     }
     if len({lyrics for _, lyrics in songs}) < 2:

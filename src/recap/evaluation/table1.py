@@ -79,6 +79,7 @@ TABLE_SETS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
         "Grounding (rendered-songs benchmark: do the captions follow the lyrics and the audio?)",
         (
             ("Distinct", "distinct captions"),
+            ("Apart", "distinct captions apart"),
             ("Swap audio", "swap audio"),
             ("Swap lyrics", "swap lyrics"),
             ("No lyrics: audio", "audio only audio"),
@@ -184,7 +185,9 @@ def render_table1(
     ]
     notes[-1] += (
         " Distinct: different captions per different input (songs; distinct lyrics for the "
-        "lyrics-only BART). Swap: captions of (audio of song A, lyrics of song B) for a fixed "
+        "lyrics-only BART); Apart: inputs whose caption no input with other true facts "
+        "shares (two verses of one hymn have the same facts, so one caption for both is right). "
+        "Swap: captions of (audio of song A, lyrics of song B) for a fixed "
         "pairing, A's audio facts and B's lyrics facts right."
     )
     if protocol:
