@@ -151,7 +151,9 @@ class RecapConfig:
     # preset: over six seeds it was no better (docs/training.md).
     copy_state_bonus: bool = False
     # With word positions: each lyrics token's kind (begins / continues a word / neither) is
-    # seen by the head everywhere, not only within the capped first words (pointer.py).
+    # seen by the head everywhere, not only within the capped first words (pointer.py). Off in
+    # every preset: in `make demo` over three seeds it helped RECAP, cost BART-fusion and left
+    # BART where it was (docs/results.md, run N).
     copy_word_pieces: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
@@ -412,9 +414,6 @@ def _small() -> dict[str, Any]:
         "copy_head": True,
         "copy_word_positions": 8,
         "copy_follow_bigram": True,
-        # Word numbers stop at 8: past them key words ran on into the lyrics; the kind of each
-        # piece (begins / continues a word) tells the head where a word ends (docs/training.md).
-        "copy_word_pieces": True,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }
