@@ -99,7 +99,7 @@ def test_distinct_captions_counts_lyrics_for_a_model_that_does_not_listen():
     assert distinct_captions(songs, ["x", "x", "y"], listens=True)["rate"] == pytest.approx(2 / 3)
 
 
-def test_separated_forgives_one_caption_for_inputs_with_the_same_facts():
+def test_apart_forgives_one_caption_for_inputs_with_the_same_facts():
     # Two verses of one hymn (same facts) and a third text with other facts.
     rng = random.Random(3)
     hymn, other = _truth(rng), _truth(rng)
@@ -107,11 +107,11 @@ def test_separated_forgives_one_caption_for_inputs_with_the_same_facts():
     songs = [("v1", "verse one"), ("v2", "verse two"), ("o", "other text")]
     reader = distinct_captions(songs, ["x", "x", "y"], listens=False, truths=truths)
     assert reader["rate"] == pytest.approx(2 / 3)  # the raw count calls it a failure
-    assert reader["separated"] == 1.0 and reader["fact_sets"] == 2
+    assert reader["apart"] == 1.0 and reader["fact_sets"] == 2
     blind = distinct_captions(songs, ["x", "x", "x"], listens=False, truths=truths)
-    assert blind["separated"] == 0.0  # one caption for texts with other facts
+    assert blind["apart"] == 0.0  # one caption for texts with other facts
     half = distinct_captions(songs, ["x", "y", "x"], listens=False, truths=truths)
-    assert half["separated"] == pytest.approx(1 / 3)  # v2 stands apart; v1 and o collide
+    assert half["apart"] == pytest.approx(1 / 3)  # v2 stands apart; v1 and o collide
 
 
 def _truth(rng: random.Random) -> dict:

@@ -431,8 +431,8 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
         cells.append("—" if f1 is None else f"{100 * f1:.0f}")
         d = s["distinct"]
         cells.append("—" if not d else f"{d['captions']}/{d['inputs']}")
-        if d and "separated" in d:
-            cells[-1] += f" ({100 * d['separated']:.0f})"
+        if d and "apart" in d:
+            cells[-1] += f" ({100 * d['apart']:.0f})"
         swap = s["swap"] or {}
         for key in ("audio_mean", "lyrics_mean"):
             cells.append(f"{100 * swap[key]:.0f}" if key in swap else "—")
@@ -491,11 +491,12 @@ def results_markdown(
         "First line (a / b / c): of the wrong ones, a quote that ran on past the line, one "
         "that stopped short, and one missing or of other words. Dependence: how far two songs' "
         "lyrics-encoder outputs are apart as a share of their embeddings (≈ 0: collapsed). "
-        "Distinct: different captions / different inputs (in brackets, the percentage of "
-        "inputs whose caption no input with other true facts shares). Swap: captions of (audio of song A, "
-        "lyrics of song B), A's audio facts and B's lyrics facts right. No lyrics: captions of "
-        "each song's audio alone, its audio facts right, and the share that still state a "
-        "lyrics fact (language, first line, salient words or theme: none can be known).",
+        "Distinct: different captions / different inputs (in brackets, apart: the percentage "
+        "of inputs whose caption no input with other true facts shares). Swap: captions of "
+        "(audio of song A, lyrics of song B), A's audio facts and B's lyrics facts right. "
+        "No lyrics: captions of each song's audio alone, its audio facts right, and the share "
+        "that still state a lyrics fact (language, first line, salient words or theme: none "
+        "can be known).",
         "",
         *(
             [

@@ -213,10 +213,10 @@ def distinct_captions(
     """How many different captions for how many different inputs: songs for a model that listens,
     distinct lyrics for a lyrics-only one (two renderings of one piece are one input to it).
 
-    Given the benchmark's truths, also `separated`: the share of inputs whose caption no input
+    Given the benchmark's truths, also `apart`: the share of inputs whose caption no input
     with other facts shares. Two texts can have the same facts (two verses of one hymn: same
     first line, key words and theme), and a caption that states every fact right is then the
-    same for both; the raw rate counts that as a failure, `separated` does not."""
+    same for both; the raw rate counts that as a failure, `apart` does not."""
     inputs = len(set(songs)) if listens else len({lyrics for _, lyrics in songs})
     n = len(set(captions))
     out: dict[str, Any] = {"captions": n, "inputs": inputs, "rate": n / inputs if inputs else 0.0}
@@ -231,9 +231,9 @@ def distinct_captions(
         facts_of: dict[str, set] = {}
         for caption, facts in by_input.values():
             facts_of.setdefault(caption, set()).add(facts)
-        apart = sum(len(facts_of[caption]) == 1 for caption, _ in by_input.values())
+        n_apart = sum(len(facts_of[caption]) == 1 for caption, _ in by_input.values())
         out["fact_sets"] = len({facts for _, facts in by_input.values()})
-        out["separated"] = apart / len(by_input) if by_input else 0.0
+        out["apart"] = n_apart / len(by_input) if by_input else 0.0
     return out
 
 

@@ -434,8 +434,8 @@ def _run_summary(run: Mapping[str, Any]) -> dict[str, float]:
     ground = run.get("grounding")
     if isinstance(ground, Mapping):
         summary["distinct captions"] = float(ground["distinct"]["rate"])
-        if "separated" in ground["distinct"]:
-            summary["distinct captions apart"] = float(ground["distinct"]["separated"])
+        if "apart" in ground["distinct"]:
+            summary["distinct captions apart"] = float(ground["distinct"]["apart"])
         diag = ground.get("diagnosis")
         if isinstance(diag, Mapping):
             summary["encoder dependence"] = float(diag["dependence_ratio"])
