@@ -421,7 +421,7 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
     for s in slots:
         cells = [f"{100 * s['accuracy'].get(n, 0.0):.0f}" for n in names]
         misses = s.get("first_line_misses")
-        if misses and "first_line" in names:
+        if misses:
             # Why the quotes fail: their length (ran on / stopped short) or their words.
             cells[names.index("first_line")] += (
                 f" ({misses['too_long']} / {misses['too_short']} / "

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from recap.bench.facts import normalize_phrase
+from recap.bench.facts import normalize_phrase, words
 from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, LYRICS_SLOTS
 from recap.bench.templates import parse_caption
 from recap.utils import RecapError
@@ -62,7 +62,7 @@ def first_line_miss(predicted: object, true: object) -> str | None:
     (`too_short`); anything else (`other_words`)."""
     if predicted is None or not str(predicted).strip():
         return "not_stated"
-    said, wanted = normalize_phrase(str(predicted)).split(), normalize_phrase(str(true)).split()
+    said, wanted = words(str(predicted)), words(str(true))  # as normalize_phrase compares them
     if said == wanted:
         return None
     if said[: len(wanted)] == wanted:

@@ -217,7 +217,8 @@ def distinct_captions(
     with other facts shares. Two texts can have the same facts (two verses of one hymn: same
     first line, key words and theme), and a caption that states every fact right is then the
     same for both; the raw rate counts that as a failure, `apart` does not."""
-    inputs = len(set(songs)) if listens else len({lyrics for _, lyrics in songs})
+    keys = [pair if listens else pair[1] for pair in songs]  # what the model can tell apart
+    inputs = len(set(keys))
     n = len(set(captions))
     out: dict[str, Any] = {"captions": n, "inputs": inputs, "rate": n / inputs if inputs else 0.0}
     if truths is not None:
@@ -225,9 +226,9 @@ def distinct_captions(
 
         slots = (AUDIO_SLOTS if listens else ()) + LYRICS_SLOTS
         by_input: dict[object, tuple[str, tuple]] = {}
-        for (song, lyrics), caption in zip(songs, captions):
+        for key, (song, _), caption in zip(keys, songs, captions):
             facts = tuple(str(truths[song].get(slot)) for slot in slots)
-            by_input.setdefault((song, lyrics) if listens else lyrics, (caption, facts))
+            by_input.setdefault(key, (caption, facts))
         facts_of: dict[str, set] = {}
         for caption, facts in by_input.values():
             facts_of.setdefault(caption, set()).add(facts)
