@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
 
-from recap.models.config import FORMAT_VERSION, RecapConfig
+from recap.models.config import FORMAT_VERSION, METHODS, RecapConfig
 from recap.models.model import RecapModel
 from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
 from recap.models.tokenizer import train_bpe_tokenizer
@@ -44,6 +44,11 @@ def test_presets_are_one_config_with_three_methods():
     assert (paper.encoder_attention_heads, paper.vocab_size, paper.music_dim) == (12, 50265, 256)
     assert (paper.fusion_heads, paper.fusion_scale, paper.fusion_shared) == (1, 0.1, True)
     assert RecapConfig.preset("recap", "tiny", align_loss="infonce").align_loss == "infonce"
+    # Only the small BART takes the light reconstruction term; an override still wins.
+    small = {m: RecapConfig.preset(m, "small").reconstruct_weight for m in METHODS}
+    assert small == {"bart": 0.03, "bart-fusion": 0.0, "recap": 0.0}
+    assert RecapConfig.preset("bart", "small", reconstruct_weight=0.0).reconstruct_weight == 0.0
+    assert RecapConfig.preset("bart", "paper").reconstruct_weight == 0.0
     with pytest.raises(RecapError, match="unknown method"):
         RecapConfig.preset("gpt", "tiny")
     with pytest.raises(RecapError, match="unknown RecapConfig field"):
