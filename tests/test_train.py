@@ -15,6 +15,7 @@ from recap.data.batching import LengthGroupedBatchSampler, pad_music
 from recap.training.collate import Collator, Example
 from recap.training.optim import build_optimizer
 from recap.training.train import TrainConfig, train
+from recap.utils import RecapError
 
 WORDS = "love night river sun rain heart road home fire sea".split()
 INSTRUMENTS = ["piano", "violin", "flute", "organ"]
@@ -337,6 +338,48 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path):
     assert [v["rougeL_f1"] for v in done_a["validations"]] == [
         v["rougeL_f1"] for v in done_b["validations"]
     ]
+
+
+def test_weight_average_is_validated_saved_as_best_and_resumed(tmp_path):
+    from safetensors.torch import load_file
+
+    from recap.training.ema import EMA_NAME, WeightAverage
+
+    # The average itself: one update moves it (1 - decay) of the way to the weights.
+    layer = torch.nn.Linear(2, 2)
+    ema = WeightAverage(layer, 0.9)
+    before = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    ema.update(layer)
+    torch.testing.assert_close(ema.shadow["weight"], before + 0.1)
+    with ema.applied(layer):
+        torch.testing.assert_close(layer.weight.detach(), before + 0.1)
+    torch.testing.assert_close(layer.weight.detach(), before + 1.0)  # put back
+
+    data = make_dataset(tmp_path / "data")
+    # val every epoch, 2 epochs: RUN/best is one of the two averages, never the raw weights.
+    straight = train_fake(tiny_config(data, tmp_path / "a", ema_decay=0.5, val_every_epochs=3))
+    raw = final_weights(straight)
+    average = load_file(str(straight / "last" / EMA_NAME))
+    best = load_file(str(straight / "best" / "model.safetensors"))
+    trained = [k for k in average if k in best]
+    assert trained and any(not torch.equal(raw[k], average[k]) for k in trained)
+    for key in trained:  # only validation after the last epoch: best is the final average
+        torch.testing.assert_close(best[key], average[key], rtol=0, atol=0, msg=key)
+
+    paused = train_fake(
+        tiny_config(data, tmp_path / "b", ema_decay=0.5, val_every_epochs=3, max_steps=8)
+    )
+    resumed = train_fake(
+        tiny_config(data, tmp_path / "b", ema_decay=0.5, val_every_epochs=3, resume=True)
+    )
+    assert resumed == paused
+    again = load_file(str(resumed / "last" / EMA_NAME))
+    for key in average:
+        torch.testing.assert_close(again[key], average[key], rtol=0, atol=1e-6, msg=key)
+    with pytest.raises(RecapError, match="ema_decay"):
+        TrainConfig(data="d", out="o", ema_decay=1.0).resolved()
 
 
 def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_path):

@@ -119,11 +119,18 @@ def existing_dir(final: Path) -> Path | None:
 
 
 def save_checkpoint(
-    last: Path, acc: Any, model: Any, optimizer: Any, scheduler: Any, state: TrainState
+    last: Path,
+    acc: Any,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: TrainState,
+    ema: Any = None,
 ) -> None:
-    """The resumable checkpoint RUN/last (`last`): weights, optimizer, scheduler, state and
-    each process's RNG states, written beside and swapped in, so that a kill at any moment
-    leaves a whole one. `acc`: the run's Accelerator; every process calls this."""
+    """The resumable checkpoint RUN/last (`last`): weights, optimizer, scheduler, state, each
+    process's RNG states and the weight average (`recap.training.ema`, when trained with one),
+    written beside and swapped in, so that a kill at any moment leaves a whole one. `acc`: the
+    run's Accelerator; every process calls this."""
     from safetensors.torch import save_model
 
     tmp = last.with_name(".last.tmp")
@@ -139,6 +146,8 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if ema is not None:
+            ema.save(tmp)
         atomic_write_json(tmp / "state.json", state.to_dict())
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -146,9 +155,12 @@ def save_checkpoint(
     acc.wait_for_everyone()
 
 
-def load_checkpoint(last: Path, acc: Any, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
-    """Restore weights, optimizer, scheduler and this process's RNG states from `last`
-    (RUN/last, or its .old copy) and return the state; RecapError on anything unusable."""
+def load_checkpoint(
+    last: Path, acc: Any, model: Any, optimizer: Any, scheduler: Any, ema: Any = None
+) -> TrainState:
+    """Restore weights, optimizer, scheduler, this process's RNG states and the weight average
+    (`ema`, when given) from `last` (RUN/last, or its .old copy) and return the state;
+    RecapError on anything unusable."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
@@ -163,6 +175,8 @@ def load_checkpoint(last: Path, acc: Any, model: Any, optimizer: Any, scheduler:
         load_model(acc.unwrap_model(model), str(weights), device=str(acc.device))
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise RecapError(f"cannot read the checkpoint {weights}: {exc}") from exc
+    if ema is not None:
+        ema.load(last)
     try:
         optimizer.load_state_dict(
             load_state_file(last / "optimizer.pt", "optimizer state", acc.device)

@@ -86,6 +86,9 @@ class TrainConfig:
     lr_step_epochs: int = _opt(10, "StepLR step size in epochs")
     lr_step_gamma: float = _opt(0.1, "StepLR factor")
     warmup_steps: int = _opt(0, "linear learning-rate warm-up over the first N steps (0: none)")
+    ema_decay: float = _opt(
+        0.0, "validate and save an exponential average of the weights, this decay (0: off)"
+    )
     seed: int = _opt(42, "seed of weights, dropout, data order and the validation split")
     mega_batch_mult: int = _opt(50, "batches per length-sorted group (1: no length grouping)")
     max_steps: int = _opt(0, "stop after this many optimizer steps in all, resumably (0: off)")
@@ -134,6 +137,8 @@ class TrainConfig:
             raise RecapError(f"optimizer must be adafactor or adamw, got {cfg.optimizer!r}")
         if cfg.warmup_steps < 0:
             raise RecapError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise RecapError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
         if cfg.lr_schedule not in ("constant", "step"):
             raise RecapError(f"lr_schedule must be constant or step, got {cfg.lr_schedule!r}")
         if cfg.mixed_precision not in ("auto", "no", "bf16", "fp16"):

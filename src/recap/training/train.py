@@ -23,6 +23,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from recap.training.config import (
     read_train_config,
     starting_point,
 )
+from recap.training.ema import WeightAverage
 from recap.training.optim import build_optimizer
 from recap.training.runlog import TensorBoard, append_jsonl, validation_scores
 from recap.utils import RecapError, SkipReport, atomic_write_json, read_json
@@ -266,6 +268,9 @@ class Trainer:
         )
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.n_params = sum(p.numel() for p in params)
+        self.ema = (
+            WeightAverage(acc.unwrap_model(self.model), cfg.ema_decay) if cfg.ema_decay else None
+        )
 
     def _tokenizer(self, train_rows: Sequence[Any], model_cfg: Any) -> Any:
         from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -306,12 +311,23 @@ class Trainer:
     # -------------------------------------------------------------- checkpoints
     def save_checkpoint(self, state: TrainState) -> None:
         save_checkpoint(
-            self.run / "last", self.accelerator, self.model, self.optimizer, self.scheduler, state
+            self.run / "last",
+            self.accelerator,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            state,
+            self.ema,
         )
 
     def load_checkpoint(self) -> TrainState:
         state = load_checkpoint(
-            self.run / "last", self.accelerator, self.model, self.optimizer, self.scheduler
+            self.run / "last",
+            self.accelerator,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.ema,
         )
         logger.info(
             "resuming %s at step %d (epoch %d, batch %d)",
@@ -326,8 +342,14 @@ class Trainer:
         tmp = self.run / ".best.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        self.accelerator.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.tokenizer)
+        model = self.accelerator.unwrap_model(self.model)
+        with self._averaged(model):
+            model.save_pretrained(tmp, tokenizer=self.tokenizer)
         swap_dir(tmp, self.run / "best")
+
+    def _averaged(self, model: torch.nn.Module) -> Any:
+        """The weights validation and RUN/best see: the average when training keeps one."""
+        return self.ema.applied(model) if self.ema is not None else nullcontext()
 
     # -------------------------------------------------------------- validation
     @torch.no_grad()
@@ -351,14 +373,15 @@ class Trainer:
         music = None
         if self.embeddings is not None:
             music = [self.embeddings[e.song_id] for e in examples]
-        texts = generate_texts(
-            model,
-            self.tokenizer,
-            [e.lyrics_ids for e in examples],
-            music,
-            settings,
-            autocast=acc.autocast,
-        )
+        with self._averaged(model):
+            texts = generate_texts(
+                model,
+                self.tokenizer,
+                [e.lyrics_ids for e in examples],
+                music,
+                settings,
+                autocast=acc.autocast,
+            )
         preds = list(zip(mine, texts))
         if was_training:
             model.train()
@@ -426,6 +449,8 @@ class Trainer:
                     acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(acc.unwrap_model(model))
                 sums += torch.stack([_term(out, name) for name in terms])
                 n_sum += 1
                 samples += len(batch["song_ids"]) * acc.num_processes
