@@ -23,36 +23,33 @@ EMA_NAME = "ema.safetensors"
 
 class WeightAverage:
     """`ema = decay * ema + (1 - decay) * weights` after every optimizer step, for the trainable
-    parameters of `model` (frozen ones never change, so their average is themselves)."""
+    parameters of `model` (frozen ones never change, so their average is themselves). The
+    parameters are looked up once: the training step only runs the update."""
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise RecapError(f"ema_decay must be in (0, 1), got {decay}")
         self.decay = decay
-        self.shadow = {
-            name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
-        }
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.shadow = {name: p.detach().clone() for name, p in self.params.items()}
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        params = dict(model.named_parameters())
-        averages = list(self.shadow.values())
-        current = [params[name].detach() for name in self.shadow]
-        torch._foreach_lerp_(averages, current, 1.0 - self.decay)
+    def update(self) -> None:
+        current = [p.detach() for p in self.params.values()]
+        torch._foreach_lerp_(list(self.shadow.values()), current, 1.0 - self.decay)
 
     @contextmanager
     @torch.no_grad()
-    def applied(self, model: torch.nn.Module) -> Iterator[None]:
-        """Inside the block `model` holds the averaged weights; its own are put back after."""
-        params = dict(model.named_parameters())
-        kept = {name: params[name].detach().clone() for name in self.shadow}
+    def applied(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights; its own are put back after."""
+        kept = {name: p.detach().clone() for name, p in self.params.items()}
         for name, value in self.shadow.items():
-            params[name].copy_(value)
+            self.params[name].copy_(value)
         try:
             yield
         finally:
             for name, value in kept.items():
-                params[name].copy_(value)
+                self.params[name].copy_(value)
 
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file

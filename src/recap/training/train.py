@@ -342,14 +342,13 @@ class Trainer:
         tmp = self.run / ".best.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
-        model = self.accelerator.unwrap_model(self.model)
-        with self._averaged(model):
-            model.save_pretrained(tmp, tokenizer=self.tokenizer)
+        with self._averaged():
+            self.accelerator.unwrap_model(self.model).save_pretrained(tmp, tokenizer=self.tokenizer)
         swap_dir(tmp, self.run / "best")
 
-    def _averaged(self, model: torch.nn.Module) -> Any:
+    def _averaged(self) -> Any:
         """The weights validation and RUN/best see: the average when training keeps one."""
-        return self.ema.applied(model) if self.ema is not None else nullcontext()
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     # -------------------------------------------------------------- validation
     @torch.no_grad()
@@ -373,7 +372,7 @@ class Trainer:
         music = None
         if self.embeddings is not None:
             music = [self.embeddings[e.song_id] for e in examples]
-        with self._averaged(model):
+        with self._averaged():
             texts = generate_texts(
                 model,
                 self.tokenizer,
@@ -450,7 +449,7 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
-                    self.ema.update(acc.unwrap_model(model))
+                    self.ema.update()
                 sums += torch.stack([_term(out, name) for name in terms])
                 n_sum += 1
                 samples += len(batch["song_ids"]) * acc.num_processes
