@@ -86,6 +86,8 @@ class AlignmentDemoConfig(DemoConfig):
     train_overrides: dict[str, Any] = field(
         default_factory=lambda: {
             **DemoConfig().train_overrides,
+            # measured without the weight average (one epoch is ~170 steps)
+            "ema_decay": 0.0,
             "val_every_epochs": 1,
             "val_max_examples": 16,
         }
