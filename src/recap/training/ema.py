@@ -5,7 +5,8 @@ The small captioners train for ~1,000 steps at a fixed learning rate, and their 
 lot in what the captions state (a quoted first line right for 52 % of the songs in one seed,
 86 % in another, docs/results.md run O): the last weights are one noisy point of the trajectory.
 The average of the recent steps is a common remedy (e.g. Polyak & Juditsky 1992; the EMA of
-image models). Off (decay 0) by default and in the paper's recipe.
+image models). Off (decay 0) by default and in the paper's recipe; the demo trains with 0.99
+(docs/training.md "An average of the weights").
 """
 
 from __future__ import annotations
