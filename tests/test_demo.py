@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from recap.demo import DemoConfig, run_demo
+from recap.utils import RecapError
 
 
 def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread):
@@ -67,3 +70,25 @@ def test_the_recorded_command_reproduces_the_run():
         "recap demo --source music21 --out runs/demo --seeds 0,1,2 --epochs 4 --free-quotes "
         "--free-words"
     )
+
+
+def test_the_weight_average_is_a_demo_flag_and_recorded():
+    from recap.cli import build_parser
+    from recap.cli.demo import train_overrides
+    from recap.demo import demo_command
+    from recap.evaluation.alignment import AlignmentDemoConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--epochs", "6", "--ema-decay", "0"])
+    overrides = train_overrides(args, DemoConfig())
+    assert overrides["ema_decay"] == 0.0
+    assert overrides["val_every_epochs"] == DemoConfig().train_overrides["val_every_epochs"]
+    cfg = DemoConfig(epochs=6, train_overrides=overrides)
+    assert demo_command(cfg).endswith("--epochs 6 --ema-decay 0")
+    # each command keeps its own default: the demo averages, the alignment sweep does not
+    assert parser.parse_args(["demo"]).ema_decay == 0.99
+    assert parser.parse_args(["demo-alignment"]).ema_decay == 0.0
+    with pytest.raises(RecapError, match="ema-decay"):
+        train_overrides(parser.parse_args(["demo", "--ema-decay", "1"]), DemoConfig())
+    aligned = train_overrides(parser.parse_args(["demo-alignment"]), AlignmentDemoConfig())
+    assert aligned == AlignmentDemoConfig().train_overrides

@@ -463,6 +463,9 @@ def demo_command(cfg: DemoConfig) -> str:
         parts.append("--seeds " + ",".join(str(s) for s in cfg.seeds))
     if cfg.epochs != DemoConfig.epochs:
         parts.append(f"--epochs {cfg.epochs}")
+    ema = cfg.train_overrides.get("ema_decay", 0.0)
+    if ema != DemoConfig().train_overrides["ema_decay"]:
+        parts.append(f"--ema-decay {ema:g}")
     if not cfg.quote_lyrics:
         parts.append("--free-quotes")
     if not cfg.known_words:

@@ -19,6 +19,7 @@ def _handler(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise RecapError("--epochs must be at least 1")
     cfg = DemoConfig(
+        train_overrides=train_overrides(args, DemoConfig()),
         source=args.source,
         out=args.out,
         full=args.full,
@@ -46,6 +47,14 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_overrides(args: argparse.Namespace, d: Any) -> dict[str, Any]:
+    """The config `d`'s TrainConfig fields for every captioner, with the command line's."""
+    if not 0.0 <= args.ema_decay < 1.0:
+        # checked here too, so a typo fails before the benchmark is rendered
+        raise RecapError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    return {**d.train_overrides, "ema_decay": args.ema_decay}
+
+
 def add_demo_arguments(p: argparse.ArgumentParser, d: Any) -> None:
     """The options every demo command takes (`recap demo`, `recap demo-alignment`), with the
     defaults of its config `d` (a `recap.demo.DemoConfig`)."""
@@ -62,6 +71,13 @@ def add_demo_arguments(p: argparse.ArgumentParser, d: Any) -> None:
     )
     p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.train_overrides.get("ema_decay", 0.0),
+        metavar="D",
+        help="validate and keep an exponential average of each captioner's weights (0: off)",
+    )
 
 
 def register(subparsers: Any) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from recap.cli.demo import add_demo_arguments
+from recap.cli.demo import add_demo_arguments, train_overrides
 from recap.cli.flags import csv_list
 from recap.utils import RecapError
 
@@ -36,6 +36,7 @@ def _handler(args: argparse.Namespace) -> int:
     if args.epochs < 1:
         raise RecapError("--epochs must be at least 1")
     cfg = AlignmentDemoConfig(
+        train_overrides=train_overrides(args, AlignmentDemoConfig()),
         source=args.source,
         out=args.out,
         limit=args.limit,
