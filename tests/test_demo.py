@@ -76,7 +76,7 @@ def test_the_weight_average_is_a_demo_flag_and_recorded():
     from recap.cli import build_parser
     from recap.cli.demo import train_overrides
     from recap.demo import demo_command
-    from recap.evaluation.alignment import AlignmentDemoConfig
+    from recap.evaluation.alignment import AlignmentDemoConfig, command_line
 
     parser = build_parser()
     args = parser.parse_args(["demo", "--epochs", "6", "--ema-decay", "0"])
@@ -92,3 +92,6 @@ def test_the_weight_average_is_a_demo_flag_and_recorded():
         train_overrides(parser.parse_args(["demo", "--ema-decay", "1"]), DemoConfig())
     aligned = train_overrides(parser.parse_args(["demo-alignment"]), AlignmentDemoConfig())
     assert aligned == AlignmentDemoConfig().train_overrides
+    averaged = AlignmentDemoConfig(train_overrides={**aligned, "ema_decay": 0.9})
+    assert command_line(averaged).endswith("--ema-decay 0.9")
+    assert "--ema-decay" not in command_line(AlignmentDemoConfig())

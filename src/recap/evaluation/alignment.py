@@ -552,6 +552,9 @@ def command_line(cfg: AlignmentDemoConfig) -> str:
         parts.append("--weights " + ",".join(f"{w:g}" for w in cfg.weights))
     if cfg.arm != d.arm:
         parts.append(f"--arm '{json.dumps(cfg.arm)}'")
+    ema = cfg.train_overrides.get("ema_decay", 0.0)
+    if ema != d.train_overrides["ema_decay"]:
+        parts.append(f"--ema-decay {ema:g}")
     return " ".join(parts)
 
 
