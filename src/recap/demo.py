@@ -51,17 +51,16 @@ class DemoConfig:
     comments_per_render: int = 4
     workers: int = 2
     coupling: float = 0.0  # share of renderings that follow the lyrics (BuildConfig.coupling)
-    # music encoder pretraining (docs/training.md "The demo tagger"): the `demo` front end (64
-    # mels, 60 Hz-4 kHz, hop 512) on 6 s crops, 80 epochs with warm-up and cosine decay. The token
-    # probe on test (run P's benchmark): tempo 100 %, melody 83 %, accompaniment 100 %, against
-    # the `mini` recipe's (2 s crops, 30 epochs) 56 / 98 / 100 % and the same recipe at 40
-    # epochs' 87 / 41 / 100 %: long crops hear the tempo, and the melody comes back with training.
-    # The pitch shift and the chroma target taught the key but cost the melody.
-    tagger_preset: str = "demo"
-    tagger_epochs: int = 80
-    tagger_lr: float = 2e-3
-    tagger_schedule: str = "cosine"
-    tagger_crop_seconds: float = 6.0
+    # music encoder pretraining: the `mini` recipe (2 s crops, 30 epochs; token probe melody 98 %,
+    # tempo 56 %). The `demo` front end on 6 s crops for 80 epochs hears the tempo (captioners
+    # 94-98 %) but lost the melody (51-66 %) and cost BART-fusion lyrics facts and 75 s (run Q,
+    # docs/results.md); the pitch shift and the chroma target taught the key but cost the
+    # melody (docs/training.md "The demo tagger").
+    tagger_preset: str = "mini"
+    tagger_epochs: int = 30
+    tagger_lr: float = 1e-3
+    tagger_schedule: str = "constant"
+    tagger_crop_seconds: float = 2.0
     tagger_pitch_shift: int = 0
     tagger_chroma_weight: float = 0.0
     # text pretraining (recap pretrain-text): 600 steps copy 99-100 % of held-out lines in
