@@ -82,6 +82,13 @@ class AlignmentDemoConfig(DemoConfig):
     # dropout trains a quarter of the examples without the text the alignment reads.
     pretrain_steps: int = 0
     lyrics_dropout: float = 0.0
+    # the tagger it was measured with (run P's `mini` recipe): `make demo`'s 6 s crops would
+    # add ~3.4 min to a budget already spent
+    tagger_preset: str = "mini"
+    tagger_epochs: int = 30
+    tagger_lr: float = 1e-3
+    tagger_schedule: str = "constant"
+    tagger_crop_seconds: float = 2.0
     # the demo's, validating once on fewer examples: it only picks the epoch's checkpoint
     train_overrides: dict[str, Any] = field(
         default_factory=lambda: {
