@@ -66,7 +66,7 @@ class DemoConfig:
     tagger_chroma_weight: float = 0.0
     # text pretraining (recap pretrain-text): 500 steps copy 99 % of held-out lines and 91 % of
     # 128-token segments, as 600 did, in ~2.5 min on 2 idle cores (docs/training.md); the
-    # 35 s saved pay for part of the tagger's 6 s crops. 0 steps: start from scratch
+    # ~35 s saved pay for part of the tagger's 6 s crops. 0 steps: start from scratch
     pretrain_steps: int = 500
     pretrain_sources: tuple[str, ...] = ("music21", "openscore-lieder")
     pretrain_texts: tuple[str, ...] = ()  # extra text files (tests use these alone)

@@ -83,7 +83,7 @@ class AlignmentDemoConfig(DemoConfig):
     pretrain_steps: int = 0
     lyrics_dropout: float = 0.0
     # the tagger it was measured with (run P's `mini` recipe): `make demo`'s 6 s crops would
-    # add ~3.4 min to a budget already spent
+    # add ~3.5 min (run R) to a budget already spent
     tagger_preset: str = "mini"
     tagger_epochs: int = 30
     tagger_lr: float = 1e-3
