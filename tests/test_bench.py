@@ -237,6 +237,41 @@ def test_probe_writes_table(built, tmp_path):
     assert "melody" in format_table(report)
 
 
+
+def test_probe_reads_the_key_from_the_excerpts_notes(built, tmp_path):
+    """The `notes` columns: the excerpt's notes are the score's at the rendering's transposition,
+    Krumhansl-Schmuckler on notes spanning the whole score names the build's own key, and a
+    song whose score is gone is listed, not fatal."""
+    from recap.bench.probe import excerpt_notes, format_table, run_probe
+    from recap.bench.sources import ScoreError, ScoreSource, estimate_key, load_score
+
+    songs = _rows(built / "songs.jsonl")
+    song = songs[0]
+    score = load_score(ScoreSource(path=song["source"], work_id=song["work_id"]))
+    notes = excerpt_notes(song, 3.0, {})
+    assert notes[:, 0].min() >= 0 and (notes[:, 0] < 3.0).all() and (notes[:, 1] > 0).all()
+    written = set(np.concatenate([score.melody, score.accompaniment])[:, 2].astype(int))
+    assert {int(p) - song["render"]["transpose"] for p in notes[:, 2]} <= written
+    # Long enough to play the whole score: its key, moved by the transposition, is the truth's.
+    whole = excerpt_notes(song, 10_000.0, {})
+    tonic, mode = estimate_key(whole)
+    assert (TONICS[tonic], mode) == (song["truth"]["key"], song["truth"]["mode"])
+
+    gone = dict(song, source=str(tmp_path / "missing.mxl"))
+    with pytest.raises(ScoreError, match="not found"):
+        excerpt_notes(gone, 3.0, {})
+    moved = tmp_path / "moved"
+    shutil.copytree(built, moved)
+    lines = (moved / "songs.jsonl").read_text("utf-8").splitlines()
+    lines[0] = json.dumps(gone)
+    (moved / "songs.jsonl").write_text("\n".join(lines) + "\n", "utf-8")
+    report = run_probe(moved, folds=2, seconds=3.0, workers=1, audio=False)
+    assert [s["song_id"] for s in report["notes_skipped"]] == [song["song_id"]]
+    key = report["slots"]["key"]
+    assert key["notes_songs"] == len(songs) - 1
+    assert 0.0 <= key["notes"] <= 1.0 and 0.0 <= key["notes_ks"] <= 1.0
+    assert "KS" in format_table(report) and "1 songs left out" in format_table(report)
+
 def build_digest(out: Path) -> str:
     """sha256 of a build's dataset.jsonl bytes and of songs.jsonl without the machine-dependent
     parts (the score's absolute path, the soundfont's name). Rows are hashed as the build wrote

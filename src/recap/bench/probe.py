@@ -9,6 +9,12 @@ A third probe reads the lyrics' meaning as the coupling does (theme and colour f
 lexicon, `recap.bench.coupling`): on a build with `--coupling P` it shows how much of the audio
 the lyrics determine (chance at P = 0, all of the coupled slots at P = 1); TF-IDF shows how much
 of that a bag-of-words learner finds.
+
+For the key and the mode a fourth column reads the score instead of the sound: the notes of the
+excerpt the encoder hears (its first `seconds`, at the rendering's transposition and tempo),
+named by a logistic regression on their pitch-class profiles and by Krumhansl-Schmuckler, the
+estimate the build applies to the whole score. A perfect transcription of the excerpt knows no
+more than this; where the truth is the whole score's key it is a ceiling for any listener.
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from recap.bench.render import Performance, schedule
 from recap.bench.scoring import read_songs
-from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS, THEMES
+from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS, THEMES, TONICS
+from recap.bench.sources import ScoreError, ScoreSource, estimate_key, load_score
 from recap.utils import RecapError, atomic_write_json
 
 FEATURE_RATE = 22050
@@ -114,6 +122,71 @@ def meaning_features(lyrics: list[str]) -> np.ndarray:
     return x
 
 
+NOTE_SLOTS = ("key", "mode")  # what the excerpt's notes are read for
+
+
+def excerpt_notes(song: dict, seconds: float, scores: dict) -> np.ndarray:
+    """The notes sounding in the first `seconds` of one rendering, (n, 3): onset s, duration s,
+    MIDI pitch as played. `scores` caches parsed scores by path. ScoreError when the score
+    cannot be read here (moved, or unparsable)."""
+    from dataclasses import fields
+
+    path = str(song["source"])
+    if path not in scores:
+        if not Path(path).is_file():
+            raise ScoreError(f"score not found: {path}")
+        scores[path] = load_score(ScoreSource(path=path, work_id=str(song["work_id"])))
+    score = scores[path]
+    render = song["render"]
+    perf = Performance(**{f.name: render[f.name] for f in fields(Performance)})
+    events = schedule(score.melody, score.accompaniment, perf, score.bar_quarters, seconds)
+    started: dict[tuple[int, int], float] = {}
+    notes = []
+    for t, on, channel, pitch, _ in events:  # note-ons and their offs, in time order
+        if on:
+            started[(channel, pitch)] = t
+        elif (channel, pitch) in started:
+            t0 = started.pop((channel, pitch))
+            notes.append((t0, t - t0, pitch))
+    if not notes:
+        raise ScoreError("no notes in the excerpt")
+    return np.array(notes, dtype=np.float64)
+
+
+def note_features(notes: np.ndarray) -> np.ndarray:
+    """Duration-weighted pitch-class profile of all notes and of the bass (the lowest note
+    starting at each onset), each summing to 1: (24,)."""
+    pcs = notes[:, 2].astype(int) % 12
+    profile = np.bincount(pcs, weights=notes[:, 1], minlength=12)
+    bass = np.zeros(12)
+    for onset in np.unique(notes[:, 0]):
+        at = notes[notes[:, 0] == onset]
+        low = at[np.argmin(at[:, 2])]
+        bass[int(low[2]) % 12] += low[1]
+    return np.concatenate([profile / max(profile.sum(), 1e-9), bass / max(bass.sum(), 1e-9)])
+
+
+def _note_reading(songs: list[dict], seconds: float) -> tuple[np.ndarray, list, list[dict]]:
+    """Per song the excerpt's note features and its Krumhansl-Schmuckler (tonic, mode); songs
+    whose score cannot be read are left out and listed with the reason."""
+    from tqdm import tqdm
+
+    scores: dict = {}
+    feats, ks, skipped = [], [], []
+    for song in tqdm(songs, desc="excerpt notes", unit="song"):
+        try:
+            notes = excerpt_notes(song, seconds, scores)
+        except (ScoreError, KeyError, TypeError) as err:
+            skipped.append({"song_id": song["song_id"], "reason": str(err)[:200]})
+            feats.append(None)
+            ks.append(None)
+            continue
+        tonic, mode = estimate_key(notes)  # columns as the build's events
+        feats.append(note_features(notes))
+        ks.append({"key": TONICS[tonic], "mode": mode})
+    return np.array(feats, dtype=object), ks, skipped
+
+
 def run_probe(
     data_dir: str | Path,
     out: str | Path | None = None,
@@ -121,9 +194,11 @@ def run_probe(
     seconds: float = 15.0,
     workers: int = 2,
     audio: bool = True,
+    notes: bool = True,
 ) -> dict:
     """Probe every categorical slot from audio (unless `audio` is false) and from the lyrics
-    (TF-IDF, and the meaning the coupling reads); write and return the report."""
+    (TF-IDF, and the meaning the coupling reads), the key and mode also from the excerpt's
+    notes (unless `notes` is false); write and return the report."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from tqdm import tqdm
 
@@ -151,6 +226,7 @@ def run_probe(
     texts = [lyrics[s["song_id"]] for s in songs]
     x_text = TfidfVectorizer(sublinear_tf=True, min_df=2).fit_transform(texts)  # sparse
     x_meaning = meaning_features(texts)  # (songs, 2 x themes)
+    note_feats, note_ks, note_skipped = _note_reading(songs, seconds) if notes else (None, [], [])
     table = {}
     for slot in PROBED + ("colour",):
         if not all(slot in s["truth"] for s in songs):
@@ -166,6 +242,8 @@ def run_probe(
             "meaning": _cv_accuracy(x_meaning, y, groups, folds, scale=False),
             "modality": "lyrics" if slot in ("language", "theme", "colour") else "audio",
         }
+        if note_feats is not None and slot in NOTE_SLOTS:
+            table[slot].update(_note_columns(slot, y, groups, note_feats, note_ks, folds))
     build = data_dir / "build.json"
     coupling = (
         json.loads(build.read_text("utf-8")).get("coupling", 0.0) if build.is_file() else None
@@ -173,9 +251,27 @@ def run_probe(
     coupled = sum(bool(s["truth"].get("coupled")) for s in songs)
     report = {"data_dir": str(data_dir), "songs": len(songs), "works": n_works,
               "coupling": coupling, "coupled_songs": coupled,
-              "folds": folds, "seconds": seconds, "slots": table}  # fmt: skip
+              "folds": folds, "seconds": seconds, "slots": table,
+              "notes_skipped": note_skipped}  # fmt: skip
     atomic_write_json(Path(out) if out else data_dir / "probe.json", report)
     return report
+
+
+def _note_columns(
+    slot: str, y: np.ndarray, groups: np.ndarray, feats: np.ndarray, ks: list, folds: int
+) -> dict:
+    """The slot read from the excerpt's notes: cross-validated logistic regression on their
+    profiles (`notes`) and Krumhansl-Schmuckler (`notes_ks`), over the songs whose score read."""
+    ok = np.array([f is not None for f in feats])
+    if ok.sum() < folds or len(set(y[ok])) < 2 or len(set(groups[ok])) < folds:
+        return {"notes": None, "notes_ks": None}
+    x = np.stack(list(feats[ok]))  # (songs read, 24)
+    kept = [k for k in ks if k is not None]
+    return {
+        "notes": _cv_accuracy(x, y[ok], groups[ok], folds, scale=True),
+        "notes_ks": float(np.mean([k[slot] == t for k, t in zip(kept, y[ok])])),
+        "notes_songs": int(ok.sum()),
+    }
 
 
 def format_table(report: dict) -> str:
@@ -189,11 +285,21 @@ def format_table(report: dict) -> str:
         f"{'unknown' if coupling is None else f'{coupling:g}'} "
         f"({report.get('coupled_songs', 0)} renderings coupled)",
         f"{'slot':<14}{'expected':>9}{'classes':>8}{'chance':>8}{'audio':>8}{'lyrics':>8}"
-        f"{'meaning':>8}",
+        f"{'meaning':>8}{'notes':>8}{'KS':>8}",
     ]
     for slot, r in report["slots"].items():
         lines.append(
             f"{slot:<14}{r['modality']:>9}{r['classes']:>8}{cell(r['chance'])}{cell(r['audio'])}"
-            f"{cell(r['lyrics'])}{cell(r.get('meaning'))}"
+            f"{cell(r['lyrics'])}{cell(r.get('meaning'))}{cell(r.get('notes'))}"
+            f"{cell(r.get('notes_ks'))}"
+        )
+    if any(r.get("notes") is not None for r in report["slots"].values()):
+        lines.append(
+            "notes / KS: the heard excerpt's own notes, named by a logistic regression on their "
+            "pitch-class profiles / by Krumhansl-Schmuckler"
+        )
+    if report.get("notes_skipped"):
+        lines.append(
+            f"  {len(report['notes_skipped'])} songs left out of notes / KS: score not readable here"
         )
     return "\n".join(lines)

@@ -50,6 +50,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--lyrics-only", action="store_true", help="skip the audio features (the slow part)"
     )
+    p.add_argument(
+        "--no-notes", action="store_true",
+        help="skip reading the key and mode from the excerpts' notes (needs the scores)",
+    )  # fmt: skip
     p.set_defaults(func=_probe)
 
 
@@ -88,6 +92,7 @@ def _probe(args: argparse.Namespace) -> int:
     from recap.bench.probe import format_table, run_probe
 
     report = run_probe(args.data_dir, out=args.out, folds=args.folds, seconds=args.seconds,
-                       workers=args.workers, audio=not args.lyrics_only)  # fmt: skip
+                       workers=args.workers, audio=not args.lyrics_only,
+                       notes=not args.no_notes)  # fmt: skip
     print(format_table(report))
     return 0
