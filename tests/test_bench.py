@@ -226,6 +226,31 @@ def test_cli_registers_build_and_probe():
     assert args.data_dir == "d" and callable(args.func)
 
 
+def test_a_slot_given_two_values_counts_wrong():
+    """Trigram blocking made the demo's captioners end "... it is about faith." and then "... a
+    song of love.": the first-stated value must not earn the slot."""
+    from recap.bench.templates import contradicted_slots
+
+    rng = random.Random(2)
+    truth = _random_slots(rng)
+    truth["theme"] = "faith"
+    order = list(FAMILIES)
+    choice = dict.fromkeys(FAMILIES, 0)
+    clean = render_caption(truth, choice, order)
+    other = dict(truth, theme="love")
+    # the same caption whose closing reading names another theme
+    torn = clean.replace(render_caption(truth, choice, ["reading"]),
+                         render_caption(other, choice, ["reading"]))  # fmt: skip
+    assert torn != clean and parse_caption(torn)["theme"] == "faith"
+    assert contradicted_slots(clean) == [] and contradicted_slots(torn) == ["theme"]
+    report = score_captions([clean, torn], [truth, truth])
+    assert report["accuracy"]["theme"] == 0.5
+    assert report["contradicted"]["theme"] == 1 and report["contradicting_captions"] == 1
+    assert report["accuracy"]["melody"] == 1.0  # the other slots of the torn caption still count
+    two_keys = clean + " It is in the key of C, or in the key of D."
+    assert "key" in contradicted_slots(two_keys)
+
+
 def test_probe_writes_table(built, tmp_path):
     from recap.bench.probe import format_table, run_probe
 
@@ -235,7 +260,6 @@ def test_probe_writes_table(built, tmp_path):
     for r in report["slots"].values():
         assert 0.0 <= r["audio"] <= 1.0 and 0.0 <= r["lyrics"] <= 1.0 and 0.0 <= r["chance"] <= 1.0
     assert "melody" in format_table(report)
-
 
 
 def test_probe_reads_the_key_from_the_excerpts_notes(built, tmp_path):
@@ -271,6 +295,7 @@ def test_probe_reads_the_key_from_the_excerpts_notes(built, tmp_path):
     assert key["notes_songs"] == len(songs) - 1
     assert 0.0 <= key["notes"] <= 1.0 and 0.0 <= key["notes_ks"] <= 1.0
     assert "KS" in format_table(report) and "1 songs left out" in format_table(report)
+
 
 def build_digest(out: Path) -> str:
     """sha256 of a build's dataset.jsonl bytes and of songs.jsonl without the machine-dependent

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from recap.bench.facts import normalize_phrase, words
 from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, LYRICS_SLOTS
-from recap.bench.templates import parse_caption
+from recap.bench.templates import contradicted_slots, parse_caption
 from recap.utils import RecapError
 
 EXACT_SLOTS = tuple(
@@ -73,24 +73,33 @@ def first_line_miss(predicted: object, true: object) -> str | None:
 
 
 def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, object]]) -> dict:
-    """Per-slot accuracy (a slot the caption does not state counts as wrong), micro precision /
-    recall / F1 of the salient words, and the means over audio and lyrics slots (the lyrics mean
-    counts salient-word F1 as that slot's score). `first_line_misses` counts the wrong first
-    lines by `first_line_miss`'s reason: a quote's length and its words fail differently."""
+    """Per-slot accuracy (a slot the caption does not state, or states with two different values,
+    counts as wrong), micro precision / recall / F1 of the salient words, and the means over
+    audio and lyrics slots (the lyrics mean counts salient-word F1 as that slot's score).
+    `first_line_misses` counts the wrong first lines by `first_line_miss`'s reason: a quote's
+    length and its words fail differently. `contradicted` counts, per slot, the captions that
+    give it two values (`contradicting_captions`: those with any such slot)."""
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
     n = len(predictions)
     correct = dict.fromkeys(EXACT_SLOTS, 0)
     misses = dict.fromkeys(FIRST_LINE_MISSES, 0)
+    contradicted = dict.fromkeys(EXACT_SLOTS, 0)
+    contradicting = 0
     tp = n_pred = n_true = 0
     for caption, truth in zip(predictions, truths):
         parsed = parse_caption(caption)
+        both_ways = set(contradicted_slots(caption))
+        contradicting += bool(both_ways)
         if truth.get("first_line"):
             miss = first_line_miss(parsed.get("first_line"), truth["first_line"])
             if miss:
                 misses[miss] += 1
         for slot in EXACT_SLOTS:
-            correct[slot] += _same(slot, parsed.get(slot), truth.get(slot))
+            if slot in both_ways:
+                contradicted[slot] += 1
+            else:
+                correct[slot] += _same(slot, parsed.get(slot), truth.get(slot))
         pred_words = {normalize_phrase(str(w)) for w in parsed.get("salient_words", ())}  # type: ignore[union-attr]
         true_words = {normalize_phrase(str(w)) for w in truth.get("salient_words", ())}  # type: ignore[union-attr]
         tp += len(pred_words & true_words)
@@ -106,6 +115,8 @@ def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, obj
         "n": n,
         "accuracy": acc,
         "first_line_misses": misses,
+        "contradicted": contradicted,
+        "contradicting_captions": contradicting,
         "salient_words": {"precision": precision, "recall": recall, "f1": f1},
         "audio_mean": sum(audio) / len(audio),
         "lyrics_mean": sum(lyrics) / len(lyrics),

@@ -114,14 +114,9 @@ def random_caption(slots: dict[str, object], rng: random.Random) -> tuple[str, s
     return render_caption(slots, choice, order), render_caption(slots, choice, heard)
 
 
-def parse_caption(text: str) -> dict[str, object]:
-    """The slot values a caption states; slots it does not state are absent.
-
-    A quoted piece of several words is the first line; the salient words are those at the word
-    places of a "words" sentence (or single quoted words, as benchmarks built before 2026-12
-    wrote them). Everything else is matched against the closed vocabularies outside the quotes
-    and the word places, so a lyric word such as "piano" is never read as an instrument.
-    """
+def _read(text: str) -> tuple[dict[str, object], dict[str, list[str]]]:
+    """(the quoted first line and salient words, every closed-vocabulary value stated per slot
+    in the order stated): what `parse_caption` and `contradicted_slots` read."""
     slots: dict[str, object] = {}
     # Quotes are kept as written (scoring normalises both sides); their word count decides.
     quoted = [q.strip() for q in _QUOTED.findall(text) if normalize_phrase(q)]
@@ -138,9 +133,10 @@ def parse_caption(text: str) -> dict[str, object]:
             outside = outside[:start] + " " * (end - start) + outside[end:]
     if singles:
         slots["salient_words"] = list(dict.fromkeys(singles))
-    key = _KEY.search(outside)
-    if key:
-        slots["key"] = key.group(1)
+    stated: dict[str, list[str]] = {}
+    keys = list(dict.fromkeys(m.group(1) for m in _KEY.finditer(outside)))
+    if keys:
+        stated["key"] = keys
     lowered = outside.lower()
     for slot in ALL_SLOTS:
         vocab = VOCABULARIES.get(slot)
@@ -152,5 +148,25 @@ def parse_caption(text: str) -> dict[str, object]:
             if m:
                 hits.append((m.start(), value))
         if hits:
-            slots[slot] = min(hits)[1]  # the first one stated
+            stated[slot] = [value for _, value in sorted(hits)]
+    return slots, stated
+
+
+def parse_caption(text: str) -> dict[str, object]:
+    """The slot values a caption states; slots it does not state are absent.
+
+    A quoted piece of several words is the first line; the salient words are those at the word
+    places of a "words" sentence (or single quoted words, as benchmarks built before 2026-12
+    wrote them). Everything else is matched against the closed vocabularies outside the quotes
+    and the word places, so a lyric word such as "piano" is never read as an instrument; a
+    slot given two values reads as the first (`contradicted_slots` lists such slots).
+    """
+    slots, stated = _read(text)
+    slots.update({slot: values[0] for slot, values in stated.items()})
     return slots
+
+
+def contradicted_slots(text: str) -> list[str]:
+    """The slots a caption gives two or more different values ("... it is about faith. ... a
+    song of love."): scoring counts them wrong whichever value comes first."""
+    return [slot for slot, values in _read(text)[1].items() if len(values) > 1]

@@ -39,6 +39,7 @@ def _handler(args: argparse.Namespace) -> int:
         lyrics_dropout=args.lyrics_dropout,
         beams=args.beams,
         max_new_tokens=args.max_new_tokens,
+        no_repeat_ngram=args.no_repeat_ngram,
         quote_lyrics=not args.free_quotes,
         known_words=not args.free_words,
         meteor15=not args.no_meteor15,
@@ -126,6 +127,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--beams", type=int, default=d.beams, help="beam width for evaluation")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument(
+        "--no-repeat-ngram",
+        type=int,
+        default=d.no_repeat_ngram,
+        help="block repeated n-grams when decoding (0, the demo's: off; the papers': 3)",
+    )
     p.add_argument(
         "--free-quotes",
         action="store_true",
