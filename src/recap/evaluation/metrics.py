@@ -53,7 +53,7 @@ BLEU_LABELS = tuple(f"BLEU-{n}" for n in range(1, 5))
 ROUGE_L_COCO_LABEL = "ROUGE-L (COCO)"
 CIDER_D_LABEL = "CIDEr-D"
 # Bumped when a metric's definition changes, so cached evaluations are recomputed.
-METRICS_VERSION = 3  # 3: the audio-only test in grounding
+METRICS_VERSION = 4  # 3: the audio-only test in grounding; 4: a slot given two values is wrong
 PAPER_SET, CAPTION_SET = "paper", "caption"
 METRIC_SETS = {
     PAPER_SET: {
