@@ -247,6 +247,11 @@ def test_a_slot_given_two_values_counts_wrong():
     assert report["accuracy"]["theme"] == 0.5
     assert report["contradicted"]["theme"] == 1 and report["contradicting_captions"] == 1
     assert report["accuracy"]["melody"] == 1.0  # the other slots of the torn caption still count
+    from recap.evaluation.evaluate import attribute_summary
+
+    assert (
+        attribute_summary(report)["contradicting captions"] == 0.5
+    )  # what `recap evaluate` prints
     two_keys = clean + " It is in the key of C, or in the key of D."
     assert "key" in contradicted_slots(two_keys)
 

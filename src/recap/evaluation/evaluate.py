@@ -423,14 +423,25 @@ def evaluate(
     return result
 
 
+def attribute_summary(acc: Mapping[str, Any]) -> dict[str, float]:
+    """The headline figures of a `recap.bench.score_captions` report: the mean slot accuracy
+    over the audio slots and over the lyrics slots, and the share of captions that give a slot
+    two values (each such slot already counted wrong)."""
+    out = {
+        "attribute accuracy audio": float(acc["audio_mean"]),
+        "attribute accuracy lyrics": float(acc["lyrics_mean"]),
+    }
+    if acc.get("n") and "contradicting_captions" in acc:
+        out["contradicting captions"] = acc["contradicting_captions"] / acc["n"]
+    return out
+
+
 def _run_summary(run: Mapping[str, Any]) -> dict[str, float]:
     """One run's headline numbers: caption metrics, plus the benchmark's slot-group accuracies."""
     summary = dict(run["summary"])
     acc = run.get("attribute_accuracy")
     if isinstance(acc, Mapping):
-        # recap.bench.score_captions: mean slot accuracy over the audio slots / the lyrics slots.
-        summary["attribute accuracy audio"] = float(acc["audio_mean"])
-        summary["attribute accuracy lyrics"] = float(acc["lyrics_mean"])
+        summary.update(attribute_summary(acc))
     ground = run.get("grounding")
     if isinstance(ground, Mapping):
         summary["distinct captions"] = float(ground["distinct"]["rate"])

@@ -178,7 +178,7 @@ def score_predictions(
     """Score a predictions file against the split of `data_dir`; returns (and with `out`
     writes) a result shaped like `recap evaluate`'s metrics.json."""
     from recap.data.songs import load_splits
-    from recap.evaluation.evaluate import _attribute_accuracy
+    from recap.evaluation.evaluate import _attribute_accuracy, attribute_summary
     from recap.evaluation.metrics import (
         METRIC_SETS,
         METRICS_VERSION,
@@ -252,9 +252,7 @@ def score_predictions(
     accuracy = _attribute_accuracy(data_dir, song_ids, m.predictions)
     if accuracy is not None:
         result["attribute_accuracy"] = accuracy
-        # recap.bench.score_captions: mean slot accuracy over the audio / the lyrics slots.
-        result["summary"]["attribute accuracy audio"] = float(accuracy["audio_mean"])
-        result["summary"]["attribute accuracy lyrics"] = float(accuracy["lyrics_mean"])
+        result["summary"].update(attribute_summary(accuracy))
     # A grounding measure that needs no model: how many different captions for how many songs
     # (the loss gaps and the swap test need the model: `recap evaluate`, `recap diagnose`).
     first: dict[str, str] = {}
