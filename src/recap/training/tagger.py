@@ -171,6 +171,7 @@ class PitchShifter:
 
         c = model.config
         self.spectrogram = model.spec.spectrogram
+        self.chroma_db = model.chroma_db if c.chroma_tokens else None
         self.max_shift = max_shift
         self.filterbanks = {
             k: htk_mel_filterbank(
@@ -180,11 +181,16 @@ class PitchShifter:
         }  # fmt: skip
 
     def __call__(self, waveforms: torch.Tensor, shifts: Sequence[int]) -> torch.Tensor:
-        """(B, samples) float, B shifts → dB log-mels (B, n_mels, frames), as `log_mel`."""
+        """(B, samples) float, B shifts → dB log-mels (B, rows, frames), as `log_mel`."""
         power = self.spectrogram(waveforms.float())  # (B, n_freqs, frames)
         fb = torch.stack([self.filterbanks[int(k)] for k in shifts]).to(power)  # (B, F, M)
         mel = torch.bmm(power.transpose(1, 2), fb).transpose(1, 2)  # (B, M, frames)
-        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        if self.chroma_db is None:
+            return db
+        chroma = self.chroma_db(power)  # (B, 12, frames): a k-semitone shift rolls it by k
+        chroma = torch.stack([c.roll(int(k), dims=0) for c, k in zip(chroma, shifts)])
+        return torch.cat([db, chroma], dim=1)  # (B, M + 12, frames)
 
 
 def pitch_class_profile(waveforms: np.ndarray, sample_rate: int, n_fft: int = 4096) -> np.ndarray:
@@ -395,7 +401,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         arrays = np.stack([store[s] for s in ids]) if ids else None
         waves = arrays if from_waves else None
         if arrays is None:
-            mels = np.zeros((0, encoder_cfg.n_mels, 1), np.float16)
+            mels = np.zeros((0, encoder_cfg.log_mel_rows, 1), np.float16)
         else:
             mels = log_mels_of(arrays) if from_waves else arrays
         targets = tag_matrix([songs[s]["truth"] for s in ids], tags)
