@@ -184,3 +184,31 @@ def test_pitch_class_profile_names_the_tone():
     assert chroma.shape == (2, 12) and np.allclose(chroma.sum(axis=1), 1.0)
     assert chroma[0].argmax() == 9  # A
     assert set(np.argsort(chroma[1])[-2:]) == {9, 4}  # A and E
+
+
+def test_pitch_shifter_rolls_the_chroma_rows():
+    import torch
+
+    from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.training.tagger import PitchShifter
+
+    model = MusicEncoder(MusicEncoderConfig.preset("tiny", chroma_tokens=True, n_fft=2048))
+    wave = torch.sin(2 * np.pi * 440.0 * torch.arange(16_000) / 16_000).unsqueeze(0)
+    shifted = PitchShifter(model, max_shift=3)(wave, [3])  # (1, n_mels + 12, frames)
+    assert shifted.shape[1] == model.config.log_mel_rows
+    assert int(shifted[0, -12:].mean(dim=1).argmax()) == 0  # A (9) moved 3 up: C
+
+
+def test_chroma_token_tagger_trains_from_the_log_mel_cache(tmp_path):
+    data = make_benchmark(tmp_path / "bench", per_class=4)
+    cfg = TaggerConfig(
+        data=str(data), out=str(tmp_path / "enc"), preset="demo-chroma", epochs=1, batch_size=4,
+        crop_seconds=6.0, workers=0, progress=False, token_loss_weight=1.0,
+    )  # fmt: skip
+    metrics = train_tagger(cfg)
+    assert {"melody", "tempo"} <= set(metrics["token_probe"]["per_slot"])
+    (cache,) = (data / "cache").iterdir()
+    assert cache.name.startswith("logmel")
+    from recap.models.music_encoder import load_music_encoder
+
+    assert load_music_encoder(tmp_path / "enc").config.chroma_tokens
