@@ -175,7 +175,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 # `demo` with each token's pitch-class profile added (chroma_tokens): the demo's tagger since
-# run T (docs/training.md "Chroma tokens").
+# run T (docs/results.md; docs/training.md "Chroma tokens").
 PRESETS["demo-chroma"] = {**PRESETS["demo"], "chroma_tokens": True}
 
 
