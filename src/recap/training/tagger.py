@@ -85,6 +85,13 @@ class TaggerConfig:
         "pitch shift) by soft cross-entropy, so that the tokens carry the pitch classes the "
         "key is read from; training-only, not saved; trains from the waveform cache",
     )
+    chroma_rotation: bool = _opt(
+        False,
+        "with chroma_tokens: roll each training crop's 12 chroma rows by a random k in 0..11 "
+        "and rotate its key tags by k, leaving the mel rows as they are, so every song teaches "
+        "the key in all twelve transpositions and the key is read from the pitch classes; "
+        "trains from the log-mel cache",
+    )
     seed: int = _opt(0, "seed of the weights, crops, shifts and batch order")
     workers: int | None = _opt(None, "audio-decoding processes for the log-mel cache (None: all)")
     device: str = _opt("cpu", "torch device")
@@ -191,6 +198,16 @@ class PitchShifter:
         chroma = self.chroma_db(power)  # (B, 12, frames): a k-semitone shift rolls it by k
         chroma = torch.stack([c.roll(int(k), dims=0) for c, k in zip(chroma, shifts)])
         return torch.cat([db, chroma], dim=1)  # (B, M + 12, frames)
+
+
+def rotate_chroma_rows(crops: np.ndarray, shifts: Sequence[int], n_mels: int) -> np.ndarray:
+    """(B, n_mels + 12, frames) log-mel crops with each crop's chroma rows (the last 12)
+    rolled by its k: pitch class p moves to p + k, as a k-semitone transposition would move
+    it. The mel rows stay."""
+    out = crops.copy()
+    for b, k in enumerate(shifts):
+        out[b, n_mels:] = np.roll(crops[b, n_mels:], int(k), axis=0)
+    return out
 
 
 def pitch_class_profile(waveforms: np.ndarray, sample_rate: int, n_fft: int = 4096) -> np.ndarray:
@@ -376,6 +393,10 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         cfg.preset, n_tags=len(tags), tag_names=list(tags), **dropouts
     )
     model = MusicEncoder(encoder_cfg).to(device)
+    if cfg.chroma_rotation and not encoder_cfg.chroma_tokens:
+        raise RecapError("chroma_rotation needs an encoder with chroma_tokens (e.g. demo-chroma)")
+    if cfg.chroma_rotation and cfg.pitch_shift:
+        raise RecapError("chroma_rotation and pitch_shift both transpose: choose one")
 
     # Log-mels once, in the cache (they depend only on the mel front end, not on the weights);
     # with pitch shifts, the waveforms, whose crops are transposed at every step.
@@ -422,7 +443,8 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     chroma_head = (
         torch.nn.Linear(encoder_cfg.hidden_size, 12).to(device) if chroma is not None else None
     )
-    rotations = key_rotations(tags, cfg.pitch_shift)  # {0: identity} without shifts
+    # {0: identity} without shifts; every k of a whole octave with chroma rotation
+    rotations = key_rotations(tags, 11 if cfg.chroma_rotation else cfg.pitch_shift)
 
     # Training-only linear probe on the mean token (B, hidden) → (B, n_tags); not saved.
     # Made only when used, so that the default run draws the same random numbers as before.
@@ -473,9 +495,13 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
                 )
             else:
                 crops = random_crops(train.log_mels[idx], frames, rng)
-                x = torch.from_numpy(crops).to(device).float()
                 targets = train.targets[idx]
                 shifts = np.zeros(len(idx), dtype=int)
+                if cfg.chroma_rotation:
+                    shifts = rng.integers(0, 12, size=len(idx))
+                    crops = rotate_chroma_rows(crops, shifts, encoder_cfg.n_mels)
+                    targets = np.stack([t[rotations[int(k)]] for t, k in zip(targets, shifts)])
+                x = torch.from_numpy(crops).to(device).float()
             y = torch.from_numpy(targets).to(device)
             sequence = model.embed_log_mel(x)  # (B, 1 + T', hidden)
             logits = model.tag_logits_from_sequence(sequence)  # (B, n_tags)
