@@ -236,3 +236,7 @@ def test_chroma_token_tagger_trains_from_the_log_mel_cache(tmp_path):
     from recap.models.music_encoder import load_music_encoder
 
     assert load_music_encoder(tmp_path / "enc").config.chroma_tokens
+    # reused with the same settings, refused with others (it would report the wrong tagger)
+    assert train_tagger(dataclasses.replace(cfg, workers=1, progress=True)) == metrics
+    with pytest.raises(RecapError, match="other settings .*epochs"):
+        train_tagger(dataclasses.replace(cfg, epochs=2))

@@ -207,29 +207,30 @@ def bench_config(cfg: DemoConfig, source: str, out: Path, limit: int | None, **k
 
 def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
     """A small CNNSA trained to tag the benchmark's audio slots; the captioners load it frozen.
-    A finished tagger in OUT/tagger is reused (by `train_tagger` itself)."""
+    A finished tagger in OUT/tagger is reused while its settings are these ones."""
     from recap.training import tagger
 
     out = cfg.root / "tagger"
-    metrics = tagger.train_tagger(
-        tagger.TaggerConfig(
-            data=str(data),
-            out=str(out),
-            preset=cfg.tagger_preset,
-            epochs=cfg.tagger_epochs,
-            batch_size=16,
-            lr=cfg.tagger_lr,
-            schedule=cfg.tagger_schedule,
-            crop_seconds=cfg.tagger_crop_seconds,
-            dropout=0.0,
-            token_loss_weight=1.0,
-            pitch_shift=cfg.tagger_pitch_shift,
-            chroma_loss_weight=cfg.tagger_chroma_weight,
-            chroma_rotation=cfg.tagger_chroma_rotation,
-            seed=cfg.seed,
-            workers=cfg.workers,
-        )
+    settings = tagger.TaggerConfig(
+        data=str(data),
+        out=str(out),
+        preset=cfg.tagger_preset,
+        epochs=cfg.tagger_epochs,
+        batch_size=16,
+        lr=cfg.tagger_lr,
+        schedule=cfg.tagger_schedule,
+        crop_seconds=cfg.tagger_crop_seconds,
+        dropout=0.0,
+        token_loss_weight=1.0,
+        pitch_shift=cfg.tagger_pitch_shift,
+        chroma_loss_weight=cfg.tagger_chroma_weight,
+        chroma_rotation=cfg.tagger_chroma_rotation,
+        seed=cfg.seed,
+        workers=cfg.workers,
     )
+    # the demo owns its folder: a tagger trained with other settings (an older commit) is replaced
+    stale = bool(tagger.changed_settings(out, settings))
+    metrics = tagger.train_tagger(dataclasses.replace(settings, overwrite=stale))
     print(tagger.format_metrics(metrics))
     return out
 

@@ -357,6 +357,25 @@ def _check_trainable(encoder: str) -> None:
         )
 
 
+# Settings that do not change what is trained: a finished tagger is reused when only these differ.
+_REUSE_MUTABLE = frozenset({"data", "out", "workers", "device", "progress", "overwrite"})
+
+
+def changed_settings(out: str | Path, config: TaggerConfig) -> list[str]:
+    """The settings a finished tagger in `out` was trained with other values of than `config`
+    ([] when `out` holds none); a setting an older tagger did not record counts at its default."""
+    path = Path(out) / CONFIG_NAME
+    if not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecapError(f"cannot read {path}: {exc}") from exc
+    defaults = TaggerConfig().to_dict()
+    now = config.to_dict()
+    return sorted(k for k in now if k not in _REUSE_MUTABLE and saved.get(k, defaults[k]) != now[k])
+
+
 def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     """Train the encoder on the audio tags of `config.data`; returns the test metrics (also
     written to OUT/tagger_metrics.json). A finished OUT is reused unless `overwrite`."""
@@ -372,6 +391,12 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         raise RecapError("the tagger needs --data (a benchmark folder) and --out")
     _check_trainable(cfg.preset)
     if (out / METRICS_NAME).is_file() and not cfg.overwrite:
+        changed = changed_settings(out, cfg)
+        if changed:
+            raise RecapError(
+                f"{out} holds a tagger trained with other settings ({', '.join(changed)}); "
+                "pass --overwrite to train it again, or use another --out"
+            )
         logger.info("%s holds a trained tagger; reusing it (--overwrite to retrain)", out)
         saved = json.loads((out / METRICS_NAME).read_text())
         metrics = saved["test"]
