@@ -225,10 +225,12 @@ def test_chroma_token_tagger_trains_from_the_log_mel_cache(tmp_path):
     data = make_benchmark(tmp_path / "bench", per_class=4)
     cfg = TaggerConfig(
         data=str(data), out=str(tmp_path / "enc"), preset="demo-chroma", epochs=1, batch_size=4,
-        crop_seconds=6.0, workers=0, progress=False, token_loss_weight=1.0, chroma_rotation=True,
+        crop_seconds=6.0, workers=0, progress=False, token_loss_weight=1.0, chroma_rotation=0.5,
     )  # fmt: skip
     with pytest.raises(RecapError, match="chroma_tokens"):
         train_tagger(dataclasses.replace(cfg, preset="tiny"))
+    with pytest.raises(RecapError, match="share of the crops"):
+        train_tagger(dataclasses.replace(cfg, chroma_rotation=2.0))
     metrics = train_tagger(cfg)
     assert {"melody", "tempo"} <= set(metrics["token_probe"]["per_slot"])
     (cache,) = (data / "cache").iterdir()

@@ -65,7 +65,7 @@ class DemoConfig:
     tagger_crop_seconds: float = 6.0
     tagger_pitch_shift: int = 0
     tagger_chroma_weight: float = 0.0
-    tagger_chroma_rotation: bool = False
+    tagger_chroma_rotation: float = 0.0
     # text pretraining (recap pretrain-text): 500 steps copy 99 % of held-out lines and 91 % of
     # 128-token segments, as 600 did, in ~2.5 min on 2 idle cores (docs/training.md); the
     # ~35 s saved pay for part of the tagger's 6 s crops. 0 steps: start from scratch

@@ -85,12 +85,12 @@ class TaggerConfig:
         "pitch shift) by soft cross-entropy, so that the tokens carry the pitch classes the "
         "key is read from; training-only, not saved; trains from the waveform cache",
     )
-    chroma_rotation: bool = _opt(
-        False,
-        "with chroma_tokens: roll each training crop's 12 chroma rows by a random k in 0..11 "
-        "and rotate its key tags by k, leaving the mel rows as they are, so every song teaches "
-        "the key in all twelve transpositions and the key is read from the pitch classes; "
-        "trains from the log-mel cache",
+    chroma_rotation: float = _opt(
+        0.0,
+        "with chroma_tokens: the share of training crops (0-1) whose 12 chroma rows roll by a "
+        "random k in 1..11, their key tags rotating by k and their mel rows left as they are, "
+        "so every song teaches the key in other transpositions and the key is read from the "
+        "pitch classes; trains from the log-mel cache",
     )
     seed: int = _opt(0, "seed of the weights, crops, shifts and batch order")
     workers: int | None = _opt(None, "audio-decoding processes for the log-mel cache (None: all)")
@@ -418,6 +418,10 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         cfg.preset, n_tags=len(tags), tag_names=list(tags), **dropouts
     )
     model = MusicEncoder(encoder_cfg).to(device)
+    if not 0.0 <= cfg.chroma_rotation <= 1.0:
+        raise RecapError(
+            f"chroma_rotation is a share of the crops (0-1), not {cfg.chroma_rotation}"
+        )
     if cfg.chroma_rotation and not encoder_cfg.chroma_tokens:
         raise RecapError("chroma_rotation needs an encoder with chroma_tokens (e.g. demo-chroma)")
     if cfg.chroma_rotation and cfg.pitch_shift:
@@ -523,7 +527,8 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
                 targets = train.targets[idx]
                 shifts = np.zeros(len(idx), dtype=int)
                 if cfg.chroma_rotation:
-                    shifts = rng.integers(0, 12, size=len(idx))
+                    rolled = rng.random(len(idx)) < cfg.chroma_rotation
+                    shifts = np.where(rolled, rng.integers(1, 12, size=len(idx)), 0)
                     crops = rotate_chroma_rows(crops, shifts, encoder_cfg.n_mels)
                     targets = np.stack([t[rotations[int(k)]] for t, k in zip(targets, shifts)])
                 x = torch.from_numpy(crops).to(device).float()
