@@ -54,10 +54,11 @@ class DemoConfig:
     # music encoder pretraining: the `demo` front end with chroma tokens on 6 s crops, 120
     # epochs, cosine schedule (token probe melody 87 %, accompaniment 100 %, tempo 98 %, key
     # 40 %; ~4 min): without the chroma tokens the probe's key was 6 % and the captioners'
-    # 1-13 % (run S); with them RECAP states it for 23 % (run T). The `mini` recipe (2 s crops,
-    # 30 epochs, run P) hears the melody (98 %) but not the tempo (56 %); 80 epochs heard the
-    # tempo but lost the melody (run Q); the pitch shift and the chroma target taught the key
-    # but cost the melody (docs/training.md "The demo tagger", "Chroma tokens").
+    # 1-13 % (run S); with them the fusion captioners state it for 19-20 % (run T). Rolling the
+    # chroma rows (tagger_chroma_rotation) lifts the probe's key, not the captions'. The `mini`
+    # recipe (2 s crops, 30 epochs, run P) hears the melody (98 %) but not the tempo (56 %); 80
+    # epochs heard the tempo but lost the melody (run Q); the pitch shift and the chroma target
+    # taught the key but cost the melody (docs/training.md "The demo tagger", "Chroma tokens").
     tagger_preset: str = "demo-chroma"
     tagger_epochs: int = 120
     tagger_lr: float = 2e-3
