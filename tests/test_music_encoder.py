@@ -331,3 +331,38 @@ def test_config_errors():
         MusicEncoderConfig.from_dict({"n_chanels": 4})
     with pytest.raises(RecapError, match="too short"):
         tiny().log_mel(torch.zeros(1, 256))
+
+
+def test_chroma_tokens_hear_the_pitch_classes_and_round_trip(tmp_path):
+    """`chroma_tokens`: log_mel gains 12 chroma rows, each token the profile of its frames, and
+    the tokens depend on those rows; the reference's weights and cache key stay as they were."""
+    model = tiny(chroma_tokens=True, n_fft=2048, n_mels=64, f_min=60.0, f_max=4000.0)
+    plain = tiny(n_fft=2048, n_mels=64, f_min=60.0, f_max=4000.0)
+    t = torch.arange(3 * 16_000) / 16_000
+    triad = sum(torch.sin(2 * math.pi * hz * t) for hz in (440.0, 554.37, 659.26))  # A C# E
+    log_mel = model.log_mel(triad.unsqueeze(0))
+    assert log_mel.shape[1] == 64 + 12 == model.config.log_mel_rows
+    torch.testing.assert_close(log_mel[:, :64], plain.log_mel(triad.unsqueeze(0)))
+    profile = model._chroma_per_token(log_mel[:, 64:])  # (1, T', 12)
+    assert profile.shape == (1, model.output_length(t.numel()) - 1, 12)
+    assert set(profile[0].mean(dim=0).topk(3).indices.tolist()) == {9, 1, 4}  # A, C#, E
+    model.eval()
+    with torch.no_grad():
+        moved = log_mel.clone()
+        moved[:, 64:] = log_mel[:, 64:].roll(2, dims=1)  # the same triad two semitones up
+        assert not torch.allclose(model.embed_log_mel(log_mel), model.embed_log_mel(moved))
+        with pytest.raises(RecapError, match="76 log-mel rows, got 64"):
+            model.embed_log_mel(log_mel[:, :64])
+    # the filterbank is computed, not stored: the state dict gains only the projection
+    assert set(model.state_dict()) - set(plain.state_dict()) == {
+        "chroma_proj.weight",
+        "chroma_proj.bias",
+    }
+    assert model.mel_fingerprint() != plain.mel_fingerprint()
+    model.save_pretrained(tmp_path / "enc")
+    loaded = load_music_encoder(tmp_path / "enc")
+    assert loaded.config.chroma_tokens
+    with torch.no_grad():
+        assert torch.equal(loaded(triad.unsqueeze(0)), model(triad.unsqueeze(0)))
+    assert MusicEncoderConfig.preset("demo-chroma").chroma_tokens
+    assert not MusicEncoderConfig.preset("demo").chroma_tokens

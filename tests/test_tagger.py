@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from recap.bench import AUDIO_SLOTS
 from recap.training.tagger import TaggerConfig, format_metrics, tag_metrics, train_tagger
+from recap.utils import RecapError
 
 # Audible by construction: the melody slot sets the pitch, the tempo slot the pulse rate.
 PITCH = {"flute": 880.0, "violin": 220.0}
@@ -184,3 +186,59 @@ def test_pitch_class_profile_names_the_tone():
     assert chroma.shape == (2, 12) and np.allclose(chroma.sum(axis=1), 1.0)
     assert chroma[0].argmax() == 9  # A
     assert set(np.argsort(chroma[1])[-2:]) == {9, 4}  # A and E
+
+
+def test_pitch_shifter_rolls_the_chroma_rows():
+    import torch
+
+    from recap.models.music_encoder import MusicEncoder, MusicEncoderConfig
+    from recap.training.tagger import PitchShifter
+
+    model = MusicEncoder(MusicEncoderConfig.preset("tiny", chroma_tokens=True, n_fft=2048))
+    wave = torch.sin(2 * np.pi * 440.0 * torch.arange(16_000) / 16_000).unsqueeze(0)
+    shifted = PitchShifter(model, max_shift=3)(wave, [3])  # (1, n_mels + 12, frames)
+    assert shifted.shape[1] == model.config.log_mel_rows
+    assert int(shifted[0, -12:].mean(dim=1).argmax()) == 0  # A (9) moved 3 up: C
+
+
+def test_rotate_chroma_rows_moves_the_pitch_classes_and_keeps_the_mel_rows():
+    from recap.training.tagger import key_rotations, rotate_chroma_rows
+
+    n_mels = 3
+    crops = np.zeros((2, n_mels + 12, 4), np.float16)
+    crops[:, :n_mels] = 7.0
+    crops[:, n_mels + 9] = 1.0  # A
+    out = rotate_chroma_rows(crops, [3, 0], n_mels)
+    assert (out[:, :n_mels] == 7.0).all()
+    assert out[0, n_mels:].mean(axis=1).argmax() == 0  # A moved 3 up: C
+    assert out[1, n_mels:].mean(axis=1).argmax() == 9
+    assert crops[0, n_mels + 9].all()  # the input is left as it was
+    from recap.bench.slots import TONICS
+
+    tags = [f"key={t}" for t in TONICS] + ["melody=flute"]
+    y = np.array([float(t in ("key=A", "melody=flute")) for t in tags])
+    rotated = y[key_rotations(tags, 11)[3]]  # the key tag moves with the chroma rows
+    assert [t for t, v in zip(tags, rotated) if v] == ["key=C", "melody=flute"]
+
+
+def test_chroma_token_tagger_trains_from_the_log_mel_cache(tmp_path):
+    data = make_benchmark(tmp_path / "bench", per_class=4)
+    cfg = TaggerConfig(
+        data=str(data), out=str(tmp_path / "enc"), preset="demo-chroma", epochs=1, batch_size=4,
+        crop_seconds=6.0, workers=0, progress=False, token_loss_weight=1.0, chroma_rotation=0.5,
+    )  # fmt: skip
+    with pytest.raises(RecapError, match="chroma_tokens"):
+        train_tagger(dataclasses.replace(cfg, preset="tiny"))
+    with pytest.raises(RecapError, match="share of the crops"):
+        train_tagger(dataclasses.replace(cfg, chroma_rotation=2.0))
+    metrics = train_tagger(cfg)
+    assert {"melody", "tempo"} <= set(metrics["token_probe"]["per_slot"])
+    (cache,) = (data / "cache").iterdir()
+    assert cache.name.startswith("logmel")
+    from recap.models.music_encoder import load_music_encoder
+
+    assert load_music_encoder(tmp_path / "enc").config.chroma_tokens
+    # reused with the same settings, refused with others (it would report the wrong tagger)
+    assert train_tagger(dataclasses.replace(cfg, workers=1, progress=True)) == metrics
+    with pytest.raises(RecapError, match="other settings .*epochs"):
+        train_tagger(dataclasses.replace(cfg, epochs=2))

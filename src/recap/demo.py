@@ -51,19 +51,22 @@ class DemoConfig:
     comments_per_render: int = 4
     workers: int = 2
     coupling: float = 0.0  # share of renderings that follow the lyrics (BuildConfig.coupling)
-    # music encoder pretraining: the `demo` front end on 6 s crops, 120 epochs, cosine schedule
-    # (token probe melody 94 %, accompaniment 100 %, tempo 94 %; ~4 min): the fusion captioners
-    # state the tempo of 94-95 % of test songs, audio facts 70 % (run R). The `mini` recipe
-    # (2 s crops, 30 epochs, run P) hears the melody (98 %) but not the tempo (56 %); 80 epochs
-    # of this one heard the tempo but lost the melody (run Q); the pitch shift and the chroma
-    # target taught the key but cost the melody (docs/training.md "The demo tagger").
-    tagger_preset: str = "demo"
+    # music encoder pretraining: the `demo` front end with chroma tokens on 6 s crops, 120
+    # epochs, cosine schedule (token probe melody 87 %, accompaniment 100 %, tempo 98 %, key
+    # 40 %; ~4 min): without the chroma tokens the probe's key was 6 % and the captioners'
+    # 1-13 % (run S); with them the fusion captioners state it for 19-20 % (run T). Rolling the
+    # chroma rows (tagger_chroma_rotation) lifts the probe's key, not the captions'. The `mini`
+    # recipe (2 s crops, 30 epochs, run P) hears the melody (98 %) but not the tempo (56 %); 80
+    # epochs heard the tempo but lost the melody (run Q); the pitch shift and the chroma target
+    # taught the key but cost the melody (docs/training.md "The demo tagger", "Chroma tokens").
+    tagger_preset: str = "demo-chroma"
     tagger_epochs: int = 120
     tagger_lr: float = 2e-3
     tagger_schedule: str = "cosine"
     tagger_crop_seconds: float = 6.0
     tagger_pitch_shift: int = 0
     tagger_chroma_weight: float = 0.0
+    tagger_chroma_rotation: float = 0.0
     # text pretraining (recap pretrain-text): 500 steps copy 99 % of held-out lines and 91 % of
     # 128-token segments, as 600 did, in ~2.5 min on 2 idle cores (docs/training.md); the
     # ~35 s saved pay for part of the tagger's 6 s crops. 0 steps: start from scratch
@@ -205,28 +208,30 @@ def bench_config(cfg: DemoConfig, source: str, out: Path, limit: int | None, **k
 
 def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
     """A small CNNSA trained to tag the benchmark's audio slots; the captioners load it frozen.
-    A finished tagger in OUT/tagger is reused (by `train_tagger` itself)."""
+    A finished tagger in OUT/tagger is reused while its settings are these ones."""
     from recap.training import tagger
 
     out = cfg.root / "tagger"
-    metrics = tagger.train_tagger(
-        tagger.TaggerConfig(
-            data=str(data),
-            out=str(out),
-            preset=cfg.tagger_preset,
-            epochs=cfg.tagger_epochs,
-            batch_size=16,
-            lr=cfg.tagger_lr,
-            schedule=cfg.tagger_schedule,
-            crop_seconds=cfg.tagger_crop_seconds,
-            dropout=0.0,
-            token_loss_weight=1.0,
-            pitch_shift=cfg.tagger_pitch_shift,
-            chroma_loss_weight=cfg.tagger_chroma_weight,
-            seed=cfg.seed,
-            workers=cfg.workers,
-        )
+    settings = tagger.TaggerConfig(
+        data=str(data),
+        out=str(out),
+        preset=cfg.tagger_preset,
+        epochs=cfg.tagger_epochs,
+        batch_size=16,
+        lr=cfg.tagger_lr,
+        schedule=cfg.tagger_schedule,
+        crop_seconds=cfg.tagger_crop_seconds,
+        dropout=0.0,
+        token_loss_weight=1.0,
+        pitch_shift=cfg.tagger_pitch_shift,
+        chroma_loss_weight=cfg.tagger_chroma_weight,
+        chroma_rotation=cfg.tagger_chroma_rotation,
+        seed=cfg.seed,
+        workers=cfg.workers,
     )
+    # the demo owns its folder: a tagger trained with other settings (an older commit) is replaced
+    stale = bool(tagger.changed_settings(out, settings))
+    metrics = tagger.train_tagger(dataclasses.replace(settings, overwrite=stale))
     print(tagger.format_metrics(metrics))
     return out
 

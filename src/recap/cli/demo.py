@@ -32,6 +32,7 @@ def _handler(args: argparse.Namespace) -> int:
         tagger_preset=args.tagger_preset,
         tagger_epochs=args.tagger_epochs,
         tagger_lr=args.tagger_lr,
+        tagger_chroma_rotation=args.tagger_chroma_rotation,
         pretrain_steps=args.pretrain_steps,
         size=args.size,
         epochs=args.epochs,
@@ -108,10 +109,20 @@ def register(subparsers: Any) -> None:
         help="interpretations per rendering (more: more training rows, longer)",
     )
     p.add_argument(
-        "--tagger-preset", default=d.tagger_preset, help="tiny | mini | demo | small | reference"
+        "--tagger-preset",
+        default=d.tagger_preset,
+        help="tiny | mini | demo | demo-chroma | small | reference",
     )
     p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
     p.add_argument("--tagger-lr", type=float, default=d.tagger_lr)
+    p.add_argument(
+        "--tagger-chroma-rotation",
+        type=float,
+        default=d.tagger_chroma_rotation,
+        metavar="P",
+        help="share of the tagger's crops whose chroma rows and key tags roll (recap tagger train "
+        "--chroma-rotation)",
+    )
     p.add_argument(
         "--pretrain-steps",
         type=int,

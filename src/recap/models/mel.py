@@ -52,6 +52,19 @@ def htk_mel_filterbank(
     return torch.clamp(torch.minimum(down, up), min=0.0)
 
 
+def chroma_filterbank(
+    n_freqs: int, sample_rate: int, f_min: float = 60.0, f_max: float = 2000.0
+) -> torch.Tensor:
+    """(n_freqs, 12) 0/1 matrix giving each STFT bin between f_min and f_max to its nearest
+    pitch class (column 0 = C), as the tagger's chroma target and `recap bench probe` read it."""
+    freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)  # (F,)
+    band = (freqs > f_min) & (freqs < f_max)
+    fb = torch.zeros(n_freqs, 12)
+    midi = torch.round(12 * torch.log2(freqs[band] / 440.0) + 69).long()  # MIDI 60 is C
+    fb[band.nonzero().squeeze(1), midi % 12] = 1.0
+    return fb
+
+
 class Spectrogram(nn.Module):
     """Power spectrogram, torchaudio defaults: periodic Hann, center=True, reflect padding."""
 

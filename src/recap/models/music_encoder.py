@@ -3,6 +3,7 @@
 waveform (B, T) 16 kHz mono
   → log-mel: torch.stft power spectrogram → HTK mel filterbank → dB          (B, n_mels, frames)
   → BatchNorm2d(1) → 7 Res_2d blocks (frequency n_mels → 1, time ÷ 8)       (B, 2C, 1, T')
+  → [chroma_tokens only] + Linear(pitch-class profile of each token's frames) (B, T', 2C)
   → fixed CLS vector prepended                                              (B, 1 + T', 2C)
   → BERT-style post-LN transformer                                          (B, 1 + T', 2C)
   → [tagging only] pooler(CLS) → dropout → Linear → sigmoid                 (B, n_tags)
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recap.models.mel import MelSpectrogram
+from recap.models.mel import MelSpectrogram, chroma_filterbank
 from recap.utils import RecapError, atomic_path, atomic_write_json, known_fields
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class MusicEncoderConfig:
     # silence then sits at -100 dB and dominates the input BatchNorm's statistics, which slows
     # training from scratch on rendered audio (docs/results.md).
     top_db: float | None = None
+    # Beyond CNNSA, off in the reference: a pitch-class profile (chroma, 60 Hz-2 kHz) of each
+    # token's frames, linearly projected and added to the CNN's tokens before the transformer.
+    # The demo's 16-channel CNN carries the melody, accompaniment and tempo or a little of the
+    # key, not all four (docs/training.md "The demo tagger"); this hands it the pitch classes
+    # the key is read from. `log_mel` then returns n_mels + 12 rows: the chroma in dB last.
+    chroma_tokens: bool = False
     # CNN width; the transformer width is 2 * n_channels
     n_channels: int = 128
     # transformer
@@ -118,6 +125,11 @@ class MusicEncoderConfig:
         return 2 * self.n_channels
 
     @property
+    def log_mel_rows(self) -> int:
+        """Rows of `MusicEncoder.log_mel`: the mel bands, then 12 chroma rows if chroma_tokens."""
+        return self.n_mels + (12 if self.chroma_tokens else 0)
+
+    @property
     def n_freqs(self) -> int:
         """Rows of the one-sided spectrogram (257 for n_fft 512)."""
         return self.n_fft // 2 + 1
@@ -162,6 +174,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "top_db": 80.0,
     },
 }
+# `demo` with each token's pitch-class profile added (chroma_tokens): the demo's tagger since
+# run T (docs/results.md; docs/training.md "Chroma tokens").
+PRESETS["demo-chroma"] = {**PRESETS["demo"], "chroma_tokens": True}
 
 
 # ----------------------------------------------------------------------------- CNN
@@ -305,6 +320,10 @@ class MusicEncoder(nn.Module):
         widths = [1, c, c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c]  # channels into/out of each block
         for i, stride in enumerate(BLOCK_STRIDES):
             self.add_module(f"layer{i + 1}", Res_2d(widths[i], widths[i + 1], stride))
+        if config.chroma_tokens:
+            self.chroma_proj = nn.Linear(12, config.hidden_size)
+            fb = chroma_filterbank(config.n_freqs, config.sample_rate)  # (n_freqs, 12)
+            self.register_buffer("chroma_fb", fb, persistent=False)  # computed, not stored
         self.encoder = TransformerEncoder(config)
         self.pooler = Pooler(config)
         self.dropout = nn.Dropout(config.head_dropout)
@@ -342,7 +361,9 @@ class MusicEncoder(nn.Module):
         from recap.models.encoders import fingerprint_of
 
         fields = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
-        settings = {f: getattr(self.config, f) for f in fields}
+        settings: dict[str, Any] = {f: getattr(self.config, f) for f in fields}
+        if self.config.chroma_tokens:  # only then: older caches keep their keys
+            settings["chroma_tokens"] = True
         return fingerprint_of(settings, self.spec.state_dict())
 
     # -- shapes
@@ -361,7 +382,8 @@ class MusicEncoder(nn.Module):
     # -- stages
 
     def log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Waveform (B, T) or (T,) → dB log-mel (B, n_mels, frames), before the BatchNorm."""
+        """Waveform (B, T) or (T,) → dB log-mel (B, n_mels, frames), before the BatchNorm; with
+        chroma_tokens, (B, n_mels + 12, frames), the chroma's dB rows after the mel bands."""
         if waveform.dim() == 1:
             waveform = waveform.unsqueeze(0)  # (T,) → (1, T)
         if waveform.dim() != 2:
@@ -376,12 +398,41 @@ class MusicEncoder(nn.Module):
         waveform = waveform.to(device=self.spec_bn.weight.device, dtype=compute_dtype)
         # autocast would run the filterbank matmul in fp16, where loud frames overflow
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            mel = self.spec(waveform)  # (B, n_mels, frames) power
-        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))  # dB, ref 1.0; top_db: embed
+            power = self.spec.spectrogram(waveform)  # (B, n_freqs, frames)
+            mel = self.spec.mel_scale(power)  # (B, n_mels, frames) power
+            db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))  # dB, ref 1.0; top_db: embed
+            if self.config.chroma_tokens:
+                db = torch.cat([db, self.chroma_db(power)], dim=1)  # (B, n_mels + 12, frames)
+        return db
+
+    def chroma_db(self, power: torch.Tensor) -> torch.Tensor:
+        """Power spectrogram (B, n_freqs, frames) → pitch-class magnitudes in dB (B, 12, frames):
+        the square-rooted power (magnitude, so partials count less unequally) summed per class."""
+        magnitude = power.sqrt().transpose(-1, -2)  # (B, frames, n_freqs)
+        pcs = torch.matmul(magnitude, self.chroma_fb.to(power.dtype)).transpose(-1, -2)
+        return 10.0 * torch.log10(torch.clamp(pcs, min=1e-10))  # (B, 12, frames)
+
+    def _chroma_per_token(self, chroma_db: torch.Tensor) -> torch.Tensor:
+        """Chroma dB rows (B, 12, frames) → each token's pitch-class profile (B, T', 12), centred
+        (12 p - 1: 0 for a flat profile). A token covers 8 frames, as the CNN's time strides."""
+        stride = int(np.prod([s for _, s in BLOCK_STRIDES]))
+        magnitude = 10.0 ** (chroma_db.float() / 10.0)  # (B, 12, frames)
+        pooled = F.avg_pool1d(magnitude, stride, stride, ceil_mode=True)  # (B, 12, T')
+        profile = pooled / pooled.sum(dim=1, keepdim=True).clamp(min=1e-10)
+        return (12.0 * profile - 1.0).transpose(1, 2)  # (B, T', 12)
 
     def embed_log_mel(self, log_mel_db: torch.Tensor) -> torch.Tensor:
-        """dB log-mel (B, n_mels, frames) → last encoder layer's tokens (B, 1 + T', hidden)."""
+        """dB log-mel (B, n_mels, frames) → last encoder layer's tokens (B, 1 + T', hidden);
+        with chroma_tokens the input is `log_mel`'s (B, n_mels + 12, frames)."""
         x = log_mel_db.to(device=self.spec_bn.weight.device, dtype=self.spec_bn.weight.dtype)
+        if x.shape[-2] != self.config.log_mel_rows:
+            raise RecapError(
+                f"expected {self.config.log_mel_rows} log-mel rows, got {x.shape[-2]}: a log-mel "
+                "of another front end (a cache from an encoder with other settings?)"
+            )
+        chroma = None
+        if self.config.chroma_tokens:
+            x, chroma = x[:, : self.config.n_mels], x[:, self.config.n_mels :]
         if self.config.top_db is not None:
             peak = x.amax(dim=(-2, -1), keepdim=True)  # (B, 1, 1): each clip's loudest bin
             x = torch.maximum(x, peak - self.config.top_db)
@@ -389,6 +440,9 @@ class MusicEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)  # ... → (B, 2C, 1, T')
         x = x.squeeze(2).transpose(1, 2)  # (B, 2C, T') → (B, T', 2C)
+        if chroma is not None:
+            profile = self._chroma_per_token(chroma).to(x.dtype)  # (B, T', 12)
+            x = x + self.chroma_proj(profile)  # (B, T', 2C)
         cls = self.cls_vector.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, 2C), any batch
         x = torch.cat([cls, x], dim=1)  # (B, 1 + T', 2C)
         return self.encoder(x)

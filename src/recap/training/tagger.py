@@ -85,6 +85,13 @@ class TaggerConfig:
         "pitch shift) by soft cross-entropy, so that the tokens carry the pitch classes the "
         "key is read from; training-only, not saved; trains from the waveform cache",
     )
+    chroma_rotation: float = _opt(
+        0.0,
+        "with chroma_tokens: the share of training crops (0-1) whose 12 chroma rows roll by a "
+        "random k in 1..11, their key tags rotating by k and their mel rows left as they are, "
+        "so every song teaches the key in other transpositions and the key is read from the "
+        "pitch classes; trains from the log-mel cache",
+    )
     seed: int = _opt(0, "seed of the weights, crops, shifts and batch order")
     workers: int | None = _opt(None, "audio-decoding processes for the log-mel cache (None: all)")
     device: str = _opt("cpu", "torch device")
@@ -171,6 +178,7 @@ class PitchShifter:
 
         c = model.config
         self.spectrogram = model.spec.spectrogram
+        self.chroma_db = model.chroma_db if c.chroma_tokens else None
         self.max_shift = max_shift
         self.filterbanks = {
             k: htk_mel_filterbank(
@@ -180,11 +188,26 @@ class PitchShifter:
         }  # fmt: skip
 
     def __call__(self, waveforms: torch.Tensor, shifts: Sequence[int]) -> torch.Tensor:
-        """(B, samples) float, B shifts → dB log-mels (B, n_mels, frames), as `log_mel`."""
+        """(B, samples) float, B shifts → dB log-mels (B, rows, frames), as `log_mel`."""
         power = self.spectrogram(waveforms.float())  # (B, n_freqs, frames)
         fb = torch.stack([self.filterbanks[int(k)] for k in shifts]).to(power)  # (B, F, M)
         mel = torch.bmm(power.transpose(1, 2), fb).transpose(1, 2)  # (B, M, frames)
-        return 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        if self.chroma_db is None:
+            return db
+        chroma = self.chroma_db(power)  # (B, 12, frames): a k-semitone shift rolls it by k
+        chroma = torch.stack([c.roll(int(k), dims=0) for c, k in zip(chroma, shifts)])
+        return torch.cat([db, chroma], dim=1)  # (B, M + 12, frames)
+
+
+def rotate_chroma_rows(crops: np.ndarray, shifts: Sequence[int], n_mels: int) -> np.ndarray:
+    """(B, n_mels + 12, frames) log-mel crops with each crop's chroma rows (the last 12)
+    rolled by its k: pitch class p moves to p + k, as a k-semitone transposition would move
+    it. The mel rows stay."""
+    out = crops.copy()
+    for b, k in enumerate(shifts):
+        out[b, n_mels:] = np.roll(crops[b, n_mels:], int(k), axis=0)
+    return out
 
 
 def pitch_class_profile(waveforms: np.ndarray, sample_rate: int, n_fft: int = 4096) -> np.ndarray:
@@ -334,6 +357,25 @@ def _check_trainable(encoder: str) -> None:
         )
 
 
+# Settings that do not change what is trained: a finished tagger is reused when only these differ.
+_REUSE_MUTABLE = frozenset({"data", "out", "workers", "device", "progress", "overwrite"})
+
+
+def changed_settings(out: str | Path, config: TaggerConfig) -> list[str]:
+    """The settings a finished tagger in `out` was trained with other values of than `config`
+    ([] when `out` holds none); a setting an older tagger did not record counts at its default."""
+    path = Path(out) / CONFIG_NAME
+    if not path.is_file():
+        return []
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecapError(f"cannot read {path}: {exc}") from exc
+    defaults = TaggerConfig().to_dict()
+    now = config.to_dict()
+    return sorted(k for k in now if k not in _REUSE_MUTABLE and saved.get(k, defaults[k]) != now[k])
+
+
 def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     """Train the encoder on the audio tags of `config.data`; returns the test metrics (also
     written to OUT/tagger_metrics.json). A finished OUT is reused unless `overwrite`."""
@@ -349,6 +391,12 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         raise RecapError("the tagger needs --data (a benchmark folder) and --out")
     _check_trainable(cfg.preset)
     if (out / METRICS_NAME).is_file() and not cfg.overwrite:
+        changed = changed_settings(out, cfg)
+        if changed:
+            raise RecapError(
+                f"{out} holds a tagger trained with other settings ({', '.join(changed)}); "
+                "pass --overwrite to train it again, or use another --out"
+            )
         logger.info("%s holds a trained tagger; reusing it (--overwrite to retrain)", out)
         saved = json.loads((out / METRICS_NAME).read_text())
         metrics = saved["test"]
@@ -370,6 +418,14 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         cfg.preset, n_tags=len(tags), tag_names=list(tags), **dropouts
     )
     model = MusicEncoder(encoder_cfg).to(device)
+    if not 0.0 <= cfg.chroma_rotation <= 1.0:
+        raise RecapError(
+            f"chroma_rotation is a share of the crops (0-1), not {cfg.chroma_rotation}"
+        )
+    if cfg.chroma_rotation and not encoder_cfg.chroma_tokens:
+        raise RecapError("chroma_rotation needs an encoder with chroma_tokens (e.g. demo-chroma)")
+    if cfg.chroma_rotation and cfg.pitch_shift:
+        raise RecapError("chroma_rotation and pitch_shift both transpose: choose one")
 
     # Log-mels once, in the cache (they depend only on the mel front end, not on the weights);
     # with pitch shifts, the waveforms, whose crops are transposed at every step.
@@ -395,7 +451,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
         arrays = np.stack([store[s] for s in ids]) if ids else None
         waves = arrays if from_waves else None
         if arrays is None:
-            mels = np.zeros((0, encoder_cfg.n_mels, 1), np.float16)
+            mels = np.zeros((0, encoder_cfg.log_mel_rows, 1), np.float16)
         else:
             mels = log_mels_of(arrays) if from_waves else arrays
         targets = tag_matrix([songs[s]["truth"] for s in ids], tags)
@@ -416,7 +472,8 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     chroma_head = (
         torch.nn.Linear(encoder_cfg.hidden_size, 12).to(device) if chroma is not None else None
     )
-    rotations = key_rotations(tags, cfg.pitch_shift)  # {0: identity} without shifts
+    # {0: identity} without shifts; every k of a whole octave with chroma rotation
+    rotations = key_rotations(tags, 11 if cfg.chroma_rotation else cfg.pitch_shift)
 
     # Training-only linear probe on the mean token (B, hidden) → (B, n_tags); not saved.
     # Made only when used, so that the default run draws the same random numbers as before.
@@ -467,9 +524,14 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
                 )
             else:
                 crops = random_crops(train.log_mels[idx], frames, rng)
-                x = torch.from_numpy(crops).to(device).float()
                 targets = train.targets[idx]
                 shifts = np.zeros(len(idx), dtype=int)
+                if cfg.chroma_rotation:
+                    rolled = rng.random(len(idx)) < cfg.chroma_rotation
+                    shifts = np.where(rolled, rng.integers(1, 12, size=len(idx)), 0)
+                    crops = rotate_chroma_rows(crops, shifts, encoder_cfg.n_mels)
+                    targets = np.stack([t[rotations[int(k)]] for t, k in zip(targets, shifts)])
+                x = torch.from_numpy(crops).to(device).float()
             y = torch.from_numpy(targets).to(device)
             sequence = model.embed_log_mel(x)  # (B, 1 + T', hidden)
             logits = model.tag_logits_from_sequence(sequence)  # (B, n_tags)
