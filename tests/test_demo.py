@@ -70,6 +70,22 @@ def test_the_recorded_command_reproduces_the_run():
         "recap demo --source music21 --out runs/demo --seeds 0,1,2 --epochs 4 --free-quotes "
         "--free-words"
     )
+    # every setting that changes the results is named: by its flag, or from Python
+    cfg = DemoConfig(
+        tagger_preset="demo", tagger_chroma_rotation=0.5, lyrics_dropout=0.5, workers=1,
+        tagger_crop_seconds=2.0,
+    )  # fmt: skip
+    assert demo_command(cfg) == (
+        "recap demo --source music21 --out runs/demo --tagger-preset demo "
+        "--tagger-chroma-rotation 0.5 --lyrics-dropout 0.5 "
+        "with DemoConfig(tagger_crop_seconds=2.0) from Python"
+    )
+    from recap.cli import build_parser
+
+    flags = build_parser().parse_args(
+        ["demo", "--tagger-preset", "demo", "--lyrics-dropout", "0.5"]
+    )
+    assert (flags.tagger_preset, flags.lyrics_dropout) == ("demo", 0.5)  # the flags exist
 
 
 def test_the_weight_average_is_a_demo_flag_and_recorded():

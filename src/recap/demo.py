@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 @dataclass
 class DemoConfig:
-    """The demo's budget. The defaults fit `make demo` (music21, 2 CPU cores: 18.9 min, run R)."""
+    """The demo's budget. The defaults fit `make demo` (music21, 2 CPU cores: 15.9 min, run T)."""
 
     source: str = "music21"
     out: str = "runs/demo"
@@ -469,8 +469,25 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# DemoConfig fields `recap demo` takes as `--flag VALUE` (the field's name with dashes), in the
+# order the recorded command lists them when they differ from `make demo`.
+_VALUE_FLAGS = (
+    "epochs", "seed", "limit", "comments_per_render", "tagger_preset", "tagger_epochs",
+    "tagger_lr", "tagger_chroma_rotation", "pretrain_steps", "size", "max_steps",
+    "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram",
+)  # fmt: skip
+# Fields that change where or how fast the demo runs, not what it measures.
+_NOT_RESULTS = frozenset({"source", "out", "workers", "eval_batch_size", "seeds", "full"})
+# Fields recorded otherwise: by a switch, or (train_overrides) entry by entry.
+_RECORDED_OTHERWISE = frozenset(
+    {"coupling", "quote_lyrics", "known_words", "meteor15", "train_overrides"}
+)
+
+
 def demo_command(cfg: DemoConfig) -> str:
-    """The command line that reproduces this demo (the options that differ from `make demo`)."""
+    """The command line that reproduces this demo (the options that differ from `make demo`);
+    settings with no flag that differ are named after it as a `DemoConfig(...)` from Python."""
+    default = DemoConfig()
     parts = [f"recap demo --source {cfg.source} --out {cfg.out}"]
     if cfg.full:
         parts.append("--full")
@@ -478,15 +495,33 @@ def demo_command(cfg: DemoConfig) -> str:
         parts.append(f"--coupling {cfg.coupling:g}")
     if cfg.seeds:
         parts.append("--seeds " + ",".join(str(s) for s in cfg.seeds))
-    if cfg.epochs != DemoConfig.epochs:
-        parts.append(f"--epochs {cfg.epochs}")
+    for name in _VALUE_FLAGS:
+        value = getattr(cfg, name)
+        if value != getattr(default, name):
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            parts.append(f"--{name.replace('_', '-')} {shown}")
     ema = cfg.train_overrides.get("ema_decay", 0.0)
-    if ema != DemoConfig().train_overrides["ema_decay"]:
+    if ema != default.train_overrides["ema_decay"]:
         parts.append(f"--ema-decay {ema:g}")
     if not cfg.quote_lyrics:
         parts.append("--free-quotes")
     if not cfg.known_words:
         parts.append("--free-words")
+    if not cfg.meteor15:
+        parts.append("--no-meteor15")
+    flagged = set(_VALUE_FLAGS) | _NOT_RESULTS | _RECORDED_OTHERWISE
+    others = [
+        f"{f.name}={getattr(cfg, f.name)!r}"
+        for f in dataclasses.fields(DemoConfig)
+        if f.name not in flagged and getattr(cfg, f.name) != getattr(default, f.name)
+    ]
+    others += [
+        f"train_overrides[{k!r}]={v!r}"
+        for k, v in cfg.train_overrides.items()
+        if k != "ema_decay" and default.train_overrides.get(k) != v
+    ]
+    if others:
+        parts.append("with DemoConfig(" + ", ".join(others) + ") from Python")
     return " ".join(parts)
 
 
