@@ -242,3 +242,11 @@ def test_chroma_token_tagger_trains_from_the_log_mel_cache(tmp_path):
     assert train_tagger(dataclasses.replace(cfg, workers=1, progress=True)) == metrics
     with pytest.raises(RecapError, match="other settings .*epochs"):
         train_tagger(dataclasses.replace(cfg, epochs=2))
+    # a tagger written before a setting existed counts it at its default (0 here, not 0.5)
+    from recap.training.tagger import CONFIG_NAME, changed_settings
+
+    saved = json.loads((tmp_path / "enc" / CONFIG_NAME).read_text())
+    del saved["chroma_rotation"]
+    (tmp_path / "enc" / CONFIG_NAME).write_text(json.dumps(saved))
+    assert changed_settings(tmp_path / "enc", cfg) == ["chroma_rotation"]
+    assert changed_settings(tmp_path / "enc", dataclasses.replace(cfg, chroma_rotation=0.0)) == []

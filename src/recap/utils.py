@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,21 @@ def known_fields(cls: type, data: Mapping[str, Any], what: str | None = None) ->
     if unknown:
         raise RecapError(f"unknown {what or cls.__name__} field(s): {', '.join(unknown)}")
     return dict(data)
+
+
+def differing_settings(
+    saved: Mapping[str, Any],
+    now: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    ignore: Collection[str] = (),
+) -> list[str]:
+    """The settings, `ignore` left out, whose value a finished folder was written with (`saved`)
+    differs from `now`. A setting the folder does not record (added to the code since) counts at
+    its value in `defaults`; one it records that `now` lacks (removed since) differs."""
+    saved = {**defaults, **saved}
+    return sorted(
+        k for k in saved.keys() | now.keys() if k not in ignore and saved.get(k) != now.get(k)
+    )
 
 
 def flag_field(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse

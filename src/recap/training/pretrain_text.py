@@ -65,7 +65,7 @@ from recap.training.text_corpus import (
     read_corpus,
     split_corpus,
 )
-from recap.utils import RecapError, atomic_write_json
+from recap.utils import RecapError, atomic_write_json, differing_settings
 
 logger = logging.getLogger(__name__)
 
@@ -288,10 +288,7 @@ def _cap_at(step: int, cfg: PretrainConfig) -> int:
 def _same_settings(saved: dict[str, Any], now: dict[str, Any]) -> bool:
     """Whether a folder written with `saved` settings is what `now` would train. A setting
     added to the code after the folder was written counts as equal at its default value."""
-    defaults = PretrainConfig().to_dict()
-    strip = lambda d: {k: v for k, v in d.items() if k not in REUSE_MUTABLE}  # noqa: E731
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    return strip(saved) == strip(now)
+    return not differing_settings(saved, now, PretrainConfig().to_dict(), REUSE_MUTABLE)
 
 
 def is_finished(out: str | Path, cfg: PretrainConfig) -> bool:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recap.utils import RecapError, atomic_write_json, flag_field
+from recap.utils import RecapError, atomic_write_json, differing_settings, flag_field, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -367,13 +367,8 @@ def changed_settings(out: str | Path, config: TaggerConfig) -> list[str]:
     path = Path(out) / CONFIG_NAME
     if not path.is_file():
         return []
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecapError(f"cannot read {path}: {exc}") from exc
-    defaults = TaggerConfig().to_dict()
-    now = config.to_dict()
-    return sorted(k for k in now if k not in _REUSE_MUTABLE and saved.get(k, defaults[k]) != now[k])
+    saved = read_json(path, "tagger settings")
+    return differing_settings(saved, config.to_dict(), TaggerConfig().to_dict(), _REUSE_MUTABLE)
 
 
 def train_tagger(config: TaggerConfig) -> dict[str, Any]:
