@@ -81,11 +81,13 @@ def test_the_recorded_command_reproduces_the_run():
         "with DemoConfig(tagger_crop_seconds=2.0) from Python"
     )
     from recap.cli import build_parser
+    from recap.demo import _VALUE_FLAGS
 
     flags = build_parser().parse_args(
         ["demo", "--tagger-preset", "demo", "--lyrics-dropout", "0.5"]
     )
-    assert (flags.tagger_preset, flags.lyrics_dropout) == ("demo", 0.5)  # the flags exist
+    assert (flags.tagger_preset, flags.lyrics_dropout) == ("demo", 0.5)
+    assert set(_VALUE_FLAGS) <= set(vars(flags))  # every recorded flag is one `recap demo` takes
 
 
 def test_the_weight_average_is_a_demo_flag_and_recorded():

@@ -477,11 +477,13 @@ _VALUE_FLAGS = (
     "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram",
 )  # fmt: skip
 # Fields that change where or how fast the demo runs, not what it measures.
-_NOT_RESULTS = frozenset({"source", "out", "workers", "eval_batch_size", "seeds", "full"})
-# Fields recorded otherwise: by a switch, or (train_overrides) entry by entry.
-_RECORDED_OTHERWISE = frozenset(
-    {"coupling", "quote_lyrics", "known_words", "meteor15", "train_overrides"}
-)
+_NOT_RESULTS = frozenset({"workers", "eval_batch_size"})
+# Fields recorded otherwise: in the command's head, by a switch, or (train_overrides) entry by
+# entry.
+_RECORDED_OTHERWISE = frozenset({
+    "source", "out", "full", "coupling", "seeds", "quote_lyrics", "known_words", "meteor15",
+    "train_overrides",
+})  # fmt: skip
 
 
 def demo_command(cfg: DemoConfig) -> str:
