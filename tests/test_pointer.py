@@ -9,6 +9,7 @@ import torch
 from recap.models.config import RecapConfig
 from recap.models.model import RecapModel
 from recap.models.tokenizer import train_bpe_tokenizer
+from recap.utils import RecapError
 
 TEXTS = ["Meine Seel’ erhebt den Herren; und mein Geist freut sich", "1. Was mein Gott will"] * 20
 
@@ -173,3 +174,44 @@ def test_state_bonus_starts_as_the_fixed_bonus_and_can_stop_a_quotation():
     with torch.no_grad():  # the state says "do not continue": no bonus leads the pointer on
         moving.copy_head.bonus_offset.bias.fill_(-20.0)
     assert _generate(moving, num_beams=3) != SOURCE
+
+
+def test_word_occurrences_count_each_word_of_the_source():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer), copy_word_counts=4)
+    model.attach_tokenizer(tokenizer)
+    text = "Mein Herren Geist, und Herren; freut Herren Geist Herren Gott"
+    ids = torch.tensor([tokenizer(text)["input_ids"]] * 2)  # (2, S)
+    mask = torch.ones_like(ids)
+    mask[1, -6:] = 0  # the second row's last two words are padding
+    counts = model.copy_head.word_occurrences(ids, mask)
+    starts, _ = model.copy_head.word_starts(ids)
+    per_word = [c for c, s in zip(counts[0].tolist(), starts[0].tolist()) if s]
+    # Mein ×1, Herren ×4, Geist ×2, und ×1, freut ×1, Gott ×1
+    assert per_word == [1, 4, 2, 1, 4, 1, 4, 2, 4, 1]
+    # every piece of a word carries its count; punctuation and <s>, </s> carry none
+    tokens = tokenizer.convert_ids_to_tokens(ids[0])
+    for token, count in zip(tokens, counts[0].tolist()):
+        piece = tokenizer.convert_tokens_to_string([token]).strip()
+        assert (count == 0) == (not piece[:1].isalpha()), (piece, count)
+    # padding is not counted, and carries nothing itself: Herren occurs 3 times in the second row
+    assert counts[1, -6:].tolist() == [0] * 6
+    assert counts[1, 2].item() == 3 and counts[1, 4].item() == 2
+    capped = copying_model(vocab_size=len(tokenizer), copy_word_counts=3)
+    capped.attach_tokenizer(tokenizer)
+    assert capped.copy_head.word_occurrences(ids, mask)[0].max().item() == 3
+
+
+def test_word_counts_start_as_the_head_without_them():
+    ids = torch.tensor([SOURCE])
+    music = torch.zeros(1, 5, RecapConfig.preset("recap", "tiny").music_dim)
+    labels = torch.tensor([[11, 12, 13, 2]])
+    plain = copying_model()
+    counting = copying_model(copy_word_counts=4)
+    counting.load_state_dict(plain.state_dict(), strict=False)  # the count embedding stays at 0
+    with torch.no_grad():
+        a = plain(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
+        b = counting(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
+    torch.testing.assert_close(a, b)
+    with pytest.raises(RecapError, match="copy_word_positions"):
+        copying_model(copy_word_positions=0, copy_word_counts=4)

@@ -155,6 +155,9 @@ class RecapConfig:
     # every preset: in `make demo` over three seeds it helped RECAP, cost BART-fusion and left
     # BART where it was (docs/results.md, run N).
     copy_word_pieces: bool = False
+    # With word positions: how often each lyrics token's word occurs in the lyrics (capped here)
+    # is seen by the head, so the song's recurring key words stand out (pointer.py). 0 = off.
+    copy_word_counts: int = 0
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.
@@ -193,6 +196,10 @@ class RecapConfig:
             raise RecapError(
                 f"align_layer {self.align_layer} must index hidden states 0..{self.encoder_layers}"
             )
+        if self.copy_word_counts < 0:
+            raise RecapError(f"copy_word_counts must be >= 0, got {self.copy_word_counts}")
+        if self.copy_word_counts and not (self.copy_head and self.copy_word_positions):
+            raise RecapError("copy_word_counts needs copy_head and copy_word_positions > 0")
         if self.fusion_layers and not self.use_music:
             raise RecapError("fusion_layers need use_music=True (fusion attends to the music)")
         if self.align_weight and not self.use_music:

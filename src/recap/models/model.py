@@ -145,6 +145,7 @@ class RecapModel(PretrainedMixin, nn.Module):
                 config.copy_follow_bigram,
                 config.copy_state_bonus,
                 config.copy_word_pieces,
+                config.copy_word_counts,
             )
             if config.copy_head
             else None

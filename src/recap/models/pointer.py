@@ -40,6 +40,13 @@ mich selig and Herren"). With `word_pieces` each source token also carries a lea
 its kind — begins a word, continues one, neither (punctuation) — so pointing at the piece after a
 key word tells whether that word is complete.
 
+Which words matter is partly how often they recur: the captions name a song's key words, and a
+head that sees each source token alone has to count occurrences through attention, which the small
+captioners did not learn (salient-word F1 37-49 % in run T, docs/results.md). With `word_counts`
+> 0 each source token carries a learned embedding of how many times its word occurs in the source
+(capped; words compare by their token ids, so "Herr" and "herr" are two words), the term-frequency
+feature of Nallapati et al. (2016)'s feature-rich pointer-generator encoder.
+
 It is attached to BART's `lm_head` as a forward hook, so Hugging Face's `generate` (beam search,
 sampling, caches) runs unchanged; the returned "logits" are log-probabilities, which every
 decoding strategy and the cross-entropy treat exactly as logits. `RecapModel` sets the source
@@ -66,6 +73,7 @@ class CopyHead(nn.Module):
         follow_bigram: bool = False,
         state_bonus: bool = False,
         word_pieces: bool = False,
+        word_counts: int = 0,
     ) -> None:
         super().__init__()
         self.query = nn.Linear(d_model, d_model)
@@ -97,6 +105,13 @@ class CopyHead(nn.Module):
             # 0 = neither, 1 = begins a word, 2 = continues one; zero: starts as the head without
             self.piece_embedding = nn.Embedding(3, d_model)
             nn.init.zeros_(self.piece_embedding.weight)
+        if word_counts and not word_positions:
+            raise ValueError("word_counts needs word_positions (the word-start table)")
+        self.word_counts = word_counts
+        if word_counts:
+            # 0 = not in a word, k = the word occurs k times (capped); zero: starts as without
+            self.count_embedding = nn.Embedding(word_counts + 1, d_model)
+            nn.init.zeros_(self.count_embedding.weight)
         self._source: tuple[torch.Tensor, ...] | None = None
         self._decoder_ids: torch.Tensor | None = None
         self._history: torch.Tensor | None = None
@@ -134,6 +149,36 @@ class CopyHead(nn.Module):
         starts, lettered = self.word_starts(ids)
         return torch.where(starts, 1, torch.where(lettered, 2, 0))
 
+    def word_occurrences(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, S) token ids and attention mask → (B, S) how many times the word each token
+        belongs to occurs in its row (0 for tokens outside words), capped at `word_counts`.
+
+        A word is a word-initial token and the letter-initial pieces right after it; two words
+        are the same when their token ids are."""
+        starts, lettered = self.word_starts(ids)
+        starts, lettered = starts & (mask > 0), lettered & (mask > 0)
+        batch, length = ids.shape
+        position = torch.arange(length, device=ids.device).expand(batch, -1)  # (B, S)
+        start_at = torch.where(starts, position, -1).cummax(dim=1).values  # (B, S): word's start
+        breaks = (~lettered).long().cumsum(dim=1)  # (B, S): non-letter tokens so far
+        at_start = breaks.gather(1, start_at.clamp_min(0))
+        in_word = lettered & (start_at >= 0) & (breaks == at_start)  # no break since the start
+        word = torch.where(in_word, starts.long().cumsum(dim=1), 0)  # (B, S): 1.. ; 0 = none
+        # Per word: length, first id and two sums over its pieces identify its token sequence.
+        piece = (position - start_at).clamp_min(0)  # (B, S): index of the token in its word
+        value = (ids.long() + 1) * in_word
+        features = torch.stack(
+            [in_word.long(), value * starts, value * (piece + 1), value * value], dim=-1
+        )  # (B, S, 4)
+        per_word = torch.zeros(batch, length + 1, 4, dtype=torch.long, device=ids.device)
+        per_word.scatter_add_(1, word[..., None].expand(-1, -1, 4), features)  # (B, W, 4)
+        per_word = per_word[:, 1:]  # (B, W, 4): slot 0 collected the tokens outside words
+        same = per_word[:, :, None, 0] > 0  # (B, W, 1)
+        for k in range(4):
+            same = same & (per_word[:, :, None, k] == per_word[:, None, :, k])  # (B, W, W)
+        counts = F.pad(same.sum(dim=-1), (1, 0))  # (B, W + 1): slot 0 = outside words
+        return counts.gather(1, word).clamp_max(self.word_counts)  # (B, S)
+
     @contextmanager
     def attend(
         self, encoder_states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -147,6 +192,9 @@ class CopyHead(nn.Module):
             states = states + self.word_embedding(self.word_numbers(input_ids))  # (B, S, d)
         if self.word_pieces:
             states = states + self.piece_embedding(self.piece_kinds(input_ids))  # (B, S, d)
+        if self.word_counts:
+            counts = self.word_occurrences(input_ids, attention_mask)  # (B, S)
+            states = states + self.count_embedding(counts)  # (B, S, d)
         previous = F.pad(states[:, :-1], (0, 0, 1, 0))  # (B, S, d): state of position s - 1
         keys = self.key(states) + self.key_previous(previous)  # (B, S, d)
         self._source = (states, keys, input_ids, attention_mask)
