@@ -215,3 +215,58 @@ def test_word_counts_start_as_the_head_without_them():
     torch.testing.assert_close(a, b)
     with pytest.raises(RecapError, match="copy_word_positions"):
         copying_model(copy_word_positions=0, copy_word_counts=4)
+
+
+def test_coverage_counts_the_caption_so_far_alike_in_training_and_generation():
+    head = copying_model(copy_coverage=2).copy_head
+    ids = torch.tensor([SOURCE])  # <s> a b x c b y </s>
+    read = torch.tensor([[2, 0, 11, 12, 11]])  # the decoder reads </s> <s> b x b
+    written = head._written(read, ids)  # (1, T, S)
+    # "b" (source positions 2 and 5) was read 0, 0, 1, 1, 2 times up to each position
+    assert written[0, :, 2].tolist() == [0, 0, 1, 1, 2] == written[0, :, 5].tolist()
+    assert written[0, :, 3].tolist() == [0, 0, 0, 1, 1]  # x
+    assert written[0, :, 7].tolist() == [1, 1, 1, 1, 1]  # </s>, the decoder start
+    assert head._written(torch.tensor([[2, 11, 11, 11]]), ids)[0, -1, 2].item() == 2  # capped
+    # generating with a cache, the decoder reads one token; the history holds the caption
+    head.read_history(read)  # outside `attend` there is no source: nothing is kept
+    assert head._history is None
+    head._history = read
+    torch.testing.assert_close(head._written(read[:, -1:], ids), written[:, -1:])
+    assert head._written(torch.tensor([[12]]), ids) is None  # a history that does not line up
+
+
+def test_coverage_is_the_same_with_and_without_a_cache_and_changes_what_is_copied():
+    ids = torch.tensor([SOURCE])
+    music = torch.zeros(1, 5, RecapConfig.preset("recap", "tiny").music_dim)
+
+    def scores(model: RecapModel, **kwargs) -> tuple[list[int], torch.Tensor]:
+        out = model.generate(
+            ids,
+            torch.ones_like(ids),
+            music_embeds=music,
+            max_new_tokens=8,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
+        return out.sequences[0].tolist(), torch.stack(out.scores, dim=1)[0]
+
+    plain = copying_model(copy_word_positions=0)
+    covering = copying_model(copy_word_positions=0, copy_coverage=2)
+    covering.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        for model in (plain, covering):
+            model.copy_head.gate.bias.fill_(-30.0)  # always copy: the pointer decides
+    start, zero = scores(plain), scores(covering)  # the coverage embedding starts at 0
+    assert start[0] == zero[0]
+    torch.testing.assert_close(start[1], zero[1])
+    with torch.no_grad():
+        covering.copy_head.coverage_embedding.weight.normal_(0.0, 5.0)
+    cached, uncached = scores(covering), scores(covering, use_cache=False)
+    assert cached[0] == uncached[0]
+    torch.testing.assert_close(cached[1], uncached[1], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(cached[1], start[1])
+    assert _generate(covering, num_beams=3) == _generate(covering, num_beams=3, use_cache=False)
+    with pytest.raises(RecapError, match="copy_head"):
+        RecapConfig.preset("recap", "tiny", copy_coverage=2)

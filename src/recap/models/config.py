@@ -158,6 +158,9 @@ class RecapConfig:
     # With word positions: how often each lyrics token's word occurs in the lyrics (capped here)
     # is seen by the head, so the song's recurring key words stand out (pointer.py). 0 = off.
     copy_word_counts: int = 0
+    # With a copy head: how many times each lyrics token has already been written (capped here)
+    # informs where the head points, so a listed key word is not listed again (pointer.py). 0 = off.
+    copy_coverage: int = 0
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.
@@ -200,6 +203,10 @@ class RecapConfig:
             raise RecapError(f"copy_word_counts must be >= 0, got {self.copy_word_counts}")
         if self.copy_word_counts and not (self.copy_head and self.copy_word_positions):
             raise RecapError("copy_word_counts needs copy_head and copy_word_positions > 0")
+        if self.copy_coverage < 0:
+            raise RecapError(f"copy_coverage must be >= 0, got {self.copy_coverage}")
+        if self.copy_coverage and not self.copy_head:
+            raise RecapError("copy_coverage needs copy_head")
         if self.fusion_layers and not self.use_music:
             raise RecapError("fusion_layers need use_music=True (fusion attends to the music)")
         if self.align_weight and not self.use_music:

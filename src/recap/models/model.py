@@ -146,6 +146,7 @@ class RecapModel(PretrainedMixin, nn.Module):
                 config.copy_state_bonus,
                 config.copy_word_pieces,
                 config.copy_word_counts,
+                config.copy_coverage,
             )
             if config.copy_head
             else None
@@ -566,9 +567,10 @@ class RecapModel(PretrainedMixin, nn.Module):
     def _copy_head_reads_history(self) -> Iterator[None]:
         """With a cache BART's decoder reads only the last generated token; the copy head's
         bigram bonus also needs the one before. `prepare_inputs_for_generation` sees the whole
-        sequence at every step (rows already reordered by beam search): hand it to the head."""
+        sequence at every step (rows already reordered by beam search): hand it to the head
+        (its coverage counts the whole caption so far too)."""
         head = self.copy_head
-        if head is None or not head.follow_bigram:
+        if head is None or not (head.follow_bigram or head.coverage):
             yield
             return
         prepare = self.bart.prepare_inputs_for_generation
