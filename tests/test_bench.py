@@ -27,7 +27,7 @@ from recap.bench import (
 from recap.bench.build import BuildConfig, build_benchmark, rng_for
 from recap.bench.coupling import COUPLING, Rendering, is_coupled, theme_and_colour, transpose_to
 from recap.bench.facts import lyrics_facts
-from recap.bench.scoring import first_line_miss
+from recap.bench.scoring import first_line_miss, salient_words_miss
 from recap.bench.slots import (
     ALL_SLOTS,
     MELODY_INSTRUMENTS,
@@ -501,3 +501,26 @@ def test_each_comment_has_its_audio_only_sentences(built):
         assert {s: parsed.get(s) for s in AUDIO_SLOTS} == {s: row["slots"][s] for s in AUDIO_SLOTS}
         assert not any(parsed.get(s) for s in LYRICS_SLOTS), parsed
         assert row["slots"]["first_line"] not in heard
+
+
+def test_salient_word_misses_say_whether_a_list_was_unreadable_or_repeated():
+    truth = {"salient_words": ["Seel", "erhebt", "Herren"]}
+    captions = [
+        "Its key words, Seel, erhebt and Herren, speak of faith.",  # right
+        "Its key words, seel, Erhebt and herren, speak of faith.",  # right: scoring normalises
+        "Its key words, Seel’ erhebt and Herren, speak of faith.",  # two words run together
+        "Its key words, Herren, Seel and Herren, speak of faith.",  # one named twice
+        "Words like Seel, Gott and Herren point to faith.",  # one wrong
+        "A harp supports a choir that leads the melody.",  # no words sentence
+    ]
+    report = score_captions(captions, [truth] * len(captions))
+    assert report["salient_word_misses"] == {
+        "not_stated": 1,
+        "unreadable": 1,
+        "repeated": 1,
+        "other_words": 1,
+    }
+    assert (
+        salient_words_miss(captions[0], ["Seel", "erhebt", "Herren"], truth["salient_words"])
+        is None
+    )

@@ -47,6 +47,10 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         assert "lyrics_gap" in slots["diagnosis"]
         misses = slots["first_line_misses"]  # why the wrong quotes are wrong, counted
         assert sum(misses.values()) == round((1 - slots["accuracy"]["first_line"]) * slots["n"])
+        # and the wrong word lists: none unless the F1 is below 1
+        word_misses = slots["salient_word_misses"]
+        assert set(word_misses) == {"not_stated", "unreadable", "repeated", "other_words"}
+        assert (sum(word_misses.values()) == 0) == (slots["salient_words_f1"] == 1.0)
     md = (root / "results.md").read_text(encoding="utf-8")
     assert "swap: A's audio" in md and "Table 1" in md
     assert (root / "experiments" / "sweep.png").is_file()

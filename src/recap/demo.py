@@ -417,6 +417,7 @@ def slot_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "accuracy": acc.get("accuracy", {}),
                 "salient_words_f1": (acc.get("salient_words") or {}).get("f1"),
                 "first_line_misses": acc.get("first_line_misses"),
+                "salient_word_misses": acc.get("salient_word_misses"),
                 "contradicting_captions": acc.get("contradicting_captions"),
                 "audio_mean": acc.get("audio_mean"),
                 "lyrics_mean": acc.get("lyrics_mean"),
@@ -450,6 +451,14 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
             )
         f1 = s["salient_words_f1"]
         cells.append("—" if f1 is None else f"{100 * f1:.0f}")
+        wrong = s.get("salient_word_misses")
+        if wrong and f1 is not None:
+            # Why the word lists fail: unreadable (words run together), a word named twice,
+            # or missing / other words.
+            cells[-1] += (
+                f" ({wrong['unreadable']} / {wrong['repeated']} / "
+                f"{wrong['not_stated'] + wrong['other_words']})"
+            )
         # captions giving a slot two values (counted wrong for that slot)
         torn = s.get("contradicting_captions")
         cells.append("—" if torn is None else str(torn))
@@ -553,7 +562,10 @@ def results_markdown(
         *slot_markdown(slots or []),
         "",
         "First line (a / b / c): of the wrong ones, a quote that ran on past the line, one "
-        "that stopped short, and one missing or of other words. Dependence: how far two songs' "
+        "that stopped short, and one missing or of other words. Salient words F1 (a / b / c): "
+        "of the wrong word lists, one the parser cannot read (most often two words run "
+        "together), one naming a word twice, and one missing or of other words. "
+        "Dependence: how far two songs' "
         "lyrics-encoder outputs are apart as a share of their embeddings (≈ 0: collapsed). "
         "Distinct: different captions / different inputs (in brackets, apart: the percentage "
         "of inputs whose caption no input with other true facts shares). Swap: captions of "

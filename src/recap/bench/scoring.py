@@ -6,9 +6,9 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from recap.bench.facts import normalize_phrase, words
+from recap.bench.facts import SALIENT_WORDS, normalize_phrase, words
 from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, LYRICS_SLOTS
-from recap.bench.templates import contradicted_slots, parse_caption
+from recap.bench.templates import begins_words_sentence, contradicted_slots, parse_caption
 from recap.utils import RecapError
 
 EXACT_SLOTS = tuple(
@@ -72,18 +72,37 @@ def first_line_miss(predicted: object, true: object) -> str | None:
     return "other_words"
 
 
+SALIENT_WORD_MISSES = ("not_stated", "unreadable", "repeated", "other_words")
+
+
+def salient_words_miss(caption: str, predicted: object, true: object) -> str | None:
+    """Why a caption's salient words are not the true ones, or None when they all are: no
+    "words" sentence (`not_stated`); one the parser cannot read, most often two words run
+    together without a comma (`unreadable`); a list naming one word twice (`repeated`);
+    three different words, some of them wrong (`other_words`)."""
+    if not predicted:
+        return "unreadable" if begins_words_sentence(caption) else "not_stated"
+    said = {normalize_phrase(str(w)) for w in predicted}  # type: ignore[union-attr]
+    wanted = {normalize_phrase(str(w)) for w in true}  # type: ignore[union-attr]
+    if said == wanted:
+        return None
+    return "repeated" if len(said) < SALIENT_WORDS else "other_words"
+
+
 def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, object]]) -> dict:
     """Per-slot accuracy (a slot the caption does not state, or states with two different values,
     counts as wrong), micro precision / recall / F1 of the salient words, and the means over
     audio and lyrics slots (the lyrics mean counts salient-word F1 as that slot's score).
     `first_line_misses` counts the wrong first lines by `first_line_miss`'s reason: a quote's
-    length and its words fail differently. `contradicted` counts, per slot, the captions that
+    length and its words fail differently; `salient_word_misses` the wrong word lists by
+    `salient_words_miss`'s. `contradicted` counts, per slot, the captions that
     give it two values (`contradicting_captions`: those with any such slot)."""
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
     n = len(predictions)
     correct = dict.fromkeys(EXACT_SLOTS, 0)
     misses = dict.fromkeys(FIRST_LINE_MISSES, 0)
+    word_misses = dict.fromkeys(SALIENT_WORD_MISSES, 0)
     contradicted = dict.fromkeys(EXACT_SLOTS, 0)
     contradicting = 0
     tp = n_pred = n_true = 0
@@ -100,6 +119,12 @@ def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, obj
                 contradicted[slot] += 1
             else:
                 correct[slot] += _same(slot, parsed.get(slot), truth.get(slot))
+        if truth.get("salient_words"):
+            word_miss = salient_words_miss(
+                caption, parsed.get("salient_words"), truth["salient_words"]
+            )
+            if word_miss:
+                word_misses[word_miss] += 1
         pred_words = {normalize_phrase(str(w)) for w in parsed.get("salient_words", ())}  # type: ignore[union-attr]
         true_words = {normalize_phrase(str(w)) for w in truth.get("salient_words", ())}  # type: ignore[union-attr]
         tp += len(pred_words & true_words)
@@ -115,6 +140,7 @@ def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, obj
         "n": n,
         "accuracy": acc,
         "first_line_misses": misses,
+        "salient_word_misses": word_misses,
         "contradicted": contradicted,
         "contradicting_captions": contradicting,
         "salient_words": {"precision": precision, "recall": recall, "f1": f1},

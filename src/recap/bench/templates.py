@@ -68,6 +68,9 @@ _WORDS_SENTENCES = [
     )
     for t in SENTENCES["words"]
 ]
+# Each "words" sentence up to its first word place: a caption that begins one and does not
+# parse listed its words in a form the parser cannot read (most often two words run together).
+_WORDS_OPENINGS = tuple(t[: t.index("{w1}")] for t in SENTENCES["words"])
 _KEY = re.compile(r"\bkey of ([A-G](?:-flat|-sharp)?)(?![\w-])")
 
 
@@ -164,6 +167,11 @@ def parse_caption(text: str) -> dict[str, object]:
     slots, stated = _read(text)
     slots.update({slot: values[0] for slot, values in stated.items()})
     return slots
+
+
+def begins_words_sentence(text: str) -> bool:
+    """Whether the caption begins one of the "words" sentences (read or not by the parser)."""
+    return any(opening in text for opening in _WORDS_OPENINGS)
 
 
 def contradicted_slots(text: str) -> list[str]:
