@@ -60,19 +60,28 @@ def test_piece_kinds_mark_where_each_word_ends_past_the_capped_numbers():
     assert max(model.copy_head.word_numbers(ids)[0].tolist()) == 2  # the numbers say no more
 
 
-def test_word_pieces_start_as_the_head_without_them():
+@pytest.mark.parametrize(
+    ("option", "needs"),
+    [
+        ({"copy_word_pieces": True}, "word_positions"),  # the head's own check (ValueError)
+        ({"copy_word_counts": 4}, "copy_word_positions"),  # the config's (RecapError)
+        ({"copy_coverage": 2}, None),
+    ],
+)
+def test_optional_copy_features_start_as_the_head_without_them(option, needs):
     ids = torch.tensor([SOURCE])
     music = torch.zeros(1, 5, RecapConfig.preset("recap", "tiny").music_dim)
     labels = torch.tensor([[11, 12, 13, 2]])
     plain = copying_model()
-    pieces = copying_model(copy_word_pieces=True)
-    pieces.load_state_dict(plain.state_dict(), strict=False)  # the piece embedding stays at 0
+    extended = copying_model(**option)
+    extended.load_state_dict(plain.state_dict(), strict=False)  # its new weights stay at 0
     with torch.no_grad():
         a = plain(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
-        b = pieces(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
+        b = extended(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
     torch.testing.assert_close(a, b)
-    with pytest.raises(ValueError, match="word_positions"):
-        copying_model(copy_word_positions=0, copy_word_pieces=True)
+    if needs:
+        with pytest.raises((ValueError, RecapError), match=needs):
+            copying_model(copy_word_positions=0, **option)
 
 
 def test_word_numbers_are_capped():
@@ -200,21 +209,6 @@ def test_word_occurrences_count_each_word_of_the_source():
     capped = copying_model(vocab_size=len(tokenizer), copy_word_counts=3)
     capped.attach_tokenizer(tokenizer)
     assert capped.copy_head.word_occurrences(ids, mask)[0].max().item() == 3
-
-
-def test_word_counts_start_as_the_head_without_them():
-    ids = torch.tensor([SOURCE])
-    music = torch.zeros(1, 5, RecapConfig.preset("recap", "tiny").music_dim)
-    labels = torch.tensor([[11, 12, 13, 2]])
-    plain = copying_model()
-    counting = copying_model(copy_word_counts=4)
-    counting.load_state_dict(plain.state_dict(), strict=False)  # the count embedding stays at 0
-    with torch.no_grad():
-        a = plain(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
-        b = counting(ids, torch.ones_like(ids), labels=labels, music_embeds=music).logits
-    torch.testing.assert_close(a, b)
-    with pytest.raises(RecapError, match="copy_word_positions"):
-        copying_model(copy_word_positions=0, copy_word_counts=4)
 
 
 def test_coverage_counts_the_caption_so_far_alike_in_training_and_generation():
