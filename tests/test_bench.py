@@ -520,7 +520,7 @@ def test_salient_word_misses_say_whether_a_list_was_unreadable_or_repeated():
         "repeated": 1,
         "other_words": 1,
     }
-    assert (
-        salient_words_miss(captions[0], ["Seel", "erhebt", "Herren"], truth["salient_words"])
-        is None
-    )
+    wanted = {"seel", "erhebt", "herren"}  # as normalize_phrase writes them
+    assert salient_words_miss(captions[0], set(wanted), wanted) is None
+    assert salient_words_miss(captions[3], {"herren", "seel"}, wanted) == "repeated"
+    assert salient_words_miss(captions[2], set(), wanted) == "unreadable"

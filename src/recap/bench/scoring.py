@@ -75,15 +75,14 @@ def first_line_miss(predicted: object, true: object) -> str | None:
 SALIENT_WORD_MISSES = ("not_stated", "unreadable", "repeated", "other_words")
 
 
-def salient_words_miss(caption: str, predicted: object, true: object) -> str | None:
-    """Why a caption's salient words are not the true ones, or None when they all are: no
+def salient_words_miss(caption: str, said: set[str], wanted: set[str]) -> str | None:
+    """Why a caption's salient words (`said`, as `normalize_phrase` writes them; empty when the
+    parser found none) are not the true ones (`wanted`, likewise), or None when they are: no
     "words" sentence (`not_stated`); one the parser cannot read, most often two words run
     together without a comma (`unreadable`); a list naming one word twice (`repeated`);
     three different words, some of them wrong (`other_words`)."""
-    if not predicted:
+    if not said:
         return "unreadable" if begins_words_sentence(caption) else "not_stated"
-    said = {normalize_phrase(str(w)) for w in predicted}  # type: ignore[union-attr]
-    wanted = {normalize_phrase(str(w)) for w in true}  # type: ignore[union-attr]
     if said == wanted:
         return None
     return "repeated" if len(said) < SALIENT_WORDS else "other_words"
@@ -119,14 +118,12 @@ def score_captions(predictions: Sequence[str], truths: Sequence[Mapping[str, obj
                 contradicted[slot] += 1
             else:
                 correct[slot] += _same(slot, parsed.get(slot), truth.get(slot))
-        if truth.get("salient_words"):
-            word_miss = salient_words_miss(
-                caption, parsed.get("salient_words"), truth["salient_words"]
-            )
-            if word_miss:
-                word_misses[word_miss] += 1
         pred_words = {normalize_phrase(str(w)) for w in parsed.get("salient_words", ())}  # type: ignore[union-attr]
         true_words = {normalize_phrase(str(w)) for w in truth.get("salient_words", ())}  # type: ignore[union-attr]
+        if true_words:
+            word_miss = salient_words_miss(caption, pred_words, true_words)
+            if word_miss:
+                word_misses[word_miss] += 1
         tp += len(pred_words & true_words)
         n_pred += len(pred_words)
         n_true += len(true_words)

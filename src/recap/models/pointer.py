@@ -226,15 +226,21 @@ class CopyHead(nn.Module):
         """(B', t) every token generated so far, before the decoder reads the last of them."""
         self._history = decoder_ids if self._source is not None else None
 
+    def _history_of(self, read: torch.Tensor) -> torch.Tensor | None:
+        """(B', t) the caption generated so far, ending with the one token the decoder reads
+        now (B', 1); None when the generation history does not line up with it."""
+        history = self._history
+        if history is None or history.size(0) != read.size(0):
+            return None
+        return history if torch.equal(history[:, -1:], read) else None
+
     def _before_read(self, read: torch.Tensor) -> torch.Tensor | None:
         """(B', T) the token before each read token (-2 where there is none), or None when the
         generation history does not line up with what the decoder reads."""
         if read.size(1) > 1:  # the whole caption at once (training, or no cache)
             return F.pad(read[:, :-1], (1, 0), value=-2)
-        history = self._history
-        if history is None or history.size(0) != read.size(0) or history.size(1) < 2:
-            return None
-        if not torch.equal(history[:, -1:], read):
+        history = self._history_of(read)
+        if history is None or history.size(1) < 2:
             return None
         return history[:, -2:-1]
 
@@ -245,12 +251,8 @@ class CopyHead(nn.Module):
         if read.size(1) > 1:  # the whole caption at once: count along it
             same = read[:, :, None] == ids[:, None, :]  # (B, T, S)
             return same.long().cumsum(dim=1).clamp_max(self.coverage)
-        history = self._history
-        if (
-            history is None
-            or history.size(0) != read.size(0)
-            or not torch.equal(history[:, -1:], read)
-        ):
+        history = self._history_of(read)
+        if history is None:
             return None
         same = history[:, :, None] == ids[:, None, :]  # (B', t, S)
         return same.long().sum(dim=1, keepdim=True).clamp_max(self.coverage)  # (B', 1, S)
@@ -277,13 +279,12 @@ class CopyHead(nn.Module):
         query = self.query(hidden)  # (B, T, d)
         scores = query @ keys.transpose(1, 2) / math.sqrt(keys.size(-1))  # (B, T, S)
         read = self._decoder_ids
-        if self.coverage and read is not None and read.shape == hidden.shape[:2]:
-            written = self._written(read, ids)
+        if read is not None and read.shape == hidden.shape[:2]:
+            written = self._written(read, ids) if self.coverage else None
             if written is not None:
                 per_count = query @ self.coverage_embedding.weight.T  # (B, T, coverage + 1)
                 per_count = per_count / math.sqrt(keys.size(-1))
                 scores = scores + per_count.gather(2, written)  # (B, T, S)
-        if read is not None and read.shape == hidden.shape[:2]:
             bonus = self.continue_bonus
             bigram_bonus = self.continue_bigram_bonus if self.follow_bigram else None
             if self.state_bonus:
