@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -119,6 +121,21 @@ def test_meteor_15_runs_offline_and_is_labelled():
         preds[2:], [["an organ fugue in a minor key", "a slow piano waltz"]], bootstrap=5
     )
     assert multi["per_example"][0] == pytest.approx(identical, abs=0.02)
+
+
+def test_meteor_15_reuses_one_jar_and_replaces_a_dead_one():
+    # The jar loads its paraphrase table once per process; a killed one is started again.
+    preds, refs = ["a slow piano waltz"], ["a slow piano waltz about love"]
+    first = metrics.meteor_15(preds, refs, bootstrap=5)
+    session = metrics._meteor_session(shutil.which("java"), str(metrics._meteor_jar()))
+    again = metrics.meteor_15(preds, refs, bootstrap=5)
+    assert metrics._meteor_session(shutil.which("java"), str(metrics._meteor_jar())) is session
+    assert again["per_example"] == first["per_example"]
+    session.proc.kill()
+    session.proc.wait()
+    revived = metrics.meteor_15(preds, refs, bootstrap=5)
+    assert revived["per_example"] == first["per_example"]
+    assert metrics._meteor_session(shutil.which("java"), str(metrics._meteor_jar())) is not session
 
 
 # ----------------------------------------------------------------------------- caption set

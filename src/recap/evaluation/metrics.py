@@ -31,6 +31,7 @@ Attribute accuracy: delegated to `recap.bench.score_captions` (rendered-songs be
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -350,61 +351,109 @@ def _run_meteor_jar(
     references: Sequence[Sequence[str]],
     timeout_s: float,
 ) -> tuple[list[float], float]:
-    """Talk to the jar's stdio protocol; return (segment scores, aggregate score).
+    """Score through this process's running jar (started on first use); return (segment
+    scores, aggregate score). A jar that failed or hung is stopped and the next call starts a
+    fresh one."""
+    session = _meteor_session(java, str(jar))
+    if not session.alive():
+        _meteor_session.cache_clear()
+        session = _meteor_session(java, str(jar))
+    try:
+        return session.score(predictions, references, timeout_s)
+    except BaseException:
+        session.close()
+        _meteor_session.cache_clear()
+        raise
+
+
+@lru_cache(maxsize=1)
+def _meteor_session(java: str, jar: str) -> _MeteorJar:
+    """One jar per process: loading its paraphrase table takes ~6 s, scoring a hundred
+    segments a fraction of that, and an evaluation of several models (the demo: six) asks many
+    times. Stopped when the process exits."""
+    session = _MeteorJar(java, Path(jar))
+    atexit.register(session.close)
+    return session
+
+
+class _MeteorJar:
+    """A running METEOR 1.5 jar and its stdio protocol (as pycocoevalcap's `Meteor` keeps one).
 
     "SCORE ||| ref ||| hyp" answers one line of sufficient statistics; "EVAL ||| stats ||| ..."
     answers each segment's score, then the aggregate over all of them. Lines go one at a time,
-    each answer read before the next is sent, so neither pipe can fill up and deadlock.
+    each answer read before the next is sent, so neither pipe can fill up and deadlock; one
+    caller at a time (a lock).
     """
-    cmd = [java, "-Xmx2G", "-jar", str(jar), "-", "-", "-stdio", "-l", "en", "-norm"]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=jar.parent,  # the jar finds data/paraphrase-en.gz relative to itself
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        encoding="utf-8",
-    )
-    # A watchdog, since readline() on a hung jar would block forever.
-    timer = threading.Timer(timeout_s, proc.kill)
-    timer.start()
-    try:
 
-        def ask(line: str) -> str:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(line + "\n")
-            proc.stdin.flush()
-            answer = proc.stdout.readline()
-            if not answer:
-                raise RecapError(
-                    "METEOR 1.5 (java) stopped answering"
-                    + (f" (timed out after {timeout_s:.0f} s)" if not timer.is_alive() else "")
-                )
-            return answer.strip()
+    def __init__(self, java: str, jar: Path) -> None:
+        cmd = [java, "-Xmx2G", "-jar", str(jar), "-", "-", "-stdio", "-l", "en", "-norm"]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=jar.parent,  # the jar finds data/paraphrase-en.gz relative to itself
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+        )
+        self.lock = threading.Lock()
 
-        stats = [
-            ask(
-                "SCORE ||| "
-                + " ||| ".join(_clean_for_meteor(r) for r in refs)
-                + f" ||| {_clean_for_meteor(pred)}"
-            )
-            for pred, refs in zip(predictions, references)
-        ]
-        first = ask("EVAL ||| " + " ||| ".join(stats))
-        rest = [proc.stdout.readline().strip() for _ in range(len(stats))]  # type: ignore[union-attr]
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.kill()
+        self.proc.wait()
+
+    def score(
+        self,
+        predictions: Sequence[str],
+        references: Sequence[Sequence[str]],
+        timeout_s: float,
+    ) -> tuple[list[float], float]:
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        with self.lock:
+            # A watchdog, since readline() on a hung jar would block forever.
+            timer = threading.Timer(timeout_s, proc.kill)
+            timer.start()
+            try:
+
+                def ask(line: str) -> str:
+                    proc.stdin.write(line + "\n")
+                    proc.stdin.flush()
+                    answer = proc.stdout.readline()
+                    if not answer:
+                        raise RecapError(
+                            "METEOR 1.5 (java) stopped answering"
+                            + (
+                                f" (timed out after {timeout_s:.0f} s)"
+                                if not timer.is_alive()
+                                else ""
+                            )
+                        )
+                    return answer.strip()
+
+                stats = [
+                    ask(
+                        "SCORE ||| "
+                        + " ||| ".join(_clean_for_meteor(r) for r in refs)
+                        + f" ||| {_clean_for_meteor(pred)}"
+                    )
+                    for pred, refs in zip(predictions, references)
+                ]
+                first = ask("EVAL ||| " + " ||| ".join(stats))
+                rest = [proc.stdout.readline().strip() for _ in range(len(stats))]
+            finally:
+                timer.cancel()
         answers = [first, *rest]
         try:
             values = [float(x) for x in answers]
         except ValueError as err:
             raise RecapError(f"METEOR 1.5 gave an unexpected answer: {answers[:3]}") from err
-    finally:
-        timer.cancel()
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.kill()
-        proc.wait()
-    return values[:-1], values[-1]
+        return values[:-1], values[-1]
 
 
 # ---------------------------------------------------------------------------------------------

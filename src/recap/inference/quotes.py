@@ -134,6 +134,7 @@ class QuoteFromLyrics(LogitsProcessor):
         vocab = self.vocabulary
         marks = vocab.quote_marks.to(input_ids.device)[input_ids]  # (rows, T) quotes per token
         inside = (marks.sum(dim=1) % 2 == 1).nonzero().flatten().tolist()  # outside: free
+        allowed_by_row = {}
         for row in inside:
             opened = int(marks[row].nonzero().max())  # the token that opened the quote
             tail = b"".join(vocab.table[i] for i in input_ids[row, opened:].tolist())
@@ -141,13 +142,29 @@ class QuoteFromLyrics(LogitsProcessor):
             allowed = self._allowed(row // self.rows_per_song, quoted)
             if not allowed:  # nothing of the lyrics continues it (no lyrics): close at once
                 allowed = [i for i, _ in vocab.closing]
-            keep = torch.tensor(allowed, device=scores.device)
-            if torch.isinf(scores[row, keep]).all():
-                continue  # every allowed token is banned already (repeated n-grams): leave it
-            masked = torch.full_like(scores[row], float("-inf"))
-            masked[keep] = scores[row, keep]
-            scores[row] = masked
+            allowed_by_row[row] = allowed
+        # a row whose allowed tokens are all banned already (repeated n-grams) is left as it is
+        return keep_only(scores, allowed_by_row)
+
+
+def keep_only(scores: torch.Tensor, allowed_by_row: dict[int, Sequence[int]]) -> torch.Tensor:
+    """`scores` (rows, V) with every token outside its row's allowed ids set to -inf, for the rows
+    in `allowed_by_row` (the others are untouched). A row whose allowed tokens are all -inf
+    already (banned by another processor) is left as it is: some token must stay possible. One
+    masking for the whole batch: a decoding step calls this for every beam."""
+    if not allowed_by_row:
         return scores
+    rows = list(allowed_by_row)
+    ids = [torch.as_tensor(allowed_by_row[r], dtype=torch.long) for r in rows]
+    row_index = torch.repeat_interleave(torch.tensor(rows), torch.tensor([len(i) for i in ids]))
+    allowed = torch.zeros(scores.shape, dtype=torch.bool)
+    allowed[row_index, torch.cat(ids)] = True
+    allowed = allowed.to(scores.device)
+    kept = scores.masked_fill(~allowed, float("-inf"))  # (rows, V)
+    restricted = torch.zeros(scores.size(0), dtype=torch.bool, device=scores.device)
+    restricted[rows] = True
+    restricted &= ~torch.isinf(kept).all(dim=1)  # rows with some allowed token still possible
+    return torch.where(restricted[:, None], kept, scores)
 
 
-__all__ = ["QuoteFromLyrics", "QuoteVocabulary", "byte_level_alphabet", "token_bytes"]
+__all__ = ["QuoteFromLyrics", "QuoteVocabulary", "byte_level_alphabet", "keep_only", "token_bytes"]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from recap.inference.quotes import token_bytes
+from recap.inference.quotes import keep_only, token_bytes
 from recap.utils import RecapError, atomic_write_json
 
 CAPTION_WORDS_NAME = "caption_words.json"
@@ -110,16 +110,16 @@ class _SongWords:
         self.words = words
         self.sorted = sorted(words)
         self.prefixes = {w[:k] for w in words for k in range(1, len(w) + 1)}
-        self.cache: dict[str, list[int]] = {}
+        self.cache: dict[str, torch.Tensor] = {}
         ends = [i for i, inner, trail in vocab.boundary_led if self._rest_ok(inner, trail)]
         self.ends_word = ends + ([vocab.eos] if vocab.eos is not None else [])
 
     def _rest_ok(self, inner: tuple[str, ...], trail: str) -> bool:
         return all(w in self.words for w in inner) and (not trail or trail in self.prefixes)
 
-    def allowed(self, partial: str) -> list[int]:
+    def allowed(self, partial: str) -> torch.Tensor:
         """Ids that may follow a text whose last, unfinished word is `partial` ("" after a
-        boundary)."""
+        boundary), as a LongTensor (cached: every beam asks again at every step)."""
         found = self.cache.get(partial)
         if found is not None:
             return found
@@ -141,8 +141,8 @@ class _SongWords:
                     ids.append(i)
         if not ids:  # a word already off the list (a split letter): end it at once
             ids = list(self.ends_word)
-        self.cache[partial] = ids
-        return ids
+        found = self.cache[partial] = torch.tensor(ids, dtype=torch.long)
+        return found
 
 
 class KnownWords(LogitsProcessor):
@@ -168,19 +168,15 @@ class KnownWords(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         table = self.vocabulary.table
+        allowed_by_row = {}
         for row, ids in enumerate(input_ids[:, -_TAIL_TOKENS:].tolist()):
             text = b"".join(table[i] for i in ids).decode("utf-8", errors="ignore")
             partial = _TRAILING_WORD.search(text)
-            allowed = self.songs[row // self.rows_per_song].allowed(
+            allowed_by_row[row] = self.songs[row // self.rows_per_song].allowed(
                 partial.group().lower() if partial else ""
             )
-            keep = torch.tensor(allowed, device=scores.device)
-            if torch.isinf(scores[row, keep]).all():
-                continue  # every allowed token is banned already (a quote, repeats): leave it
-            masked = torch.full_like(scores[row], float("-inf"))
-            masked[keep] = scores[row, keep]
-            scores[row] = masked
-        return scores
+        # a row whose allowed tokens are all banned already (a quote, repeats) is left as it is
+        return keep_only(scores, allowed_by_row)
 
 
 __all__ = [
