@@ -13,6 +13,7 @@ from recap.inference.quotes import (
     QuoteFromLyrics,
     QuoteVocabulary,
     byte_level_alphabet,
+    keep_only,
     token_bytes,
 )
 from recap.models.tokenizer import train_bpe_tokenizer
@@ -187,3 +188,19 @@ def test_the_salient_words_are_read_whatever_ends_their_sentence():
     parsed = parse_caption("Its key words, Seel’s, Licht and Herrenhaus: it is about faith.")
     assert parsed["salient_words"] == ["Seel’s", "Licht", "Herrenhaus"]
     assert "salient_words" not in parse_caption("The song keeps returning to faith.")
+
+
+def test_keep_only_masks_the_listed_rows_and_spares_a_row_with_nothing_left():
+    inf = float("-inf")
+    scores = torch.tensor(
+        [
+            [0.5, 1.0, 2.0, 3.0],  # restricted to {1, 3}
+            [0.1, 0.2, 0.3, 0.4],  # not listed: untouched
+            [inf, inf, 1.0, 2.0],  # its allowed {0, 1} are banned already: left as it is
+        ]
+    )
+    out = keep_only(scores.clone(), {0: [1, 3], 2: torch.tensor([0, 1])})
+    assert out[0].tolist() == [inf, 1.0, inf, 3.0]
+    assert torch.equal(out[1], scores[1])
+    assert torch.equal(out[2], scores[2])
+    assert keep_only(scores, {}) is scores
