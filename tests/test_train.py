@@ -521,6 +521,14 @@ def test_a_finished_run_from_another_starting_point_is_refused(tmp_path):
     (run / "done.json").write_text(json.dumps(done))
     with pytest.raises(StaleRunError, match="starting point .*preset"):
         train(cfg)
+    done["starts_from"]["preset"]["copy_head"] = not done["starts_from"]["preset"]["copy_head"]
+    (run / "done.json").write_text(json.dumps(done))
+    assert train(cfg) == run
+    # the same settings on training texts rewritten in place (a rebuilt benchmark): stale
+    rows = (data / "dataset.jsonl").read_text().splitlines()
+    (data / "dataset.jsonl").write_text("\n".join(reversed(rows)) + "\n")
+    with pytest.raises(StaleRunError, match="starting point .*data"):
+        train(cfg)
     # folder digests follow the files' contents, not their names or times
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")

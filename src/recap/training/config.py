@@ -235,15 +235,29 @@ def _folder_digest(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
+def _file_digest(path: Path) -> str | None:
+    """sha256 of a file's contents (None when there is no such file)."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def starting_point(cfg: TrainConfig) -> dict[str, Any]:
     """What a run starts from besides its settings: the model preset as the code defines it
-    now, and the contents of the --bart and --encoder folders. Saved in done.json; a finished
-    run is reused only while it matches."""
+    now, the contents of the --bart and --encoder folders, and the training texts (the data's
+    dataset.jsonl: a benchmark rebuilt in place with other interpretations is other data).
+    Saved in done.json; a finished run is reused only while it matches (a done.json without
+    one of them, from an older version, is not compared on it)."""
     preset = RecapConfig.preset(cfg.preset, cfg.size, **cfg.model_overrides).to_dict()
     return {
         "preset": preset,
         "bart": _folder_digest(cfg.bart),
         "encoder": _folder_digest(cfg.encoder),
+        "data": _file_digest(Path(cfg.data) / "dataset.jsonl"),
     }
 
 
