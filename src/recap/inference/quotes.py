@@ -157,9 +157,8 @@ def keep_only(scores: torch.Tensor, allowed_by_row: dict[int, Sequence[int]]) ->
     rows = list(allowed_by_row)
     ids = [torch.as_tensor(allowed_by_row[r], dtype=torch.long) for r in rows]
     row_index = torch.repeat_interleave(torch.tensor(rows), torch.tensor([len(i) for i in ids]))
-    allowed = torch.zeros(scores.shape, dtype=torch.bool)
-    allowed[row_index, torch.cat(ids)] = True
-    allowed = allowed.to(scores.device)
+    allowed = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    allowed[row_index.to(scores.device), torch.cat(ids).to(scores.device)] = True
     kept = scores.masked_fill(~allowed, float("-inf"))  # (rows, V)
     restricted = torch.zeros(scores.size(0), dtype=torch.bool, device=scores.device)
     restricted[rows] = True

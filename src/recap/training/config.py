@@ -229,9 +229,7 @@ def _folder_digest(path: str | None) -> str | None:
     for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
         if file.suffix in (".json", ".safetensors", ".txt", ".model") and file.name != "log.jsonl":
             digest.update(file.name.encode())
-            with file.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            _hash_into(digest, file)
     return digest.hexdigest()
 
 
@@ -239,11 +237,14 @@ def _file_digest(path: Path) -> str | None:
     """sha256 of a file's contents (None when there is no such file)."""
     if not path.is_file():
         return None
-    digest = hashlib.sha256()
+    return _hash_into(hashlib.sha256(), path).hexdigest()
+
+
+def _hash_into(digest: Any, path: Path) -> Any:
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def starting_point(cfg: TrainConfig) -> dict[str, Any]:
