@@ -122,6 +122,15 @@ class SkipReport:
         return f"{self.job}: skipped {len(self.items)} item(s); see the report for reasons"
 
 
+def hash_file_into(digest: Any, path: str | os.PathLike) -> Any:
+    """Feed a file's bytes to a hashlib `digest` in 1 MiB blocks (weights files are large);
+    returns the digest."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
 def known_fields(cls: type, data: Mapping[str, Any], what: str | None = None) -> dict[str, Any]:
     """`data` as keyword arguments for the dataclass `cls`; unknown keys are an error (a file
     written by another version, or a typo), not silently dropped."""

@@ -30,7 +30,7 @@ from recap.inference.index import (
     normalize,
 )
 from recap.inference.inputs import SongInput, collect_inputs, read_manifest
-from recap.utils import RecapError, SkipReport
+from recap.utils import RecapError, SkipReport, hash_file_into
 
 
 # ---------------------------------------------------------------------------- embedding
@@ -153,11 +153,7 @@ def model_fingerprint(model_dir: Path) -> str:
     weights = model_dir / "model.safetensors"
     if not weights.is_file():
         return ""
-    h = hashlib.sha256()
-    with weights.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:32]
+    return hash_file_into(hashlib.sha256(), weights).hexdigest()[:32]
 
 
 def build_index(

@@ -14,7 +14,7 @@ from typing import Any
 
 from recap.data.songs import VARIANTS
 from recap.models.config import METHODS, SIZES, RecapConfig
-from recap.utils import RecapError, flag_field, known_fields, read_json
+from recap.utils import RecapError, flag_field, hash_file_into, known_fields, read_json
 
 TRAIN_CONFIG_NAME = "train_config.json"
 DONE_NAME = "done.json"
@@ -229,7 +229,7 @@ def _folder_digest(path: str | None) -> str | None:
     for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
         if file.suffix in (".json", ".safetensors", ".txt", ".model") and file.name != "log.jsonl":
             digest.update(file.name.encode())
-            _hash_into(digest, file)
+            hash_file_into(digest, file)
     return digest.hexdigest()
 
 
@@ -237,14 +237,7 @@ def _file_digest(path: Path) -> str | None:
     """sha256 of a file's contents (None when there is no such file)."""
     if not path.is_file():
         return None
-    return _hash_into(hashlib.sha256(), path).hexdigest()
-
-
-def _hash_into(digest: Any, path: Path) -> Any:
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest
+    return hash_file_into(hashlib.sha256(), path).hexdigest()
 
 
 def starting_point(cfg: TrainConfig) -> dict[str, Any]:
