@@ -667,6 +667,8 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     )
     table = stages.run("5a. Table 1", lambda: run_table1(exp))
     sweep = stages.run("5b. alignment-weight sweep", lambda: run_sweep(exp, weights))
+    # The trainings are done: what follows runs in this process alone, on every core they used.
+    torch.set_num_threads(cfg.jobs * cfg.threads)
     arm = stages.run("5c. the arm beyond the paper", lambda: arm_records(cfg, exp))
     arm_row = aggregate(arm)[0] if arm else None
     arm_md = arm_table_markdown(table["rows"], arm_row, arm_label(cfg.arm)) if arm else []
