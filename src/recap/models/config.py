@@ -459,11 +459,7 @@ _SIZE_VALUES = {"paper": _paper, "small": _small, "tiny": _tiny}
 # (docs/training.md "A light reconstruction term for BART").
 # BART reads the lyrics alone: a coverage term for its copy head lifted its first line from
 # 79-91 to 93-95 % on three seeds and its lyrics mean from 76.4 to 80.0 %; the fusion models
-# broke on one seed each with it (docs/training.md "Coverage for the copy head"); with the count
-# capped at 1 (written or not) none of six seeds broke and their lyrics rose 1-2 points
-# (docs/training.md "Coverage capped at 1 for the fusion models").
+# broke on one seed each with it (docs/training.md "Coverage for the copy head").
 _SIZE_METHOD_VALUES: dict[tuple[str, str], dict[str, Any]] = {
     ("small", "bart"): {"reconstruct_weight": 0.03, "copy_coverage": 2},
-    ("small", "bart-fusion"): {"copy_coverage": 1},
-    ("small", "recap"): {"copy_coverage": 1},
 }
