@@ -40,8 +40,8 @@ demo-lieder: install
 # RECAP's alignment where audio and lyrics correspond (issue 17; docs/results.md): Table 1, the
 # w sweep over 3 seeds and audio<->lyrics retrieval on a coupled benchmark. It reuses `make demo`'s
 # tagger when there (pretrained on the plain benchmark); otherwise it trains one (+40 s). The
-# arm beyond the paper (InfoNCE over an attention pool, three more trainings, +1.7 min) is left
-# out to keep to issue 17's 15 minutes; `recap demo-alignment --out runs/demo-alignment` adds it.
+# arm beyond the paper (InfoNCE over an attention pool: three more trainings, ~1 min) is left out
+# to keep to issue 17's 15 minutes; `recap demo-alignment --out runs/demo-alignment` adds it.
 demo-alignment: install
 	$(VENV)/bin/recap demo-alignment --out runs/demo-alignment --arm '{}' \
 	  $$(test -f runs/demo/tagger/model.safetensors && echo --tagger runs/demo/tagger)

@@ -1,6 +1,6 @@
 """`recap demo-alignment`: RECAP's alignment tested where audio and lyrics correspond (issue 17).
 
-    recap demo-alignment --out runs/demo-alignment        # what `make demo-alignment` runs
+    recap demo-alignment --out runs/demo-alignment        # `make demo-alignment` adds --arm '{}'
 
 On the plain benchmark the audio is drawn independently of the lyrics, so an audio↔lyrics
 alignment has nothing to find. This demo builds a coupled benchmark (`recap bench build
