@@ -25,6 +25,7 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         tagger_epochs=1,
         size="tiny",
         epochs=1,
+        fusion_epochs=2,
         beams=1,
         max_new_tokens=16,
         meteor15=False,
@@ -63,6 +64,10 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     # The demo's captioners learn audio-only interpretations too (lyrics dropout).
     run = root / "experiments" / "full" / "recap" / "seed0"
     assert json.loads((run / "train_config.json").read_text())["lyrics_dropout"] == 0.25
+    # the fusion models train their own number of epochs
+    for method, epochs in (("bart", 1), ("bart-fusion", 2), ("recap", 2)):
+        config = root / "experiments" / "full" / method / "seed0" / "train_config.json"
+        assert json.loads(config.read_text(encoding="utf-8"))["epochs"] == epochs
 
 
 def test_the_recorded_command_reproduces_the_run():
@@ -74,6 +79,11 @@ def test_the_recorded_command_reproduces_the_run():
         "recap demo --source music21 --out runs/demo --seeds 0,1,2 --epochs 4 --free-quotes "
         "--free-words"
     )
+    cfg = DemoConfig(fusion_epochs=0)
+    assert demo_command(cfg).endswith("--fusion-epochs 0")
+    from recap.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "--fusion-epochs", "0"]).fusion_epochs == 0
     # every setting that changes the results is named: by its flag, or from Python
     cfg = DemoConfig(
         tagger_preset="demo", tagger_chroma_rotation=0.5, lyrics_dropout=0.5, workers=1,

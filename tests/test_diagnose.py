@@ -174,3 +174,22 @@ def test_audio_only_test_counts_captions_that_invent_lyrics_facts():
     assert set(AUDIO_SLOTS) <= set(good["accuracy"])
     assert not set(LYRICS_SLOTS) & set(good["accuracy"])
     assert audio_only_test(songs, truths, inventive)["states_lyrics_facts"] == 1.0
+
+
+def test_a_model_without_audio_looks_its_swap_captions_up():
+    from recap.evaluation.diagnose import captions_by_lyrics
+
+    asked = []
+
+    def generate(pairs):
+        asked.extend(pairs)
+        return [f"about {lyrics}" for _, lyrics in pairs]
+
+    captions = {("a", "rain"): "about rain", ("b", "sun"): "about sun"}
+    lookup = captions_by_lyrics(captions, generate)
+    # audio of a with lyrics of b: what it wrote for b, nothing decoded
+    assert lookup([("a", "sun"), ("b", "rain")]) == ["about sun", "about rain"]
+    assert asked == []
+    # lyrics it never captioned are decoded once
+    assert lookup([("a", "snow"), ("b", "snow")]) == ["about snow", "about snow"]
+    assert asked == [("", "snow")]

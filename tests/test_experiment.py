@@ -251,3 +251,39 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
     ]
     assert "each sampled once with its own seed" in result["markdown"]
     assert result["rows"][0]["seeds"] == [2022, 2021, 2020]
+
+
+def test_method_overrides_reach_only_that_methods_runs(tmp_path, monkeypatch):
+    """The demo trains the fusion models longer than BART: a per-method field wins over the
+    shared one, and only for that method."""
+    import recap.evaluation.evaluate
+    import recap.training.train
+
+    epochs = {}
+
+    def fake_train(tc):
+        run = tmp_path / "runs" / f"{tc.preset}-{tc.seed}"
+        (run / "best").mkdir(parents=True, exist_ok=True)
+        (run / "best" / "config.json").write_text("{}")
+        (run / "train_config.json").write_text(json.dumps({"seed": tc.seed}))
+        epochs[tc.preset] = (tc.epochs, tc.lr)
+        return run
+
+    def fake_evaluate(run, data, decode, **kwargs):
+        return {"summary": fake_summary(0.3, 0.5), "decode": decode.to_dict(), "n_examples": 3}
+
+    monkeypatch.setattr(recap.training.train, "train", fake_train)
+    monkeypatch.setattr(recap.evaluation.evaluate, "evaluate", fake_evaluate)
+    cfg = ex.ExperimentConfig(
+        data="d",
+        out=str(tmp_path / "out"),
+        variants=("full",),
+        train_overrides={"epochs": 3, "lr": 0.003},
+        method_overrides={"recap": {"epochs": 6}, "bart-fusion": {"epochs": 6}},
+        meteor15=False,
+        progress=False,
+    )
+    ex.run_table1(cfg)
+    assert epochs == {"bart": (3, 0.003), "bart-fusion": (6, 0.003), "recap": (6, 0.003)}
+    with pytest.raises(ex.RecapError, match="unknown method"):
+        ex.ExperimentConfig(data="d", method_overrides={"recapp": {"epochs": 6}})

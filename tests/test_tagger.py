@@ -64,6 +64,19 @@ def test_tag_metrics_by_hand():
     assert "melody=violin" in format_metrics(m)
 
 
+def test_roc_auc_is_sklearns_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from recap.training.tagger import roc_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.random(40) < 0.3
+        y[:2] = True, False  # both classes present
+        p = rng.integers(0, 6, size=40) / 5.0  # many ties
+        assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+
+
 @pytest.mark.slow
 def test_tagger_learns_audible_tags_and_saves_the_encoder(tmp_path):
     from recap.models.music_encoder import MusicEncoder

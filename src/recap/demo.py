@@ -9,8 +9,6 @@ Stages (each reuses what a previous run of the demo left in OUT, so a rerun only
 2. pretrain a small CNNSA tagger on its audio slots              → OUT/tagger/
 3. pretrain the captioners' BART on lyrics by denoising (`recap pretrain-text`; never a val or
    test work of either benchmark), as the paper starts from bart-base → OUT/bart-lyrics/
-   Stages 2 and 3 run at once in two processes (`--jobs 2`, the default); stage 3's process
-   then trains and evaluates the seed's BART captioner of stage 5, which reads no audio.
 4. precompute the frozen encoder's music embeddings              → OUT/bench/cache/
 5. fine-tune small BART, BART-fusion and RECAP from stage 3's BART (variant full; `--full` adds
    vote > 0 and more sweep points) and evaluate each on the test split → OUT/experiments/
@@ -80,11 +78,6 @@ class DemoConfig:
     # every captioner's lyrics encoder then collapsed and the salient words fell to 9-15 % F1
     # (run H, docs/results.md). Off until that is understood.
     bpe_captions: bool = False
-    # Processes at once where stages do not depend on each other: with 2, the tagger trains in
-    # one and text pretraining + the seed's BART captioner (which reads no audio) in the other,
-    # each with half the torch threads; two one-thread jobs run ~1.4x faster on these cores than
-    # one two-thread job. 1: every stage in this process with every thread, one after the other.
-    jobs: int = 2
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     # 2 epochs left the copy head quoting one or two words of the first line (docs/results.md).
@@ -285,65 +278,6 @@ def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
     out = pretrain_text(dataclasses.replace(settings, overwrite=stale))
     print(format_metrics(json.loads((out / METRICS_NAME).read_text("utf-8"))))
     return out
-
-
-def _music_lane(cfg: DemoConfig, data: Path, threads: int) -> Path:
-    """Stage 2 in a worker process."""
-    import torch
-
-    torch.set_num_threads(threads)
-    return pretrain_tagger(cfg, data)
-
-
-def _text_lane(cfg: DemoConfig, data: Path, benches: list[Path], threads: int) -> Path | None:
-    """Stage 3, then the BART captioner of `cfg.seed` (stage 5's; it reads no audio, so it need
-    not wait for the tagger), in a worker process without progress bars (they would interleave
-    with the tagger's)."""
-    import torch
-
-    from recap.evaluation.experiment import train_and_evaluate
-
-    torch.set_num_threads(threads)
-    bart = pretrain_bart(cfg, benches)
-    exp = experiment_config(cfg, data, cfg.root / "tagger", bart)
-    if cfg.seed in exp.seeds:
-        for variant in exp.variants:
-            record = train_and_evaluate(
-                dataclasses.replace(exp, progress=False), "bart", variant, cfg.seed
-            )
-            print(f"BART ({variant}, seed {cfg.seed}) trained and evaluated: {record['run']}")
-    return bart
-
-
-def pretrain_in_parallel(
-    cfg: DemoConfig, data: Path, benches: list[Path]
-) -> tuple[Path, Path | None]:
-    """Stages 2 and 3 at once (`cfg.jobs` ≥ 2): the tagger in one process, text pretraining and
-    the seed's BART captioner in another, each with half of this process's torch threads. Both
-    always train with those threads, whether the other lane had work or found its folder
-    finished, so a rerun computes the same numbers as a first run."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    threads = max(1, torch.get_num_threads() // 2)
-    # spawn: a forked copy of a process that already ran torch threads can deadlock
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
-        music = pool.submit(_timed, _music_lane, cfg, data, threads)
-        text = pool.submit(_timed, _text_lane, cfg, data, benches, threads)
-        (encoder, music_s), (bart, text_s) = music.result(), text.result()
-    print(
-        f"tagger {music_s:.0f} s | text pretraining + BART {text_s:.0f} s "
-        f"(at once, {threads} torch thread(s) each)"
-    )
-    return encoder, bart
-
-
-def _timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
-    t0 = time.perf_counter()
-    return fn(*args), time.perf_counter() - t0
 
 
 def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
@@ -553,9 +487,9 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
 # DemoConfig fields `recap demo` takes as `--flag VALUE` (the field's name with dashes), in the
 # order the recorded command lists them when they differ from `make demo`.
 _VALUE_FLAGS = (
-    "epochs", "fusion_epochs", "seed", "limit", "comments_per_render", "tagger_preset", "tagger_epochs",
-    "tagger_lr", "tagger_chroma_rotation", "pretrain_steps", "size", "max_steps",
-    "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram", "jobs",
+    "epochs", "fusion_epochs", "seed", "limit", "comments_per_render", "tagger_preset",
+    "tagger_epochs", "tagger_lr", "tagger_chroma_rotation", "pretrain_steps", "size", "max_steps",
+    "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram",
 )  # fmt: skip
 # Fields that change where or how fast the demo runs, not what it measures.
 _NOT_RESULTS = frozenset({"workers", "eval_batch_size"})
@@ -698,15 +632,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
     data = stages.run("1. benchmark", lambda: build_bench(cfg))
     cross_bench = stages.run("1b. another corpus's benchmark", lambda: build_cross_bench(cfg))
+    encoder = stages.run("2. music-encoder pretraining", lambda: pretrain_tagger(cfg, data))
     benches = [b for b in (data, cross_bench) if b is not None]
-    if cfg.jobs >= 2:
-        encoder, bart = stages.run(
-            "2-3. music-encoder pretraining | text pretraining + BART",
-            lambda: pretrain_in_parallel(cfg, data, benches),
-        )
-    else:
-        encoder = stages.run("2. music-encoder pretraining", lambda: pretrain_tagger(cfg, data))
-        bart = stages.run("3. text pretraining", lambda: pretrain_bart(cfg, benches))
+    bart = stages.run("3. text pretraining", lambda: pretrain_bart(cfg, benches))
     stages.run("4. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
     exp = experiment_config(cfg, data, encoder, bart)
     table = stages.run("5. train + evaluate BART, BART-fusion, RECAP", lambda: run_table1(exp))

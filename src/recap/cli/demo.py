@@ -18,8 +18,8 @@ def _handler(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise RecapError("--epochs must be at least 1")
-    if args.fusion_epochs < 0 or args.jobs < 1:
-        raise RecapError("--fusion-epochs must be at least 0 and --jobs at least 1")
+    if args.fusion_epochs < 0:
+        raise RecapError("--fusion-epochs must be at least 0")
     cfg = DemoConfig(
         train_overrides=train_overrides(args, DemoConfig()),
         source=args.source,
@@ -39,7 +39,6 @@ def _handler(args: argparse.Namespace) -> int:
         size=args.size,
         epochs=args.epochs,
         fusion_epochs=args.fusion_epochs,
-        jobs=args.jobs,
         max_steps=args.max_steps,
         lyrics_dropout=args.lyrics_dropout,
         beams=args.beams,
@@ -138,13 +137,6 @@ def register(subparsers: Any) -> None:
         type=int,
         default=d.fusion_epochs,
         help="epochs of BART-fusion and RECAP (0: --epochs)",
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=d.jobs,
-        help="2: the tagger and text pretraining + BART at once, half the threads each; 1: one "
-        "stage after the other",
     )
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
     p.add_argument(

@@ -281,10 +281,27 @@ def grounding(
     examples = tokenize_rows(firsts, tokenizer, cfg.max_source_length, cfg.max_target_length)
     result["diagnosis"] = diagnose_examples(model, examples, music, seed=seed)
     if truths is not None:
-        result["swap"] = swap_test(songs, truths, generate, seed=seed)
+        # A model that hears nothing writes for (audio of A, lyrics of B) what it wrote for B:
+        # its swap captions are looked up instead of decoded again (~10 s of beam search).
+        swap_generate = generate if cfg.use_music else captions_by_lyrics(captions, generate)
+        result["swap"] = swap_test(songs, truths, swap_generate, seed=seed)
         if cfg.use_music:
             result["audio_only"] = audio_only_test(songs, truths, generate)
     return result
+
+
+def captions_by_lyrics(captions: Mapping[tuple[str, str], str], generate: Any) -> Any:
+    """`generate(pairs)` for a model without audio input: the caption already written for the
+    same lyrics, decoding only lyrics not seen yet."""
+    known = {lyrics: text for (_, lyrics), text in captions.items()}
+
+    def lookup(pairs: Sequence[tuple[str, str]]) -> list[str]:
+        new = list(dict.fromkeys(lyrics for _, lyrics in pairs if lyrics not in known))
+        if new:
+            known.update(zip(new, generate([("", lyrics) for lyrics in new])))
+        return [known[lyrics] for _, lyrics in pairs]
+
+    return lookup
 
 
 def audio_only_test(

@@ -392,6 +392,7 @@ def pretrain_text(config: PretrainConfig) -> Path:
             {"params": rest, "weight_decay": 0.0},
         ],
         lr=cfg.lr,
+        foreach=True,  # one kernel per operation over all tensors (torch's default on CUDA only)
     )
     step = 0
     last = work / "last"

@@ -246,19 +246,30 @@ def random_wave_crops(waves: np.ndarray, samples: int, rng: np.random.Generator)
 # ============================================================================ metrics
 
 
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC as the Mann-Whitney statistic: the chance that a positive outscores a negative,
+    ties counting half (average ranks), which is sklearn's `roc_auc_score`. Computed for every
+    tag at every epoch's validation: sklearn's argument checks made that ~25 s of the demo's
+    tagger stage."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)  # average ranks of tied scores
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def tag_metrics(probs: np.ndarray, targets: np.ndarray, tags: Sequence[str]) -> dict[str, Any]:
     """Per-tag ROC-AUC and accuracy (threshold 0.5), and per slot the accuracy of the arg-max
     tag among that slot's tags (e.g. which of the 8 melody instruments), with its chance level.
 
     A tag whose test column is all 0 or all 1 has no ROC-AUC (None), and is left out of the mean.
     """
-    from sklearn.metrics import roc_auc_score
-
     per_tag: dict[str, dict[str, Any]] = {}
     aucs = []
     for j, tag in enumerate(tags):
         y, p = targets[:, j], probs[:, j]
-        auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+        auc = roc_auc(y >= 0.5, p) if 0 < y.sum() < len(y) else None
         if auc is not None:
             aucs.append(auc)
         per_tag[tag] = {
@@ -412,7 +423,9 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     encoder_cfg = MusicEncoderConfig.preset(
         cfg.preset, n_tags=len(tags), tag_names=list(tags), **dropouts
     )
-    model = MusicEncoder(encoder_cfg).to(device)
+    # channels_last: oneDNN's convolutions run ~15 % faster in it on CPU (the demo's stage);
+    # the saved weights go back to the default layout
+    model = MusicEncoder(encoder_cfg).to(device, memory_format=torch.channels_last)
     if not 0.0 <= cfg.chroma_rotation <= 1.0:
         raise RecapError(
             f"chroma_rotation is a share of the crops (0-1), not {cfg.chroma_rotation}"
@@ -480,7 +493,9 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     params = list(model.parameters())
     for head in (probe, chroma_head):
         params += list(head.parameters()) if head is not None else []
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: one kernel per operation over all ~100 tensors instead of a Python loop over
+    # them (torch's default off CUDA); the same update
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
     log_path.unlink(missing_ok=True)
@@ -576,7 +591,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     if token_probs is not None:
         probe_metrics = tag_metrics(token_probs, test.targets, tags)
         metrics["token_probe"] = {k: probe_metrics[k] for k in ("mean_roc_auc", "per_slot")}
-    model.cpu().save_pretrained(out)
+    model.to("cpu", memory_format=torch.contiguous_format).save_pretrained(out)
     atomic_write_json(out / CONFIG_NAME, cfg.to_dict())
     atomic_write_json(
         out / METRICS_NAME,
