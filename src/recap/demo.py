@@ -38,7 +38,8 @@ T = TypeVar("T")
 
 @dataclass
 class DemoConfig:
-    """The demo's budget. The defaults fit `make demo` (music21, 2 CPU cores: 15.9 min, run T)."""
+    """The demo's budget. The defaults are `make demo`'s (music21, 2 CPU cores: 27.2 min on a
+    slow day of this machine, ~19.8 by the same stages on run V's day; docs/results.md run W)."""
 
     source: str = "music21"
     out: str = "runs/demo"
@@ -85,9 +86,10 @@ class DemoConfig:
     # 6 points of audio facts and BART 5 of first lines, keep the lyrics, and halve stage 5: the
     # demo fits the issue's 20 minutes on 2 cores instead of taking 29.
     epochs: int = 3
-    # BART-fusion and RECAP train longer than BART (0: `epochs`): six epochs hear more of the
-    # audio (RECAP's audio facts 72.9 -> 75.6 %, key 16-23 -> 21-26 %, three seeds, run V's
-    # stages) and break no run in the demo's threading (docs/results.md "six captioner epochs").
+    # BART-fusion and RECAP train longer than BART (0: `epochs`). Six epochs, three seeds (run
+    # W against run V): key 19-20 -> 22-24 %, lyrics facts 77 -> 79-80 %, salient F1 +3-7, no
+    # run broken; the audio mean stayed at 73 % with run W's retrained tagger (+2 with run V's).
+    # They cost ~4 min of `make demo` (docs/results.md run W).
     fusion_epochs: int = 6
     max_steps: int = 0
     # A quarter of the training examples without their lyrics, so the demo's captioners also
