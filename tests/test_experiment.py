@@ -211,11 +211,11 @@ def test_cached_evaluation_is_reused_only_when_it_still_fits(tmp_path):
     assert ex._cached_metrics(metrics, cfg, run) is None  # retrained since
 
 
-def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path, monkeypatch):
-    """The authors' seed protocol, checked on the calls (training and decoding are stubbed)."""
+def stub_training(tmp_path, monkeypatch):
+    """Stub `train` and `evaluate`; returns the TrainConfigs trained and the (seed, decoding)
+    pairs evaluated, in call order."""
     import recap.evaluation.evaluate
     import recap.training.train
-    from recap.inference.generate import DecodeSettings
 
     trained, evaluated = [], []
 
@@ -224,7 +224,7 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
         (run / "best").mkdir(parents=True, exist_ok=True)
         (run / "best" / "config.json").write_text("{}")
         (run / "train_config.json").write_text(json.dumps({"seed": tc.seed}))
-        trained.append((tc.preset, tc.seed))
+        trained.append(tc)
         return run
 
     def fake_evaluate(run, data, decode, **kwargs):
@@ -233,6 +233,14 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
 
     monkeypatch.setattr(recap.training.train, "train", fake_train)
     monkeypatch.setattr(recap.evaluation.evaluate, "evaluate", fake_evaluate)
+    return trained, evaluated
+
+
+def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path, monkeypatch):
+    """The authors' seed protocol, checked on the calls (training and decoding are stubbed)."""
+    from recap.inference.generate import DecodeSettings
+
+    trained, evaluated = stub_training(tmp_path, monkeypatch)
     cfg = ex.ExperimentConfig(
         data="d",
         out=str(tmp_path / "out"),
@@ -243,7 +251,11 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
         progress=False,
     )
     result = ex.run_table1(cfg)
-    assert trained == [("recap", 2022), ("recap", 2021), ("recap", 2020)]
+    assert [(tc.preset, tc.seed) for tc in trained] == [
+        ("recap", 2022),
+        ("recap", 2021),
+        ("recap", 2020),
+    ]
     assert [(seed, d.seeds, d.do_sample) for seed, d in evaluated] == [
         (2022, (2022,), True),
         (2021, (2021,), True),
@@ -256,24 +268,7 @@ def test_table1_sample_trains_one_model_per_seed_sampled_with_that_seed(tmp_path
 def test_method_overrides_reach_only_that_methods_runs(tmp_path, monkeypatch):
     """The demo trains the fusion models longer than BART: a per-method field wins over the
     shared one, and only for that method."""
-    import recap.evaluation.evaluate
-    import recap.training.train
-
-    epochs = {}
-
-    def fake_train(tc):
-        run = tmp_path / "runs" / f"{tc.preset}-{tc.seed}"
-        (run / "best").mkdir(parents=True, exist_ok=True)
-        (run / "best" / "config.json").write_text("{}")
-        (run / "train_config.json").write_text(json.dumps({"seed": tc.seed}))
-        epochs[tc.preset] = (tc.epochs, tc.lr)
-        return run
-
-    def fake_evaluate(run, data, decode, **kwargs):
-        return {"summary": fake_summary(0.3, 0.5), "decode": decode.to_dict(), "n_examples": 3}
-
-    monkeypatch.setattr(recap.training.train, "train", fake_train)
-    monkeypatch.setattr(recap.evaluation.evaluate, "evaluate", fake_evaluate)
+    trained, _ = stub_training(tmp_path, monkeypatch)
     cfg = ex.ExperimentConfig(
         data="d",
         out=str(tmp_path / "out"),
@@ -284,6 +279,7 @@ def test_method_overrides_reach_only_that_methods_runs(tmp_path, monkeypatch):
         progress=False,
     )
     ex.run_table1(cfg)
+    epochs = {tc.preset: (tc.epochs, tc.lr) for tc in trained}
     assert epochs == {"bart": (3, 0.003), "bart-fusion": (6, 0.003), "recap": (6, 0.003)}
     with pytest.raises(ex.RecapError, match="unknown method"):
         ex.ExperimentConfig(data="d", method_overrides={"recapp": {"epochs": 6}})
