@@ -299,7 +299,8 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
 
     overrides = dict(cfg.train_overrides)
     overrides["epochs"] = cfg.epochs
-    fusion = {"epochs": cfg.fusion_epochs} if cfg.fusion_epochs else {}
+    fusion = ("bart-fusion", "recap")
+    longer = {m: {"epochs": cfg.fusion_epochs} for m in fusion} if cfg.fusion_epochs else {}
     overrides["lyrics_dropout"] = cfg.lyrics_dropout
     if cfg.max_steps:
         overrides["max_steps"] = cfg.max_steps
@@ -312,7 +313,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
         variants=cfg.variants(),
         seeds=tuple(cfg.seeds) or (cfg.seed,),
         train_overrides=overrides,
-        method_overrides={"bart-fusion": fusion, "recap": fusion} if fusion else {},
+        method_overrides=longer,
         decode=DecodeSettings(
             num_beams=cfg.beams,
             max_new_tokens=cfg.max_new_tokens,

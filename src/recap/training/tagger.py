@@ -249,8 +249,8 @@ def random_wave_crops(waves: np.ndarray, samples: int, rng: np.random.Generator)
 def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
     """ROC-AUC as the Mann-Whitney statistic: the chance that a positive outscores a negative,
     ties counting half (average ranks), which is sklearn's `roc_auc_score`. Computed for every
-    tag at every epoch's validation: sklearn's argument checks made that ~25 s of the demo's
-    tagger stage."""
+    tag twice at every epoch's validation: 3 ms against sklearn's 37 (its argument checks) for
+    the demo's 28 tags, ~8 s of the demo's 120 epochs (benchmarks/tagger_step.py)."""
     from scipy.stats import rankdata
 
     ranks = rankdata(scores)  # average ranks of tied scores
