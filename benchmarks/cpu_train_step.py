@@ -12,40 +12,15 @@ prints the operators that dominate the baseline step.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 
 def _step_seconds(overrides: dict, args: argparse.Namespace, profile: bool = False) -> float:
-    from transformers.optimization import Adafactor
+    from recap.training.speed import captioner_step, seconds_per_step
 
-    from recap.models.config import RecapConfig
-    from recap.models.model import RecapModel
-
-    torch.manual_seed(0)
-    config = RecapConfig.preset(args.method, "small", music="mini", **overrides)
-    model = RecapModel(config).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = Adafactor(params, lr=3e-3, relative_step=False, scale_parameter=False, warmup_init=False)
-    ids = torch.randint(5, config.vocab_size, (args.batch, args.source))  # (B, S)
-    labels = torch.randint(5, config.vocab_size, (args.batch, args.target))  # (B, T)
-    music = (
-        torch.randn(args.batch, 119, config.music_dim) if config.use_music else None
-    )  # (B, M, m)
-    songs = [str(i) for i in range(args.batch)]
-
-    def step() -> None:
-        model(ids, labels=labels, music_embeds=music, song_ids=songs).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    seconds = (time.perf_counter() - t0) / args.steps
+    step = captioner_step(args.method, overrides, args.batch, args.source, args.target)
+    seconds = seconds_per_step(step, args.steps)
     if profile:
         from torch.profiler import profile as torch_profile
 

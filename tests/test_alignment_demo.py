@@ -148,6 +148,7 @@ def test_demo_alignment_runs_every_stage(tmp_path, one_thread):
         bootstrap=10,
         jobs=2,  # the process pool, as `make demo-alignment` runs it
         threads=1,
+        reference_steps=1,
     )
     result = run_alignment_demo(cfg)
     root = tmp_path / "align"
@@ -182,6 +183,8 @@ def test_demo_alignment_runs_every_stage(tmp_path, one_thread):
     assert oracle["audio_to_lyrics"]["mrr"] > chance["mrr"]
     saved = json.loads((root / "results.json").read_text(encoding="utf-8"))
     assert saved["command"].startswith("recap demo-alignment")
+    reference = saved["reference_samples_per_s"]  # on every core the trainings used
+    assert reference["threads"] == 2 and reference["start"] > 0 and reference["end"] > 0
     md = (root / "results.md").read_text(encoding="utf-8")
     for heading in ("Table 1", "Figure 2", "retrieval", "random chance", "oracle", "reader"):
         assert heading in md

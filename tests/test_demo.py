@@ -34,6 +34,7 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         pretrain_steps=4,
         pretrain_sources=("none",),
         pretrain_texts=(str(text),),
+        reference_steps=1,
     )
     result = run_demo(cfg)
     root = tmp_path / "demo"
@@ -52,8 +53,11 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         word_misses = slots["salient_word_misses"]
         assert set(word_misses) == {"not_stated", "unreadable", "repeated", "other_words"}
         assert (sum(word_misses.values()) == 0) == (slots["salient_words_f1"] == 1.0)
+    # the machine's speed before and after, so that wall times compare across runs
+    reference = saved["reference_samples_per_s"]
+    assert reference["start"] > 0 and reference["end"] > 0 and reference["threads"] == 1
     md = (root / "results.md").read_text(encoding="utf-8")
-    assert "swap: A's audio" in md and "Table 1" in md
+    assert "swap: A's audio" in md and "Table 1" in md and "Reference speed" in md
     assert (root / "experiments" / "sweep.png").is_file()
     # every captioner was fine-tuned from the demo's text-pretrained BART
     configs = sorted((root / "experiments").glob("full/*/seed0/train_config.json"))

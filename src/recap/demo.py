@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,6 +133,9 @@ class DemoConfig:
     eval_batch_size: int = 32
     meteor15: bool = True
     bootstrap: int = 1000
+    # Timed steps of the reference workload before the first stage and after the last
+    # (`reference_speed`): what makes two runs' wall times comparable. 0: not measured.
+    reference_steps: int = 10
 
     @property
     def root(self) -> Path:
@@ -168,6 +171,35 @@ class _Stages:
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
+
+
+def reference_speed(steps: int = 10, threads: int | None = None) -> float:
+    """This machine's speed now: samples/s of a fixed captioner step (recap.training.speed),
+    `steps` of them timed, on `threads` torch threads (default: the current number). Recorded
+    before the first stage and after the last, so that two runs' wall times are compared only
+    on a machine that ran equally fast."""
+    import torch
+
+    from recap.training.speed import reference_speed as measure
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        speed = measure(steps)
+        print(f"reference speed: {speed:.1f} samples/s on {torch.get_num_threads()} thread(s)")
+    finally:
+        torch.set_num_threads(before)
+    return round(speed, 1)
+
+
+def reference_line(reference: Mapping[str, float]) -> str:
+    """The results page's sentence on `reference_speed`'s two measurements."""
+    return (
+        f"Reference speed of this machine (`recap.training.speed`): {reference['start']:.1f} "
+        f"samples/s before the first stage, {reference['end']:.1f} after the last "
+        f"({reference['threads']:g} thread(s)); compare wall times only between runs whose "
+        "reference speeds agree."
+    )
 
 
 # ------------------------------------------------------------------------------ stages
@@ -495,7 +527,7 @@ _VALUE_FLAGS = (
     "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram",
 )  # fmt: skip
 # Fields that change where or how fast the demo runs, not what it measures.
-_NOT_RESULTS = frozenset({"workers", "eval_batch_size"})
+_NOT_RESULTS = frozenset({"workers", "eval_batch_size", "reference_steps"})
 # Fields recorded otherwise: in the command's head, by a switch, or (train_overrides) entry by
 # entry.
 _RECORDED_OTHERWISE = frozenset({
@@ -554,6 +586,7 @@ def results_markdown(
     slots: list[dict[str, Any]] | None = None,
     commit: str | None = None,
     cross: dict[str, Any] | None = None,
+    reference: dict[str, float] | None = None,
 ) -> str:
     lines = [
         "# Demo results",
@@ -622,6 +655,7 @@ def results_markdown(
         *[f"| {k} | {v:.0f} |" for k, v in stages.items()],
         f"| total | {sum(stages.values()):.0f} |",
         "",
+        *([reference_line(reference), ""] if reference else []),
     ]
     return "\n".join(lines)
 
@@ -633,6 +667,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     stages = _Stages()
     cfg.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
+    import torch
+
+    measure = cfg.reference_steps > 0
+    reference: dict[str, float] = {"threads": torch.get_num_threads()}
+    if measure:
+        reference["start"] = reference_speed(cfg.reference_steps)
     data = stages.run("1. benchmark", lambda: build_bench(cfg))
     cross_bench = stages.run("1b. another corpus's benchmark", lambda: build_cross_bench(cfg))
     encoder = stages.run("2. music-encoder pretraining", lambda: pretrain_tagger(cfg, data))
@@ -646,6 +686,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "6. another corpus (generalisation)",
         lambda: cross_corpus(cfg, cross_bench, encoder, table["records"]),
     )
+    if measure:
+        reference["end"] = reference_speed(cfg.reference_steps)
     recap_record = next(
         r for r in table["records"] if r["method"] == "recap" and r["variant"] == "full"
     )
@@ -666,7 +708,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     slots = slot_table(table["records"])
     commit = code_version()
     md = results_markdown(
-        cfg, table["markdown"], sweep, example, stages.seconds, slots, commit, cross
+        cfg,
+        table["markdown"],
+        sweep,
+        example,
+        stages.seconds,
+        slots,
+        commit,
+        cross,
+        reference if measure else None,
     )
     atomic_write_text(cfg.root / "results.md", md)
     atomic_write_json(
@@ -682,6 +732,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "example": example,
             "seconds": stages.seconds,
             "total_minutes": round(sum(stages.seconds.values()) / 60, 2),
+            "reference_samples_per_s": reference if measure else None,
         },
     )
     total = sum(stages.seconds.values())

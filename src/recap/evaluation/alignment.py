@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.demo import DemoConfig
+from recap.demo import DemoConfig, reference_line
 from recap.evaluation.aligned_space import (
     COUPLED_SLOTS,
     RETRIEVAL_KS,
@@ -575,6 +575,7 @@ def results_markdown(
     cpu: Mapping[str, float],
     commit: str | None,
     arm_md: Sequence[str] = (),
+    reference: Mapping[str, float] | None = None,
 ) -> str:
     lines = [
         "# Alignment where audio and lyrics correspond",
@@ -624,6 +625,7 @@ def results_markdown(
         f"{cfg.jobs} training process(es) at once, {cfg.threads} torch thread(s) each. CPU s: "
         "this process and its finished children (user + system).",
         "",
+        *([reference_line(reference), ""] if reference else []),
     ]
     return "\n".join(lines)
 
@@ -648,7 +650,13 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     """Every stage; returns Table 1's rows, the sweep, retrieval and the timings."""
     import torch
 
-    from recap.demo import _Stages, build_bench, code_version, precompute_embeddings
+    from recap.demo import (
+        _Stages,
+        build_bench,
+        code_version,
+        precompute_embeddings,
+        reference_speed,
+    )
     from recap.evaluation.experiment import run_sweep, run_table1
     from recap.evaluation.table1 import aggregate
 
@@ -656,6 +664,11 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     stages = _Stages()
     cfg.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
+    # on every core the trainings use, whatever this process's own thread count
+    cores, measure = cfg.jobs * cfg.threads, cfg.reference_steps > 0
+    reference: dict[str, float] = {"threads": cores}
+    if measure:
+        reference["start"] = reference_speed(cfg.reference_steps, cores)
     data = stages.run("1. coupled benchmark", lambda: build_bench(cfg))
     encoder = stages.run("2. music-encoder pretraining", lambda: use_tagger(cfg, data))
     stages.run("3. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
@@ -676,11 +689,21 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     retrieval = stages.run(
         "6. retrieval", lambda: retrieval_stage(cfg, data, encoder, sweep["records"], arm)
     )
+    if measure:
+        reference["end"] = reference_speed(cfg.reference_steps, cores)
     png = Path(sweep["png"])
     (cfg.root / png.name).write_bytes(png.read_bytes())  # beside results.md for its image link
     commit = code_version()
     md = results_markdown(
-        cfg, table["markdown"], sweep, retrieval, stages.seconds, stages.cpu, commit, arm_md
+        cfg,
+        table["markdown"],
+        sweep,
+        retrieval,
+        stages.seconds,
+        stages.cpu,
+        commit,
+        arm_md,
+        reference if measure else None,
     )
     atomic_write_text(cfg.root / "results.md", md)
     atomic_write_json(
@@ -700,6 +723,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
             "seconds": stages.seconds,
             "cpu_seconds": stages.cpu,
             "total_minutes": round(sum(stages.seconds.values()) / 60, 2),
+            "reference_samples_per_s": reference if measure else None,
         },
     )
     print("\n" + md)

@@ -1,0 +1,66 @@
+"""A fixed training workload that says how fast this machine trains right now.
+
+The same code trains at different speeds on different days of a shared machine (identical
+captioner steps measured at 45 and at 70 samples/s, docs/results.md run W), so a demo's wall
+time alone cannot say whether a change made it faster. `recap demo` and `recap demo-alignment`
+time this workload before their first stage and after their last and record both: two timings
+compare only when their reference speeds agree. It is one Adafactor step of the `small`
+BART-fusion on random tokens and music (the step `benchmarks/cpu_train_step.py` profiles), a few
+seconds on two cores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def captioner_step(
+    method: str = "bart-fusion",
+    overrides: dict[str, Any] | None = None,
+    batch: int = 16,
+    source: int = 128,
+    target: int = 80,
+) -> Callable[[], None]:
+    """One training step (forward, backward, Adafactor update) of a fresh `small` captioner on
+    fixed random inputs, as a function to call; the model is built with seed 0."""
+    from transformers.optimization import Adafactor
+
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+
+    with torch.random.fork_rng():  # the caller's random stream stays as it was
+        torch.manual_seed(0)
+        config = RecapConfig.preset(method, "small", music="mini", **(overrides or {}))
+        model = RecapModel(config).train()
+        ids = torch.randint(5, config.vocab_size, (batch, source))  # (B, S)
+        labels = torch.randint(5, config.vocab_size, (batch, target))  # (B, T)
+        music = torch.randn(batch, 119, config.music_dim) if config.use_music else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = Adafactor(params, lr=3e-3, relative_step=False, scale_parameter=False, warmup_init=False)
+    songs = [str(i) for i in range(batch)]
+
+    def step() -> None:
+        model(ids, labels=labels, music_embeds=music, song_ids=songs).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def seconds_per_step(step: Callable[[], None], steps: int = 10, warmup: int = 3) -> float:
+    """Mean wall seconds of one of `steps` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def reference_speed(steps: int = 10, batch: int = 16) -> float:
+    """Samples per second of the reference workload on this process's torch threads."""
+    return batch / seconds_per_step(captioner_step(batch=batch), steps, warmup=min(3, steps))

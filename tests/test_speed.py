@@ -1,0 +1,23 @@
+"""The reference workload the demos time before and after their stages."""
+
+from __future__ import annotations
+
+import torch
+
+from recap.training.speed import captioner_step, reference_speed, seconds_per_step
+
+
+def test_seconds_per_step_times_only_the_steps_after_the_warm_up():
+    calls = []
+    seconds = seconds_per_step(lambda: calls.append(1), steps=4, warmup=2)
+    assert len(calls) == 6 and seconds >= 0.0
+
+
+def test_the_reference_step_trains_and_leaves_the_callers_random_stream_alone(one_thread):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    step = captioner_step(batch=2, source=12, target=6)
+    assert torch.equal(torch.rand(3), expected)  # building it drew from a forked stream
+    step()  # one forward, backward and update of the real `small` captioner
+    assert reference_speed(steps=1, batch=2) > 0.0
