@@ -21,3 +21,16 @@ def test_the_reference_step_trains_and_leaves_the_callers_random_stream_alone(on
     assert torch.equal(torch.rand(3), expected)  # building it drew from a forked stream
     step()  # one forward, backward and update of the real `small` captioner
     assert reference_speed(steps=1, batch=2) > 0.0
+
+
+def test_the_demos_measurement_leaves_the_thread_count_alone(one_thread, monkeypatch):
+    # Setting it, even to the same number, changes the last bits of every later training.
+    from recap import demo
+
+    def refuse(n):
+        raise AssertionError(f"torch.set_num_threads({n}) called")
+
+    monkeypatch.setattr(torch, "set_num_threads", refuse)
+    monkeypatch.setattr("recap.training.speed.reference_speed", lambda steps: 50.0)
+    assert demo.reference_speed(steps=1) == 50.0
+    assert demo.reference_speed(steps=1, threads=torch.get_num_threads()) == 50.0
