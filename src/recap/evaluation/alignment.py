@@ -660,15 +660,17 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     from recap.evaluation.experiment import run_sweep, run_table1
     from recap.evaluation.table1 import aggregate
 
-    torch.set_num_threads(cfg.threads)
-    stages = _Stages()
-    cfg.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
-    # on every core the trainings use, whatever this process's own thread count
+    # On every core the trainings use; before this process takes its own thread count, so that
+    # on a machine of `jobs * threads` cores nothing sets the count twice (it would change the
+    # last bits of the embeddings computed next: `recap.demo.reference_speed`).
     cores, measure = cfg.jobs * cfg.threads, cfg.reference_steps > 0
     reference: dict[str, float] = {"threads": cores}
     if measure:
         reference["start"] = reference_speed(cfg.reference_steps, cores)
+    torch.set_num_threads(cfg.threads)
+    stages = _Stages()
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
     data = stages.run("1. coupled benchmark", lambda: build_bench(cfg))
     encoder = stages.run("2. music-encoder pretraining", lambda: use_tagger(cfg, data))
     stages.run("3. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
