@@ -660,9 +660,9 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     from recap.evaluation.experiment import run_sweep, run_table1
     from recap.evaluation.table1 import aggregate
 
-    # On every core the trainings use; before this process takes its own thread count, so that
-    # on a machine of `jobs * threads` cores nothing sets the count twice (it would change the
-    # last bits of the embeddings computed next: `recap.demo.reference_speed`).
+    # On every core the trainings use, before this process takes its own thread count: on a
+    # machine of `jobs * threads` cores the measurement then sets no count of its own (a setting
+    # changes the last bits of what is computed after it: `recap.demo.reference_speed`).
     cores, measure = cfg.jobs * cfg.threads, cfg.reference_steps > 0
     reference: dict[str, float] = {"threads": cores}
     if measure:
