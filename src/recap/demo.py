@@ -38,8 +38,8 @@ T = TypeVar("T")
 
 @dataclass
 class DemoConfig:
-    """The demo's budget. The defaults are `make demo`'s (music21, 2 CPU cores: 27.2 min on a
-    slow day of this machine, ~19.8 by the same stages on run V's day; docs/results.md run W)."""
+    """The demo's budget. The defaults are `make demo`'s (music21, 2 CPU cores: 17.9 min of
+    stages on a fast day of this machine, 27.2 on a slow one; docs/results.md runs Y and W)."""
 
     source: str = "music21"
     out: str = "runs/demo"
