@@ -1,7 +1,7 @@
 """A fixed training workload that says how fast this machine trains right now.
 
 The same code trains at different speeds on different days of a shared machine (identical
-captioner steps measured at 45 and at 70 samples/s, docs/results.md run W), so a demo's wall
+captioner steps at 42-45 samples/s in run W, 66-73 in run Y: docs/results.md), so a demo's wall
 time alone cannot say whether a change made it faster. `recap demo` and `recap demo-alignment`
 time this workload before their first stage and after their last and record both: two timings
 compare only when their reference speeds agree. It is one Adafactor step of the `small`
