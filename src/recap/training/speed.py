@@ -4,7 +4,7 @@ The same code trains at different speeds on different days of a shared machine (
 captioner steps at 42-45 samples/s in run W, 66-73 in run Y: docs/results.md), so a demo's wall
 time alone cannot say whether a change made it faster. `recap demo` and `recap demo-alignment`
 time this workload before their first stage and after their last and record both: two timings
-compare only when their reference speeds agree. It is one Adafactor step of the `small`
+compare only when their reference speeds agree. It is one training step of the `small`
 BART-fusion on random tokens and music (the step `benchmarks/cpu_train_step.py` profiles), a few
 seconds on two cores.
 """
@@ -25,12 +25,13 @@ def captioner_step(
     source: int = 128,
     target: int = 80,
 ) -> Callable[[], None]:
-    """One training step (forward, backward, Adafactor update) of a fresh `small` captioner on
-    fixed random inputs, as a function to call; the model is built with seed 0."""
-    from transformers.optimization import Adafactor
-
+    """One training step (forward, backward, optimizer update) of a fresh `small` captioner on
+    fixed random inputs, as a function to call; the model is built with seed 0 and the optimizer
+    as `recap train` builds it for that size (Adafactor, lr 3e-3)."""
     from recap.models.config import RecapConfig
     from recap.models.model import RecapModel
+    from recap.training.config import TrainConfig
+    from recap.training.optim import build_optimizer
 
     with torch.random.fork_rng():  # the caller's random stream stays as it was
         torch.manual_seed(0)
@@ -40,7 +41,7 @@ def captioner_step(
         labels = torch.randint(5, config.vocab_size, (batch, target))  # (B, T)
         music = torch.randn(batch, 119, config.music_dim) if config.use_music else None
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = Adafactor(params, lr=3e-3, relative_step=False, scale_parameter=False, warmup_init=False)
+    opt = build_optimizer(TrainConfig(preset=method, size="small").resolved(), params)
     songs = [str(i) for i in range(batch)]
 
     def step() -> None:
