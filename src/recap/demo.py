@@ -674,10 +674,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     stages = _Stages()
     cfg.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
-    measure = cfg.reference_steps > 0
-    reference: dict[str, float] = {"threads": torch.get_num_threads()}
-    if measure:
-        reference["start"] = reference_speed(cfg.reference_steps)
+    reference: dict[str, float] | None = None
+    if cfg.reference_steps > 0:
+        threads = torch.get_num_threads()
+        reference = {"threads": threads, "start": reference_speed(cfg.reference_steps)}
     data = stages.run("1. benchmark", lambda: build_bench(cfg))
     cross_bench = stages.run("1b. another corpus's benchmark", lambda: build_cross_bench(cfg))
     encoder = stages.run("2. music-encoder pretraining", lambda: pretrain_tagger(cfg, data))
@@ -691,7 +691,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "6. another corpus (generalisation)",
         lambda: cross_corpus(cfg, cross_bench, encoder, table["records"]),
     )
-    if measure:
+    if reference:
         reference["end"] = reference_speed(cfg.reference_steps)
     recap_record = next(
         r for r in table["records"] if r["method"] == "recap" and r["variant"] == "full"
@@ -721,7 +721,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         slots,
         commit,
         cross,
-        reference if measure else None,
+        reference,
     )
     atomic_write_text(cfg.root / "results.md", md)
     atomic_write_json(
@@ -737,7 +737,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "example": example,
             "seconds": stages.seconds,
             "total_minutes": round(sum(stages.seconds.values()) / 60, 2),
-            "reference_samples_per_s": reference if measure else None,
+            "reference_samples_per_s": reference,
         },
     )
     total = sum(stages.seconds.values())

@@ -663,10 +663,10 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     # On every core the trainings use, before this process takes its own thread count: on a
     # machine of `jobs * threads` cores the measurement then sets no count of its own (a setting
     # changes the last bits of what is computed after it: `recap.demo.reference_speed`).
-    cores, measure = cfg.jobs * cfg.threads, cfg.reference_steps > 0
-    reference: dict[str, float] = {"threads": cores}
-    if measure:
-        reference["start"] = reference_speed(cfg.reference_steps, cores)
+    cores = cfg.jobs * cfg.threads
+    reference: dict[str, float] | None = None
+    if cfg.reference_steps > 0:
+        reference = {"threads": cores, "start": reference_speed(cfg.reference_steps, cores)}
     torch.set_num_threads(cfg.threads)
     stages = _Stages()
     cfg.root.mkdir(parents=True, exist_ok=True)
@@ -691,7 +691,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     retrieval = stages.run(
         "6. retrieval", lambda: retrieval_stage(cfg, data, encoder, sweep["records"], arm)
     )
-    if measure:
+    if reference:
         reference["end"] = reference_speed(cfg.reference_steps, cores)
     png = Path(sweep["png"])
     (cfg.root / png.name).write_bytes(png.read_bytes())  # beside results.md for its image link
@@ -705,7 +705,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
         stages.cpu,
         commit,
         arm_md,
-        reference if measure else None,
+        reference,
     )
     atomic_write_text(cfg.root / "results.md", md)
     atomic_write_json(
@@ -725,7 +725,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
             "seconds": stages.seconds,
             "cpu_seconds": stages.cpu,
             "total_minutes": round(sum(stages.seconds.values()) / 60, 2),
-            "reference_samples_per_s": reference if measure else None,
+            "reference_samples_per_s": reference,
         },
     )
     print("\n" + md)
