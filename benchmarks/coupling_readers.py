@@ -52,18 +52,14 @@ def table_retrieval(
 ) -> dict[str, dict[str, float]]:
     """Retrieval of a reader that names (theme, colour) `read` for each test text and hears each
     test audio's facts exactly (the coupling-table oracle's scoring when `read` is the truth)."""
-    from recap.evaluation.aligned_space import COUPLED_SLOTS, coupled_facts, ranked_retrieval
+    from recap.evaluation.aligned_space import coupled_facts, fact_match_scores, ranked_retrieval
 
     def facts(theme: str, colour: str) -> dict[str, str]:
         return coupled_facts({"theme": theme, "colour": theme if theme_only else colour})
 
     heard = [facts(t["theme"], t.get("colour") or t["theme"]) for t in truths]
     named = [facts(theme, colour) for theme, colour in read]
-    score = np.array(
-        [[sum(h[s] == n[s] for s in COUPLED_SLOTS) for n in named] for h in heard],
-        dtype=np.float64,
-    )  # (audio i, lyrics j)
-    return ranked_retrieval(score, groups)
+    return ranked_retrieval(fact_match_scores(heard, named), groups)
 
 
 def readers(bench: str) -> None:

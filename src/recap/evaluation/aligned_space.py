@@ -179,15 +179,22 @@ def ranked_retrieval(
     }
 
 
+def fact_match_scores(
+    heard: Sequence[Mapping[str, Any]], named: Sequence[Mapping[str, str]]
+) -> np.ndarray:
+    """(audio i, lyrics j) scores: how many of audio i's coupled facts (`heard[i]`) are the ones
+    named for lyrics j (`named[j]`, e.g. `coupled_facts` of its theme and colour)."""
+    return np.array(
+        [[sum(h[s] == n[s] for s in COUPLED_SLOTS) for n in named] for h in heard],
+        dtype=np.float64,
+    )
+
+
 def oracle_retrieval(songs: SplitSongs, draws: int = 20, seed: int = 0) -> dict[str, Any]:
     """The ceiling of a reader who knows the coupling table and hears every fact exactly: lyrics
     j scores against audio i by how many of i's facts the table gives j's theme and colour."""
     mapped = [coupled_facts(t) for t in songs.truths]
-    score = np.array(
-        [[sum(ti[s] == mj[s] for s in COUPLED_SLOTS) for mj in mapped] for ti in songs.truths],
-        dtype=np.float64,
-    )  # (audio i, lyrics j)
-    return ranked_retrieval(score, songs.groups, draws, seed)
+    return ranked_retrieval(fact_match_scores(songs.truths, mapped), songs.groups, draws, seed)
 
 
 def linear_map_retrieval(
