@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from recap.evaluation.aligned_space import (
     SplitSongs,
@@ -185,7 +186,9 @@ def test_demo_alignment_runs_every_stage(tmp_path, one_thread):
     assert saved["command"].startswith("recap demo-alignment")
     reference = saved["reference_samples_per_s"]  # on every core the trainings used
     assert reference["threads"] == 2 and reference["start"] > 0 and reference["end"] > 0
+    assert saved["machine"]["torch"] == torch.__version__
     md = (root / "results.md").read_text(encoding="utf-8")
+    assert f"Machine: {saved['machine']['cpu']}" in md
     for heading in ("Table 1", "Figure 2", "retrieval", "random chance", "oracle", "reader"):
         assert heading in md
     assert md.count(arm_label(cfg.arm)) >= 2  # its Table 1 row and its retrieval row

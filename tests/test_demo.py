@@ -56,8 +56,11 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     # the machine's speed before and after, so that wall times compare across runs
     reference = saved["reference_samples_per_s"]
     assert reference["start"] > 0 and reference["end"] > 0 and reference["threads"] == 1
+    # and what it ran on: the same seed prints other figures on another CPU model
+    assert saved["machine"]["cpus"] >= 1 and saved["machine"]["cpu"]
     md = (root / "results.md").read_text(encoding="utf-8")
     assert "swap: A's audio" in md and "Table 1" in md and "Reference speed" in md
+    assert f"Machine: {saved['machine']['cpu']}" in md
     assert (root / "experiments" / "sweep.png").is_file()
     # every captioner was fine-tuned from the demo's text-pretrained BART
     configs = sorted((root / "experiments").glob("full/*/seed0/train_config.json"))

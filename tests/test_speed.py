@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from recap.training.speed import captioner_step, reference_speed, seconds_per_step
+from recap.training.speed import (
+    captioner_step,
+    cpu_model,
+    machine,
+    reference_speed,
+    seconds_per_step,
+)
 
 
 def test_seconds_per_step_times_only_the_steps_after_the_warm_up():
@@ -34,3 +40,11 @@ def test_the_demos_measurement_leaves_the_thread_count_alone(one_thread, monkeyp
     monkeypatch.setattr("recap.training.speed.reference_speed", lambda steps: 50.0)
     assert demo.reference_speed(steps=1) == 50.0
     assert demo.reference_speed(steps=1, threads=torch.get_num_threads()) == 50.0
+
+
+def test_the_cpu_model_is_read_from_cpuinfo_or_the_platform(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+    assert cpu_model(info) == "AMD EPYC"
+    assert cpu_model(tmp_path / "missing")  # the platform's word for it, never empty
+    assert machine()["torch"] == torch.__version__

@@ -207,6 +207,15 @@ def reference_line(reference: Mapping[str, float]) -> str:
     )
 
 
+def machine_line(machine: Mapping[str, Any]) -> str:
+    """The results page's sentence on what the run ran on (`recap.training.speed.machine`)."""
+    return (
+        f"Machine: {machine['cpu']}, {machine['cpus']} CPU(s), torch {machine['torch']}; "
+        "the same commit and seed print these figures to the digit on this CPU model, other "
+        "ones on another (docs/results.md, run Z)."
+    )
+
+
 # ------------------------------------------------------------------------------ stages
 
 
@@ -592,6 +601,7 @@ def results_markdown(
     commit: str | None = None,
     cross: dict[str, Any] | None = None,
     reference: dict[str, float] | None = None,
+    machine: Mapping[str, Any] | None = None,
 ) -> str:
     lines = [
         "# Demo results",
@@ -661,6 +671,7 @@ def results_markdown(
         f"| total | {sum(stages.values()):.0f} |",
         "",
         *([reference_line(reference), ""] if reference else []),
+        *([machine_line(machine), ""] if machine else []),
     ]
     return "\n".join(lines)
 
@@ -670,6 +681,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     import torch
 
     from recap.evaluation.experiment import run_sweep, run_table1
+    from recap.training.speed import machine
 
     stages = _Stages()
     cfg.root.mkdir(parents=True, exist_ok=True)
@@ -712,6 +724,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         local_png.write_bytes(png.read_bytes())
     slots = slot_table(table["records"])
     commit = code_version()
+    ran_on = machine()
     md = results_markdown(
         cfg,
         table["markdown"],
@@ -722,6 +735,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         commit,
         cross,
         reference,
+        ran_on,
     )
     atomic_write_text(cfg.root / "results.md", md)
     atomic_write_json(
@@ -738,6 +752,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "seconds": stages.seconds,
             "total_minutes": round(sum(stages.seconds.values()) / 60, 2),
             "reference_samples_per_s": reference,
+            "machine": ran_on,
         },
     )
     total = sum(stages.seconds.values())

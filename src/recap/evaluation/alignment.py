@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.demo import DemoConfig, reference_line
+from recap.demo import DemoConfig, machine_line, reference_line
 from recap.evaluation.aligned_space import (
     COUPLED_SLOTS,
     RETRIEVAL_KS,
@@ -576,6 +576,7 @@ def results_markdown(
     commit: str | None,
     arm_md: Sequence[str] = (),
     reference: Mapping[str, float] | None = None,
+    machine: Mapping[str, Any] | None = None,
 ) -> str:
     lines = [
         "# Alignment where audio and lyrics correspond",
@@ -626,6 +627,7 @@ def results_markdown(
         "this process and its finished children (user + system).",
         "",
         *([reference_line(reference), ""] if reference else []),
+        *([machine_line(machine), ""] if machine else []),
     ]
     return "\n".join(lines)
 
@@ -659,6 +661,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     )
     from recap.evaluation.experiment import run_sweep, run_table1
     from recap.evaluation.table1 import aggregate
+    from recap.training.speed import machine
 
     # On every core the trainings use, before this process takes its own thread count: on a
     # machine of `jobs * threads` cores the measurement then sets no count of its own (a setting
@@ -696,6 +699,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     png = Path(sweep["png"])
     (cfg.root / png.name).write_bytes(png.read_bytes())  # beside results.md for its image link
     commit = code_version()
+    ran_on = machine()
     md = results_markdown(
         cfg,
         table["markdown"],
@@ -706,6 +710,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
         commit,
         arm_md,
         reference,
+        ran_on,
     )
     atomic_write_text(cfg.root / "results.md", md)
     atomic_write_json(
@@ -726,6 +731,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
             "cpu_seconds": stages.cpu,
             "total_minutes": round(sum(stages.seconds.values()) / 60, 2),
             "reference_samples_per_s": reference,
+            "machine": ran_on,
         },
     )
     print("\n" + md)

@@ -11,8 +11,11 @@ seconds on two cores.
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,3 +68,22 @@ def seconds_per_step(step: Callable[[], None], steps: int = 10, warmup: int = 3)
 def reference_speed(steps: int = 10, batch: int = 16) -> float:
     """Samples per second of the reference workload on this process's torch threads."""
     return batch / seconds_per_step(captioner_step(batch=batch), steps, warmup=min(3, steps))
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), or the platform's word for
+    it where /proc/cpuinfo does not say."""
+    try:
+        for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """What a run ran on, recorded beside its figures: the same code and seed print other
+    figures on another CPU model (its kernels round differently; docs/results.md run Z)."""
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__}
