@@ -13,13 +13,11 @@ from recap.inference.quotes import token_bytes
 from recap.inference.words import (
     CAPTION_WORDS_NAME,
     WORD,
-    DistinctWords,
     KnownWords,
     WordVocabulary,
     caption_vocabulary,
     load_caption_words,
     save_caption_words,
-    sentence_words,
 )
 from recap.models.tokenizer import train_bpe_tokenizer
 from recap.utils import RecapError
@@ -105,11 +103,8 @@ def test_a_word_of_the_other_song_is_not_allowed(tokenizer):
 
 def test_the_setting_is_checked_named_and_reaches_the_command_line():
     assert DecodeSettings(quote_lyrics=True, known_words=True).tag() == "beam4-quotes-words"
-    assert DecodeSettings(distinct_words=True).tag() == "beam4-distinct"
     with pytest.raises(RecapError, match="known_words"):
         DecodeSettings(known_words=1).check()
-    with pytest.raises(RecapError, match="distinct_words"):
-        DecodeSettings(distinct_words="yes").check()
     import argparse
 
     from recap.cli.flags import add_decode_arguments, decode_from_args
@@ -118,7 +113,6 @@ def test_the_setting_is_checked_named_and_reaches_the_command_line():
     add_decode_arguments(parser)
     assert decode_from_args(parser.parse_args(["--known-words"])).known_words is True
     assert decode_from_args(parser.parse_args([])).known_words is False
-    assert decode_from_args(parser.parse_args(["--distinct-words"])).distinct_words is True
 
 
 def test_a_trained_model_keeps_its_caption_words_and_decodes_with_them(
@@ -148,59 +142,3 @@ def test_a_trained_model_keeps_its_caption_words_and_decodes_with_them(
     model, tok, _ = load_model_and_tokenizer(old, device="cpu")
     with pytest.raises(RecapError, match=CAPTION_WORDS_NAME):
         generate_texts(model, tok, ids, list(music), settings)
-
-
-def test_sentence_words_are_the_last_sentences_long_words_outside_quotes():
-    written, partial = sentence_words(
-        'Sung in German, it opens with "Meine Seel". Words like Seel, Herr'
-    )
-    assert (written, partial) == ({"words", "like", "seel"}, "herr")  # "Herr" is unfinished
-    assert sentence_words('It opens with "Meine Seel') is None  # inside a quote
-    assert sentence_words("Words like Seel, ") == ({"words", "like", "seel"}, "")
-    assert sentence_words("Words like Seel: it is about") == (set(), "about")
-
-
-def test_distinct_words_bans_a_listed_word_and_nothing_else(tokenizer):
-    vocab = WordVocabulary(tokenizer)
-    processor = DistinctWords(vocab)
-    prefixes = ["Words like Seel, Herren and", 'It opens with "Meine Seel’ erhebt den". Words like']
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prefixes]
-    width = max(map(len, ids))
-    batch = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids])
-    out = processor(batch, torch.zeros(2, len(vocab.table)))
-    seel = tokenizer(" Seel", add_special_tokens=False)["input_ids"]
-    gottes = tokenizer(" Gottes", add_special_tokens=False)["input_ids"]
-    assert len(seel) == 1 and len(gottes) == 1  # whole words in this vocabulary
-    assert torch.isinf(out[0, seel[0]]) and torch.isfinite(out[0, gottes[0]])
-    # The quoted first line's "Seel" is not a listed word: it may be named after the quote.
-    assert torch.isfinite(out[1, seel[0]])
-    assert torch.isfinite(out[1]).sum() == len(vocab.table)
-
-
-def test_random_scores_never_repeat_a_long_word_in_a_sentence(tokenizer):
-    vocab = WordVocabulary(tokenizer)
-    table = token_bytes(tokenizer)
-    rng = torch.Generator().manual_seed(0)
-    # Scores that favour a few words heavily, so the free decoding repeats them.
-    favoured = [
-        tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in (" Seel", " Herren", ",")
-    ]
-
-    def repeats(processor) -> int:
-        found = 0
-        for _ in range(8):
-            ids = tokenizer("Words like", add_special_tokens=False)["input_ids"]
-            for _ in range(12):
-                scores = torch.randn(1, len(table), generator=rng)
-                scores[0, favoured] += 6.0
-                scores[0, tokenizer.eos_token_id] = float("-inf")
-                ids.append(int(processor(torch.tensor([ids]), scores)[0].argmax()))
-            text = b"".join(table[i] for i in ids).decode("utf-8", errors="ignore")
-            for sentence in text.split("."):
-                # the last word may be unfinished
-                long_words = [w for w in _words(sentence) if len(w) >= 4][:-1]
-                found += len(long_words) > len(set(long_words))
-        return found
-
-    assert repeats(DistinctWords(vocab)) == 0
-    assert repeats(lambda ids, scores: scores) > 0  # the same scores, unconstrained

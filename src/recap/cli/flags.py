@@ -139,11 +139,6 @@ def add_decode_arguments(
         action="store_true",
         help="every word of a caption is one of the training captions' or the song's lyrics'",
     )
-    g.add_argument(
-        "--distinct-words",
-        action="store_true",
-        help="no word of 4+ letters twice in one sentence, outside quotes (docs/training.md)",
-    )
 
 
 def add_int8_argument(parser: Any) -> None:
@@ -192,7 +187,6 @@ def decode_from_args(args: Any) -> Any:
         batch_size=args.batch_size,
         quote_lyrics=args.quote_lyrics,
         known_words=args.known_words,
-        distinct_words=args.distinct_words,
     ).check()
 
 

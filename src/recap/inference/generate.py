@@ -38,9 +38,7 @@ class DecodeSettings:
     together. `quote_lyrics`: what a caption quotes is the song's own lyrics, verbatim
     (`recap.inference.quotes`; off by default: the papers decode freely). `known_words`: every
     word of a caption is a word of the captioner's training captions or of the song's lyrics
-    (`recap.inference.words`; off by default). `distinct_words`: no word of four letters or more
-    twice in one sentence outside quotes (`recap.inference.words.DistinctWords`; off by
-    default). The values are
+    (`recap.inference.words`; off by default). The values are
     checked by `check` (a RecapError naming the setting), so a bad option fails before any work
     starts and reaches the server's client as a 422.
     """
@@ -54,7 +52,6 @@ class DecodeSettings:
     batch_size: int = 16
     quote_lyrics: bool = False
     known_words: bool = False
-    distinct_words: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
@@ -102,7 +99,7 @@ class DecodeSettings:
         for seed in self.seeds:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
                 raise RecapError(f"seed must be an integer from 0 to {MAX_SEED} (2**64 - 1)")
-        for name in ("quote_lyrics", "known_words", "distinct_words"):
+        for name in ("quote_lyrics", "known_words"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise RecapError(f"{name} must be true or false, got {value!r}")
@@ -133,8 +130,6 @@ class DecodeSettings:
             text += "-quotes"
         if self.known_words:
             text += "-words"
-        if self.distinct_words:
-            text += "-distinct"
         return text
 
     def generate_kwargs(self, model_config: Any) -> dict[str, Any]:
@@ -294,15 +289,14 @@ class _Constraints:
 
     def __init__(self, model: Any, tokenizer: Any, settings: DecodeSettings) -> None:
         self.rows_per_song = settings.num_beams
-        self.quotes = self.vocabulary = None
-        # None: no known-words constraint; else the words the captioner was trained on.
-        self.caption_words: frozenset[str] | None = None
+        self.quotes = self.words = None
+        self.caption_words: frozenset[str] = frozenset()
         if settings.quote_lyrics:
             from recap.inference.quotes import QuoteVocabulary
 
             self.quotes = QuoteVocabulary(tokenizer)
         if settings.known_words:
-            from recap.inference.words import CAPTION_WORDS_NAME
+            from recap.inference.words import CAPTION_WORDS_NAME, WordVocabulary
 
             if getattr(model, "caption_words", None) is None:
                 raise RecapError(
@@ -311,31 +305,23 @@ class _Constraints:
                     "this model has none"
                 )
             self.caption_words = model.caption_words
-        if settings.known_words or settings.distinct_words:
-            from recap.inference.words import WordVocabulary
-
-            self.vocabulary = WordVocabulary(tokenizer)
-        self.distinct = settings.distinct_words
+            self.words = WordVocabulary(tokenizer)
 
     def __bool__(self) -> bool:
-        return self.quotes is not None or self.vocabulary is not None
+        return self.quotes is not None or self.words is not None
 
     def for_songs(self, songs: Sequence[str]) -> Any:
         """The logits processors of one batch (`songs`: its lyrics, in row order)."""
         from transformers import LogitsProcessorList
 
         from recap.inference.quotes import QuoteFromLyrics
-        from recap.inference.words import DistinctWords, KnownWords
+        from recap.inference.words import KnownWords
 
         processors: list[Any] = []
         if self.quotes is not None:
             processors.append(QuoteFromLyrics(self.quotes, songs, self.rows_per_song))
-        if self.caption_words is not None:
-            processors.append(
-                KnownWords(self.vocabulary, self.caption_words, songs, self.rows_per_song)
-            )
-        if self.distinct:
-            processors.append(DistinctWords(self.vocabulary))
+        if self.words is not None:
+            processors.append(KnownWords(self.words, self.caption_words, songs, self.rows_per_song))
         return LogitsProcessorList(processors)
 
 

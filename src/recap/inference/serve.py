@@ -346,9 +346,6 @@ def create_app(
         known_words: bool | None = Form(
             None, description="every word is one of the training captions' or the lyrics'"
         ),
-        distinct_words: bool | None = Form(
-            None, description="no word of 4+ letters twice in one sentence, outside quotes"
-        ),
     ) -> dict[str, Any]:
         text = check_lyrics(lyrics, required=False)
         if text is None and not captioner.model.config.use_music:
@@ -361,7 +358,6 @@ def create_app(
             max_new_tokens=max_new_tokens,
             quote_lyrics=quote_lyrics,
             known_words=known_words,
-            distinct_words=distinct_words,
         )
         wave = read_audio(audio)
         start = time.perf_counter()

@@ -14,12 +14,6 @@ merges the characters of its training text into whole tokens; inside a quote, wh
 The check runs on each beam's text so far (decoded from the byte-level tokens, so a letter
 split over two tokens counts once it is whole): the word being written must be the beginning of
 an allowed word, and a token that ends it must end an allowed word.
-
-A second constraint here, `DistinctWords` (`DecodeSettings.distinct_words`), keeps a sentence
-from naming a word twice: outside quotes, a word of `DISTINCT_MIN_LETTERS` letters or more that
-the sentence has already written is not begun again. It is the failure of a copy head that keeps
-pointing at the same lyrics word ("Words like weil, weil and gegeben"); no reference sentence of
-the rendered-songs benchmark repeats such a word (docs/training.md).
 """
 
 from __future__ import annotations
@@ -43,8 +37,6 @@ WORD = re.compile(r"[^\W_]+")
 _TRAILING_WORD = re.compile(r"[^\W_]+$")
 # The tokens of one beam decoded to find the word it is writing (words are shorter than this).
 _TAIL_TOKENS = 32
-DISTINCT_MIN_LETTERS = 4  # shorter words (articles, "and", "of") repeat in ordinary sentences
-_SENTENCE_END = re.compile(r"[.!?:;]")
 
 
 def caption_vocabulary(texts: Iterable[str]) -> list[str]:
@@ -86,10 +78,6 @@ class WordVocabulary:
         self.table = table
         self.boundary_led: list[tuple[int, tuple[str, ...], str]] = []  # (id, inner, trailing)
         self.by_lead: dict[str, list[tuple[int, bool, tuple[str, ...], str]]] = {}
-        # For DistinctWords: the ids that begin a word with exactly these letters after a
-        # boundary, and those holding a whole word between two boundaries.
-        self.by_trail: dict[str, list[int]] = {}
-        self.by_inner: dict[str, list[int]] = {}
         special = set(tokenizer.all_special_ids)
         for i, piece in enumerate(table):
             if i in special:
@@ -111,15 +99,7 @@ class WordVocabulary:
                 self.by_lead.setdefault(lead, []).append((i, True, inner, trail))
             else:
                 self.boundary_led.append((i, inner, trail))
-                if trail:
-                    self.by_trail.setdefault(trail, []).append(i)
-            for word in inner:
-                self.by_inner.setdefault(word, []).append(i)
         self.eos = tokenizer.eos_token_id
-        # Every id that ends the word being written (a boundary first, or the end).
-        self.word_enders = [i for i, _, _ in self.boundary_led] + (
-            [self.eos] if self.eos is not None else []
-        )
 
 
 class _SongWords:
@@ -199,75 +179,11 @@ class KnownWords(LogitsProcessor):
         return keep_only(scores, allowed_by_row)
 
 
-def sentence_words(text: str) -> tuple[set[str], str] | None:
-    """The words of `DISTINCT_MIN_LETTERS` letters or more (lower-cased) that the last sentence
-    of `text` has written outside quotes, and the word being written at its end ("" after a
-    boundary); None inside a quote, which the quote constraint governs."""
-    if text.count('"') % 2:
-        return None
-    unquoted = re.sub(r'"[^"]*"', " ", text)
-    ends = [m.end() for m in _SENTENCE_END.finditer(unquoted)]
-    sentence = unquoted[ends[-1] :] if ends else unquoted
-    partial = _TRAILING_WORD.search(sentence)
-    done = sentence[: partial.start()] if partial else sentence
-    written = {w.lower() for w in WORD.findall(done) if len(w) >= DISTINCT_MIN_LETTERS}
-    return written, partial.group().lower() if partial else ""
-
-
-def repeating_ids(vocab: WordVocabulary, written: set[str], partial: str) -> list[int]:
-    """The ids that would name a word of `written` again, after a text ending in `partial`:
-    those finishing it (the partial word extended by the token's letters, or a whole word
-    inside the token), those ending the partial word when it is one of them, and those that
-    begin one of them with exactly its letters after a boundary (such a token could still grow
-    into a longer word; it is banned all the same, as the model would most often stop there)."""
-    ids: list[int] = []
-    if partial in written:
-        ids += vocab.word_enders
-    for word in written:
-        ids += vocab.by_trail.get(word, ())
-        ids += vocab.by_inner.get(word, ())
-        if word.startswith(partial) and word != partial:
-            ids += [i for i, *_ in vocab.by_lead.get(word[len(partial) :], ())]
-    return ids
-
-
-class DistinctWords(LogitsProcessor):
-    """No word of `DISTINCT_MIN_LETTERS` letters or more twice in one sentence, outside quotes
-    (see the module). Needs no song: it reads each beam's own text."""
-
-    def __init__(self, vocabulary: WordVocabulary) -> None:
-        self.vocabulary = vocabulary
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        table = self.vocabulary.table
-        rows: list[int] = []
-        banned: list[int] = []
-        for row, ids in enumerate(input_ids.tolist()):
-            text = b"".join(table[i] for i in ids).decode("utf-8", errors="ignore")
-            found = sentence_words(text)
-            if found is None or not found[0]:
-                continue
-            ids_out = repeating_ids(self.vocabulary, *found)
-            rows += [row] * len(ids_out)
-            banned += ids_out
-        if not banned:
-            return scores
-        kept = scores.clone()
-        kept[torch.tensor(rows), torch.tensor(banned)] = float("-inf")
-        # a row left without any possible token keeps its scores: some token must stay possible
-        dead = torch.isinf(kept).all(dim=1)
-        return torch.where(dead[:, None], scores, kept)
-
-
 __all__ = [
     "CAPTION_WORDS_NAME",
-    "DISTINCT_MIN_LETTERS",
-    "DistinctWords",
     "KnownWords",
     "WordVocabulary",
     "caption_vocabulary",
     "load_caption_words",
-    "repeating_ids",
     "save_caption_words",
-    "sentence_words",
 ]
