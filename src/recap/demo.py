@@ -211,8 +211,8 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     """The results page's sentence on what the run ran on (`recap.training.speed.machine`)."""
     return (
         f"Machine: {machine['cpu']}, {machine['cpus']} CPU(s), torch {machine['torch']}; "
-        "the same commit and seed print these figures to the digit on this CPU model, other "
-        "ones on another (docs/results.md, run Z)."
+        "expect a rerun of the same commit and seed to print these figures to the digit only "
+        "on the same CPU model (docs/results.md, run Z)."
     )
 
 

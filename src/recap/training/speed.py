@@ -84,6 +84,6 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 
 
 def machine() -> dict[str, Any]:
-    """What a run ran on, recorded beside its figures: the same code and seed print other
-    figures on another CPU model (its kernels round differently; docs/results.md run Z)."""
+    """What a run ran on, recorded beside its figures: the same commit and seed printed other
+    figures on another CPU model (docs/results.md, run Z)."""
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__}
