@@ -296,6 +296,10 @@ def test_save_and_load_round_trip(tmp_path):
     assert not [n for n in names if n.startswith(".")]  # no leftover staging files
     loaded = RecapModel.from_pretrained(tmp_path / "ckpt")
     assert loaded.config == model.config and not loaded.training
+    first = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    for i in range(6):  # the same weights, the same bytes (docs/results.md run Z)
+        model.save_pretrained(tmp_path / f"again{i}")
+        assert (tmp_path / f"again{i}" / "model.safetensors").read_bytes() == first
     ids, mask, labels, music = batch(model.config)
     waveform = torch.randn(3, SAMPLE_RATE) * 0.1
     a = model(ids, mask, labels=labels, music_embeds=music)

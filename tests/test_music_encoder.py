@@ -267,6 +267,12 @@ def test_save_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(wav), model(wav))
         assert torch.equal(loaded.tag(wav), model.tag(wav))
+    # The same weights saved again give the same bytes: a run's sha256 can be compared with
+    # another's (safetensors wrote a two-key metadata in a changing order, 1 save in 2).
+    first = (tmp_path / "enc" / "model.safetensors").read_bytes()
+    for i in range(8):
+        model.save_pretrained(tmp_path / f"again{i}")
+        assert (tmp_path / f"again{i}" / "model.safetensors").read_bytes() == first
 
 
 def test_preset_name_loads_untrained_with_warning(caplog):

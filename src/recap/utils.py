@@ -17,6 +17,12 @@ class RecapError(Exception):
     """An expected failure (bad input, missing file, wrong version) reported without a traceback."""
 
 
+# The metadata of every model.safetensors recap writes. safetensors serialises it from a Rust
+# HashMap, whose order changes from process to process: with two keys, two saves of the same
+# weights differed in their bytes (and sha256). One key keeps the files reproducible.
+SAFETENSORS_METADATA: dict[str, str] = {"format": "pt"}
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.

@@ -30,7 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from recap.models.mel import MelSpectrogram, chroma_filterbank
-from recap.utils import RecapError, atomic_path, atomic_write_json, known_fields
+from recap.utils import (
+    SAFETENSORS_METADATA,
+    RecapError,
+    atomic_path,
+    atomic_write_json,
+    known_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -511,7 +517,7 @@ class MusicEncoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         with atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "model": "recap.MusicEncoder"})
+            save_file(state, str(tmp), metadata=dict(SAFETENSORS_METADATA))
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
         return directory
 
