@@ -17,12 +17,6 @@ class RecapError(Exception):
     """An expected failure (bad input, missing file, wrong version) reported without a traceback."""
 
 
-# The metadata of every model.safetensors recap writes. safetensors serialises it from a Rust
-# HashMap, whose order changes from process to process: with two keys, two saves of the same
-# weights differed in their bytes (and sha256). One key keeps the files reproducible.
-SAFETENSORS_METADATA: dict[str, str] = {"format": "pt"}
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
@@ -43,6 +37,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def atomic_save_safetensors(state: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write the tensors `state` to the safetensors file `path` atomically (`atomic_path`),
+    the same weights always to the same bytes."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        # One metadata key: safetensors serialises the metadata from a Rust HashMap, whose order
+        # changes from process to process, so with two keys two saves of the same weights
+        # differed in their bytes (and sha256).
+        save_file(dict(state), str(tmp), metadata={"format": "pt"})
 
 
 def _create_unique(create: Any, parent: Path, prefix: str, suffix: str = "") -> Path:

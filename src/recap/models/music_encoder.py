@@ -30,13 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recap.models.mel import MelSpectrogram, chroma_filterbank
-from recap.utils import (
-    SAFETENSORS_METADATA,
-    RecapError,
-    atomic_path,
-    atomic_write_json,
-    known_fields,
-)
+from recap.utils import RecapError, atomic_save_safetensors, atomic_write_json, known_fields
 
 logger = logging.getLogger(__name__)
 
@@ -511,13 +505,10 @@ class MusicEncoder(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write `config.json` + `model.safetensors` into `directory` (atomically, file by file)."""
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as tmp:
-            save_file(state, str(tmp), metadata=dict(SAFETENSORS_METADATA))
+        atomic_save_safetensors(state, directory / WEIGHTS_NAME)
         atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
         return directory
 

@@ -17,7 +17,7 @@ from transformers import BartForConditionalGeneration
 from recap.inference.words import load_caption_words, save_caption_words
 from recap.models.config import CONFIG_NAME, RecapConfig
 from recap.models.encoders import MusicEncoderProtocol, build_music_encoder
-from recap.utils import SAFETENSORS_METADATA, RecapError, atomic_path, atomic_write_json
+from recap.utils import RecapError, atomic_save_safetensors, atomic_write_json
 
 if TYPE_CHECKING:
     from recap.models.model import RecapModel
@@ -35,12 +35,9 @@ class PretrainedMixin:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
-        from safetensors.torch import save_file
-
         full = self.state_dict()
         state = {k: full[k].detach().cpu().contiguous().clone() for k in _unique_state_names(full)}
-        with atomic_path(directory / WEIGHTS_NAME, suffix=".safetensors") as tmp:
-            save_file(state, str(tmp), metadata=dict(SAFETENSORS_METADATA))
+        atomic_save_safetensors(state, directory / WEIGHTS_NAME)
         if tokenizer is not None:
             # The tokenizer writes several files: stage them, then move each into place.
             with tempfile.TemporaryDirectory(dir=directory, prefix=".tokenizer.") as staging:
