@@ -68,11 +68,6 @@ class TrainConfig:
     align_lr: float | None = _opt(
         None, "learning rate of the alignment projection and pool (None: lr, as the paper)"
     )
-    align_warmup_epochs: int = _opt(
-        0, "epochs of the alignment loss alone before captioning (0: none, as the paper)"
-    )
-    align_warmup_lr: float = _opt(1e-3, "AdamW learning rate of the alignment warm-up")
-    align_warmup_batch_size: int = _opt(64, "songs per batch of the alignment warm-up")
     vocab_size: int | None = _opt(None, "size of the local BPE (default: the size's vocab_size)")
     model_overrides: dict = _opt({}, "RecapConfig fields, KEY=VALUE (JSON values)", flag="--set")
     # --- optimisation (None: SIZE_DEFAULTS)
@@ -156,13 +151,6 @@ class TrainConfig:
         cfg.audio_config()  # checks windows and window_hop
         if cfg.align_lr is not None and cfg.align_lr <= 0:
             raise RecapError(f"align_lr must be > 0, got {cfg.align_lr}")
-        if cfg.align_warmup_epochs < 0:
-            raise RecapError(f"align_warmup_epochs must be >= 0, got {cfg.align_warmup_epochs}")
-        if cfg.align_warmup_lr <= 0 or cfg.align_warmup_batch_size < 2:
-            raise RecapError(
-                "align_warmup_lr must be > 0 and align_warmup_batch_size >= 2 (a batch of one "
-                "song has no negative)"
-            )
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:
             raise RecapError("batch_size and epochs must be positive and lr > 0")
         return cfg

@@ -130,9 +130,7 @@ class Trainer:
             atomic_write_json(saved, cfg.to_dict())
         return resume
 
-    def _build(self, warm_up: bool = True) -> None:
-        """Everything the loop needs; `warm_up`: run the alignment warm-up (a fresh run; a
-        resumed one loads weights that already hold it)."""
+    def _build(self) -> None:
         from recap.data.songs import load_splits
         from recap.models.config import RecapConfig
         from recap.models.model import RecapModel
@@ -261,8 +259,6 @@ class Trainer:
 
         # --- model, optimizer
         self._freeze_unused(model)
-        if warm_up:
-            self._align_warmup(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self._optimizer(self._param_groups(model))
         self.scheduler = (
@@ -275,38 +271,6 @@ class Trainer:
         self.ema = (
             WeightAverage(acc.unwrap_model(self.model), cfg.ema_decay) if cfg.ema_decay else None
         )
-
-    def _align_warmup(self, model: torch.nn.Module) -> None:
-        """`recap.training.align_warmup` on the train songs, before the optimizer, the weight
-        average and the processes take the model. Every process runs the same warm-up (same
-        seed, same songs); rank 0's weights are then broadcast, so the ranks start equal."""
-        from recap.training.align_warmup import align_warmup
-
-        cfg, acc = self.cfg, self.accelerator
-        if not cfg.align_warmup_epochs:
-            return
-        if getattr(model, "align_proj", None) is None or self.embeddings is None:
-            logger.warning("the %s preset has no aligned space; no alignment warm-up", cfg.preset)
-            return
-        log_path = self.run / "log.jsonl"
-        model.to(acc.device)
-        losses = align_warmup(
-            model,
-            self.train_examples,
-            self.embeddings,
-            epochs=cfg.align_warmup_epochs,
-            lr=cfg.align_warmup_lr,
-            batch_size=cfg.align_warmup_batch_size,
-            seed=cfg.seed,
-            pad_token_id=self.model_config.pad_token_id,
-            device=acc.device,
-            progress=cfg.progress and self.is_main,
-            log=(lambda record: append_jsonl(log_path, record)) if self.is_main else None,
-        )
-        if acc.num_processes > 1:
-            for param in model.parameters():
-                torch.distributed.broadcast(param.data, src=0)
-        logger.info("alignment warm-up: loss %s", " → ".join(f"{x:.3f}" for x in losses))
 
     def _tokenizer(self, train_rows: Sequence[Any], model_cfg: Any) -> Any:
         from recap.models.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -431,7 +395,7 @@ class Trainer:
 
         cfg, acc, run = self.cfg, self.accelerator, self.run
         resume = self._prepare_run_dir()
-        self._build(warm_up=not resume)
+        self._build()
         state = self.load_checkpoint() if resume else TrainState()
         writer = TensorBoard(run / "tb") if self.is_main else None
         log_path = run / "log.jsonl"
