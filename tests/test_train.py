@@ -382,6 +382,22 @@ def test_weight_average_is_validated_saved_as_best_and_resumed(tmp_path):
         TrainConfig(data="d", out="o", ema_decay=1.0).resolved()
 
 
+def test_val_every_epochs_zero_validates_once_and_keeps_the_end_as_best(tmp_path):
+    from safetensors.torch import load_file
+
+    data = make_dataset(tmp_path / "data")
+    run = train_fake(tiny_config(data, tmp_path / "run", epochs=3, val_every_epochs=0))
+    done = json.loads((run / "done.json").read_text())
+    assert [v["epoch"] for v in done["validations"]] == [3] and done["best_epoch"] == 3
+    best = load_file(str(run / "best" / "model.safetensors"))
+    last = final_weights(run)
+    # the same tensors (the two files may name the tied embedding differently)
+    shared = [k for k in best if k in last]
+    assert len(shared) > 10 and all(torch.equal(best[k], last[k]) for k in shared)
+    with pytest.raises(RecapError, match="val_every_epochs"):
+        TrainConfig(data="d", out="o", size="tiny", val_every_epochs=-1).resolved()
+
+
 def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_path):
     def no_music(*args, **kwargs):  # the lyrics-only baseline must never ask for audio
         raise AssertionError("bart preset asked for music embeddings")

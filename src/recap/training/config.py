@@ -93,7 +93,9 @@ class TrainConfig:
     mega_batch_mult: int = _opt(50, "batches per length-sorted group (1: no length grouping)")
     max_steps: int = _opt(0, "stop after this many optimizer steps in all, resumably (0: off)")
     # --- validation, best checkpoint, early stopping
-    val_every_epochs: int = _opt(2, "validate every N epochs (and after the last)")
+    val_every_epochs: int = _opt(
+        2, "validate every N epochs and after the last (0: after the last only: RUN/best = the end)"
+    )
     val_metric: str = _opt("rougeL_f1", "selection metric: rouge{1,2,L}_{f1,recall}")
     patience: int = _opt(5, "stop after this many validations without improvement (0: never)")
     val_num_beams: int = _opt(1, "beams when validating (1: greedy, fast)")
@@ -149,6 +151,8 @@ class TrainConfig:
         if not 0.0 <= cfg.lyrics_dropout < 1.0:
             raise RecapError(f"lyrics_dropout must be in [0, 1), got {cfg.lyrics_dropout}")
         cfg.audio_config()  # checks windows and window_hop
+        if cfg.val_every_epochs < 0:
+            raise RecapError(f"val_every_epochs must be >= 0, got {cfg.val_every_epochs}")
         if cfg.align_lr is not None and cfg.align_lr <= 0:
             raise RecapError(f"align_lr must be > 0, got {cfg.align_lr}")
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:

@@ -486,7 +486,8 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             last_epoch = epoch + 1 == cfg.epochs
-            if (epoch + 1) % cfg.val_every_epochs == 0 or last_epoch:
+            every = cfg.val_every_epochs
+            if last_epoch or (every and (epoch + 1) % every == 0):
                 self._validate_and_select(state, log_path, writer)
             stop = cfg.patience > 0 and state.bad_validations >= cfg.patience
             state.stopped_early = stop and not last_epoch
