@@ -220,6 +220,16 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     )
 
 
+def run_record_lines(
+    reference: Mapping[str, float] | None, machine: Mapping[str, Any] | None
+) -> list[str]:
+    """The lines both demos' results pages end with: the machine's speed and what it was."""
+    return [
+        *([reference_line(reference), ""] if reference else []),
+        *([machine_line(machine), ""] if machine else []),
+    ]
+
+
 # ------------------------------------------------------------------------------ stages
 
 
@@ -674,8 +684,7 @@ def results_markdown(
         *[f"| {k} | {v:.0f} |" for k, v in stages.items()],
         f"| total | {sum(stages.values()):.0f} |",
         "",
-        *([reference_line(reference), ""] if reference else []),
-        *([machine_line(machine), ""] if machine else []),
+        *run_record_lines(reference, machine),
     ]
     return "\n".join(lines)
 

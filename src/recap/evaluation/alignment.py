@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from recap.demo import DemoConfig, machine_line, reference_line
+from recap.demo import DemoConfig, run_record_lines
 from recap.evaluation.aligned_space import (
     COUPLED_SLOTS,
     RETRIEVAL_KS,
@@ -626,8 +626,7 @@ def results_markdown(
         f"{cfg.jobs} training process(es) at once, {cfg.threads} torch thread(s) each. CPU s: "
         "this process and its finished children (user + system).",
         "",
-        *([reference_line(reference), ""] if reference else []),
-        *([machine_line(machine), ""] if machine else []),
+        *run_record_lines(reference, machine),
     ]
     return "\n".join(lines)
 
