@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -160,6 +161,53 @@ def test_sampler_shards_each_global_batch_across_ranks():
         assert set(r0 + r1) == set(whole) and len(r0 + r1) == len(whole) + len(whole) % 2
     with pytest.raises(ValueError):
         LengthGroupedBatchSampler(lengths, 7, num_replicas=2)
+
+
+def test_sampler_keeps_units_of_one_songs_captions_together():
+    songs = [f"s{i // 4:02d}" for i in range(4 * 25)][:-1]  # 25 songs, 4 captions (one has 3)
+    lengths = np.random.default_rng(4).integers(5, 300, size=len(songs))
+    sampler = LengthGroupedBatchSampler(
+        lengths, 16, seed=1, mega_batch_mult=2, groups=songs, per_group=4
+    )
+    batches = list(sampler)
+    assert len(batches) == sampler.batches_per_epoch()
+    assert sorted(i for b in batches for i in b) == list(range(len(songs)))
+    # Four songs per batch of 16, so the collator encodes 4 sources, not 16; the song with three
+    # captions goes last (units cut in two could only be there) and is the short last batch.
+    counts = [len({songs[i] for i in b}) for b in batches]
+    assert sorted(counts) == [1] + [4] * 6
+    assert batches != list(LengthGroupedBatchSampler(lengths, 16, seed=1, mega_batch_mult=2))
+    with pytest.raises(ValueError):
+        LengthGroupedBatchSampler(lengths, 16, per_group=4)  # no groups
+
+
+def test_captions_of_one_song_share_its_source_and_decode_as_if_repeated():
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+
+    songs = [Example(f"s{i}", [0, 10 + i, 11, 12 + i, 2], [0, 20 + k, 21, 2]) for i in range(2) for k in range(3)]  # fmt: skip
+    plain = Collator(pad_token_id=1)(songs)
+    shared = Collator(pad_token_id=1, share_sources=True)(songs)
+    assert "source_index" not in plain and plain["input_ids"].shape[0] == 6
+    assert shared["input_ids"].shape[0] == 2 and shared["song_ids"] == ["s0", "s1"]
+    assert shared["source_index"].tolist() == [0, 0, 0, 1, 1, 1]
+    torch.testing.assert_close(shared["input_ids"][shared["source_index"]], plain["input_ids"])
+    # A caption whose lyrics are dropped reads its own (empty) source.
+    dropping = Collator(pad_token_id=1, lyrics_dropout=0.5, seed=3, share_sources=True)(songs)
+    assert dropping["input_ids"].shape[0] == len(set(dropping["source_index"].tolist())) > 2
+    assert len(dropping["lyrics_present"]) == dropping["input_ids"].shape[0]
+
+    torch.manual_seed(0)
+    config = RecapConfig.preset("recap", "tiny", align_weight=1.0, copy_head=True, copy_coverage=2)
+    model = RecapModel(config).eval()
+    music = torch.randn(2, 119, config.music_dim)
+    with torch.no_grad():
+        once = model(**{k: v for k, v in shared.items() if k != "n_tokens"}, music_embeds=music)
+        repeated = model(plain["input_ids"], plain["attention_mask"], labels=plain["labels"],
+                         music_embeds=music[shared["source_index"]], song_ids=plain["song_ids"])  # fmt: skip
+    torch.testing.assert_close(once.logits, repeated.logits)
+    torch.testing.assert_close(once.caption_loss, repeated.caption_loss)
+    torch.testing.assert_close(once.align_loss, repeated.align_loss)
 
 
 # ----------------------------------------------------------------------------- TrainConfig
@@ -396,6 +444,29 @@ def test_val_every_epochs_zero_validates_once_and_keeps_the_end_as_best(tmp_path
     assert len(shared) > 10 and all(torch.equal(best[k], last[k]) for k in shared)
     with pytest.raises(RecapError, match="val_every_epochs"):
         TrainConfig(data="d", out="o", size="tiny", val_every_epochs=-1).resolved()
+
+
+def test_captions_per_song_trains_end_to_end_and_resumes_exactly(tmp_path):
+    data = make_dataset(tmp_path / "data", per_song=3)
+    config = tiny_config(data, tmp_path / "run", epochs=2, captions_per_song=3, lyrics_dropout=0.3)
+    run = train_fake(config)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert any("caption_loss" in r and r.get("samples_per_s", 0) > 0 for r in log)
+    one_by_one = final_weights(train_fake(tiny_config(data, tmp_path / "rows", epochs=2)))
+    grouped = final_weights(run)
+    assert any(not torch.equal(grouped[k], one_by_one[k]) for k in grouped)  # other batches
+    # Interrupted after 3 steps and resumed: the same weights (the units are a function of the
+    # seed and the epoch, like single rows).
+    part = str(tmp_path / "part")
+    paused = train_fake(
+        dataclasses.replace(config, out=part, max_steps=3, checkpoint_every_steps=3)
+    )
+    assert not (paused / "done.json").exists()
+    again = final_weights(train_fake(dataclasses.replace(config, out=part, resume=True)))
+    for key in grouped:
+        torch.testing.assert_close(again[key], grouped[key], rtol=0, atol=1e-6, msg=key)
+    with pytest.raises(RecapError, match="captions_per_song"):
+        TrainConfig(data="d", out="o", size="tiny", captions_per_song=0).resolved()
 
 
 def test_bart_preset_trains_without_music_and_changed_settings_are_refused(tmp_path):

@@ -6,6 +6,11 @@ length go together: each epoch the examples are shuffled, cut into mega-batches 
 batches are shuffled. The order is a pure function of (seed, epoch), so a resumed run sees the
 same batches, and `start_batch` skips the batches an interrupted epoch already trained on.
 
+With `per_group` K > 1 the examples of one group (the references of one song) enter the epoch
+in units of up to K, so a batch holds K captions of each of its songs, and the collator encodes
+each song once for all of them (`Collator.share_sources`): the encoder's work per step falls
+by up to K while every caption still gets its own row.
+
 Every batch is a GLOBAL batch; with several processes each rank takes one contiguous slice of it
 (neighbours in a length-sorted batch have similar lengths, so ranks pad alike). One process with
 batch B and N processes with B/N each therefore train on exactly the same examples per step.
@@ -32,6 +37,10 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         shuffle: False keeps dataset order (for evaluation).
         drop_last: drop the final incomplete global batch instead of training on it.
         num_replicas, rank: the process group; each rank gets its slice of every global batch.
+        groups, per_group: with per_group > 1, a group label per example (its song); each
+            group's examples are shuffled and cut into units of up to per_group that stay
+            together in one batch (a unit may still straddle two batches). per_group 1: the
+            examples are drawn one by one (groups unused).
     """
 
     def __init__(
@@ -45,9 +54,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         num_replicas: int = 1,
         rank: int = 0,
+        groups: Sequence[str] | None = None,
+        per_group: int = 1,
     ) -> None:
-        if batch_size < 1 or mega_batch_mult < 1:
-            raise ValueError("batch_size and mega_batch_mult must be positive")
+        if batch_size < 1 or mega_batch_mult < 1 or per_group < 1:
+            raise ValueError("batch_size, mega_batch_mult and per_group must be positive")
+        if per_group > 1 and (groups is None or len(groups) != len(lengths)):
+            raise ValueError("per_group > 1 needs one group label per example")
         if batch_size % num_replicas:
             raise ValueError(
                 f"the global batch size {batch_size} must divide evenly among {num_replicas} processes"
@@ -62,6 +75,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.num_replicas = num_replicas
         self.rank = rank
+        self.groups = list(groups) if groups is not None else None
+        self.per_group = per_group
         self.epoch = 0
         self.start_batch = 0
 
@@ -77,16 +92,19 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if n == 0:
             return []
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
-        mega = self.batch_size * self.mega_batch_mult
-        batches: list[np.ndarray] = []
-        for start in range(0, n, mega):
-            group = order[start : start + mega]
-            # Longest first inside a group; the stable sort keeps the shuffled order among ties.
-            group = group[np.argsort(-self.lengths[group], kind="stable")]
-            batches.extend(
-                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
-            )
+        if self.per_group > 1:
+            batches = self._unit_batches(rng)
+        else:
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            mega = self.batch_size * self.mega_batch_mult
+            batches = []
+            for start in range(0, n, mega):
+                group = order[start : start + mega]
+                # Longest first inside a group; the stable sort keeps the shuffled order among ties.
+                group = group[np.argsort(-self.lengths[group], kind="stable")]
+                batches.extend(
+                    group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+                )
         # Only the last batch of the last mega-batch can be short: drop it, or pad it by repeating
         # its own examples (as DistributedSampler does) so every rank gets the same count.
         if len(batches[-1]) < self.batch_size:
@@ -100,6 +118,31 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             # The mega-batch boundaries would otherwise show up as a long-to-short sawtooth.
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
+
+    def _unit_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The epoch's batches built from units of up to `per_group` examples of one group,
+        length-sorted by unit within mega-batches as single examples are."""
+        members: dict[str, list[int]] = {}
+        for i, group in enumerate(self.groups or ()):
+            members.setdefault(group, []).append(i)
+        units: list[np.ndarray] = []
+        for indices in members.values():
+            own = np.asarray(indices)
+            if self.shuffle:
+                own = own[rng.permutation(len(own))]
+            units.extend(own[i : i + self.per_group] for i in range(0, len(own), self.per_group))
+        order = rng.permutation(len(units)) if self.shuffle else np.arange(len(units))
+        # Whole units first, so that only the epoch's last batches hold a unit cut in two.
+        whole = np.array([len(units[u]) == self.per_group for u in order], dtype=bool)
+        order = np.concatenate([order[whole], order[~whole]])
+        longest = np.array([self.lengths[u].max() for u in units])
+        mega = max(1, self.batch_size // self.per_group) * self.mega_batch_mult
+        flat: list[np.ndarray] = []
+        for start in range(0, len(order), mega):
+            group = order[start : start + mega]
+            flat.extend(units[u] for u in group[np.argsort(-longest[group], kind="stable")])
+        examples = np.concatenate(flat)  # every example once, units contiguous
+        return [examples[i : i + self.batch_size] for i in range(0, len(examples), self.batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches()[self.start_batch :]:

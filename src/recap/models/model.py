@@ -414,6 +414,7 @@ class RecapModel(PretrainedMixin, nn.Module):
         song_ids: SongIds = None,
         music_mask: torch.Tensor | None = None,
         lyrics_present: Sequence[bool] | None = None,
+        source_index: torch.Tensor | None = None,
     ) -> RecapOutput:
         """Teacher-forced forward pass with the named loss terms when `labels` (B, T) are given.
 
@@ -421,6 +422,12 @@ class RecapModel(PretrainedMixin, nn.Module):
         `decoder_input_ids` default to labels shifted right. `song_ids` (one per row) make the
         alignment loss count each song once; rows without lyrics (`lyrics_present` False, or
         only <s></s>) are left out of it. `music_mask` (B, M): see `encode`.
+
+        `source_index` (B,): captions share sources. The lyrics, music, `song_ids` and
+        `lyrics_present` are then U source rows, each encoded once, and caption b is decoded
+        from source `source_index[b]` (`Collator.share_sources`): the caption and alignment
+        terms of repeating each source for its captions (the reconstruction term counts each
+        source once), with U/B of the encoder's work.
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         encoded = self.encode(input_ids, attention_mask, music_embeds, waveform, music_mask)
@@ -430,11 +437,17 @@ class RecapModel(PretrainedMixin, nn.Module):
             decoder_input_ids = shift_tokens_right(
                 labels, self.config.pad_token_id, self.config.decoder_start_token_id
             )
-        with self._copying(encoded.last_hidden_state, input_ids, attention_mask):
+        states, row_ids, row_mask = encoded.last_hidden_state, input_ids, attention_mask
+        if source_index is not None:
+            # (U, L, d) -> (B, L, d): each caption reads its own song's encoding
+            states, row_ids, row_mask = (
+                t[source_index.to(t.device)] for t in (states, input_ids, attention_mask)
+            )
+        with self._copying(states, row_ids, row_mask):
             out = self.bart(
-                attention_mask=attention_mask,
+                attention_mask=row_mask,
                 decoder_input_ids=decoder_input_ids,
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
+                encoder_outputs=BaseModelOutput(last_hidden_state=states),
                 use_cache=False,
             )
         reconstruct_logits = None

@@ -84,6 +84,12 @@ class Collator:
     lyrics facts when the dataset has one (else the whole comment, lyrics facts included). The draw is a hash of (seed, epoch, song, caption), so
     it is the same on every rank and after a resume; the trainer sets `epoch`. Validation calls
     with `train=False` (no dropout).
+
+    `share_sources`: rows with the same song and the same (possibly dropped) lyrics share one
+    source row: `input_ids`, `attention_mask`, `music_embeds`, `song_ids` and `lyrics_present`
+    are then per source (U rows) and `source_index` (B,) names each caption's source, so the
+    model encodes a song once for all of its captions in the batch (the sampler's `per_group`
+    puts them together). Off, or when no two rows share, every row is its own source.
     """
 
     pad_token_id: int
@@ -93,6 +99,7 @@ class Collator:
     empty_lyrics_ids: tuple[int, ...] = (0, 2)
     seed: int = 0
     epoch: int = 0
+    share_sources: bool = False
 
     def drops_lyrics(self, example: Example) -> bool:
         if self.lyrics_dropout <= 0:
@@ -115,7 +122,15 @@ class Collator:
         lyrics = [
             list(self.empty_lyrics_ids) if d else e.lyrics_ids for e, d in zip(examples, dropped)
         ]
-        input_ids = self._pad(lyrics)  # (B, S)
+        sources = list(range(len(examples)))  # row -> the row whose source it reads
+        if self.share_sources:
+            first: dict[tuple[str, tuple[int, ...]], int] = {}
+            sources = [
+                first.setdefault((e.song_id, tuple(ids)), i)
+                for i, (e, ids) in enumerate(zip(examples, lyrics))
+            ]
+        own = sorted(set(sources))  # the source rows, in batch order
+        input_ids = self._pad([lyrics[i] for i in own])  # (U, S)
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": (input_ids != self.pad_token_id).long(),
@@ -128,15 +143,18 @@ class Collator:
                     for e, d in zip(examples, dropped)
                 ]
             ),  # (B, T)
-            "song_ids": [e.song_id for e in examples],
+            "song_ids": [examples[i].song_id for i in own],
             # Host-side counts for throughput logging, so the step never waits on the device.
             "n_tokens": sum(e.length for e in examples),
         }
+        if len(own) < len(examples):
+            where = {row: k for k, row in enumerate(own)}
+            batch["source_index"] = torch.tensor([where[i] for i in sources])  # (B,) in 0..U-1
         if any(dropped):  # the model leaves these rows out of the alignment loss
-            batch["lyrics_present"] = [not d for d in dropped]
+            batch["lyrics_present"] = [not dropped[i] for i in own]
         if self.embeddings is not None:
             music, music_mask = pad_music(
-                [np.asarray(self.embeddings[e.song_id]) for e in examples]
+                [np.asarray(self.embeddings[examples[i].song_id]) for i in own]
             )
             batch["music_embeds"] = torch.from_numpy(music)  # (B, W*119, D) float16
             if music_mask is not None:

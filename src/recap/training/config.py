@@ -91,6 +91,11 @@ class TrainConfig:
     )
     seed: int = _opt(42, "seed of weights, dropout, data order and the validation split")
     mega_batch_mult: int = _opt(50, "batches per length-sorted group (1: no length grouping)")
+    captions_per_song: int = _opt(
+        1,
+        "put up to N captions of one song in a batch together and encode the song once for "
+        "them (1: rows drawn one by one, the papers' batches)",
+    )
     max_steps: int = _opt(0, "stop after this many optimizer steps in all, resumably (0: off)")
     # --- validation, best checkpoint, early stopping
     val_every_epochs: int = _opt(
@@ -153,6 +158,8 @@ class TrainConfig:
         cfg.audio_config()  # checks windows and window_hop
         if cfg.val_every_epochs < 0:
             raise RecapError(f"val_every_epochs must be >= 0, got {cfg.val_every_epochs}")
+        if cfg.captions_per_song < 1:
+            raise RecapError(f"captions_per_song must be >= 1, got {cfg.captions_per_song}")
         if cfg.align_lr is not None and cfg.align_lr <= 0:
             raise RecapError(f"align_lr must be > 0, got {cfg.align_lr}")
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.lr <= 0:

@@ -27,10 +27,12 @@ def captioner_step(
     batch: int = 16,
     source: int = 128,
     target: int = 80,
+    captions_per_song: int = 1,
 ) -> Callable[[], None]:
     """One training step (forward, backward, optimizer update) of a fresh `small` captioner on
     fixed random inputs, as a function to call; the model is built with seed 0 and the optimizer
-    as `recap train` builds it for that size (Adafactor, lr 3e-3)."""
+    as `recap train` builds it for that size (Adafactor, lr 3e-3). `captions_per_song` K: the
+    `batch` captions come from batch / K songs, each encoded once (`--captions-per-song`)."""
     from recap.models.config import RecapConfig
     from recap.models.model import RecapModel
     from recap.training.config import TrainConfig
@@ -40,15 +42,21 @@ def captioner_step(
         torch.manual_seed(0)
         config = RecapConfig.preset(method, "small", music="mini", **(overrides or {}))
         model = RecapModel(config).train()
-        ids = torch.randint(5, config.vocab_size, (batch, source))  # (B, S)
+        n_songs = -(-batch // captions_per_song)
+        ids = torch.randint(5, config.vocab_size, (n_songs, source))  # (U, S)
         labels = torch.randint(5, config.vocab_size, (batch, target))  # (B, T)
-        music = torch.randn(batch, 119, config.music_dim) if config.use_music else None
+        music = torch.randn(n_songs, 119, config.music_dim) if config.use_music else None
     params = [p for p in model.parameters() if p.requires_grad]
     opt = build_optimizer(TrainConfig(preset=method, size="small").resolved(), params)
-    songs = [str(i) for i in range(batch)]
+    songs = [str(i) for i in range(n_songs)]
+    shared = None
+    if captions_per_song > 1:  # (B,): caption b reads song b // K
+        shared = torch.arange(batch) // captions_per_song
 
     def step() -> None:
-        model(ids, labels=labels, music_embeds=music, song_ids=songs).loss.backward()
+        model(
+            ids, labels=labels, music_embeds=music, song_ids=songs, source_index=shared
+        ).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -231,6 +231,7 @@ class Trainer:
             lyrics_dropout=dropout,
             empty_lyrics_ids=tuple(tokenizer("")["input_ids"]),
             seed=cfg.seed,
+            share_sources=cfg.captions_per_song > 1,
         )
         if cfg.batch_size % acc.num_processes:
             raise RecapError(
@@ -244,6 +245,8 @@ class Trainer:
             mega_batch_mult=cfg.mega_batch_mult,
             num_replicas=acc.num_processes,
             rank=acc.process_index,
+            groups=[e.song_id for e in self.train_examples],
+            per_group=cfg.captions_per_song,
         )
         pin = cfg.pin_memory if cfg.pin_memory is not None else acc.device.type == "cuda"
         self.loader = DataLoader(
@@ -452,7 +455,7 @@ class Trainer:
                     self.ema.update()
                 sums += torch.stack([_term(out, name) for name in terms])
                 n_sum += 1
-                samples += len(batch["song_ids"]) * acc.num_processes
+                samples += len(batch["labels"]) * acc.num_processes  # captions, not sources
                 tokens += n_tokens * acc.num_processes  # other ranks' lengths are alike (approx.)
                 state.step += 1
                 state.batch_in_epoch += 1
