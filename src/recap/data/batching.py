@@ -92,19 +92,22 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         if n == 0:
             return []
         rng = np.random.default_rng([self.seed, epoch])
-        if self.per_group > 1:
-            batches = self._unit_batches(rng)
-        else:
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
-            mega = self.batch_size * self.mega_batch_mult
-            batches = []
-            for start in range(0, n, mega):
-                group = order[start : start + mega]
-                # Longest first inside a group; the stable sort keeps the shuffled order among ties.
-                group = group[np.argsort(-self.lengths[group], kind="stable")]
-                batches.extend(
-                    group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
-                )
+        units = self._units(rng)
+        order = rng.permutation(len(units)) if self.shuffle else np.arange(len(units))
+        # Whole units first, so that only the epoch's last batches hold a unit cut in two.
+        whole = np.array([len(units[u]) == self.per_group for u in order], dtype=bool)
+        order = np.concatenate([order[whole], order[~whole]])
+        longest = np.array([self.lengths[u].max() for u in units])
+        mega = max(1, self.batch_size // self.per_group) * self.mega_batch_mult
+        flat: list[np.ndarray] = []
+        for start in range(0, len(order), mega):
+            group = order[start : start + mega]
+            # Longest first inside a group; the stable sort keeps the shuffled order among ties.
+            flat.extend(units[u] for u in group[np.argsort(-longest[group], kind="stable")])
+        examples = np.concatenate(flat)  # every example once, units contiguous
+        # Mega-batches of single examples are multiples of the batch: cutting the whole epoch
+        # cuts each of them as before.
+        batches = [examples[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         # Only the last batch of the last mega-batch can be short: drop it, or pad it by repeating
         # its own examples (as DistributedSampler does) so every rank gets the same count.
         if len(batches[-1]) < self.batch_size:
@@ -119,9 +122,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
-    def _unit_batches(self, rng: np.random.Generator) -> list[np.ndarray]:
-        """The epoch's batches built from units of up to `per_group` examples of one group,
-        length-sorted by unit within mega-batches as single examples are."""
+    def _units(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """The examples in units: single examples, or with `per_group` > 1 each group's
+        examples (shuffled) cut into pieces of up to `per_group`."""
+        if self.per_group == 1:
+            return list(np.arange(len(self.lengths)).reshape(-1, 1))
         members: dict[str, list[int]] = {}
         for i, group in enumerate(self.groups or ()):
             members.setdefault(group, []).append(i)
@@ -131,18 +136,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             if self.shuffle:
                 own = own[rng.permutation(len(own))]
             units.extend(own[i : i + self.per_group] for i in range(0, len(own), self.per_group))
-        order = rng.permutation(len(units)) if self.shuffle else np.arange(len(units))
-        # Whole units first, so that only the epoch's last batches hold a unit cut in two.
-        whole = np.array([len(units[u]) == self.per_group for u in order], dtype=bool)
-        order = np.concatenate([order[whole], order[~whole]])
-        longest = np.array([self.lengths[u].max() for u in units])
-        mega = max(1, self.batch_size // self.per_group) * self.mega_batch_mult
-        flat: list[np.ndarray] = []
-        for start in range(0, len(order), mega):
-            group = order[start : start + mega]
-            flat.extend(units[u] for u in group[np.argsort(-longest[group], kind="stable")])
-        examples = np.concatenate(flat)  # every example once, units contiguous
-        return [examples[i : i + self.batch_size] for i in range(0, len(examples), self.batch_size)]
+        return units
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self.global_batches()[self.start_batch :]:

@@ -156,9 +156,9 @@ class Collator:
             music, music_mask = pad_music(
                 [np.asarray(self.embeddings[examples[i].song_id]) for i in own]
             )
-            batch["music_embeds"] = torch.from_numpy(music)  # (B, W*119, D) float16
+            batch["music_embeds"] = torch.from_numpy(music)  # (U, W*119, D) float16
             if music_mask is not None:
-                batch["music_mask"] = torch.from_numpy(music_mask)  # (B, W*119)
+                batch["music_mask"] = torch.from_numpy(music_mask)  # (U, W*119)
         return batch
 
 
