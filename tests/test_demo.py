@@ -124,7 +124,9 @@ def test_only_bart_shares_a_songs_encoding_among_its_captions():
         assert "captions_per_song" not in exp.method_overrides[fusion]
     papers = experiment_config(DemoConfig(bart_captions_per_song=1), Path("b"), Path("t"))
     assert "bart" not in papers.method_overrides
-    assert demo_command(DemoConfig(bart_captions_per_song=1)).endswith("--bart-captions-per-song 1")
+    assert demo_command(DemoConfig(bart_captions_per_song=1)).endswith(
+        "--bart-captions-per-song 1"
+    )
     args = build_parser().parse_args(["demo", "--bart-captions-per-song", "2"])
     assert args.bart_captions_per_song == 2
     aligned = experiment_config(AlignmentDemoConfig(), Path("b"), Path("t"))
