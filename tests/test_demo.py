@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -110,27 +109,6 @@ def test_the_recorded_command_reproduces_the_run():
     )
     assert (flags.tagger_preset, flags.lyrics_dropout) == ("demo", 0.5)
     assert set(_VALUE_FLAGS) <= set(vars(flags))  # every recorded flag is one `recap demo` takes
-
-
-def test_only_bart_shares_a_songs_encoding_among_its_captions():
-    from recap.cli import build_parser
-    from recap.demo import demo_command, experiment_config
-    from recap.evaluation.alignment import AlignmentDemoConfig
-
-    exp = experiment_config(DemoConfig(), Path("bench"), Path("tagger"))
-    assert exp.method_overrides["bart"] == {"captions_per_song": 4}
-    assert "captions_per_song" not in exp.train_overrides
-    for fusion in ("bart-fusion", "recap"):
-        assert "captions_per_song" not in exp.method_overrides[fusion]
-    papers = experiment_config(DemoConfig(bart_captions_per_song=1), Path("b"), Path("t"))
-    assert "bart" not in papers.method_overrides
-    assert demo_command(DemoConfig(bart_captions_per_song=1)).endswith(
-        "--bart-captions-per-song 1"
-    )
-    args = build_parser().parse_args(["demo", "--bart-captions-per-song", "2"])
-    assert args.bart_captions_per_song == 2
-    aligned = experiment_config(AlignmentDemoConfig(), Path("b"), Path("t"))
-    assert "bart" not in aligned.method_overrides  # measured with the papers' batching
 
 
 def test_the_weight_average_is_a_demo_flag_and_recorded():

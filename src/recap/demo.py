@@ -91,13 +91,6 @@ class DemoConfig:
     # run broken; the audio mean stayed at 73 % with run W's retrained tagger (+2 with run V's).
     # They cost ~4 min of `make demo` (docs/results.md run W).
     fusion_epochs: int = 6
-    # BART's batches hold up to four captions of one song, its lyrics encoded once for them
-    # (`recap train --captions-per-song 4`): three seeds against run AA, BART's training 178 ->
-    # 120 s, first line 90 -> 92 %, salient F1 40 -> 43, CIDEr-D 223 -> 238, lyrics facts the
-    # same. Not for the fusion captioners: with 4 (or 2) songs' audio per batch instead of 16
-    # they heard less, audio facts -5 (-3) points, key 23 -> 12 (15) % (docs/training.md).
-    # 1: the papers' batching.
-    bart_captions_per_song: int = 4
     max_steps: int = 0
     # A quarter of the training examples without their lyrics, so the demo's captioners also
     # interpret instrumentals from the audio alone (`recap caption song.wav` without lyrics;
@@ -367,11 +360,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
     overrides = dict(cfg.train_overrides)
     overrides["epochs"] = cfg.epochs
     fusion = ("bart-fusion", "recap")
-    per_method: dict[str, dict[str, Any]] = {
-        m: {"epochs": cfg.fusion_epochs} for m in fusion if cfg.fusion_epochs
-    }
-    if cfg.bart_captions_per_song != 1:
-        per_method["bart"] = {"captions_per_song": cfg.bart_captions_per_song}
+    longer = {m: {"epochs": cfg.fusion_epochs} for m in fusion} if cfg.fusion_epochs else {}
     overrides["lyrics_dropout"] = cfg.lyrics_dropout
     if cfg.max_steps:
         overrides["max_steps"] = cfg.max_steps
@@ -384,7 +373,7 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
         variants=cfg.variants(),
         seeds=tuple(cfg.seeds) or (cfg.seed,),
         train_overrides=overrides,
-        method_overrides=per_method,
+        method_overrides=longer,
         decode=DecodeSettings(
             num_beams=cfg.beams,
             max_new_tokens=cfg.max_new_tokens,
@@ -561,7 +550,7 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
 # DemoConfig fields `recap demo` takes as `--flag VALUE` (the field's name with dashes), in the
 # order the recorded command lists them when they differ from `make demo`.
 _VALUE_FLAGS = (
-    "epochs", "fusion_epochs", "bart_captions_per_song", "seed", "limit", "comments_per_render", "tagger_preset",
+    "epochs", "fusion_epochs", "seed", "limit", "comments_per_render", "tagger_preset",
     "tagger_epochs", "tagger_lr", "tagger_chroma_rotation", "pretrain_steps", "size", "max_steps",
     "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram",
 )  # fmt: skip

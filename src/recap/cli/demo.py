@@ -20,8 +20,6 @@ def _handler(args: argparse.Namespace) -> int:
         raise RecapError("--epochs must be at least 1")
     if args.fusion_epochs < 0:
         raise RecapError("--fusion-epochs must be at least 0")
-    if args.bart_captions_per_song < 1:
-        raise RecapError("--bart-captions-per-song must be at least 1")
     cfg = DemoConfig(
         train_overrides=train_overrides(args, DemoConfig()),
         source=args.source,
@@ -41,7 +39,6 @@ def _handler(args: argparse.Namespace) -> int:
         size=args.size,
         epochs=args.epochs,
         fusion_epochs=args.fusion_epochs,
-        bart_captions_per_song=args.bart_captions_per_song,
         max_steps=args.max_steps,
         lyrics_dropout=args.lyrics_dropout,
         beams=args.beams,
@@ -140,13 +137,6 @@ def register(subparsers: Any) -> None:
         type=int,
         default=d.fusion_epochs,
         help="epochs of BART-fusion and RECAP (0: --epochs)",
-    )
-    p.add_argument(
-        "--bart-captions-per-song",
-        type=int,
-        default=d.bart_captions_per_song,
-        help="captions of one song per batch unit for BART, the song encoded once for them "
-        "(recap train --captions-per-song; 1: the papers' batching)",
     )
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
     p.add_argument(

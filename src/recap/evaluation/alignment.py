@@ -78,7 +78,6 @@ class AlignmentDemoConfig(DemoConfig):
     weights: tuple[float, ...] = SWEEP_WEIGHTS
     epochs: int = 1
     fusion_epochs: int = 0  # every captioner one epoch
-    bart_captions_per_song: int = 1  # the recipe it was measured with
     # The measured recipe (docs/results.md): captioners from scratch, every example with its
     # lyrics. `make demo`'s text pretraining would cost ~2.5 min of the budget, and its lyrics
     # dropout trains a quarter of the examples without the text the alignment reads.
