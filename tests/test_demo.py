@@ -13,7 +13,8 @@ from recap.utils import RecapError
 def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread):
     # Text pretraining reads a small text file instead of the score corpora (minutes to parse).
     words = "night cold river light heart stone song rain field morning bird sorrow".split()
-    lines = [" ".join(words[(i + k) % len(words)] for k in range(6)) for i in range(60)]
+    # 8 words a text: enough for a first line and three key words (the text rows' facts)
+    lines = [" ".join(words[(i + k) % len(words)] for k in range(8)) for i in range(60)]
     text = tmp_path / "lyrics.txt"
     text.write_text("\n\n".join(lines) + "\n", encoding="utf-8")
     cfg = DemoConfig(
@@ -34,6 +35,7 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         pretrain_steps=4,
         pretrain_sources=("none",),
         pretrain_texts=(str(text),),
+        text_rows_per_text=1,
         reference_steps=1,
     )
     result = run_demo(cfg)
@@ -71,6 +73,13 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     # The demo's captioners learn audio-only interpretations too (lyrics dropout).
     run = root / "experiments" / "full" / "recap" / "seed0"
     assert json.loads((run / "train_config.json").read_text())["lyrics_dropout"] == 0.25
+    # and on text-only rows of the texts the text pretraining read
+    rows = (root / "text-rows.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 12  # the 12 distinct texts of the file, one row each
+    assert json.loads(path.read_text(encoding="utf-8"))["text_rows"] == str(
+        root / "text-rows.jsonl"
+    )
+    assert "--text-rows-per-text 1" in saved["command"]
     # the fusion models train their own number of epochs
     for method, epochs in (("bart", 1), ("bart-fusion", 2), ("recap", 2)):
         config = root / "experiments" / "full" / method / "seed0" / "train_config.json"

@@ -623,3 +623,122 @@ def test_a_finished_run_from_another_starting_point_is_refused(tmp_path):
     (tmp_path / "m" / "config.json").write_text('{"d_model": 2}')
     assert _folder_digest(str(tmp_path / "m")) != first
     assert _folder_digest("facebook/bart-base") is None
+
+
+# ----------------------------------------------------------------------------- text-only rows
+
+
+def _text_rows_file(path: Path, n: int = 6) -> Path:
+    """A `recap bench text-rows` file of `n` texts, two rows each, from the benchmark's code."""
+    from recap.bench.text_rows import text_rows, write_text_rows
+    from recap.training.text_corpus import Document
+
+    docs = [
+        Document(f"doc{i}", " ".join(WORDS[(i + k) % len(WORDS)] + "word" for k in range(12)))
+        for i in range(n)
+    ]
+    return write_text_rows(text_rows(docs, per_text=2, seed=0), path)
+
+
+def test_a_text_only_row_leaves_its_text_as_it_would_be_without_music():
+    from recap.models.fusion import FusionBlock
+
+    torch.manual_seed(0)
+    block = FusionBlock(d_model=8, music_dim=6, num_heads=2).eval()
+    text, music = torch.randn(3, 5, 8), torch.randn(3, 4, 6)
+    mask = torch.ones(3, 4, dtype=torch.long)
+    mask[1] = 0  # row 1 has no music at all
+    with torch.no_grad():
+        out = block(text, music, mask)
+        alone = block(text[[0, 2]], music[[0, 2]])
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], block.layer_norm(text[1]))  # no update, only the norm
+    torch.testing.assert_close(out[[0, 2]], alone)  # the other rows as without the silent one
+
+
+def test_text_only_rows_get_no_music_no_alignment_and_keep_their_lyrics():
+    from recap.models.config import RecapConfig
+    from recap.models.model import RecapModel
+
+    examples = _examples(4)
+    examples[1].hears = examples[3].hears = False
+    store = {e.song_id: np.ones((119, 16), np.float16) for e in examples}
+    batch = Collator(pad_token_id=1, embeddings=store, music_dim=16, lyrics_dropout=0.999)(examples)
+    assert batch["music_present"] == [True, False, True, False]
+    assert batch["music_mask"].sum(dim=1).tolist() == [119, 0, 119, 0]
+    assert batch["lyrics_present"] == [False, True, False, True]  # dropout spares them
+    silent = Collator(pad_token_id=1, embeddings=store, music_dim=16)([examples[1], examples[3]])
+    assert silent["music_embeds"].shape == (2, 1, 16) and not silent["music_mask"].any()
+
+    torch.manual_seed(0)
+    model = RecapModel(RecapConfig.preset("recap", "tiny", align_weight=1.0)).eval()
+    batch = Collator(pad_token_id=1)(examples)
+    music = torch.randn(4, 119, model.config.music_dim)
+    mask = torch.tensor([[1] * 119, [0] * 119, [1] * 119, [0] * 119])
+    with torch.no_grad():
+        mixed = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                      music_embeds=music, music_mask=mask,
+                      music_present=[True, False, True, False])  # fmt: skip
+        heard = model(batch["input_ids"][[0, 2]], batch["attention_mask"][[0, 2]],
+                      labels=batch["labels"][[0, 2]], music_embeds=music[[0, 2]])  # fmt: skip
+    torch.testing.assert_close(mixed.align_loss, heard.align_loss)
+    assert torch.isfinite(mixed.loss)
+
+
+def test_text_rows_state_the_texts_facts_and_never_a_held_out_text(tmp_path):
+    from recap.bench.facts import lyrics_facts
+    from recap.bench.templates import parse_caption
+    from recap.bench.text_rows import COMMENT_WITHOUT_AUDIO, text_rows
+    from recap.training.text_corpus import Document, Exclusion
+    from recap.utils import SkipReport
+
+    text = " ".join(["Gnade", "Himmel", "Sonne", "leuchtet", "hell", "über", "Tal"] * 2)
+    held = "Dunkle Nacht umfängt das stille Land"
+    docs = [Document("a", text), Document("b", held + ". " + text[:40]), Document("c", "zu kurz")]
+    exclusion = Exclusion()
+    exclusion.add_text(held)
+    report = SkipReport("t")
+    rows = text_rows(docs, per_text=3, seed=1, exclusion=exclusion, report=report)
+    assert [r["music4all_id"] for r in rows] == ["text-a-0", "text-a-1", "text-a-2"]
+    assert {i["item"] for i in report.items} == {"b", "c"}  # a held-out line; too short
+    facts = lyrics_facts(text)
+    for row in rows:
+        assert row["split"] == "train" and row["lyrics"] == text
+        for caption in (row["comment"], row[COMMENT_WITHOUT_AUDIO]):
+            said = parse_caption(caption)
+            assert said["first_line"] == facts.first_line and said["theme"] == facts.theme
+            assert said["salient_words"] == list(facts.salient_words)
+        assert "melody" in parse_caption(row["comment"])  # audio facts drawn, as a rendering's
+        assert not {"melody", "tempo", "key", "mood"} & set(
+            parse_caption(row[COMMENT_WITHOUT_AUDIO])
+        )
+    assert rows == text_rows(docs, per_text=3, seed=1, exclusion=exclusion)  # seeded
+
+
+def test_training_with_text_rows_reads_them_unheard(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    rows_file = _text_rows_file(tmp_path / "text-rows.jsonl")
+    asked: list[str] = []
+
+    def embed(data_dir, encoder, song_ids, **kwargs):
+        asked.extend(song_ids)
+        return fake_music_embeddings(data_dir, encoder, song_ids, **kwargs)
+
+    run = train(tiny_config(data, tmp_path / "run", epochs=1, text_rows=str(rows_file)),
+                embed=embed)  # fmt: skip
+    assert asked and not any(s.startswith("text-") for s in asked)  # no audio asked for
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in log if r.get("event") == "start")
+    assert start["n_train"] == len(make_rows_of(data)) + 12  # 6 texts, 2 rows each
+    assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+    done = json.loads((run / "done.json").read_text())
+    assert done["starts_from"]["text_rows"]  # the file's digest: other rows, another run
+    bart = train(tiny_config(data, tmp_path / "bart", preset="bart", epochs=1, align_weight=None,
+                             text_rows=str(rows_file)))  # fmt: skip
+    assert (bart / "done.json").is_file()
+
+
+def make_rows_of(data: Path) -> list:
+    from recap.data.songs import load_splits
+
+    return load_splits(data, val_fraction=0.1, seed=tiny_config(data, data).seed)["train"]

@@ -79,6 +79,12 @@ class DemoConfig:
     # every captioner's lyrics encoder then collapsed and the salient words fell to 9-15 % F1
     # (run H, docs/results.md). Off until that is understood.
     bpe_captions: bool = False
+    # Text-only training rows (`recap bench text-rows`) from the texts of `pretrain_sources`
+    # outside the benchmarks: N interpretations of each, heard by no one (0: off). The
+    # captioners learn the train texts' lyrics facts by heart (99 % on train, 78 % on test);
+    # 1,250 more texts at 2 rows each lifted BART's test lyrics facts 78 -> 84 % (seed 0) and
+    # double the captioners' steps (docs/training.md "More texts to read"). Off: over the time.
+    text_rows_per_text: int = 0
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     # 2 epochs left the copy head quoting one or two words of the first line (docs/results.md).
@@ -342,6 +348,41 @@ def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
     return out
 
 
+def build_text_rows(cfg: DemoConfig, benches: list[Path]) -> Path | None:
+    """OUT/text-rows.jsonl (`recap bench text-rows`) from the texts the text pretraining read,
+    outside `benches`; None when `text_rows_per_text` is 0. Rebuilt each run: seconds."""
+    if cfg.text_rows_per_text <= 0:
+        print("skipped: text_rows_per_text is 0")
+        return None
+    from types import SimpleNamespace
+
+    from recap.bench.text_rows import exclusion_for, text_rows, write_text_rows
+    from recap.training.text_corpus import read_corpus
+    from recap.utils import SkipReport
+
+    docs = read_corpus(
+        SimpleNamespace(
+            # as PretrainConfig reads them, so the text pretraining's corpus cache is reused
+            source=[s for s in cfg.pretrain_sources if s != "none"],
+            text=list(cfg.pretrain_texts),
+            corpus_cache=str(cfg.root / "pretrain-corpus.jsonl"),
+            workers=cfg.workers,
+            progress=False,
+        )
+    )
+    report = SkipReport("text rows")
+    rows = text_rows(docs, cfg.text_rows_per_text, cfg.seed, exclusion_for(benches), report)
+    report.write(cfg.root / "text-rows.skipped.json")
+    if not rows:
+        print(f"no text rows: every text was left out ({report.summary()})")
+        return None
+    out = write_text_rows(rows, cfg.root / "text-rows.jsonl")
+    print(
+        f"{len(rows)} text rows of {len(rows) // cfg.text_rows_per_text} texts; {report.summary()}"
+    )
+    return out
+
+
 def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
     from recap.bench import load_truth
     from recap.data.cache import ensure_embeddings
@@ -353,7 +394,13 @@ def precompute_embeddings(cfg: DemoConfig, data: Path, encoder: Path) -> int:
     return have
 
 
-def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | None = None) -> Any:
+def experiment_config(
+    cfg: DemoConfig,
+    data: Path,
+    encoder: Path,
+    bart: Path | None = None,
+    text_rows: Path | None = None,
+) -> Any:
     from recap.evaluation.experiment import ExperimentConfig
     from recap.inference.generate import DecodeSettings
 
@@ -364,6 +411,8 @@ def experiment_config(cfg: DemoConfig, data: Path, encoder: Path, bart: Path | N
     overrides["lyrics_dropout"] = cfg.lyrics_dropout
     if cfg.max_steps:
         overrides["max_steps"] = cfg.max_steps
+    if text_rows is not None:
+        overrides["text_rows"] = str(text_rows)
     return ExperimentConfig(
         data=str(data),
         out=str(cfg.root / "experiments"),
@@ -551,7 +600,8 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
 # order the recorded command lists them when they differ from `make demo`.
 _VALUE_FLAGS = (
     "epochs", "fusion_epochs", "seed", "limit", "comments_per_render", "tagger_preset",
-    "tagger_epochs", "tagger_lr", "tagger_chroma_rotation", "pretrain_steps", "size", "max_steps",
+    "tagger_epochs", "tagger_lr", "tagger_chroma_rotation", "pretrain_steps", "text_rows_per_text",
+    "size", "max_steps",
     "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram",
 )  # fmt: skip
 # Fields that change where or how fast the demo runs, not what it measures.
@@ -708,8 +758,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     encoder = stages.run("2. music-encoder pretraining", lambda: pretrain_tagger(cfg, data))
     benches = [b for b in (data, cross_bench) if b is not None]
     bart = stages.run("3. text pretraining", lambda: pretrain_bart(cfg, benches))
+    text_rows = None
+    if cfg.text_rows_per_text:
+        text_rows = stages.run("3b. text rows", lambda: build_text_rows(cfg, benches))
     stages.run("4. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
-    exp = experiment_config(cfg, data, encoder, bart)
+    exp = experiment_config(cfg, data, encoder, bart, text_rows)
     table = stages.run("5. train + evaluate BART, BART-fusion, RECAP", lambda: run_table1(exp))
     sweep = stages.run("5b. alignment-weight sweep", lambda: run_sweep(exp, cfg.sweep_weights()))
     cross = stages.run(

@@ -51,6 +51,9 @@ FAMILIES: tuple[str, ...] = tuple(SENTENCES)
 # What a listener without the words can state. The reading names the theme, which comes from
 # the lyrics (the mood beside it follows the tempo), so it stays out too.
 AUDIO_FAMILIES: tuple[str, ...] = ("instruments", "tempo_key")
+# What a reader without the music can state: the reading joins the theme to the mood, which the
+# tempo sets, so it stays out here too.
+LYRICS_FAMILIES: tuple[str, ...] = ("text", "words")
 
 _ARTICLE_AN = {"oboe", "organ"}
 _PLURAL = {"strings"}
@@ -103,16 +106,23 @@ def render_caption(
     return " ".join(SENTENCES[family][choice[family]].format(**fields) for family in order)
 
 
-def random_caption(slots: dict[str, object], rng: random.Random) -> tuple[str, str]:
-    """A caption with a random wording per family and a random family order (the reading last
-    half of the time, as a closing interpretation), and the same caption's sentences that can
-    be told from the audio alone: the reference of a training example whose lyrics are dropped."""
+def random_wording(rng: random.Random) -> tuple[dict[str, int], list[str]]:
+    """A random wording per family and a random family order (the reading last half of the
+    time, as a closing interpretation)."""
     choice = {family: rng.randrange(len(SENTENCES[family])) for family in FAMILIES}
     order = list(FAMILIES)
     rng.shuffle(order)
     if rng.random() < 0.5:
         order.remove("reading")
         order.append("reading")
+    return choice, order
+
+
+def random_caption(slots: dict[str, object], rng: random.Random) -> tuple[str, str]:
+    """A caption in a random wording (`random_wording`), and the same caption's sentences that
+    can be told from the audio alone: the reference of a training example whose lyrics are
+    dropped."""
+    choice, order = random_wording(rng)
     heard = [family for family in order if family in AUDIO_FAMILIES]
     return render_caption(slots, choice, order), render_caption(slots, choice, heard)
 

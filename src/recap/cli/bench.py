@@ -1,4 +1,4 @@
-"""`recap bench build` and `recap bench probe`."""
+"""`recap bench build`, `recap bench text-rows` and `recap bench probe`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from recap.utils import RecapError
 
-COMMANDS = {"bench": "the rendered-songs benchmark (build, probe)"}
+COMMANDS = {"bench": "the rendered-songs benchmark (build, text-rows, probe)"}
 
 
 def register(subparsers: Any) -> None:
@@ -40,6 +40,26 @@ def register(subparsers: Any) -> None:
         "(0: independent, as before; docs/benchmark.md)",
     )
     b.set_defaults(func=_build)
+
+    t = sub.add_parser(
+        "text-rows",
+        help="interpretations of texts without audio: more lyrics to learn reading from "
+        "(recap train --text-rows)",
+    )
+    t.add_argument("--out", required=True, help="output JSONL file")
+    t.add_argument(
+        "--exclude", nargs="+", required=True, metavar="BENCH",
+        help="benchmarks trained or evaluated on: their val/test texts and rendered works are "
+        "never used",
+    )  # fmt: skip
+    t.add_argument("--source", nargs="*", default=[], help="music21 | openscore-lieder | DIR")
+    t.add_argument(
+        "--text", nargs="*", default=[], help="text files (one text per blank-line block)"
+    )
+    t.add_argument("--per-text", type=int, default=2, help="interpretations of each text")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=2, help="worker processes reading scores")
+    t.set_defaults(func=_text_rows)
 
     p = sub.add_parser("probe", help="check each slot is carried by the modality it should be")
     p.add_argument("data_dir", help="a folder written by `recap bench build`")
@@ -85,6 +105,22 @@ def _build(args: argparse.Namespace) -> int:
     for item in res.skipped.items:
         print(f"  skipped {item['item']}: {item['reason']}")
     print(res.skipped.summary() + f" ({res.out / 'skipped.json'})")
+    return 0
+
+
+def _text_rows(args: argparse.Namespace) -> int:
+    from recap.bench.text_rows import build_text_rows
+
+    if not args.source and not args.text:
+        raise RecapError("give --source and/or --text: where the texts come from")
+    if args.per_text < 1:
+        raise RecapError("--per-text must be at least 1")
+    try:
+        n, report = build_text_rows(args.out, args.exclude, args.source, args.text,
+                                    args.per_text, args.seed, args.workers)  # fmt: skip
+    except ValueError as exc:
+        raise RecapError(str(exc)) from exc
+    print(f"wrote {n} text rows to {args.out}; {report.summary()}")
     return 0
 
 

@@ -20,6 +20,8 @@ def _handler(args: argparse.Namespace) -> int:
         raise RecapError("--epochs must be at least 1")
     if args.fusion_epochs < 0:
         raise RecapError("--fusion-epochs must be at least 0")
+    if args.text_rows_per_text < 0:
+        raise RecapError("--text-rows-per-text must be at least 0")
     cfg = DemoConfig(
         train_overrides=train_overrides(args, DemoConfig()),
         source=args.source,
@@ -36,6 +38,7 @@ def _handler(args: argparse.Namespace) -> int:
         tagger_lr=args.tagger_lr,
         tagger_chroma_rotation=args.tagger_chroma_rotation,
         pretrain_steps=args.pretrain_steps,
+        text_rows_per_text=args.text_rows_per_text,
         size=args.size,
         epochs=args.epochs,
         fusion_epochs=args.fusion_epochs,
@@ -131,6 +134,13 @@ def register(subparsers: Any) -> None:
         type=int,
         default=d.pretrain_steps,
         help="text pretraining steps of the captioners' BART (0: start from scratch)",
+    )
+    p.add_argument(
+        "--text-rows-per-text",
+        type=int,
+        default=d.text_rows_per_text,
+        help="train the captioners on N text-only interpretations of each text the text "
+        "pretraining reads outside the benchmarks too (recap bench text-rows; 0: off)",
     )
     p.add_argument(
         "--fusion-epochs",

@@ -162,11 +162,11 @@ def pad_music(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | No
     Songs heard in different numbers of windows have different M_i (W_i * 119 tokens); the mask
     (B, M) is 1 for real tokens and 0 for padding, for fusion's attention and the music mean. It
     is None when every song has the same length (the paper's one window), so that path stays as
-    it was."""
+    it was. A song without music (0, D) — a text-only training row — is a row of mask zeros."""
     lengths = [a.shape[0] for a in arrays]
-    if len(set(lengths)) == 1:
+    if len(set(lengths)) == 1 and lengths[0] > 0:
         return np.stack(arrays), None  # (B, M, D)
-    longest = max(lengths)
+    longest = max(1, max(lengths))  # a batch of text-only rows still has one (masked) token
     music = np.zeros((len(arrays), longest, arrays[0].shape[-1]), dtype=arrays[0].dtype)
     mask = np.zeros((len(arrays), longest), dtype=np.int64)  # (B, M)
     for i, a in enumerate(arrays):

@@ -57,14 +57,22 @@ class FusionBlock(nn.Module):
     ) -> torch.Tensor:
         # text: (B, L, d); music: (B, M, m), where a song heard in W windows brings its windows'
         # tokens one after the other (M = W * 119); music_mask (B, M): 1 for real tokens, 0 for
-        # the padding of a song with fewer windows than the longest in the batch (None: all real).
+        # the padding of a song with fewer windows than the longest in the batch (None: all real);
+        # a row of zeros is a song without music (a text-only row): its text is only normalised.
         q = self.query(text)  # (B, L, d)
         k = self.key(music)  # (B, M, d)
         v = self.value(music)  # (B, M, d)
-        padding = None if music_mask is None else ~music_mask.bool()  # (B, M), True = ignore
+        padding, heard = None, None
+        if music_mask is not None:
+            heard = music_mask.bool().any(dim=1)  # (B,): False for a text-only row
+            # A row with no music at all would attend to nothing (a softmax over no keys is
+            # NaN): it attends to its zero padding instead, and its result is zeroed below.
+            padding = ~music_mask.bool() & heard[:, None]  # (B, M), True = ignore
         attended, _ = self.attention(
             q, k, v, key_padding_mask=padding, need_weights=False
         )  # (B, L, d)
         if self.gate is not None:
             attended = attended * torch.sigmoid(self.gate(torch.cat([text, attended], dim=-1)))
+        if heard is not None:
+            attended = attended * heard[:, None, None].to(attended.dtype)  # no music, no update
         return self.layer_norm(text + self.scale * attended)

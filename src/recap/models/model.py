@@ -415,13 +415,15 @@ class RecapModel(PretrainedMixin, nn.Module):
         music_mask: torch.Tensor | None = None,
         lyrics_present: Sequence[bool] | None = None,
         source_index: torch.Tensor | None = None,
+        music_present: Sequence[bool] | None = None,
     ) -> RecapOutput:
         """Teacher-forced forward pass with the named loss terms when `labels` (B, T) are given.
 
         `labels` may be padded with the pad id (masked unless `loss_includes_padding`) or -100;
         `decoder_input_ids` default to labels shifted right. `song_ids` (one per row) make the
         alignment loss count each song once; rows without lyrics (`lyrics_present` False, or
-        only <s></s>) are left out of it. `music_mask` (B, M): see `encode`.
+        only <s></s>) or without music (`music_present` False: text-only rows, whose
+        `music_mask` row is all 0) are left out of it. `music_mask` (B, M): see `encode`.
 
         `source_index` (B,): captions share sources. The lyrics, music, `song_ids` and
         `lyrics_present` are then U source rows, each encoded once, and caption b is decoded
@@ -463,7 +465,7 @@ class RecapModel(PretrainedMixin, nn.Module):
         )
         if labels is not None:
             music_vector, lyrics_vector, align_ids = self._alignable(
-                encoded, attention_mask, song_ids, lyrics_present
+                encoded, attention_mask, song_ids, lyrics_present, music_present
             )
             terms = recap_loss(
                 out.logits,
@@ -493,17 +495,21 @@ class RecapModel(PretrainedMixin, nn.Module):
         attention_mask: torch.Tensor,
         song_ids: SongIds,
         lyrics_present: Sequence[bool] | None,
+        music_present: Sequence[bool] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, SongIds]:
-        """The rows the alignment loss may pair: rows with lyrics. A row whose lyrics are empty
-        (only <s></s>: lyrics dropped in training, an instrumental) has no lyrics vector to pull
-        towards its music; with none left the term is zero. `lyrics_present` (one bool per row,
-        from the collator, so the training step never waits on the device); None reads it
-        from `attention_mask`."""
+        """The rows the alignment loss may pair: rows with lyrics and music. A row whose lyrics
+        are empty (only <s></s>: lyrics dropped in training, an instrumental) has no lyrics
+        vector to pull towards its music, a text-only row no music; with none left the term is
+        zero. `lyrics_present` and `music_present` (one bool per row, from the collator, so the
+        training step never waits on the device); `lyrics_present` None reads it from
+        `attention_mask`, `music_present` None means every row has music."""
         music, lyrics = encoded.music_vector, encoded.lyrics_vector
         if music is None or lyrics is None:
             return music, lyrics, song_ids
         if lyrics_present is None:
             lyrics_present = (attention_mask.sum(dim=1) > 2).tolist()  # more than <s></s>
+        if music_present is not None:
+            lyrics_present = [a and b for a, b in zip(lyrics_present, music_present)]
         if all(lyrics_present):
             return music, lyrics, song_ids
         keep = [i for i, present in enumerate(lyrics_present) if present]

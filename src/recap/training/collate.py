@@ -27,6 +27,8 @@ class Example:
     caption: str = ""
     # the reference when the lyrics are dropped (the row's `comment_without_lyrics`), if any
     caption_without_lyrics_ids: list[int] | None = None
+    # False for a text-only row (`recap.bench.text_rows`): no music to look up or hear
+    hears: bool = True
 
     @property
     def length(self) -> int:
@@ -90,6 +92,9 @@ class Collator:
     are then per source (U rows) and `source_index` (B,) names each caption's source, so the
     model encodes a song once for all of its captions in the batch (the sampler's `per_group`
     puts them together). Off, or when no two rows share, every row is its own source.
+
+    Text-only rows (`Example.hears` False) get no music: a row of mask zeros (`pad_music`) and
+    `music_present` False, and never lose their lyrics to the dropout.
     """
 
     pad_token_id: int
@@ -100,10 +105,11 @@ class Collator:
     seed: int = 0
     epoch: int = 0
     share_sources: bool = False
+    music_dim: int = 0  # D of the music tokens: the shape of a text-only row's empty music
 
     def drops_lyrics(self, example: Example) -> bool:
-        if self.lyrics_dropout <= 0:
-            return False
+        if self.lyrics_dropout <= 0 or not example.hears:
+            return False  # a text-only row without its lyrics would have no input at all
         key = f"{self.seed}|{self.epoch}|{example.song_id}|{example.caption_ids}".encode()
         draw = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
         return draw < self.lyrics_dropout
@@ -153,12 +159,20 @@ class Collator:
         if any(dropped):  # the model leaves these rows out of the alignment loss
             batch["lyrics_present"] = [not dropped[i] for i in own]
         if self.embeddings is not None:
+            silent = np.zeros((0, self.music_dim), dtype=np.float16)
             music, music_mask = pad_music(
-                [np.asarray(self.embeddings[examples[i].song_id]) for i in own]
+                [
+                    np.asarray(self.embeddings[examples[i].song_id])
+                    if examples[i].hears
+                    else silent
+                    for i in own
+                ]
             )
             batch["music_embeds"] = torch.from_numpy(music)  # (U, W*119, D) float16
             if music_mask is not None:
                 batch["music_mask"] = torch.from_numpy(music_mask)  # (U, W*119)
+            if not all(examples[i].hears for i in own):  # left out of the alignment loss
+                batch["music_present"] = [examples[i].hears for i in own]
         return batch
 
 

@@ -57,6 +57,11 @@ class TrainConfig:
     lyrics_dropout: float = _opt(
         0.0, "share of training examples with their lyrics left out (audio-only captions)"
     )
+    text_rows: str | None = _opt(
+        None,
+        "extra training rows without audio (recap bench text-rows): more texts to learn reading "
+        "from; the captioners that hear are given no music for them and their lyrics-only reference",
+    )
     windows: int = _opt(1, "hear each song in up to N excerpts (1: the paper's one excerpt)")
     window_hop: float | None = _opt(None, "seconds between window starts (None: back to back)")
     # --- model settings the experiments vary (None: the preset's)
@@ -212,7 +217,7 @@ def read_train_config(path: Path) -> TrainConfig:
 
 
 # Settings that name files: compared by what they point at, not by how they are spelled.
-_PATH_SETTINGS = ("data", "encoder", "bart")
+_PATH_SETTINGS = ("data", "encoder", "bart", "text_rows")
 
 
 def _canonical(value: Any) -> Any:
@@ -263,6 +268,7 @@ def starting_point(cfg: TrainConfig) -> dict[str, Any]:
         "bart": _folder_digest(cfg.bart),
         "encoder": _folder_digest(cfg.encoder),
         "data": _file_digest(Path(cfg.data) / "dataset.jsonl"),
+        **({"text_rows": _file_digest(Path(cfg.text_rows))} if cfg.text_rows else {}),
     }
 
 

@@ -151,6 +151,21 @@ class Trainer:
         train_rows, val_rows = splits["train"], splits["val"]
         if not train_rows:
             raise RecapError(f"no training rows in {cfg.data} (variant {cfg.variant})")
+        text_ids: set[str] = set()
+        if cfg.text_rows:
+            text_report = SkipReport("load text rows")
+            extra = _text_rows(cfg.text_rows, cfg.preset != "bart", text_report)
+            if self.is_main:
+                text_report.write(self.run / "skipped_text_rows.json")
+                if len(text_report):
+                    logger.warning(text_report.summary())
+            text_ids = {r.song_id for r in extra}
+            clash = text_ids & {r.song_id for rows in splits.values() for r in rows}
+            if clash:
+                raise RecapError(
+                    f"{cfg.text_rows}: song id {sorted(clash)[0]} is also a song of {cfg.data}"
+                )
+            train_rows = train_rows + extra
 
         overrides: dict[str, Any] = dict(cfg.model_overrides)
         for key in ("align_weight", "align_loss", "align_pool"):
@@ -193,13 +208,15 @@ class Trainer:
         self.train_examples = tokenize_rows(
             train_rows, tokenizer, mcfg.max_source_length, mcfg.max_target_length
         )
+        for example in self.train_examples:
+            example.hears = example.song_id not in text_ids
         val = val_rows[: cfg.val_max_examples] if cfg.val_max_examples else val_rows
         self.val_examples = tokenize_rows(
             val, tokenizer, mcfg.max_source_length, mcfg.max_target_length
         )
         embeddings = None
         if cfg.preset != "bart":
-            songs = sorted({e.song_id for e in self.train_examples + self.val_examples})
+            songs = sorted({e.song_id for e in self.train_examples + self.val_examples if e.hears})
             # Computed once by the main process; the others then read the cache.
             with acc.main_process_first():
                 embeddings = self.embed(
@@ -232,6 +249,7 @@ class Trainer:
             empty_lyrics_ids=tuple(tokenizer("")["input_ids"]),
             seed=cfg.seed,
             share_sources=cfg.captions_per_song > 1,
+            music_dim=_music_dim(embeddings),
         )
         if cfg.batch_size % acc.num_processes:
             raise RecapError(
@@ -602,6 +620,40 @@ def _special_ids(tokenizer: Any) -> dict[str, int]:
     if missing:
         raise RecapError(f"the tokenizer has no {', '.join(missing)}")
     return ids
+
+
+def _text_rows(path: str, hears: bool, report: SkipReport) -> list[Any]:
+    """The rows of a `recap bench text-rows` file, for the train split. A captioner that hears
+    (`hears`) is given no music for them, so its reference is the row's lyrics sentences
+    (`comment_without_audio`); BART, which never hears, reads the whole comment as for any row.
+    Unusable rows go to `report`, as any dataset's."""
+    import dataclasses
+
+    from recap.bench.text_rows import COMMENT_WITHOUT_AUDIO
+    from recap.data.songs import load_rows
+
+    rows = []
+    for row in load_rows(path, report=report):
+        if row.split not in (None, "train"):
+            report.add(row.song_id, f"split {row.split!r}: text rows only train")
+            continue
+        if hears:
+            reference = row.extra.get(COMMENT_WITHOUT_AUDIO)
+            if not reference:
+                report.add(row.song_id, f"no {COMMENT_WITHOUT_AUDIO}: nothing to caption unheard")
+                continue
+            row = dataclasses.replace(row, comment=str(reference))
+        rows.append(row)
+    if not rows:
+        raise RecapError(f"no usable text rows in {path}")
+    return rows
+
+
+def _music_dim(embeddings: Mapping[str, Any] | None) -> int:
+    """D of the music tokens (0 without music): the width of a text-only row's empty music."""
+    if not embeddings:
+        return 0
+    return int(embeddings[next(iter(embeddings))].shape[-1])
 
 
 def _music_preset_name(config: Any) -> str:

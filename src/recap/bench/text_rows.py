@@ -1,0 +1,155 @@
+"""Interpretations of texts that were never rendered: more lyrics for the captioners to read.
+
+On the demo's benchmark the captioners learn each training text's lyrics facts by heart and
+generalise less than they memorise (docs/training.md, "What the captioners learn from 277
+texts"): on train songs they state 99 % of the lyrics facts, on unseen works 78 %. More texts is
+what the readers lack, and texts are cheap where renderings are not: a text-only row is one
+more text with interpretations written by the benchmark's own templates, without audio.
+
+Each row (`recap train --text-rows FILE`, train split only) holds:
+- `comment`: a whole interpretation whose audio facts are drawn at random, as a rendering's
+  are; a captioner that hears nothing (BART) cannot tell such a row from a rendered one;
+- `comment_without_audio`: the same interpretation's lyrics sentences (`LYRICS_FAMILIES`): the
+  reference of a captioner that hears, which is given no music for this row.
+
+Texts come from `recap.training.text_corpus` (score lyrics of a source, text files). Never a
+text of a benchmark's val/test works (by work, score path or a shared line), nor a work a
+benchmark already renders (`exclusion_for`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from recap.bench.build import rng_for
+from recap.bench.facts import lyrics_facts
+from recap.bench.slots import VOCABULARIES, mood_for
+from recap.bench.templates import LYRICS_FAMILIES, random_wording, render_caption
+from recap.training.text_corpus import Document, Exclusion, normalize_line, split_sentences
+from recap.utils import SkipReport, atomic_write_text
+
+COMMENT_WITHOUT_AUDIO = "comment_without_audio"
+TEXT_ROW_PREFIX = "text-"  # song ids of text-only rows: never a rendering's
+
+
+def _random_audio(rng: random.Random) -> dict[str, str]:
+    """Audio slots drawn as a rendering draws them when uncoupled (uniform per slot)."""
+    tempo = rng.choice(VOCABULARIES["tempo"])
+    return {
+        "melody": rng.choice(VOCABULARIES["melody"]),
+        "accompaniment": rng.choice(VOCABULARIES["accompaniment"]),
+        "tempo": tempo,
+        "key": rng.choice(VOCABULARIES["key"]),
+        "mood": mood_for(tempo),
+    }
+
+
+def text_rows(
+    docs: Iterable[Document],
+    per_text: int = 2,
+    seed: int = 0,
+    exclusion: Exclusion | None = None,
+    report: SkipReport | None = None,
+) -> list[dict[str, Any]]:
+    """`per_text` interpretations of every usable document, seeded by (seed, doc id)."""
+    if per_text < 1:
+        raise ValueError(f"per_text must be at least 1, not {per_text}")
+    exclusion = exclusion or Exclusion()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for doc in docs:
+        if exclusion.excludes(doc):
+            continue  # a work of the benchmark: rendered already, or held out
+        # Lines of three words or more: verse numbers and "Ah!" are shared by unrelated texts.
+        lines = {n for n in map(normalize_line, split_sentences(doc.text)) if len(n.split()) >= 3}
+        if lines & exclusion.lines:
+            if report is not None:
+                report.add(doc.doc_id, "shares a line with a held-out text")
+            continue
+        if doc.text in seen:
+            continue  # the same text set twice adds nothing
+        seen.add(doc.text)
+        facts = lyrics_facts(doc.text)
+        if facts is None:
+            if report is not None:
+                report.add(doc.doc_id, "too few words for the lyrics facts")
+            continue
+        for j in range(per_text):
+            song_id = f"{TEXT_ROW_PREFIX}{doc.doc_id}-{j}"
+            rng = rng_for(seed, song_id, "comments")
+            slots = {
+                **_random_audio(rng),
+                "language": facts.language,
+                "first_line": facts.first_line,
+                "salient_words": list(facts.salient_words),
+                "theme": facts.theme,
+            }
+            choice, order = random_wording(rng)
+            read = [family for family in order if family in LYRICS_FAMILIES]
+            rows.append(
+                {
+                    "music4all_id": song_id,
+                    "songmeanings_id": f"{song_id}-c0",
+                    "lyrics": doc.text,
+                    "comment": render_caption(slots, choice, order),
+                    COMMENT_WITHOUT_AUDIO: render_caption(slots, choice, read),
+                    "votes": 1,
+                    "split": "train",
+                    "work_id": doc.work_id or doc.doc_id,
+                    "slots": slots,
+                }
+            )
+    return rows
+
+
+def exclusion_for(benches: Sequence[str | os.PathLike]) -> Exclusion:
+    """What text rows must not use, given the benchmarks they extend or are evaluated on: every
+    val/test work of them and every text sharing a line with one (`Exclusion`), and every work
+    they render already (a train work's text is there, with its audio)."""
+    from recap.bench.scoring import read_songs
+
+    exclusion = Exclusion.from_benchmarks(benches)
+    for folder in benches:
+        for row in read_songs(Path(folder)).values():
+            exclusion.work_ids.add(str(row["work_id"]))
+            if row.get("source"):
+                exclusion.paths.add(str(Path(row["source"]).resolve()))
+    return exclusion
+
+
+def write_text_rows(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> Path:
+    """The rows as JSONL (the Song Interpretation format), written atomically."""
+    out = Path(out)
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    atomic_write_text(out, body)
+    return out
+
+
+def build_text_rows(
+    out: str | os.PathLike,
+    benches: Sequence[str | os.PathLike],
+    sources: Sequence[str] = (),
+    texts: Sequence[str | os.PathLike] = (),
+    per_text: int = 2,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[int, SkipReport]:
+    """`recap bench text-rows`: the rows of the score lyrics of `sources` and the text files
+    `texts`, outside `benches` (`exclusion_for`), written to `out`; skipped texts reported."""
+    from recap.training.text_corpus import read_score_lyrics, read_text_file
+
+    docs = [d for s in sources for d in read_score_lyrics(s, workers, progress)]
+    docs += [d for path in texts for d in read_text_file(path)]
+    report = SkipReport("text rows")
+    rows = text_rows(docs, per_text, seed, exclusion_for(benches), report)
+    if not rows:
+        raise ValueError(f"no usable text in {', '.join(map(str, [*sources, *texts]))}")
+    write_text_rows(rows, out)
+    report.write(Path(out).with_suffix(".skipped.json"))
+    return len(rows), report
