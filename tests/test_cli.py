@@ -52,3 +52,36 @@ def test_every_command_builds_its_parser_and_unknown_ones_fail(capsys):
     with pytest.raises(SystemExit):
         main(["no-such-command"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_bench_text_rows_writes_rows_outside_the_excluded_benchmark(tmp_path, capsys):
+    import json
+
+    held = "Dunkle Nacht umfängt das stille weite Land"
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "songs.jsonl").write_text(
+        json.dumps({"song_id": "w1-0", "work_id": "w1", "split": "test"}) + "\n", "utf-8"
+    )
+    (bench / "dataset.jsonl").write_text(
+        json.dumps({"music4all_id": "w1-0", "lyrics": held, "comment": "c", "split": "test"})
+        + "\n",
+        "utf-8",
+    )
+    texts = [
+        "Gnade Himmel Sonne leuchtet hell über Tal und Hügel weit",
+        held + "\nund Morgen leuchtet fern",  # shares the held-out line: never used
+        "Wälder rauschen Winde wehen Vögel singen Lieder froh",
+    ]
+    (tmp_path / "texts.txt").write_text("\n\n".join(texts) + "\n", "utf-8")
+    out = tmp_path / "rows.jsonl"
+    code = main(["bench", "text-rows", "--text", str(tmp_path / "texts.txt"),
+                 "--exclude", str(bench), "--per-text", "2", "--out", str(out)])  # fmt: skip
+    assert code == 0 and "wrote 4 text rows" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text("utf-8").splitlines()]
+    assert {r["lyrics"] for r in rows} == {texts[0], texts[2]}  # one line: no ';' to add
+    assert all(r["split"] == "train" and r["comment_without_audio"] for r in rows)
+    skipped = json.loads(out.with_suffix(".skipped.json").read_text("utf-8"))
+    assert skipped["skipped"] == 1 and "held-out" in skipped["items"][0]["reason"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "text-rows", "--out", str(out)])  # --exclude needed
