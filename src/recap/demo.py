@@ -357,9 +357,8 @@ def build_text_rows(cfg: DemoConfig, benches: list[Path]) -> Path | None:
         return None
     from types import SimpleNamespace
 
-    from recap.bench.text_rows import exclusion_for, text_rows, write_text_rows
+    from recap.bench.text_rows import build_text_rows as write_rows
     from recap.training.text_corpus import read_corpus
-    from recap.utils import SkipReport
 
     docs = read_corpus(
         SimpleNamespace(
@@ -371,16 +370,13 @@ def build_text_rows(cfg: DemoConfig, benches: list[Path]) -> Path | None:
             progress=False,
         )
     )
-    report = SkipReport("text rows")
-    rows = text_rows(docs, cfg.text_rows_per_text, cfg.seed, exclusion_for(benches), report)
-    report.write(cfg.root / "text-rows.skipped.json")
-    if not rows:
-        print(f"no text rows: every text was left out ({report.summary()})")
+    out = cfg.root / "text-rows.jsonl"
+    try:
+        n, report = write_rows(out, benches, docs, cfg.text_rows_per_text, cfg.seed)
+    except ValueError as exc:
+        print(f"no text rows: {exc}")
         return None
-    out = write_text_rows(rows, cfg.root / "text-rows.jsonl")
-    print(
-        f"{len(rows)} text rows of {len(rows) // cfg.text_rows_per_text} texts; {report.summary()}"
-    )
+    print(f"{n} text rows ({cfg.text_rows_per_text} a text); {report.summary()}")
     return out
 
 

@@ -130,26 +130,32 @@ def write_text_rows(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> P
     return out
 
 
-def build_text_rows(
-    out: str | os.PathLike,
-    benches: Sequence[str | os.PathLike],
+def read_texts(
     sources: Sequence[str] = (),
     texts: Sequence[str | os.PathLike] = (),
-    per_text: int = 2,
-    seed: int = 0,
     workers: int = 2,
     progress: bool = True,
-) -> tuple[int, SkipReport]:
-    """`recap bench text-rows`: the rows of the score lyrics of `sources` and the text files
-    `texts`, outside `benches` (`exclusion_for`), written to `out`; skipped texts reported."""
+) -> list[Document]:
+    """The score lyrics of `sources` and the texts of the text files `texts`."""
     from recap.training.text_corpus import read_score_lyrics, read_text_file
 
     docs = [d for s in sources for d in read_score_lyrics(s, workers, progress)]
-    docs += [d for path in texts for d in read_text_file(path)]
+    return docs + [d for path in texts for d in read_text_file(path)]
+
+
+def build_text_rows(
+    out: str | os.PathLike,
+    benches: Sequence[str | os.PathLike],
+    docs: Sequence[Document],
+    per_text: int = 2,
+    seed: int = 0,
+) -> tuple[int, SkipReport]:
+    """`recap bench text-rows`: the rows of `docs` outside `benches` (`exclusion_for`), written
+    to `out`, the skipped texts beside it (OUT.skipped.json). ValueError when none is left."""
     report = SkipReport("text rows")
     rows = text_rows(docs, per_text, seed, exclusion_for(benches), report)
-    if not rows:
-        raise ValueError(f"no usable text in {', '.join(map(str, [*sources, *texts]))}")
-    write_text_rows(rows, out)
     report.write(Path(out).with_suffix(".skipped.json"))
+    if not rows:
+        raise ValueError(f"no usable text among {len(docs)} ({report.summary()})")
+    write_text_rows(rows, out)
     return len(rows), report

@@ -109,15 +109,15 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _text_rows(args: argparse.Namespace) -> int:
-    from recap.bench.text_rows import build_text_rows
+    from recap.bench.text_rows import build_text_rows, read_texts
 
     if not args.source and not args.text:
         raise RecapError("give --source and/or --text: where the texts come from")
     if args.per_text < 1:
         raise RecapError("--per-text must be at least 1")
+    docs = read_texts(args.source, args.text, args.workers)
     try:
-        n, report = build_text_rows(args.out, args.exclude, args.source, args.text,
-                                    args.per_text, args.seed, args.workers)  # fmt: skip
+        n, report = build_text_rows(args.out, args.exclude, docs, args.per_text, args.seed)
     except ValueError as exc:
         raise RecapError(str(exc)) from exc
     print(f"wrote {n} text rows to {args.out}; {report.summary()}")
