@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -21,6 +22,7 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         out=str(tmp_path / "demo"),
         limit=20,  # two test works at least: the swap test pairs different lyrics
         workers=1,
+        renders_per_song=2,
         comments_per_render=2,
         tagger_preset="tiny",
         tagger_epochs=1,
@@ -143,3 +145,20 @@ def test_the_weight_average_is_a_demo_flag_and_recorded():
     averaged = AlignmentDemoConfig(train_overrides={**aligned, "ema_decay": 0.9})
     assert command_line(averaged).endswith("--ema-decay 0.9")
     assert "--ema-decay" not in command_line(AlignmentDemoConfig())
+
+
+def test_a_benchmark_of_another_shape_is_rebuilt_not_reused(tmp_path):
+    from recap.demo import build_bench
+
+    small = DemoConfig(out=str(tmp_path / "demo"), limit=3, workers=1, renders_per_song=1,
+                       comments_per_render=2)  # fmt: skip
+    bench = build_bench(small)
+    first = (bench / "songs.jsonl").read_text("utf-8").splitlines()
+    assert build_bench(small) == bench  # the same shape: reused
+    bigger = dataclasses.replace(small, renders_per_song=2, comments_per_render=1)
+    build_bench(bigger)
+    songs = (bench / "songs.jsonl").read_text("utf-8").splitlines()
+    assert len(songs) == 2 * len(first)
+    assert set(first) <= set(songs)  # the first renderings kept as they were
+    rows = (bench / "dataset.jsonl").read_text("utf-8").splitlines()
+    assert len(rows) == len(songs)  # one interpretation each now
