@@ -321,25 +321,15 @@ def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
     return out
 
 
-def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
-    """A small BART denoising-pretrained on lyrics; the val/test works of `benches` are never
-    read. Cached: a rerun with the same settings reuses OUT/bart-lyrics."""
-    if cfg.pretrain_steps <= 0:
-        print("skipped: pretrain_steps is 0 (the captioners start from scratch)")
-        return None
+def pretrain_settings(cfg: DemoConfig, benches: list[Path]) -> Any:
+    """The demo's text pretraining (a `PretrainConfig`): what it reads and how it trains."""
     from recap.models.config import RecapConfig
-    from recap.training.pretrain_text import (
-        METRICS_NAME,
-        PretrainConfig,
-        format_metrics,
-        is_finished,
-        pretrain_text,
-    )
+    from recap.training.pretrain_text import PretrainConfig
 
     # The curriculum's length caps must fit the size's position table (<s> … </s>: 2 more).
     positions = RecapConfig.preset("bart", cfg.size).max_position_embeddings
     curriculum = [c for c in PretrainConfig().curriculum if c + 2 <= positions]
-    settings = PretrainConfig(
+    return PretrainConfig(
         out=str(cfg.root / "bart-lyrics"),
         source=list(cfg.pretrain_sources),
         text=list(cfg.pretrain_texts),
@@ -353,6 +343,22 @@ def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
         seed=cfg.seed,
         workers=cfg.workers,
     )
+
+
+def pretrain_bart(cfg: DemoConfig, benches: list[Path]) -> Path | None:
+    """A small BART denoising-pretrained on lyrics; the val/test works of `benches` are never
+    read. Cached: a rerun with the same settings reuses OUT/bart-lyrics."""
+    if cfg.pretrain_steps <= 0:
+        print("skipped: pretrain_steps is 0 (the captioners start from scratch)")
+        return None
+    from recap.training.pretrain_text import (
+        METRICS_NAME,
+        format_metrics,
+        is_finished,
+        pretrain_text,
+    )
+
+    settings = pretrain_settings(cfg, benches)
     folder = Path(settings.out)
     # the demo owns its folder: one pretrained with other settings (an older commit) is replaced
     stale = folder.exists() and not is_finished(folder, settings.resolved())
@@ -367,21 +373,12 @@ def build_text_rows(cfg: DemoConfig, benches: list[Path]) -> Path | None:
     if cfg.text_rows_per_text <= 0:
         print("skipped: text_rows_per_text is 0")
         return None
-    from types import SimpleNamespace
-
     from recap.bench.text_rows import build_text_rows as write_rows
     from recap.training.text_corpus import read_corpus
 
-    docs = read_corpus(
-        SimpleNamespace(
-            # as PretrainConfig reads them, so the text pretraining's corpus cache is reused
-            source=[s for s in cfg.pretrain_sources if s != "none"],
-            text=list(cfg.pretrain_texts),
-            corpus_cache=str(cfg.root / "pretrain-corpus.jsonl"),
-            workers=cfg.workers,
-            progress=False,
-        )
-    )
+    # what the text pretraining reads, as it reads it: its corpus cache is reused
+    settings = pretrain_settings(cfg, benches)
+    docs = read_corpus(dataclasses.replace(settings, source=settings.read_sources()))
     out = cfg.root / "text-rows.jsonl"
     try:
         n, report = write_rows(out, benches, docs, cfg.text_rows_per_text, cfg.seed)

@@ -382,11 +382,15 @@ class PretrainConfig:
     overwrite: bool = _opt(False, "train again even when DIR holds a finished model")
     progress: bool = _opt(True, "tqdm progress bar")
 
+    def read_sources(self) -> list[str]:
+        """The score sources that are read ("none" names no source: text files alone)."""
+        return [s for s in self.source if s != "none"]
+
     def resolved(self) -> PretrainConfig:
         """A checked copy (RecapError on bad values)."""
         if not self.out:
             raise RecapError("pretrain-text needs --out DIR")
-        source = [s for s in self.source if s != "none"]
+        source = self.read_sources()
         if not source and not self.text:
             raise RecapError("nothing to read: give --source and/or --text")
         if self.position_init not in ("sinusoidal", "random"):

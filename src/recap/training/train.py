@@ -249,7 +249,7 @@ class Trainer:
             empty_lyrics_ids=tuple(tokenizer("")["input_ids"]),
             seed=cfg.seed,
             share_sources=cfg.captions_per_song > 1,
-            music_dim=_music_dim(embeddings),
+            music_dim=mcfg.music_dim if embeddings is not None else 0,
         )
         if cfg.batch_size % acc.num_processes:
             raise RecapError(
@@ -647,13 +647,6 @@ def _text_rows(path: str, hears: bool, report: SkipReport) -> list[Any]:
     if not rows:
         raise RecapError(f"no usable text rows in {path}")
     return rows
-
-
-def _music_dim(embeddings: Mapping[str, Any] | None) -> int:
-    """D of the music tokens (0 without music): the width of a text-only row's empty music."""
-    if not embeddings:
-        return 0
-    return int(embeddings[next(iter(embeddings))].shape[-1])
 
 
 def _music_preset_name(config: Any) -> str:
