@@ -742,3 +742,36 @@ def make_rows_of(data: Path) -> list:
     from recap.data.songs import load_splits
 
     return load_splits(data, val_fraction=0.1, seed=tiny_config(data, data).seed)["train"]
+
+
+def test_a_captioner_starts_from_another_captioners_weights(tmp_path):
+    from recap.models.model import RecapModel
+    from recap.models.tokenizer import train_bpe_tokenizer
+
+    data = make_dataset(tmp_path / "data", n_songs=5, per_song=2)
+    bart_run = train(tiny_config(data, tmp_path / "bart", preset="bart", epochs=1,
+                                 align_weight=None))  # fmt: skip
+    run = train_fake(tiny_config(data, tmp_path / "fusion", preset="bart-fusion", epochs=1,
+                                 align_weight=None, init=str(bart_run)))  # fmt: skip
+    done = json.loads((run / "done.json").read_text())
+    assert done["starts_from"]["init"]  # the folder's digest: another BART, another run
+
+    trained = RecapModel.from_pretrained(run / "best")
+    fresh = RecapModel(trained.config)
+    fresh.attach_tokenizer(trained.tokenizer)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    copied, left = fresh.init_from(bart_run)  # a run folder: its best/ is read
+    bart = RecapModel.from_pretrained(bart_run / "best").state_dict()
+    after = fresh.state_dict()
+    assert "bart.model.encoder.layers.0.fc1.weight" in copied
+    assert "bart.lm_head.weight" in copied  # tied to the embeddings, copied with them
+    assert all(torch.equal(after[k], bart[k]) for k in copied if k in bart)
+    assert any(k.startswith("fusion") for k in left)
+    assert all(torch.equal(after[k], before[k]) for k in left)  # the fusion starts fresh
+
+    fresh.attach_tokenizer(train_bpe_tokenizer(["other words entirely"] * 20, 300,
+                                               out_dir=tmp_path / "tok"))  # fmt: skip
+    with pytest.raises(RecapError, match="another tokenizer"):
+        fresh.init_from(bart_run)
+    with pytest.raises(RecapError, match="neither a RECAP model folder"):
+        fresh.init_from(data)

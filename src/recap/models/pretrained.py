@@ -71,6 +71,42 @@ class PretrainedMixin:
                 f"unexpected {sorted(unexpected)[:5]}"
             )
 
+    def init_from(self, name_or_path: str | os.PathLike) -> tuple[list[str], list[str]]:
+        """Start from another captioner's weights: every tensor of the saved model (a
+        `save_pretrained` folder, or a training run, whose `best/` is read) whose name and shape
+        match one of this model's is copied; the rest keep their initialisation (a BART
+        captioner gives a BART-fusion its BART and copy head; the fusion starts fresh).
+
+        Both must read one tokenizer: token ids are what the copied embeddings mean. Returns
+        the names copied and the names left as initialised.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = init_folder(name_or_path)
+        theirs = _maybe_tokenizer(directory)
+        if self.tokenizer is None or theirs is None:
+            raise RecapError(
+                f"{directory}: both models need a tokenizer to start one from the other"
+            )
+        if theirs.get_vocab() != self.tokenizer.get_vocab():
+            raise RecapError(
+                f"{directory} reads another tokenizer; its weights cannot start this model"
+            )
+        try:
+            state = load_file(str(directory / WEIGHTS_NAME))
+        except (SafetensorError, OSError) as exc:
+            raise RecapError(f"cannot read {directory / WEIGHTS_NAME}: {exc}") from exc
+        own = self.state_dict()
+        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not fitting:
+            raise RecapError(f"{directory}: no tensor fits this model")
+        self.load_state_dict(fitting, strict=False)
+        # A tied alias (lm_head = shared embeddings) is copied with the tensor it shares.
+        shared = {own[k].data_ptr() for k in fitting}
+        copied = {n for n, t in own.items() if t.data_ptr() in shared}
+        return sorted(copied), sorted(set(own) - copied)
+
     @classmethod
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, device: torch.device | str | None = None
@@ -139,6 +175,16 @@ def _unique_state_names(state: dict[str, torch.Tensor]) -> list[str]:
             seen.add(key)
             names.append(name)
     return names
+
+
+def init_folder(name_or_path: str | os.PathLike) -> Path:
+    """The model folder `init_from` reads: a `save_pretrained` folder, or a run's `best/`."""
+    path = Path(name_or_path)
+    if not (path / CONFIG_NAME).is_file() and (path / "best" / CONFIG_NAME).is_file():
+        path = path / "best"
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise RecapError(f"{name_or_path!s} is neither a RECAP model folder nor a finished run")
+    return path
 
 
 def _resolve_folder(name_or_path: str | os.PathLike) -> Path:

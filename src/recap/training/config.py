@@ -14,6 +14,7 @@ from typing import Any
 
 from recap.data.songs import VARIANTS
 from recap.models.config import METHODS, SIZES, RecapConfig
+from recap.models.pretrained import init_folder
 from recap.utils import RecapError, flag_field, hash_file_into, known_fields, read_json
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -54,6 +55,12 @@ class TrainConfig:
         "hf:<hub name or folder> (CLAP's audio tower, frozen)",
     )
     bart: str | None = _opt(None, "pretrained BART name or folder; default: train from scratch")
+    init: str | None = _opt(
+        None,
+        "a trained captioner (a run folder or a model folder) whose matching weights start this "
+        "one, e.g. BART-fusion from the BART captioner: its text model and copy head; the fusion "
+        "starts fresh. It must read the same tokenizer",
+    )
     lyrics_dropout: float = _opt(
         0.0, "share of training examples with their lyrics left out (audio-only captions)"
     )
@@ -217,7 +224,7 @@ def read_train_config(path: Path) -> TrainConfig:
 
 
 # Settings that name files: compared by what they point at, not by how they are spelled.
-_PATH_SETTINGS = ("data", "encoder", "bart", "text_rows")
+_PATH_SETTINGS = ("data", "encoder", "bart", "text_rows", "init")
 
 
 def _canonical(value: Any) -> Any:
@@ -269,6 +276,7 @@ def starting_point(cfg: TrainConfig) -> dict[str, Any]:
         "encoder": _folder_digest(cfg.encoder),
         "data": _file_digest(Path(cfg.data) / "dataset.jsonl"),
         **({"text_rows": _file_digest(Path(cfg.text_rows))} if cfg.text_rows else {}),
+        **({"init": _folder_digest(str(init_folder(cfg.init)))} if cfg.init else {}),
     }
 
 

@@ -200,6 +200,15 @@ class Trainer:
             # The frozen encoder rides along (no gradient), so RUN/best captions audio files.
             model = RecapModel(model_cfg, music_encoder=encoder)
         model.attach_tokenizer(tokenizer)
+        if cfg.init:
+            copied, fresh = model.init_from(cfg.init)
+            logger.info(
+                "started from %s: %d tensors copied, %d initialised (%s)",
+                cfg.init,
+                len(copied),
+                len(fresh),
+                ", ".join(sorted({n.split(".")[0] for n in fresh})) or "none",
+            )
         model.caption_words = frozenset(caption_vocabulary(caption_texts(train_rows)))
         self.model_config = mcfg = model.config
         self.tokenizer = tokenizer
