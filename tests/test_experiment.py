@@ -283,3 +283,27 @@ def test_method_overrides_reach_only_that_methods_runs(tmp_path, monkeypatch):
     assert epochs == {"bart": (3, 0.003), "bart-fusion": (6, 0.003), "recap": (6, 0.003)}
     with pytest.raises(ex.RecapError, match="unknown method"):
         ex.ExperimentConfig(data="d", method_overrides={"recapp": {"epochs": 6}})
+
+
+def test_fusion_from_bart_starts_each_fusion_run_from_the_bart_run_of_its_seed(
+    tmp_path, monkeypatch
+):
+    trained, _ = stub_training(tmp_path, monkeypatch)
+    cfg = ex.ExperimentConfig(
+        data="d",
+        out=str(tmp_path / "out"),
+        variants=("full",),
+        methods=("recap", "bart-fusion", "bart"),  # BART is trained first all the same
+        seeds=(0, 1),
+        fusion_from_bart=True,
+        meteor15=False,
+        progress=False,
+    )
+    ex.run_table1(cfg)
+    assert [(tc.preset, tc.seed) for tc in trained][:2] == [("bart", 0), ("bart", 1)]
+    starts = {(tc.preset, tc.seed): tc.init for tc in trained}
+    assert starts[("bart", 0)] is None
+    assert starts[("recap", 1)] == str(cfg.run_dir("full", "bart", 1))
+    assert starts[("bart-fusion", 0)] == str(cfg.run_dir("full", "bart", 0))
+    with pytest.raises(ex.RecapError, match="needs the bart method"):
+        ex.ExperimentConfig(data="d", methods=("recap",), fusion_from_bart=True)

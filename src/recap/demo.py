@@ -105,6 +105,9 @@ class DemoConfig:
     # run broken; the audio mean stayed at 73 % with run W's retrained tagger (+2 with run V's).
     # They cost ~4 min of `make demo` (docs/results.md run W).
     fusion_epochs: int = 6
+    # BART-fusion and RECAP start from the BART captioner of their seed (its text model and copy
+    # head; `recap train --init`), as the paper's start from a BART that can already write.
+    fusion_from_bart: bool = False
     max_steps: int = 0
     # A quarter of the training examples without their lyrics, so the demo's captioners also
     # interpret instrumentals from the audio alone (`recap caption song.wav` without lyrics;
@@ -438,6 +441,7 @@ def experiment_config(
             known_words=cfg.known_words,
         ),
         meteor15=cfg.meteor15,
+        fusion_from_bart=cfg.fusion_from_bart,
         bootstrap=cfg.bootstrap,
         retrain_stale=True,  # the demo owns its folder: a rerun at a newer commit retrains
     )

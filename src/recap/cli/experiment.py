@@ -39,6 +39,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         decode=decode,
         paired_sampling=paired,
         meteor15=not args.no_meteor15,
+        fusion_from_bart=args.fusion_from_bart,
         bootstrap=args.bootstrap,
         device=args.device,
     )
@@ -77,6 +78,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--encoder", default=None, help="music encoder (tagger folder or CNNSA checkpoint)"
     )
     p.add_argument("--bart", default=None, help="pretrained BART (e.g. facebook/bart-base)")
+    p.add_argument(
+        "--fusion-from-bart",
+        action="store_true",
+        help="start BART-fusion and RECAP from the BART captioner of their seed (recap train "
+        "--init): its text model and copy head; the fusion starts fresh",
+    )
     p.add_argument(
         "--seeds",
         default=None,

@@ -70,6 +70,9 @@ class ExperimentConfig:
     # authors' protocol); False samples every model with each of `decode.seeds`.
     paired_sampling: bool = True
     meteor15: bool = True
+    # BART-fusion and RECAP start from the BART captioner of their variant and seed (trained
+    # first): its text model and copy head; the fusion starts fresh (`recap train --init`).
+    fusion_from_bart: bool = False
     bootstrap: int = 1000
     device: str | None = None
     progress: bool = True
@@ -95,6 +98,12 @@ class ExperimentConfig:
             raise RecapError(f"unknown variant(s) {bad}; choose from {', '.join(VARIANT_NAMES)}")
         if not self.seeds:
             raise RecapError("at least one seed is needed")
+        if self.fusion_from_bart:
+            if "bart" not in self.methods:
+                raise RecapError(
+                    "fusion_from_bart needs the bart method: its runs start the others"
+                )
+            self.methods = ("bart",) + tuple(m for m in self.methods if m != "bart")
 
     def run_dir(self, variant: str, name: str, seed: int) -> Path:
         return Path(self.out) / variant / name / f"seed{seed}"
@@ -144,6 +153,9 @@ def train_and_evaluate(
     from recap.training.train import TrainConfig, train
 
     run = cfg.run_dir(variant, name or method, seed)
+    overrides = {**cfg.train_overrides, **cfg.method_overrides.get(method, {})}
+    if cfg.fusion_from_bart and method != "bart":
+        overrides["init"] = str(cfg.run_dir(variant, "bart", seed))
     tc = TrainConfig(
         data=str(cfg.data),
         out=str(run),
@@ -155,7 +167,7 @@ def train_and_evaluate(
         seed=seed,
         align_weight=align_weight,
         progress=cfg.progress,
-        **{**cfg.train_overrides, **cfg.method_overrides.get(method, {})},
+        **overrides,
     )
     logger.info("train %s (%s, seed %d, w %s) → %s", method, variant, seed, align_weight, run)
     try:
