@@ -78,9 +78,11 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     # and on text-only rows of the texts the text pretraining read
     rows = (root / "text-rows.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 12  # the 12 distinct texts of the file, one row each
-    assert json.loads(path.read_text(encoding="utf-8"))["text_rows"] == str(
-        root / "text-rows.jsonl"
-    )
+    # BART reads them; the fusion captioners start from its weights instead
+    bart_run = root / "experiments" / "full" / "bart" / "seed0"
+    rows_read = {p.parent.parent.name: json.loads(p.read_text())["text_rows"] for p in configs}
+    assert rows_read == {"bart": str(root / "text-rows.jsonl"), "bart-fusion": None, "recap": None}
+    assert json.loads(path.read_text(encoding="utf-8"))["init"] == str(bart_run)
     assert "--text-rows-per-text 1" in saved["command"]
     # the fusion models train their own number of epochs
     for method, epochs in (("bart", 1), ("bart-fusion", 2), ("recap", 2)):
@@ -102,6 +104,8 @@ def test_the_recorded_command_reproduces_the_run():
     from recap.cli import build_parser
 
     assert build_parser().parse_args(["demo", "--fusion-epochs", "0"]).fusion_epochs == 0
+    assert demo_command(DemoConfig(fusion_from_bart=False)).endswith("--fusion-from-scratch")
+    assert build_parser().parse_args(["demo", "--fusion-from-scratch"]).fusion_from_scratch
     # every setting that changes the results is named: by its flag, or from Python
     cfg = DemoConfig(
         tagger_preset="demo", tagger_chroma_rotation=0.5, lyrics_dropout=0.5, workers=1,

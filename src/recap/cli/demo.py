@@ -42,6 +42,7 @@ def _handler(args: argparse.Namespace) -> int:
         size=args.size,
         epochs=args.epochs,
         fusion_epochs=args.fusion_epochs,
+        fusion_from_bart=not args.fusion_from_scratch,
         max_steps=args.max_steps,
         lyrics_dropout=args.lyrics_dropout,
         beams=args.beams,
@@ -147,6 +148,12 @@ def register(subparsers: Any) -> None:
         type=int,
         default=d.fusion_epochs,
         help="epochs of BART-fusion and RECAP (0: --epochs)",
+    )
+    p.add_argument(
+        "--fusion-from-scratch",
+        action="store_true",
+        help="start BART-fusion and RECAP from the pretrained text model, as BART (default: from "
+        "the BART captioner of their seed, which reads the text rows for them)",
     )
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
     p.add_argument(

@@ -87,6 +87,9 @@ class AlignmentDemoConfig(DemoConfig):
     # dropout trains a quarter of the examples without the text the alignment reads.
     pretrain_steps: int = 0
     lyrics_dropout: float = 0.0
+    # Every captioner from scratch, trained two at a time: none waits for another's weights.
+    text_rows_per_text: int = 0
+    fusion_from_bart: bool = False
     # the tagger it was measured with (run P's `mini` recipe): `make demo`'s 6 s crops would
     # add ~3.5 min (run R) to a budget already spent
     tagger_preset: str = "mini"
