@@ -769,6 +769,12 @@ def test_a_captioner_starts_from_another_captioners_weights(tmp_path):
     assert any(k.startswith("fusion") for k in left)
     assert all(torch.equal(after[k], before[k]) for k in left)  # the fusion starts fresh
 
+    twin = RecapModel(trained.config)  # a fusion model from a fusion run: all but its encoder
+    twin.attach_tokenizer(trained.tokenizer)
+    copied, left = twin.init_from(run)
+    assert any(k.startswith("fusion") for k in copied)
+    assert left and all(k.startswith("music_encoder.") for k in left)
+
     fresh.attach_tokenizer(train_bpe_tokenizer(["other words entirely"] * 20, 300,
                                                out_dir=tmp_path / "tok"))  # fmt: skip
     with pytest.raises(RecapError, match="another tokenizer"):

@@ -98,7 +98,13 @@ class PretrainedMixin:
         except (SafetensorError, OSError) as exc:
             raise RecapError(f"cannot read {directory / WEIGHTS_NAME}: {exc}") from exc
         own = self.state_dict()
-        fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        # The frozen music encoder is this run's own (its embeddings are cached under it):
+        # never replaced by the other model's.
+        fitting = {
+            k: v
+            for k, v in state.items()
+            if k in own and own[k].shape == v.shape and not k.startswith("music_encoder.")
+        }
         if not fitting:
             raise RecapError(f"{directory}: no tensor fits this model")
         self.load_state_dict(fitting, strict=False)
