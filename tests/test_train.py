@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -781,3 +782,9 @@ def test_a_captioner_starts_from_another_captioners_weights(tmp_path):
         fresh.init_from(bart_run)
     with pytest.raises(RecapError, match="neither a RECAP model folder"):
         fresh.init_from(data)
+    # a finished run is still reused once the model it started from is gone
+    finished = (run / "done.json").read_text()
+    shutil.rmtree(bart_run)
+    again = train_fake(tiny_config(data, tmp_path / "fusion", preset="bart-fusion", epochs=1,
+                                   align_weight=None, init=str(bart_run)))  # fmt: skip
+    assert again == run and (run / "done.json").read_text() == finished  # not trained again

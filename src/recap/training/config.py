@@ -263,6 +263,14 @@ def _file_digest(path: Path) -> str | None:
     return hash_file_into(hashlib.sha256(), path).hexdigest()
 
 
+def _init_digest(path: str) -> str | None:
+    """The digest of the model `--init` reads (None when it is gone: not compared)."""
+    try:
+        return _folder_digest(str(init_folder(path)))
+    except RecapError:
+        return None
+
+
 def starting_point(cfg: TrainConfig) -> dict[str, Any]:
     """What a run starts from besides its settings: the model preset as the code defines it
     now, the contents of the --bart and --encoder folders, and the training texts (the data's
@@ -276,7 +284,7 @@ def starting_point(cfg: TrainConfig) -> dict[str, Any]:
         "encoder": _folder_digest(cfg.encoder),
         "data": _file_digest(Path(cfg.data) / "dataset.jsonl"),
         **({"text_rows": _file_digest(Path(cfg.text_rows))} if cfg.text_rows else {}),
-        **({"init": _folder_digest(str(init_folder(cfg.init)))} if cfg.init else {}),
+        **({"init": _init_digest(cfg.init)} if cfg.init else {}),
     }
 
 
