@@ -284,7 +284,8 @@ def starting_point(cfg: TrainConfig) -> dict[str, Any]:
         "encoder": _folder_digest(cfg.encoder),
         "data": _file_digest(Path(cfg.data) / "dataset.jsonl"),
         **({"text_rows": _file_digest(Path(cfg.text_rows))} if cfg.text_rows else {}),
-        **({"init": _init_digest(cfg.init)} if cfg.init else {}),
+        # a source deleted since is not compared: the finished run is what it started
+        **({"init": digest} if cfg.init and (digest := _init_digest(cfg.init)) else {}),
     }
 
 
