@@ -780,7 +780,7 @@ def test_a_captioner_starts_from_another_captioners_weights(tmp_path):
                                                out_dir=tmp_path / "tok"))  # fmt: skip
     with pytest.raises(RecapError, match="another tokenizer"):
         fresh.init_from(bart_run)
-    with pytest.raises(RecapError, match="neither a RECAP model folder"):
+    with pytest.raises(RecapError, match="neither a model folder"):
         fresh.init_from(data)
     # a finished run is still reused once the model it started from is gone
     finished = (run / "done.json").read_text()

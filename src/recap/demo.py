@@ -61,9 +61,10 @@ class DemoConfig:
     coupling: float = 0.0  # share of renderings that follow the lyrics (BuildConfig.coupling)
     # music encoder pretraining: the `demo` front end with chroma tokens on 6 s crops, cosine
     # schedule, 60 epochs over 4 renderings a score (run AB: token probe melody 88 %,
-    # accompaniment 100 %, tempo 98 %, key 47 %; the steps, ~4 min, of 120 epochs over 2): without the chroma tokens the probe's key was 6 % and the captioners'
-    # 1-13 % (run S); with them the fusion captioners state it for 19-20 % (run T). Rolling the
-    # chroma rows (tagger_chroma_rotation) lifts the probe's key, not the captions'. The `mini`
+    # accompaniment 100 %, tempo 98 %, key 47 %; the steps, ~4 min, of 120 epochs over 2):
+    # without the chroma tokens the probe's key was 6 % and the captioners' 1-13 % (run S);
+    # with them the fusion captioners state it for 19-20 % (run T). Rolling the chroma rows
+    # (tagger_chroma_rotation) lifts the probe's key, not the captions'. The `mini`
     # recipe (2 s crops, 30 epochs, run P) hears the melody (98 %) but not the tempo (56 %); 80
     # epochs heard the tempo but lost the melody (run Q); the pitch shift and the chroma target
     # taught the key but cost the melody (docs/training.md "The demo tagger", "Chroma tokens").

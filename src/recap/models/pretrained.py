@@ -52,13 +52,7 @@ class PretrainedMixin:
 
     def _load_weights(self, weights: Path) -> None:
         """Load `model.safetensors` strictly, tied aliases (lm_head = shared embeddings) aside."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError) as exc:
-            raise RecapError(f"cannot read {weights}: {exc}") from exc
+        state = _read_weights(weights)
         try:
             missing, unexpected = self.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # shape mismatches
@@ -73,17 +67,17 @@ class PretrainedMixin:
 
     def init_from(self, name_or_path: str | os.PathLike) -> tuple[list[str], list[str]]:
         """Start from another captioner's weights: every tensor of the saved model (a
-        `save_pretrained` folder, or a training run, whose `best/` is read) whose name and shape
-        match one of this model's is copied; the rest keep their initialisation (a BART
-        captioner gives a BART-fusion its BART and copy head; the fusion starts fresh).
+        `save_pretrained` folder, or a training run, whose `best/` is read: `resolve_model_dir`)
+        whose name and shape match one of this model's is copied; the rest keep their
+        initialisation (a BART captioner gives a BART-fusion its BART and copy head; the fusion
+        starts fresh).
 
         Both must read one tokenizer: token ids are what the copied embeddings mean. Returns
         the names copied and the names left as initialised.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from recap.inference.generate import resolve_model_dir
 
-        directory = init_folder(name_or_path)
+        directory = resolve_model_dir(name_or_path)
         theirs = _maybe_tokenizer(directory)
         if self.tokenizer is None or theirs is None:
             raise RecapError(
@@ -93,10 +87,7 @@ class PretrainedMixin:
             raise RecapError(
                 f"{directory} reads another tokenizer; its weights cannot start this model"
             )
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME))
-        except (SafetensorError, OSError) as exc:
-            raise RecapError(f"cannot read {directory / WEIGHTS_NAME}: {exc}") from exc
+        state = _read_weights(directory / WEIGHTS_NAME)
         own = self.state_dict()
         # The frozen music encoder is this run's own (its embeddings are cached under it):
         # never replaced by the other model's.
@@ -183,14 +174,15 @@ def _unique_state_names(state: dict[str, torch.Tensor]) -> list[str]:
     return names
 
 
-def init_folder(name_or_path: str | os.PathLike) -> Path:
-    """The model folder `init_from` reads: a `save_pretrained` folder, or a run's `best/`."""
-    path = Path(name_or_path)
-    if not (path / CONFIG_NAME).is_file() and (path / "best" / CONFIG_NAME).is_file():
-        path = path / "best"
-    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-        raise RecapError(f"{name_or_path!s} is neither a RECAP model folder nor a finished run")
-    return path
+def _read_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a `model.safetensors` file (never a pickle); RecapError when unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise RecapError(f"cannot read {weights}: {exc}") from exc
 
 
 def _resolve_folder(name_or_path: str | os.PathLike) -> Path:

@@ -14,7 +14,6 @@ from typing import Any
 
 from recap.data.songs import VARIANTS
 from recap.models.config import METHODS, SIZES, RecapConfig
-from recap.models.pretrained import init_folder
 from recap.utils import RecapError, flag_field, hash_file_into, known_fields, read_json
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -265,8 +264,10 @@ def _file_digest(path: Path) -> str | None:
 
 def _init_digest(path: str) -> str | None:
     """The digest of the model `--init` reads (None when it is gone: not compared)."""
+    from recap.inference.generate import resolve_model_dir
+
     try:
-        return _folder_digest(str(init_folder(path)))
+        return _folder_digest(str(resolve_model_dir(path)))
     except RecapError:
         return None
 
