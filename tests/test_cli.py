@@ -83,5 +83,12 @@ def test_bench_text_rows_writes_rows_outside_the_excluded_benchmark(tmp_path, ca
     assert all(r["split"] == "train" and r["comment_without_audio"] for r in rows)
     skipped = json.loads(out.with_suffix(".skipped.json").read_text("utf-8"))
     assert skipped["skipped"] == 1 and "held-out" in skipped["items"][0]["reason"]
+    # and a text recombined from each (its sentences shuffled with another text's)
+    code = main(["bench", "text-rows", "--text", str(tmp_path / "texts.txt"),
+                 "--exclude", str(bench), "--per-text", "1", "--recombined", "1",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0 and "wrote 4 text rows" in capsys.readouterr().out
+    ids = sorted(json.loads(line)["music4all_id"] for line in out.read_text("utf-8").splitlines())
+    assert sum(i.startswith("text-mix0-") for i in ids) == 2
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "text-rows", "--out", str(out)])  # --exclude needed

@@ -38,6 +38,7 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         pretrain_sources=("none",),
         pretrain_texts=(str(text),),
         text_rows_per_text=1,
+        text_rows_recombined=1,
         reference_steps=1,
     )
     result = run_demo(cfg)
@@ -76,14 +77,17 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
     run = root / "experiments" / "full" / "recap" / "seed0"
     assert json.loads((run / "train_config.json").read_text())["lyrics_dropout"] == 0.25
     # and on text-only rows of the texts the text pretraining read
-    rows = (root / "text-rows.jsonl").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 12  # the 12 distinct texts of the file, one row each
+    ids = [json.loads(r)["music4all_id"] for r in (root / "text-rows.jsonl").open(encoding="utf-8")]
+    assert sum(not i.startswith("text-mix") for i in ids) == 12  # the file's 12 texts, once each
+    # and one recombined text for each of them and each train text of the benchmark
+    assert sum(i.startswith("text-mix0-bench-") for i in ids) > 0
+    assert sum(i.startswith("text-mix0-") for i in ids) > 12
     # BART reads them; the fusion captioners start from its weights instead
     bart_run = root / "experiments" / "full" / "bart" / "seed0"
     rows_read = {p.parent.parent.name: json.loads(p.read_text())["text_rows"] for p in configs}
     assert rows_read == {"bart": str(root / "text-rows.jsonl"), "bart-fusion": None, "recap": None}
     assert json.loads(path.read_text(encoding="utf-8"))["init"] == str(bart_run)
-    assert "--text-rows-per-text 1" in saved["command"]
+    assert "--text-rows-per-text 1 --text-rows-recombined 1" in saved["command"]
     # the fusion models train their own number of epochs
     for method, epochs in (("bart", 1), ("bart-fusion", 2), ("recap", 2)):
         config = root / "experiments" / "full" / method / "seed0" / "train_config.json"

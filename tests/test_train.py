@@ -716,6 +716,91 @@ def test_text_rows_state_the_texts_facts_and_never_a_held_out_text(tmp_path):
     assert rows == text_rows(docs, per_text=3, seed=1, exclusion=exclusion)  # seeded
 
 
+def test_recombined_text_rows_mix_texts_of_one_language(tmp_path):
+    import json
+
+    from recap.bench.facts import lyrics_facts, words
+    from recap.bench.templates import parse_caption
+    from recap.bench.text_rows import COMMENT_WITHOUT_AUDIO, text_rows, train_texts
+    from recap.training.text_corpus import Document, Exclusion, split_sentences
+    from recap.utils import SkipReport
+
+    german = [
+        "Die Sonne leuchtet hell über dem Tal. Der Himmel singt von Gnade und Sonne. "
+        "Die Sonne sinkt.",
+        "Im Walde rauschen Bäume leise. Die Vögel singen ihre Weise. Die Bäume schlafen.",
+    ]
+    english = "The river runs along the valley. The river sings of morning light."
+    held = "Dunkle Nacht umfängt das stille Land"
+    docs = [Document("a", german[0]), Document("b", german[1]), Document("c", english)]
+    partner = Document("p", "Grüne Wiesen blühen im Frühling. Wiesen und Felder leuchten.", "w")
+    leaky = Document("q", held + ". Wiesen blühen wieder.", "w2")
+    exclusion = Exclusion()
+    exclusion.add_text(held)
+    report = SkipReport("t")
+
+    rows = text_rows(docs, 1, 3, exclusion, report, recombined=2, partners=[partner, leaky])
+    ids = [r["music4all_id"] for r in rows]
+    assert ids[:3] == ["text-a-0", "text-b-0", "text-c-0"]  # the texts as they are, once
+    assert sorted(ids[3:]) == sorted(f"text-mix{j}-{d}-0" for d in "abcp" for j in (0, 1))
+    assert "q" in {i["item"] for i in report.items}  # a held-out line: never mixed in
+    sentences = {s.strip() for t in [*german, english, partner.text] for s in split_sentences(t)}
+    for row in rows[3:]:
+        text = row["lyrics"]
+        assert held not in text
+        parts = [s.strip() for s in split_sentences(text)]
+        assert set(parts) <= sentences
+        origin = row["music4all_id"].split("-")[2]
+        own = {"a": german, "b": german, "c": [english], "p": german + [partner.text]}[origin]
+        if origin in "ab":
+            own = own + [partner.text]
+        assert {s.strip() for t in own for s in split_sentences(t)} >= set(parts)  # one language
+        # cut after the sentence that reaches the original's length
+        goal = len(words({"a": german[0], "b": german[1], "c": english, "p": partner.text}[origin]))
+        assert len(words(text)) >= goal > len(words(" ".join(parts[:-1])))
+        facts = lyrics_facts(text)  # the facts are the new text's, by the benchmark's rule
+        said = parse_caption(row[COMMENT_WITHOUT_AUDIO])
+        assert said["first_line"] == facts.first_line
+        assert said["salient_words"] == list(facts.salient_words)
+    originals = {*german, english, partner.text}
+    assert len({r["lyrics"] for r in rows[3:]} - originals) >= 6  # new texts (a shuffle may not be)
+    assert rows == text_rows(docs, 1, 3, exclusion, recombined=2, partners=[partner, leaky])
+    assert [r["lyrics"] for r in rows[:3]] == [*german, english]  # a partner is never read as is
+    # within="theme": the partner also shares the text's theme (the lexicon's reading)
+    faith = "Gott der Herr ist gnädig und gerecht. Jesu Christ, dein Heil und Segen, Gottes Gnade."
+    texts = {"a": german[0], "b": german[1], "c": english, "p": partner.text, "d": faith}
+    group = {k: (lyrics_facts(t).language, lyrics_facts(t).theme) for k, t in texts.items()}
+    assert group["d"] != group["a"] == group["b"] == group["p"]  # German: faith, nature
+    themed_docs = [*docs, Document("d", faith)]
+    themed = text_rows(
+        themed_docs, 1, 3, exclusion, recombined=1, partners=[partner], within="theme"
+    )
+    assert len(themed) == 4 + 5
+    for row in themed[4:]:
+        origin = row["music4all_id"].split("-")[2]
+        same = [t for k, t in texts.items() if group[k] == group[origin]]
+        allowed = {s.strip() for t in same for s in split_sentences(t)}
+        assert {s.strip() for s in split_sentences(row["lyrics"])} <= allowed
+    with pytest.raises(ValueError, match="within"):
+        text_rows(docs, 1, 3, exclusion, recombined=1, within="genre")
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    lines = [
+        {"split": "train", "lyrics": "Eins zwei drei vier fünf", "work_id": "w1"},
+        {"split": "train", "lyrics": "Eins zwei drei vier fünf", "work_id": "w1"},
+        {"split": "test", "lyrics": "Nie gesehen im Training", "work_id": "w2"},
+        {"split": "train", "lyrics": "Eine zweite Fassung desselben Werks", "work_id": "w1"},
+    ]
+    (bench / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), "utf-8")
+    found = train_texts([bench])
+    assert [(d.text, d.work_id) for d in found] == [
+        ("Eins zwei drei vier fünf", "w1"),
+        ("Eine zweite Fassung desselben Werks", "w1"),
+    ]
+    assert len({d.doc_id for d in found}) == 2  # one id each: their rows' ids differ
+
+
 def test_training_with_text_rows_reads_them_unheard(tmp_path):
     data = make_dataset(tmp_path / "data")
     rows_file = _text_rows_file(tmp_path / "text-rows.jsonl")

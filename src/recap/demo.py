@@ -95,6 +95,15 @@ class DemoConfig:
     # read"). With `fusion_from_bart` only BART reads them (its steps double: +3.5 min) and
     # the fusion captioners start from it (docs/results.md run AC).
     text_rows_per_text: int = 2
+    # N more rows per text, each of a text recombined from it and another text in its language
+    # (and from the benchmark's train texts): new openings, word counts and word orders, which
+    # only the rule states (`recap.bench.text_rows.recombine`). One in place of the second row
+    # per text, three seeds (docs/training.md "Recombined texts"): salient-word F1 +5 points
+    # for every captioner, the theme -3 to -12, the lyrics mean no better. 0: off.
+    text_rows_recombined: int = 0
+    # "language" or "theme": a recombined text's partner shares its language, or its language and
+    # theme (the theme holds better; the lyrics mean no better either: docs/training.md).
+    text_rows_recombine_within: str = "language"
     # captioners (TrainConfig fields for every run; ~2–3 min each on 2 cores)
     size: str = "small"
     # 2 epochs left the copy head quoting one or two words of the first line (docs/results.md).
@@ -382,19 +391,34 @@ def build_text_rows(cfg: DemoConfig, benches: list[Path]) -> Path | None:
     if cfg.text_rows_per_text <= 0:
         print("skipped: text_rows_per_text is 0")
         return None
+    from recap.bench.text_rows import RECOMBINE_WITHIN
     from recap.bench.text_rows import build_text_rows as write_rows
     from recap.training.text_corpus import read_corpus
 
+    if cfg.text_rows_recombine_within not in RECOMBINE_WITHIN:  # a setting, not a data problem
+        raise RecapError(
+            f"text_rows_recombine_within must be one of {RECOMBINE_WITHIN}, "
+            f"not {cfg.text_rows_recombine_within!r}"
+        )
     # what the text pretraining reads, as it reads it: its corpus cache is reused
     settings = pretrain_settings(cfg, benches)
     docs = read_corpus(dataclasses.replace(settings, source=settings.read_sources()))
     out = cfg.root / "text-rows.jsonl"
     try:
-        n, report = write_rows(out, benches, docs, cfg.text_rows_per_text, cfg.seed)
+        n, report = write_rows(
+            out,
+            benches,
+            docs,
+            cfg.text_rows_per_text,
+            cfg.seed,
+            cfg.text_rows_recombined,
+            cfg.text_rows_recombine_within,
+        )
     except ValueError as exc:
         print(f"no text rows: {exc}")
         return None
-    print(f"{n} text rows ({cfg.text_rows_per_text} a text); {report.summary()}")
+    mixed = f" + {cfg.text_rows_recombined} recombined" if cfg.text_rows_recombined else ""
+    print(f"{n} text rows ({cfg.text_rows_per_text}{mixed} a text); {report.summary()}")
     return out
 
 
@@ -621,7 +645,7 @@ def slot_markdown(slots: list[dict[str, Any]]) -> list[str]:
 _VALUE_FLAGS = (
     "epochs", "fusion_epochs", "seed", "limit", "comments_per_render", "tagger_preset",
     "tagger_epochs", "tagger_lr", "tagger_chroma_rotation", "pretrain_steps", "text_rows_per_text",
-    "size", "max_steps",
+    "text_rows_recombined", "text_rows_recombine_within", "size", "max_steps",
     "lyrics_dropout", "beams", "max_new_tokens", "no_repeat_ngram",
 )  # fmt: skip
 # Fields that change where or how fast the demo runs, not what it measures.

@@ -57,6 +57,17 @@ def register(subparsers: Any) -> None:
         "--text", nargs="*", default=[], help="text files (one text per blank-line block)"
     )
     t.add_argument("--per-text", type=int, default=2, help="interpretations of each text")
+    t.add_argument(
+        "--recombined", type=int, default=0, metavar="N",
+        help="and N texts recombined from each text and each train text of the --exclude "
+        "benchmarks (its sentences shuffled with another text's of its language), one "
+        "interpretation each",
+    )  # fmt: skip
+    t.add_argument(
+        "--recombine-within", choices=("language", "theme"), default="language",
+        help="draw a text's partner among the texts of its language, or of its language and "
+        "theme (keeps the theme a recombined text states)",
+    )  # fmt: skip
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=2, help="worker processes reading scores")
     t.set_defaults(func=_text_rows)
@@ -113,11 +124,14 @@ def _text_rows(args: argparse.Namespace) -> int:
 
     if not args.source and not args.text:
         raise RecapError("give --source and/or --text: where the texts come from")
-    if args.per_text < 1:
-        raise RecapError("--per-text must be at least 1")
+    if args.per_text < 1 or args.recombined < 0:
+        raise RecapError("--per-text must be at least 1 and --recombined at least 0")
     docs = read_texts(args.source, args.text, args.workers)
     try:
-        n, report = build_text_rows(args.out, args.exclude, docs, args.per_text, args.seed)
+        n, report = build_text_rows(
+            args.out, args.exclude, docs, args.per_text, args.seed, args.recombined,
+            args.recombine_within,
+        )  # fmt: skip
     except ValueError as exc:
         raise RecapError(str(exc)) from exc
     print(f"wrote {n} text rows to {args.out}; {report.summary()}")

@@ -20,8 +20,8 @@ def _handler(args: argparse.Namespace) -> int:
         raise RecapError("--epochs must be at least 1")
     if args.fusion_epochs < 0:
         raise RecapError("--fusion-epochs must be at least 0")
-    if args.text_rows_per_text < 0:
-        raise RecapError("--text-rows-per-text must be at least 0")
+    if args.text_rows_per_text < 0 or args.text_rows_recombined < 0:
+        raise RecapError("--text-rows-per-text and --text-rows-recombined must be at least 0")
     cfg = DemoConfig(
         train_overrides=train_overrides(args, DemoConfig()),
         source=args.source,
@@ -39,6 +39,8 @@ def _handler(args: argparse.Namespace) -> int:
         tagger_chroma_rotation=args.tagger_chroma_rotation,
         pretrain_steps=args.pretrain_steps,
         text_rows_per_text=args.text_rows_per_text,
+        text_rows_recombined=args.text_rows_recombined,
+        text_rows_recombine_within=args.text_rows_recombine_within,
         size=args.size,
         epochs=args.epochs,
         fusion_epochs=args.fusion_epochs,
@@ -142,6 +144,19 @@ def register(subparsers: Any) -> None:
         default=d.text_rows_per_text,
         help="train the captioners on N text-only interpretations of each text the text "
         "pretraining reads outside the benchmarks too (recap bench text-rows; 0: off)",
+    )
+    p.add_argument(
+        "--text-rows-recombined",
+        type=int,
+        default=d.text_rows_recombined,
+        help="and N rows of texts recombined from each of them and the benchmark's train texts "
+        "(recap bench text-rows --recombined)",
+    )
+    p.add_argument(
+        "--text-rows-recombine-within",
+        choices=("language", "theme"),
+        default=d.text_rows_recombine_within,
+        help="a recombined text's partner shares its language, or its language and theme",
     )
     p.add_argument(
         "--fusion-epochs",
