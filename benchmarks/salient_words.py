@@ -21,15 +21,10 @@ from pathlib import Path
 
 def first_content_words(text: str, k: int = 3) -> list[str]:
     """The first k distinct content words of `text`, by the benchmark's definition."""
-    from recap.bench.facts import _lexicon, detect_language, words
+    from recap.bench.facts import content_words, detect_language, words
 
     tokens = words(text)
-    stop = set(_lexicon("stopwords.json")[detect_language(tokens)])
-    out: list[str] = []
-    for t in tokens:
-        if t not in stop and len(t) >= 4 and "'" not in t and t not in out:
-            out.append(t)
-    return out[:k]
+    return list(dict.fromkeys(content_words(tokens, detect_language(tokens))))[:k]
 
 
 def recall_by_kind(predictions: Path) -> dict[str, tuple[int, float, float]]:

@@ -102,10 +102,15 @@ def detect_theme(tokens: list[str], language: str) -> str:
     return max(THEMES, key=lambda theme: counts[theme])
 
 
+def content_words(tokens: list[str], language: str) -> list[str]:
+    """The tokens that can be salient: not stopwords, at least 4 letters, no elision."""
+    stop = set(_lexicon("stopwords.json")[language])
+    return [t for t in tokens if t not in stop and len(t) >= 4 and "'" not in t]
+
+
 def salient_words(tokens: list[str], language: str, k: int = SALIENT_WORDS) -> list[str]:
     """The k most frequent content words (not stopwords, at least 4 letters); ties by first use."""
-    stop = set(_lexicon("stopwords.json")[language])
-    content = [t for t in tokens if t not in stop and len(t) >= 4 and "'" not in t]
+    content = content_words(tokens, language)
     counts = Counter(content)
     first = {}
     for i, t in enumerate(content):

@@ -152,10 +152,11 @@ def recombine(
 ) -> list[Document]:
     """`per_text` new texts for each document: its sentences shuffled together with those of
     another text in its language (`within="theme"`: in its language and of its theme), drawn at
-    random, cut after the sentence that reaches the document's own word count. Why: learnt from a few hundred texts, the salient words are
-    learnt by heart (99 % on train texts, under 50 % F1 on unseen ones); in a recombined text
-    the most frequent words, their order and the opening are new, and only the rule states
-    them. Seeded by (seed, doc id, j): the same texts whatever the order of `docs`."""
+    random, cut after the sentence that reaches the document's own word count. Why: learnt from
+    a few hundred texts, the salient words are learnt by heart (99 % on train texts, under 50 %
+    F1 on unseen ones); in a recombined text the most frequent words, their order and the
+    opening are new, and only the rule states them. Seeded by (seed, doc id, j): the same texts
+    whatever the order of `docs`."""
     if within not in RECOMBINE_WITHIN:
         raise ValueError(f"within must be one of {RECOMBINE_WITHIN}, not {within!r}")
 
