@@ -873,3 +873,66 @@ def test_a_captioner_starts_from_another_captioners_weights(tmp_path):
     again = train_fake(tiny_config(data, tmp_path / "fusion", preset="bart-fusion", epochs=1,
                                    align_weight=None, init=str(bart_run)))  # fmt: skip
     assert again == run and (run / "done.json").read_text() == finished  # not trained again
+
+
+def test_fact_weight_weighs_the_tokens_that_state_an_audio_fact():
+    from recap.bench.templates import audio_fact_spans
+    from recap.data.songs import Row
+    from recap.models.tokenizer import train_bpe_tokenizer
+    from recap.training.collate import tokenize_rows
+
+    caption = 'A harp supports an oboe. It moves at a fast pace in the key of E-flat. "piano fast".'
+    heard = "A harp supports an oboe. It moves at a fast pace in the key of E-flat."
+    # a lyric word in quotes is not a fact, nor "A" of an article
+    stated = [caption[a:b] for a, b in audio_fact_spans(caption)]
+    assert stated == ["harp", "oboe", "fast", "E-flat"]
+    slots = {"melody": "oboe", "accompaniment": "harp", "tempo": "fast", "key": "E-flat"}
+    rows = [
+        Row(f"s{i}", "love night river", caption,
+            extra={"comment_without_lyrics": heard, **({"slots": slots} if i % 2 else {})})
+        for i in range(20)
+    ]  # fmt: skip
+    tok = train_bpe_tokenizer([r.lyrics for r in rows] + [caption, heard], 300)
+    plain = tokenize_rows(rows, tok, 32, 48)
+    examples = tokenize_rows(rows, tok, 32, 48, fact_weight=4.0)
+    assert [e.caption_ids for e in examples] == [e.caption_ids for e in plain]  # same tokens
+    assert examples[0].caption_weights is None  # no truth slots: not a rendered song
+    weights = examples[1].caption_weights
+    assert weights is not None and len(weights) == len(examples[1].caption_ids)
+    weighed = tok.decode([t for t, w in zip(examples[1].caption_ids, weights) if w == 4.0])
+    assert weighed.replace(" ", "") == "harpoboefastE-flat"
+    assert set(weights) == {1.0, 4.0}
+    assert len(examples[1].caption_without_lyrics_weights) == len(
+        examples[1].caption_without_lyrics_ids
+    )
+    collate = Collator(pad_token_id=tok.pad_token_id, lyrics_dropout=0.5, seed=3)
+    batch = collate(examples)
+    assert batch["label_weights"].shape == batch["labels"].shape
+    for i, present in enumerate(batch["lyrics_present"]):
+        ids = batch["labels"][i][batch["labels"][i] != tok.pad_token_id].tolist()
+        e = examples[i]
+        expected = e.caption_weights if present else e.caption_without_lyrics_weights
+        if i % 2 == 0:
+            assert batch["label_weights"][i].eq(1).all()
+        else:
+            assert batch["label_weights"][i, : len(ids)].tolist() == expected
+    assert "label_weights" not in collate(plain)
+
+
+def test_training_with_a_fact_weight_changes_the_loss_only_where_rows_have_slots(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    lines = [json.loads(line) for line in (data / "dataset.jsonl").read_text().splitlines()]
+    for line in lines:  # as a rendered benchmark's rows: their truth
+        line["slots"] = {"melody": line["comment"].split()[1]}
+    (data / "dataset.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    def first_loss(run: Path) -> float:
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        return next(r["loss"] for r in log if "loss" in r)
+
+    plain = train_fake(tiny_config(data, tmp_path / "plain", epochs=1))
+    weighed = train_fake(tiny_config(data, tmp_path / "weighed", epochs=1, fact_weight=8.0))
+    assert np.isfinite(first_loss(weighed))
+    assert abs(first_loss(weighed) - first_loss(plain)) > 1e-3  # more than rounding
+    with pytest.raises(RecapError, match="fact_weight"):
+        train_fake(tiny_config(data, tmp_path / "bad", fact_weight=0.0))
