@@ -165,25 +165,6 @@ def _read(text: str) -> tuple[dict[str, object], dict[str, list[str]]]:
     return slots, stated
 
 
-def audio_fact_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans (start, end) where `text` states a value of an audio slot (melody,
-    accompaniment, tempo, key), read as `parse_caption` reads them: outside the quotes, the key
-    after "key of", the others by their vocabularies. `recap train --fact-weight` weighs the
-    caption tokens in these spans."""
-    from recap.bench.slots import AUDIO_SLOTS
-
-    outside = _QUOTED.sub(lambda m: " " * len(m.group()), text)  # same length: spans hold
-    spans = [m.span(1) for m in _KEY.finditer(outside)]
-    lowered = outside.lower()
-    for slot in AUDIO_SLOTS:
-        if slot == "key":
-            continue
-        for value in VOCABULARIES[slot]:
-            pattern = r"\b" + re.escape(value.lower()) + r"\b"
-            spans.extend(m.span() for m in re.finditer(pattern, lowered))
-    return sorted(spans)
-
-
 def parse_caption(text: str) -> dict[str, object]:
     """The slot values a caption states; slots it does not state are absent.
 

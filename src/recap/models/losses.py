@@ -30,24 +30,21 @@ def caption_loss(
     labels: torch.Tensor,
     pad_token_id: int | None = 1,
     include_padding: bool = False,
-    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean token cross-entropy of `logits` (B, T, V) against `labels` (B, T).
 
     Positions labelled -100 never count. Positions labelled `pad_token_id` are masked unless
     `include_padding` (which reproduces the reference code, where pads were trained on).
-    `weights` (B, T): a weighted mean instead (`recap train --fact-weight`).
     """
     labels = labels.to(logits.device)
     if not include_padding and pad_token_id is not None:
         labels = labels.masked_fill(labels == pad_token_id, IGNORE_INDEX)
     # (B, T, V) -> (B*T, V); float32 so half-precision logits do not lose the loss.
-    flat = logits.reshape(-1, logits.size(-1)).float()
-    if weights is None:
-        return F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX)
-    token = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none")
-    w = weights.to(token.device, token.dtype).reshape(-1) * (labels.reshape(-1) != IGNORE_INDEX)
-    return (token * w).sum() / w.sum().clamp_min(1e-8)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+    )
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -191,17 +188,15 @@ def recap_loss(
     input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     reconstruct_weight: float = 0.0,
-    label_weights: torch.Tensor | None = None,
 ) -> LossTerms:
     """`loss = caption_loss + align_weight * align_loss + reconstruct_weight * reconstruct_loss`.
 
     Without music (the `bart` method) the alignment term is a zero tensor, so logging stays uniform.
     The alignment term is computed whenever vectors are given, even at w = 0, so BART-fusion
     runs report how aligned their (untrained) spaces are. The reconstruction term (given
-    `reconstruct_logits`, see `reconstruction_loss`) is zero when absent. `label_weights`
-    (B, T) weigh the caption tokens (`caption_loss`).
+    `reconstruct_logits`, see `reconstruction_loss`) is zero when absent.
     """
-    cap = caption_loss(logits, labels, pad_token_id, include_padding, label_weights)
+    cap = caption_loss(logits, labels, pad_token_id, include_padding)
     if music is None or lyrics is None:
         align = cap.new_zeros(())
     else:

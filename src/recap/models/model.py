@@ -416,7 +416,6 @@ class RecapModel(PretrainedMixin, nn.Module):
         lyrics_present: Sequence[bool] | None = None,
         source_index: torch.Tensor | None = None,
         music_present: Sequence[bool] | None = None,
-        label_weights: torch.Tensor | None = None,
     ) -> RecapOutput:
         """Teacher-forced forward pass with the named loss terms when `labels` (B, T) are given.
 
@@ -425,7 +424,6 @@ class RecapModel(PretrainedMixin, nn.Module):
         alignment loss count each song once; rows without lyrics (`lyrics_present` False, or
         only <s></s>) or without music (`music_present` False: text-only rows, whose
         `music_mask` row is all 0) are left out of it. `music_mask` (B, M): see `encode`.
-        `label_weights` (B, T): the caption loss's weight per label (`caption_loss`).
 
         `source_index` (B,): captions share sources. The lyrics, music, `song_ids` and
         `lyrics_present` are then U source rows, each encoded once, and caption b is decoded
@@ -484,7 +482,6 @@ class RecapModel(PretrainedMixin, nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 reconstruct_weight=self.config.reconstruct_weight,
-                label_weights=label_weights,
             )
             result.loss = terms.loss
             result.caption_loss = terms.caption_loss

@@ -29,10 +29,6 @@ class Example:
     caption_without_lyrics_ids: list[int] | None = None
     # False for a text-only row (`recap.bench.text_rows`): no music to look up or hear
     hears: bool = True
-    # the caption loss's weight per caption token, and per token of the caption without
-    # lyrics (`tokenize_rows(fact_weight=)`); None: every token weighs 1
-    caption_weights: list[float] | None = None
-    caption_without_lyrics_weights: list[float] | None = None
 
     @property
     def length(self) -> int:
@@ -59,56 +55,20 @@ def caption_texts(rows: Sequence[Any]) -> list[str]:
 
 
 def tokenize_rows(
-    rows: Sequence[Any],
-    tokenizer: Any,
-    max_source: int,
-    max_target: int,
-    fact_weight: float = 1.0,
+    rows: Sequence[Any], tokenizer: Any, max_source: int, max_target: int
 ) -> list[Example]:
-    """`recap.data.songs.Row`s → Examples (lyrics and caption truncated to the model's lengths).
-
-    `fact_weight` ≠ 1: in rows of a rendered benchmark (those with truth `slots`), the caption
-    tokens that state an audio fact (`recap.bench.templates.audio_fact_spans`) weigh that much
-    in the caption loss, the others 1."""
+    """`recap.data.songs.Row`s → Examples (lyrics and caption truncated to the model's lengths)."""
     if not rows:
         return []
     lyrics = [r.lyrics for r in rows]  # newlines are already ';' (recap.data.songs, SPEC §1.2)
     captions = [r.comment for r in rows]
     src = tokenizer(lyrics, truncation=True, max_length=max_source)["input_ids"]
+    tgt = tokenizer(captions, truncation=True, max_length=max_target)["input_ids"]
     heard = [str(getattr(r, "extra", {}).get(COMMENT_WITHOUT_LYRICS) or "") for r in rows]
-    weigh = fact_weight != 1.0
-    tgt = tokenizer(captions, truncation=True, max_length=max_target, return_offsets_mapping=weigh)
-    heard_enc = tokenizer(
-        heard, truncation=True, max_length=max_target, return_offsets_mapping=weigh
-    )
-    examples = [
-        Example(str(r.song_id), list(s), list(t), lyr, cap, list(h) if text else None)
-        for r, s, t, lyr, cap, text, h in zip(
-            rows, src, tgt["input_ids"], lyrics, captions, heard, heard_enc["input_ids"]
-        )
-    ]
-    if weigh:
-        for i, (row, example) in enumerate(zip(rows, examples)):
-            if not getattr(row, "extra", {}).get("slots"):
-                continue
-            example.caption_weights = _fact_weights(
-                captions[i], tgt["offset_mapping"][i], fact_weight
-            )
-            if example.caption_without_lyrics_ids is not None:
-                example.caption_without_lyrics_weights = _fact_weights(
-                    heard[i], heard_enc["offset_mapping"][i], fact_weight
-                )
-    return examples
-
-
-def _fact_weights(text: str, offsets: Sequence[tuple[int, int]], weight: float) -> list[float]:
-    """`weight` for each token whose characters overlap a stated audio fact, else 1."""
-    from recap.bench.templates import audio_fact_spans
-
-    spans = audio_fact_spans(text)
+    heard_ids = tokenizer(heard, truncation=True, max_length=max_target)["input_ids"]
     return [
-        weight if end > start and any(start < b and a < end for a, b in spans) else 1.0
-        for start, end in offsets
+        Example(str(r.song_id), list(s), list(t), lyr, cap, list(h) if text else None)
+        for r, s, t, lyr, cap, text, h in zip(rows, src, tgt, lyrics, captions, heard, heard_ids)
     ]
 
 
@@ -177,28 +137,22 @@ class Collator:
             ]
         own = sorted(set(sources))  # the source rows, in batch order
         input_ids = self._pad([lyrics[i] for i in own])  # (U, S)
-        captions = [
-            (e.caption_without_lyrics_ids, e.caption_without_lyrics_weights)
-            if d and e.caption_without_lyrics_ids
-            else (e.caption_ids, e.caption_weights)
-            for e, d in zip(examples, dropped)
-        ]
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "attention_mask": (input_ids != self.pad_token_id).long(),
             # Without its lyrics an example learns what its audio tells, when the row says.
-            "labels": self._pad([ids for ids, _ in captions]),  # (B, T)
+            "labels": self._pad(
+                [
+                    e.caption_without_lyrics_ids
+                    if d and e.caption_without_lyrics_ids
+                    else e.caption_ids
+                    for e, d in zip(examples, dropped)
+                ]
+            ),  # (B, T)
             "song_ids": [examples[i].song_id for i in own],
             # Host-side counts for throughput logging, so the step never waits on the device.
             "n_tokens": sum(e.length for e in examples),
         }
-        if any(w is not None for _, w in captions):
-            # (B, T) like the labels; a row without weights weighs 1 everywhere
-            weights = torch.ones(batch["labels"].shape)
-            for i, (ids, w) in enumerate(captions):
-                if w is not None:
-                    weights[i, : len(ids)] = torch.as_tensor(w)
-            batch["label_weights"] = weights
         if len(own) < len(examples):
             where = {row: k for k, row in enumerate(own)}
             batch["source_index"] = torch.tensor([where[i] for i in sources])  # (B,) in 0..U-1

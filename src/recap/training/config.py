@@ -68,11 +68,6 @@ class TrainConfig:
         "extra training rows without audio (recap bench text-rows): more texts to learn reading "
         "from; the captioners that hear are given no music for them and their lyrics-only reference",
     )
-    fact_weight: float = _opt(
-        1.0,
-        "weight in the caption loss of the tokens that state an audio fact (melody, "
-        "accompaniment, tempo, key) in a rendered benchmark's captions; 1: every token alike",
-    )
     windows: int = _opt(1, "hear each song in up to N excerpts (1: the paper's one excerpt)")
     window_hop: float | None = _opt(None, "seconds between window starts (None: back to back)")
     # --- model settings the experiments vary (None: the preset's)
@@ -169,8 +164,6 @@ class TrainConfig:
         if cfg.variant not in VARIANTS:
             raise RecapError(f"variant must be full|not_negative|positive, got {cfg.variant!r}")
         parse_metric(cfg.val_metric)
-        if cfg.fact_weight <= 0:
-            raise RecapError(f"fact_weight must be positive, got {cfg.fact_weight}")
         if not 0.0 <= cfg.lyrics_dropout < 1.0:
             raise RecapError(f"lyrics_dropout must be in [0, 1), got {cfg.lyrics_dropout}")
         cfg.audio_config()  # checks windows and window_hop

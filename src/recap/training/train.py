@@ -215,12 +215,7 @@ class Trainer:
 
         # --- data
         self.train_examples = tokenize_rows(
-            train_rows,
-            tokenizer,
-            mcfg.max_source_length,
-            mcfg.max_target_length,
-            # a captioner that hears nothing cannot learn the audio facts, only guess them
-            fact_weight=cfg.fact_weight if mcfg.use_music else 1.0,
+            train_rows, tokenizer, mcfg.max_source_length, mcfg.max_target_length
         )
         for example in self.train_examples:
             example.hears = example.song_id not in text_ids
