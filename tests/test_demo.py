@@ -110,6 +110,9 @@ def test_the_recorded_command_reproduces_the_run():
     assert build_parser().parse_args(["demo", "--fusion-epochs", "0"]).fusion_epochs == 0
     assert demo_command(DemoConfig(fusion_from_bart=False)).endswith("--fusion-from-scratch")
     assert build_parser().parse_args(["demo", "--fusion-from-scratch"]).fusion_from_scratch
+    assert demo_command(DemoConfig(music_memory=False)).endswith("--no-music-memory")
+    assert not build_parser().parse_args(["demo", "--no-music-memory"]).music_memory
+    assert build_parser().parse_args(["demo"]).music_memory
     # every setting that changes the results is named: by its flag, or from Python
     cfg = DemoConfig(
         tagger_preset="demo", tagger_chroma_rotation=0.5, lyrics_dropout=0.5, workers=1,
@@ -170,3 +173,20 @@ def test_a_benchmark_of_another_shape_is_rebuilt_not_reused(tmp_path):
     assert set(first) <= set(songs)  # the first renderings kept as they were
     rows = (bench / "dataset.jsonl").read_text("utf-8").splitlines()
     assert len(rows) == len(songs)  # one interpretation each now
+
+
+def test_only_the_fusion_captioners_get_the_music_memory(tmp_path):
+    from recap.demo import experiment_config
+    from recap.evaluation.alignment import AlignmentDemoConfig
+
+    cfg = DemoConfig(train_overrides={**DemoConfig().train_overrides, "model_overrides": {"x": 1}})
+    exp = experiment_config(cfg, tmp_path, tmp_path)
+    for method in ("bart-fusion", "recap"):
+        wanted = {"x": 1, "music_memory": True}
+        assert exp.method_overrides[method]["model_overrides"] == wanted
+        assert exp.method_overrides[method]["epochs"] == cfg.fusion_epochs  # kept beside it
+    assert "model_overrides" not in exp.method_overrides.get("bart", {})  # BART hears nothing
+    off = experiment_config(DemoConfig(music_memory=False), tmp_path, tmp_path)
+    assert all("model_overrides" not in o for o in off.method_overrides.values())
+    alignment = experiment_config(AlignmentDemoConfig(), tmp_path, tmp_path)
+    assert all("model_overrides" not in o for o in alignment.method_overrides.values())

@@ -473,3 +473,30 @@ def test_learned_temperature_enters_the_infonce_loss():
     with torch.no_grad():
         model.align_log_temperature.fill_(-20.0)  # clamped: the logits cannot blow up
     assert model.align_temperature().item() == pytest.approx(0.01)
+
+
+def test_music_memory_is_one_more_position_the_decoder_reads_and_generation_agrees():
+    model = tiny("bart-fusion", music_memory=True)
+    assert tiny("bart-fusion").music_memory is None  # the papers' decoder by default
+    ids, mask, labels, music = batch(model.config)
+    out = model(ids, mask, labels=labels, music_embeds=music)
+    out.loss.backward()
+    assert model.music_memory.weight.grad.abs().sum() > 0  # the caption loss reaches it
+    with torch.no_grad():
+        other = model(ids, mask, labels=labels, music_embeds=music.flip(0)).logits
+        model.fusion = None  # leave the memory as the only way the music reaches the decoder
+        alone = model(ids, mask, labels=labels, music_embeds=music).logits
+        alone_other = model(ids, mask, labels=labels, music_embeds=music + 1).logits
+    assert not torch.allclose(out.logits, other)
+    assert not torch.allclose(alone, alone_other)
+    model = tiny("bart-fusion", music_memory=True)
+    with torch.no_grad():
+        teacher = model(ids, mask, labels=labels, music_embeds=music).logits
+    greedy = {"num_beams": 1, "max_new_tokens": 1, "output_logits": True}
+    first = model.generate(ids, mask, music_embeds=music, return_dict_in_generate=True, **greedy)
+    # the first generated step reads what teacher forcing reads at position 0
+    assert torch.allclose(first.logits[0], teacher[:, 0], atol=1e-5)
+    beams = model.generate(ids, mask, music_embeds=music, num_beams=3, max_new_tokens=6)
+    assert beams.shape[0] == 3
+    with pytest.raises(RecapError, match="music_memory"):
+        RecapConfig.preset("bart", "tiny", music_memory=True)

@@ -45,6 +45,7 @@ def _handler(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         fusion_epochs=args.fusion_epochs,
         fusion_from_bart=not args.fusion_from_scratch,
+        music_memory=args.music_memory,
         max_steps=args.max_steps,
         lyrics_dropout=args.lyrics_dropout,
         beams=args.beams,
@@ -169,6 +170,13 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="start BART-fusion and RECAP from the pretrained text model, as BART (default: from "
         "the BART captioner of their seed, which reads the text rows for them)",
+    )
+    p.add_argument(
+        "--music-memory",
+        action=argparse.BooleanOptionalAction,
+        default=d.music_memory,
+        help="BART-fusion and RECAP's decoders also attend to the mean music token (not in the "
+        "papers; --no-music-memory: the papers' decoder)",
     )
     p.add_argument("--max-steps", type=int, default=0, help="cap optimizer steps per captioner")
     p.add_argument(

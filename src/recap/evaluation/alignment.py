@@ -82,6 +82,7 @@ class AlignmentDemoConfig(DemoConfig):
     weights: tuple[float, ...] = SWEEP_WEIGHTS
     epochs: int = 1
     fusion_epochs: int = 0  # every captioner one epoch
+    music_memory: bool = False  # the papers' decoder, as the alignment was measured
     # The measured recipe (docs/results.md): captioners from scratch, every example with its
     # lyrics. `make demo`'s text pretraining would cost ~2.5 min of the budget, and its lyrics
     # dropout trains a quarter of the examples without the text the alignment reads.

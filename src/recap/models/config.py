@@ -161,6 +161,10 @@ class RecapConfig:
     # With a copy head: how many times each lyrics token has already been written (capped here)
     # informs where the head points, so a listed key word is not listed again (pointer.py). 0 = off.
     copy_coverage: int = 0
+    # Not in the papers (docs/training.md): the decoder also attends to one more position, the
+    # mean music token mapped to d_model, beside the fused lyrics states, so what the tokens hold
+    # on average (the key's pitch classes) is one cross-attention away. Off: the papers' decoder.
+    music_memory: bool = False
     # The authors pad every lyrics input to the dataset maximum (512 tokens after truncation on
     # the real data); with pool_includes_padding their pooled lyrics vector is mostly padding.
     # True pads each input to max_source_length inside the model; False pads per batch.
@@ -207,6 +211,8 @@ class RecapConfig:
             raise RecapError(f"copy_coverage must be >= 0, got {self.copy_coverage}")
         if self.copy_coverage and not self.copy_head:
             raise RecapError("copy_coverage needs copy_head")
+        if self.music_memory and not self.use_music:
+            raise RecapError("music_memory needs use_music=True (it is the mean music token)")
         if self.fusion_layers and not self.use_music:
             raise RecapError("fusion_layers need use_music=True (fusion attends to the music)")
         if self.align_weight and not self.use_music:

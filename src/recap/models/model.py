@@ -124,6 +124,9 @@ class RecapModel(PretrainedMixin, nn.Module):
         # The projection exists whenever music does, so a BART-fusion model (w = 0) can still be
         # fine-tuned with alignment later and its parameter count matches RECAP's.
         self.align_proj = nn.Linear(config.d_model, config.music_dim) if config.use_music else None
+        self.music_memory = (
+            nn.Linear(config.music_dim, config.d_model) if config.music_memory else None
+        )
         # Options not in the paper (docs/training.md): a learned attention pool instead of the
         # mean, and a learned InfoNCE temperature. Absent by default, so a paper model's
         # parameters (and state_dict keys) are the paper's.
@@ -440,16 +443,18 @@ class RecapModel(PretrainedMixin, nn.Module):
                 labels, self.config.pad_token_id, self.config.decoder_start_token_id
             )
         states, row_ids, row_mask = encoded.last_hidden_state, input_ids, attention_mask
+        memory = self._memory(encoded)
         if source_index is not None:
             # (U, L, d) -> (B, L, d): each caption reads its own song's encoding
-            states, row_ids, row_mask = (
-                t[source_index.to(t.device)] for t in (states, input_ids, attention_mask)
-            )
+            index = source_index.to(states.device)
+            states, row_ids, row_mask = (t[index] for t in (states, input_ids, attention_mask))
+            memory = memory[index] if memory is not None else None
+        read, read_mask = self._with_memory(states, row_mask, memory)
         with self._copying(states, row_ids, row_mask):
             out = self.bart(
-                attention_mask=row_mask,
+                attention_mask=read_mask,
                 decoder_input_ids=decoder_input_ids,
-                encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                encoder_outputs=BaseModelOutput(last_hidden_state=read),
                 use_cache=False,
             )
         reconstruct_logits = None
@@ -564,15 +569,36 @@ class RecapModel(PretrainedMixin, nn.Module):
         """
         input_ids, attention_mask = self._pad_source(input_ids, attention_mask)
         encoded = self.encode(input_ids, attention_mask, music_embeds, waveform, music_mask)
+        read, read_mask = self._with_memory(
+            encoded.last_hidden_state, attention_mask, self._memory(encoded)
+        )
         with (
             self._copying(encoded.last_hidden_state, input_ids, attention_mask),
             self._copy_head_reads_history(),
         ):
             return self.bart.generate(
-                encoder_outputs=BaseModelOutput(last_hidden_state=encoded.last_hidden_state),
-                attention_mask=attention_mask,
+                encoder_outputs=BaseModelOutput(last_hidden_state=read),
+                attention_mask=read_mask,
                 **generate_kwargs,
             )
+
+    def _memory(self, encoded: RecapEncoderOutput) -> torch.Tensor | None:
+        """(B, 1, d) the music memory position (`config.music_memory`), or None."""
+        if self.music_memory is None or encoded.music_vector is None:
+            return None
+        return self.music_memory(encoded.music_vector).unsqueeze(1)  # (B, m) -> (B, 1, d)
+
+    @staticmethod
+    def _with_memory(
+        states: torch.Tensor, mask: torch.Tensor, memory: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the decoder attends to: the fused states (B, L, d), then the memory position
+        when there is one (B, L+1, d), with the mask to match. The copy head reads the lyrics
+        positions only."""
+        if memory is None:
+            return states, mask
+        ones = mask.new_ones(mask.size(0), 1)
+        return torch.cat([states, memory.to(states.dtype)], dim=1), torch.cat([mask, ones], dim=1)
 
     def _copying(
         self, states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
