@@ -612,6 +612,20 @@ def test_a_finished_run_from_another_starting_point_is_refused(tmp_path):
     done["starts_from"]["preset"]["copy_head"] = not done["starts_from"]["preset"]["copy_head"]
     (run / "done.json").write_text(json.dumps(done))
     assert train(cfg) == run
+    # a run saved before a setting existed was trained with its default: not stale; with
+    # another value of it, stale
+    assert done["starts_from"]["preset"].pop("music_memory") is False
+    (run / "done.json").write_text(json.dumps(done))
+    assert train(cfg) == run
+    saved = done["starts_from"]["preset"]
+    saved["use_music"] = saved["music_memory"] = True  # a preset readable now, but another
+    (run / "done.json").write_text(json.dumps(done))
+    with pytest.raises(StaleRunError, match="starting point .*preset"):
+        train(cfg)
+    saved["use_music"] = False
+    del saved["music_memory"]
+    (run / "done.json").write_text(json.dumps(done))
+    assert train(cfg) == run
     # the same settings on training texts rewritten in place (a rebuilt benchmark): stale
     rows = (data / "dataset.jsonl").read_text().splitlines()
     (data / "dataset.jsonl").write_text("\n".join(reversed(rows)) + "\n")

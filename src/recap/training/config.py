@@ -290,7 +290,18 @@ def starting_point(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _as_now(preset: Any) -> Any:
+    """A saved preset as the code reads it now: a setting added since takes its default, which
+    is what the saved run was trained with (a newer field off by default is no change)."""
+    try:
+        return RecapConfig.from_dict(preset).to_dict()
+    except (RecapError, TypeError, ValueError, AttributeError):
+        return preset  # unreadable now: compared as saved, so it counts as changed
+
+
 def check_same_start(saved: dict[str, Any], now: dict[str, Any], run: Path) -> None:
+    if "preset" in saved:
+        saved = {**saved, "preset": _as_now(saved["preset"])}
     changed = sorted(k for k in now if k in saved and saved[k] != now[k])
     if changed:
         raise StaleRunError(
