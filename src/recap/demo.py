@@ -117,9 +117,10 @@ class DemoConfig:
     # They cost ~4 min of `make demo` (docs/results.md run W).
     fusion_epochs: int = 6
     # BART-fusion and RECAP's decoders also attend to the mean music token (RecapConfig.
-    # music_memory, not in the papers): the fused states hold the key for 40 % of the test songs
-    # and the decoder named it for 22 % (docs/training.md "Where the key is lost"); with the
-    # memory position BART-fusion seed 0 names 45 %, audio facts 75.4 -> 82.8 % (run AE).
+    # music_memory, not in the papers): the fused states held the key of 40 % of the test songs
+    # and the captions named 25 % (docs/training.md "Where the key is lost"). Three seeds (run AE
+    # against run AC): key 25 -> 46 %, audio facts 77.0 -> 83.0-83.1 %, swap A 77 -> 83 %,
+    # lyrics facts 1-1.5 points lower (docs/results.md run AE); the same training time.
     music_memory: bool = True
     # BART-fusion and RECAP start from the BART captioner of their seed (its text model and copy
     # head; `recap train --init`; the fusion starts fresh), so what BART learned from the text
