@@ -12,6 +12,7 @@ from recap.models.losses import (
     masked_mean,
     recap_loss,
     reconstruction_loss,
+    selection_loss,
 )
 
 PAD = 1
@@ -116,8 +117,27 @@ def test_recap_loss_combines_named_terms():
     assert infonce.align_loss.item() == pytest.approx(
         infonce_alignment_loss(music, lyrics, temperature=0.3).item(), rel=1e-6
     )
-    assert set(terms.to_dict()) == {"loss", "caption_loss", "align_loss", "reconstruct_loss"}
+    names = {"loss", "caption_loss", "align_loss", "reconstruct_loss", "select_loss"}
+    assert set(terms.to_dict()) == names
     assert terms.reconstruct_loss.item() == 0.0  # no reconstruction logits given
+    assert terms.select_loss.item() == 0.0  # no selector given
+
+
+def test_selection_term_counts_the_masked_tokens_and_is_weighted():
+    logits, labels = torch.randn(2, 3, 9), torch.tensor([[4, 5, PAD], [6, 7, 8]])
+    select_logits = torch.tensor([[2.0, -1.0, 50.0], [0.0, 3.0, -50.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])  # the ±50 are not scored
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        select_logits[mask], targets[mask]
+    )
+    chosen = selection_loss(select_logits, targets, mask)
+    assert chosen.item() == pytest.approx(expected.item(), rel=1e-6)
+    terms = recap_loss(logits, labels, select=(select_logits, targets, mask), select_weight=0.5)
+    assert terms.select_loss.item() == pytest.approx(chosen.item(), rel=1e-6)
+    assert terms.loss.item() == pytest.approx(terms.caption_loss.item() + 0.5 * chosen.item())
+    unweighted = recap_loss(logits, labels, select=(select_logits, targets, mask))
+    assert unweighted.loss.item() == pytest.approx(unweighted.caption_loss.item())
 
 
 def test_reconstruction_term_reads_every_lyrics_token_and_is_weighted():

@@ -66,6 +66,7 @@ def test_piece_kinds_mark_where_each_word_ends_past_the_capped_numbers():
         ({"copy_word_pieces": True}, "word_positions"),  # the head's own check (ValueError)
         ({"copy_word_counts": 4}, "copy_word_positions"),  # the config's (RecapError)
         ({"copy_coverage": 2}, None),
+        ({"copy_select_weight": 0.5}, "copy_word_positions"),
     ],
 )
 def test_optional_copy_features_start_as_the_head_without_them(option, needs):
@@ -264,3 +265,107 @@ def test_coverage_is_the_same_with_and_without_a_cache_and_changes_what_is_copie
     assert _generate(covering, num_beams=3) == _generate(covering, num_beams=3, use_cache=False)
     with pytest.raises(RecapError, match="copy_head"):
         RecapConfig.preset("recap", "tiny", copy_coverage=2)
+
+
+def test_selection_targets_are_the_source_words_the_caption_contains():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer), copy_select_weight=1.0)
+    model.attach_tokenizer(tokenizer)
+    head = model.copy_head
+    lyrics = "Meine Seel’ erhebt den Herren; und mein Geist freut sich"
+    caption = 'It opens with "Meine Seel’ erhebt". Its key words: Herren and Geister.'
+    source = torch.tensor([tokenizer(lyrics)["input_ids"]])  # (1, S)
+    target = torch.tensor([tokenizer(caption)["input_ids"]])  # (1, T)
+    targets, in_word = head.selection_targets(
+        source, torch.ones_like(source), target, torch.ones_like(target)
+    )
+    words: list[tuple[str, list[float]]] = []  # each word with the labels of its pieces
+    starts, _ = head.word_starts(source)
+    tokens = tokenizer.convert_ids_to_tokens(source[0])
+    for token, start, label, scored in zip(
+        tokens, starts[0].tolist(), targets[0].tolist(), in_word[0].tolist()
+    ):
+        piece = tokenizer.convert_tokens_to_string([token]).strip()
+        if not scored:
+            assert label == 0.0 and not piece[:1].isalpha(), piece
+        elif start or not words:
+            words.append((piece, [label]))
+        else:
+            words[-1] = (words[-1][0] + piece, [*words[-1][1], label])
+    assert all(len(set(labels)) == 1 for _, labels in words)  # every piece shares its word's
+    chosen = {word: labels[0] for word, labels in words}
+    # "Meine" opens a quotation in the caption (no space before it) and is still the same word;
+    # "Geist" is only the start of the caption's "Geister"; "Seel" is cut by the apostrophe
+    assert {w for w, label in chosen.items() if label} == {"Meine", "Seel", "erhebt", "Herren"}
+    assert chosen["Geist"] == 0.0 and chosen["und"] == 0.0
+    # padding in the caption names no word
+    padded = torch.cat([target, target.new_full((1, 4), 1)], dim=1)
+    mask = torch.cat([torch.ones_like(target), torch.zeros(1, 4, dtype=target.dtype)], dim=1)
+    again, _ = head.selection_targets(source, torch.ones_like(source), padded, mask)
+    assert torch.equal(again, targets)
+
+
+def test_the_selector_learns_which_words_captions_quote_and_steers_the_copies():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer), copy_select_weight=1.0).train()
+    model.attach_tokenizer(tokenizer)
+    source = torch.tensor([tokenizer("Meine Seel’ erhebt den Herren; und mein Geist")["input_ids"]])
+    ones = torch.ones_like(source)
+    labels = torch.tensor([tokenizer("Herren and Geist")["input_ids"]])
+    music = torch.zeros(1, 5, model.config.music_dim)
+    chosen, in_word = model.copy_head.selection_targets(
+        source, ones, labels, torch.ones_like(labels)
+    )
+    chosen_ids = source[0][chosen[0] > 0].unique()
+    word_ids = source[0][in_word[0]].unique()
+
+    def copied_mass() -> float:
+        """The share of the chosen words' tokens in what is copied of words, when the gate
+        says: copy."""
+        with torch.no_grad():
+            model.copy_head.gate.bias.fill_(-30.0)
+            probs = model(source, ones, labels=labels, music_embeds=music).logits.exp()
+            model.copy_head.gate.bias.zero_()
+        return float((probs[0, :, chosen_ids].sum(-1) / probs[0, :, word_ids].sum(-1)).mean())
+
+    before = copied_mass()
+    optimizer = torch.optim.Adam(model.copy_head.selector.parameters(), lr=0.1)
+    losses = []
+    for _ in range(30):
+        out = model(source, ones, labels=labels, music_embeds=music)
+        optimizer.zero_grad()
+        out.select_loss.backward()
+        optimizer.step()
+        losses.append(out.select_loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    with torch.no_grad():
+        states = model.encode(source, ones, music).last_hidden_state
+        with model.copy_head.attend(states, source, ones):
+            logits = model.copy_head.selection_logits()[0]
+    scored = in_word[0]
+    assert bool((logits[scored & (chosen[0] > 0)] > 0).all())
+    assert bool((logits[scored & (chosen[0] == 0)] < 0).all())
+    # the copies follow the selector: most of the copied mass now goes to the chosen words (not
+    # all: after <s> the first word "Meine" continues the source and is exempt)
+    assert before < 0.6 < 0.85 < copied_mass()
+
+
+def test_a_quotation_runs_on_through_words_the_selector_would_not_pick():
+    tokenizer = train_bpe_tokenizer(TEXTS, 300)
+    model = copying_model(vocab_size=len(tokenizer), copy_select_weight=1.0)
+    model.attach_tokenizer(tokenizer)
+    source = torch.tensor([tokenizer("Meine Seel’ erhebt den Herren; und mein Geist")["input_ids"]])
+    ones = torch.ones_like(source)
+    music = torch.zeros(1, 5, model.config.music_dim)
+    with torch.no_grad():
+        model.copy_head.gate.bias.fill_(-30.0)  # the gate says: copy
+        model.copy_head.selector.bias.fill_(-20.0)  # the selector picks no word at all
+        labels = source[:, 1:]  # the caption quotes the lyrics: decoder reads <s> Meine Seel…
+        probs = model(source, ones, labels=labels, music_embeds=music).logits.exp()[0]  # (T, V)
+    # having written a source token (position t reads labels[t - 1]), the token after it in
+    # the lyrics (labels[t]) can still be copied; every other word is shut out (weight e^-20)
+    steps = torch.arange(1, labels.size(1))
+    successors = probs[steps, labels[0, 1:]]
+    assert bool((successors > 0.1).all()), successors
+    words = source[0][model.copy_head._word_identities(source, ones)[0][0] > 0].unique()
+    assert float(probs[0, words].sum()) < 1e-6  # reading the start token: no word begins

@@ -199,8 +199,12 @@ def test_captions_of_one_song_share_its_source_and_decode_as_if_repeated():
     assert len(dropping["lyrics_present"]) == dropping["input_ids"].shape[0]
 
     torch.manual_seed(0)
-    config = RecapConfig.preset("recap", "tiny", align_weight=1.0, copy_head=True, copy_coverage=2)
+    config = RecapConfig.preset(
+        "recap", "tiny", align_weight=1.0, copy_head=True, copy_coverage=2,
+        copy_word_positions=8, copy_select_weight=0.5,
+    )  # fmt: skip
     model = RecapModel(config).eval()
+    model.copy_head.word_start.fill_(2)  # no tokenizer here: every token is a word of its own
     music = torch.randn(2, 119, config.music_dim)
     with torch.no_grad():
         once = model(**{k: v for k, v in shared.items() if k != "n_tokens"}, music_embeds=music)
@@ -209,6 +213,9 @@ def test_captions_of_one_song_share_its_source_and_decode_as_if_repeated():
     torch.testing.assert_close(once.logits, repeated.logits)
     torch.testing.assert_close(once.caption_loss, repeated.caption_loss)
     torch.testing.assert_close(once.align_loss, repeated.align_loss)
+    # each caption's selector targets are its own caption's words, read from its own source
+    assert once.select_loss.item() > 0
+    torch.testing.assert_close(once.select_loss, repeated.select_loss)
 
 
 # ----------------------------------------------------------------------------- TrainConfig

@@ -161,6 +161,10 @@ class RecapConfig:
     # With a copy head: how many times each lyrics token has already been written (capped here)
     # informs where the head points, so a listed key word is not listed again (pointer.py). 0 = off.
     copy_coverage: int = 0
+    # With word positions: a content selector (pointer.py) scores each lyrics token — is its word
+    # in the caption? — trained by a binary cross-entropy of this weight against the reference
+    # caption's words, and the copy head points in proportion to it. 0 = off.
+    copy_select_weight: float = 0.0
     # Not in the papers (docs/training.md): the decoder also attends to one more position, the
     # mean music token mapped to d_model, beside the fused lyrics states, so what the tokens hold
     # on average (the key's pitch classes) is one cross-attention away. Off: the papers' decoder.
@@ -211,6 +215,10 @@ class RecapConfig:
             raise RecapError(f"copy_coverage must be >= 0, got {self.copy_coverage}")
         if self.copy_coverage and not self.copy_head:
             raise RecapError("copy_coverage needs copy_head")
+        if self.copy_select_weight < 0:
+            raise RecapError(f"copy_select_weight must be >= 0, got {self.copy_select_weight}")
+        if self.copy_select_weight and not (self.copy_head and self.copy_word_positions):
+            raise RecapError("copy_select_weight needs copy_head and copy_word_positions > 0")
         if self.music_memory and not self.use_music:
             raise RecapError("music_memory needs use_music=True (it is the mean music token)")
         if self.fusion_layers and not self.use_music:
@@ -435,6 +443,11 @@ def _small() -> dict[str, Any]:
         "copy_head": True,
         "copy_word_positions": 8,
         "copy_follow_bigram": True,
+        # Which words a caption names is learnt from every lyrics token, not only from the few
+        # each caption copies: a content selector that sees how often each word occurs
+        # (docs/training.md "A content selector for the copy head"; since run AF).
+        "copy_word_counts": 8,
+        "copy_select_weight": 0.5,
         "music": "small",
         "generation": {"max_new_tokens": 128},
     }

@@ -162,6 +162,7 @@ class LossTerms:
     caption_loss: torch.Tensor
     align_loss: torch.Tensor
     reconstruct_loss: torch.Tensor
+    select_loss: torch.Tensor
 
     def to_dict(self) -> dict[str, float]:
         """Detached floats, for logging."""
@@ -170,6 +171,7 @@ class LossTerms:
             "caption_loss": float(self.caption_loss.detach()),
             "align_loss": float(self.align_loss.detach()),
             "reconstruct_loss": float(self.reconstruct_loss.detach()),
+            "select_loss": float(self.select_loss.detach()),
         }
 
 
@@ -188,13 +190,17 @@ def recap_loss(
     input_ids: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
     reconstruct_weight: float = 0.0,
+    select: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    select_weight: float = 0.0,
 ) -> LossTerms:
-    """`loss = caption_loss + align_weight * align_loss + reconstruct_weight * reconstruct_loss`.
+    """`loss = caption_loss + align_weight * align_loss + reconstruct_weight * reconstruct_loss
+    + select_weight * select_loss`.
 
     Without music (the `bart` method) the alignment term is a zero tensor, so logging stays uniform.
     The alignment term is computed whenever vectors are given, even at w = 0, so BART-fusion
     runs report how aligned their (untrained) spaces are. The reconstruction term (given
-    `reconstruct_logits`, see `reconstruction_loss`) is zero when absent.
+    `reconstruct_logits`, see `reconstruction_loss`) is zero when absent, and so is the content
+    selector's (`select` = its logits, targets and mask, see `selection_loss`).
     """
     cap = caption_loss(logits, labels, pad_token_id, include_padding)
     if music is None or lyrics is None:
@@ -207,7 +213,33 @@ def recap_loss(
         recon = reconstruction_loss(reconstruct_logits, input_ids, attention_mask)
         if reconstruct_weight:
             total = total + reconstruct_weight * recon
-    return LossTerms(loss=total, caption_loss=cap, align_loss=align, reconstruct_loss=recon)
+    chosen = cap.new_zeros(())
+    if select is not None:
+        chosen = selection_loss(*select)
+        if select_weight:
+            total = total + select_weight * chosen
+    return LossTerms(
+        loss=total,
+        caption_loss=cap,
+        align_loss=align,
+        reconstruct_loss=recon,
+        select_loss=chosen,
+    )
+
+
+def selection_loss(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Binary cross-entropy of the content selector (`logits` (B, S)) against which source
+    tokens' words the caption contains (`targets` (B, S) in {0, 1}), over the `mask`ed tokens.
+
+    Why: the copy head learns which lyrics words a caption quotes only from the handful of
+    tokens each caption copies; this term gives every lyrics token a label."""
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    if mask is None:
+        return loss.mean()
+    weights = mask.to(loss.dtype)
+    return (loss * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def reconstruction_loss(

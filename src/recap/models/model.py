@@ -77,6 +77,7 @@ class RecapOutput(ModelOutput):
     caption_loss: torch.Tensor | None = None
     align_loss: torch.Tensor | None = None
     reconstruct_loss: torch.Tensor | None = None
+    select_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     lyrics_vector: torch.Tensor | None = None
     music_vector: torch.Tensor | None = None
@@ -150,6 +151,7 @@ class RecapModel(PretrainedMixin, nn.Module):
                 config.copy_word_pieces,
                 config.copy_word_counts,
                 config.copy_coverage,
+                select=config.copy_select_weight > 0,
             )
             if config.copy_head
             else None
@@ -457,6 +459,7 @@ class RecapModel(PretrainedMixin, nn.Module):
                 encoder_outputs=BaseModelOutput(last_hidden_state=read),
                 use_cache=False,
             )
+            select_logits = self.copy_head.selection_logits() if self.copy_head else None
         reconstruct_logits = None
         if labels is not None and self.config.reconstruct_weight:
             # (B, L, d) -> (B, L, V) through the tied output embedding, as the decoder's tokens.
@@ -487,12 +490,33 @@ class RecapModel(PretrainedMixin, nn.Module):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 reconstruct_weight=self.config.reconstruct_weight,
+                select=self._selection(select_logits, row_ids, row_mask, labels),
+                select_weight=self.config.copy_select_weight,
             )
             result.loss = terms.loss
             result.caption_loss = terms.caption_loss
             result.align_loss = terms.align_loss
             result.reconstruct_loss = terms.reconstruct_loss
+            result.select_loss = terms.select_loss
         return result
+
+    def _selection(
+        self,
+        logits: torch.Tensor | None,
+        source_ids: torch.Tensor,
+        source_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The content selector's (logits, targets, mask), each (B, S), for `recap_loss`; None
+        without a selector. Targets: the source words that the caption (`labels`) contains."""
+        if logits is None or self.copy_head is None:
+            return None
+        pad = self.config.pad_token_id
+        caption = labels.masked_fill(labels < 0, pad)  # -100 -> pad: an id the table knows
+        targets, in_word = self.copy_head.selection_targets(
+            source_ids, source_mask, caption, caption != pad
+        )
+        return logits, targets, in_word
 
     @staticmethod
     def _alignable(

@@ -57,6 +57,16 @@ tokens instead of summing past attention (See et al.'s coverage vector) keeps tr
 over the caption. The small BART uses it; the fusion captioners broke on one seed each
 with it (docs/training.md).
 
+Which lyrics words a caption quotes at all is a property of the lyrics, learnt in the head
+above only through the few copied tokens of each caption. With `select` the head also scores
+each lyrics token — will its word appear in the caption? — from the same states (word numbers
+and counts included), trained on every lyrics token by a binary cross-entropy against the
+words the reference caption does contain (`selection_targets`), and adds the log-probability
+of selection to where it begins to copy (words only, and not the token after the one just
+written, so punctuation and small words inside a quotation stay copyable): the content selector of Gehrmann et al. (2018, "Bottom-up
+abstractive summarization"), as a soft mask. The selector starts at zero (a constant bias, so
+the head starts as the one without).
+
 It is attached to BART's `lm_head` as a forward hook, so Hugging Face's `generate` (beam search,
 sampling, caches) runs unchanged; the returned "logits" are log-probabilities, which every
 decoding strategy and the cross-entropy treat exactly as logits. `RecapModel` sets the source
@@ -85,6 +95,7 @@ class CopyHead(nn.Module):
         word_pieces: bool = False,
         word_counts: int = 0,
         coverage: int = 0,
+        select: bool = False,
     ) -> None:
         super().__init__()
         self.query = nn.Linear(d_model, d_model)
@@ -129,7 +140,17 @@ class CopyHead(nn.Module):
             # the head without
             self.coverage_embedding = nn.Embedding(coverage + 1, d_model)
             nn.init.zeros_(self.coverage_embedding.weight)
+        if select and not word_positions:
+            raise ValueError("select needs word_positions (the word-start table)")
+        self.select = select
+        if select:
+            # (d,) → the logit that a token's word is in the caption; zero: a constant, no effect
+            self.selector = nn.Linear(d_model, 1)
+            nn.init.zeros_(self.selector.weight)
+            nn.init.zeros_(self.selector.bias)
         self._source: tuple[torch.Tensor, ...] | None = None
+        self._select_logits: torch.Tensor | None = None
+        self._select_bias: torch.Tensor | None = None
         self._decoder_ids: torch.Tensor | None = None
         self._history: torch.Tensor | None = None
 
@@ -196,6 +217,53 @@ class CopyHead(nn.Module):
         counts = F.pad(same.sum(dim=-1), (1, 0))  # (B, W + 1): slot 0 = outside words
         return counts.gather(1, word).clamp_max(self.word_counts)  # (B, S)
 
+    def selection_logits(self) -> torch.Tensor | None:
+        """(B, S) the selector's logits for the source set by `attend` (None outside it, or
+        without `select`)."""
+        return self._select_logits
+
+    def _word_identities(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) token ids and mask → the word each token belongs to (B, S; 0 = none, 1.. in
+        order) and four sums per word that identify its token sequence (B, S, 4; rows past
+        the last word are zero). A word begins at a word-initial token or at a letter-initial
+        token after a non-letter one (a quotation's first word: `"Meine`), and runs over the
+        letter-initial pieces after it."""
+        code = self.word_start[ids]  # (B, S)
+        lettered = (code > 0) & (mask > 0)
+        after_break = F.pad(~lettered[:, :-1], (1, 0), value=True)
+        starts = lettered & ((code == 2) | after_break)
+        batch, length = ids.shape
+        position = torch.arange(length, device=ids.device).expand(batch, -1)  # (B, S)
+        start_at = torch.where(starts, position, -1).cummax(dim=1).values  # (B, S)
+        word = torch.where(lettered & (start_at >= 0), starts.long().cumsum(dim=1), 0)
+        piece = (position - start_at).clamp_min(0)  # (B, S): index of the token in its word
+        value = (ids.long() + 1) * (word > 0)
+        features = torch.stack(
+            [(word > 0).long(), value * starts, value * (piece + 1), value * value], dim=-1
+        )  # (B, S, 4)
+        per_word = torch.zeros(batch, length + 1, 4, dtype=torch.long, device=ids.device)
+        per_word.scatter_add_(1, word[..., None].expand(-1, -1, 4), features)
+        return word, per_word[:, 1:]  # (B, S), (B, S, 4): slot 0 collected the non-words
+
+    def selection_targets(
+        self,
+        source_ids: torch.Tensor,
+        source_mask: torch.Tensor,
+        caption_ids: torch.Tensor,
+        caption_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the selector learns: (B, S) 1.0 where a source token's word also occurs in the
+        caption (B, T), as the same token sequence; and the (B, S) mask of source tokens that
+        are in a word (the only ones scored). Case matters, as for the head's copies."""
+        word, source_words = self._word_identities(source_ids, source_mask)
+        _, caption_words = self._word_identities(caption_ids, caption_mask)
+        present = caption_words[:, None, :, 0] > 0  # (B, 1, Wc)
+        same = present & (source_words[:, :, None, :] == caption_words[:, None, :, :]).all(-1)
+        in_caption = F.pad(same.any(dim=-1), (1, 0))  # (B, Ws + 1): slot 0 = not a word
+        return in_caption.gather(1, word).float(), word > 0
+
     @contextmanager
     def attend(
         self, encoder_states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -215,10 +283,16 @@ class CopyHead(nn.Module):
         previous = F.pad(states[:, :-1], (0, 0, 1, 0))  # (B, S, d): state of position s - 1
         keys = self.key(states) + self.key_previous(previous)  # (B, S, d)
         self._source = (states, keys, input_ids, attention_mask)
+        if self.select:
+            self._select_logits = self.selector(states).squeeze(-1).float()  # (B, S)
+            # Only words are selected or not: punctuation inside a quotation stays copyable.
+            in_word = self._word_identities(input_ids, attention_mask)[0] > 0
+            self._select_bias = F.logsigmoid(self._select_logits) * in_word  # (B, S)
         try:
             yield
         finally:
             self._source = None
+            self._select_logits = self._select_bias = None
             self._decoder_ids = None
             self._history = None
 
@@ -271,15 +345,28 @@ class CopyHead(nn.Module):
             return logits
         hidden = args[0]
         states, keys, ids, mask = self._source
+        selected = self._select_bias
         if hidden.size(0) != states.size(0):
             repeat = hidden.size(0) // states.size(0)
             states, keys, ids, mask = (
                 t.repeat_interleave(repeat, dim=0) for t in (states, keys, ids, mask)
             )
+            if selected is not None:
+                selected = selected.repeat_interleave(repeat, dim=0)
         query = self.query(hidden)  # (B, T, d)
         scores = query @ keys.transpose(1, 2) / math.sqrt(keys.size(-1))  # (B, T, S)
         read = self._decoder_ids
+        follows = None
         if read is not None and read.shape == hidden.shape[:2]:
+            previous_ids = F.pad(ids[:, :-1], (1, 0), value=-1)  # (B, S): source token at s - 1
+            follows = read[:, :, None] == previous_ids[:, None, :]  # (B, T, S)
+        if selected is not None:
+            # log P(selected) per source word token (B, 1, S): where to *begin* copying. The token
+            # after the one just written is exempt, so a quotation runs on through words the
+            # selector would not pick ("Warum sollt' ich mich").
+            bias = selected[:, None, :].to(scores.dtype)
+            scores = scores + (bias if follows is None else bias * ~follows)
+        if follows is not None:
             written = self._written(read, ids) if self.coverage else None
             if written is not None:
                 per_count = query @ self.coverage_embedding.weight.T  # (B, T, coverage + 1)
@@ -292,8 +379,6 @@ class CopyHead(nn.Module):
                 bonus = bonus + offset[..., :1]  # (B, T, 1): broadcasts over S
                 if bigram_bonus is not None:
                     bigram_bonus = bigram_bonus + offset[..., 1:]
-            previous_ids = F.pad(ids[:, :-1], (1, 0), value=-1)  # (B, S): source token at s - 1
-            follows = read[:, :, None] == previous_ids[:, None, :]  # (B, T, S)
             scores = scores + bonus * follows
             before = self._before_read(read) if self.follow_bigram else None
             if before is not None:

@@ -456,7 +456,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         # Loss terms summed on the device; read (one host sync) every log_every_steps steps.
-        terms = ("loss", "caption_loss", "align_loss", "reconstruct_loss")
+        terms = ("loss", "caption_loss", "align_loss", "reconstruct_loss", "select_loss")
         sums = torch.zeros(len(terms), device=acc.device)
         n_sum, samples, tokens, t_last = 0, 0, 0, time.perf_counter()
         paused = False
@@ -574,6 +574,8 @@ class Trainer:
             loss = loss + mcfg.align_weight * out.align_loss
         if out.reconstruct_loss is not None and mcfg.reconstruct_weight:
             loss = loss + mcfg.reconstruct_weight * out.reconstruct_loss
+        if out.select_loss is not None and mcfg.copy_select_weight:
+            loss = loss + mcfg.copy_select_weight * out.select_loss
         return loss
 
     def _validate_and_select(self, state: TrainState, log_path: Path, writer: Any) -> None:
