@@ -53,6 +53,12 @@ def test_presets_are_one_config_with_three_methods():
     coverage = {m: RecapConfig.preset(m, "small").copy_coverage for m in METHODS}
     assert coverage == {"bart": 2, "bart-fusion": 0, "recap": 0}
     assert {RecapConfig.preset(m, "paper").copy_coverage for m in METHODS} == {0}
+    # The content selector and word counts: the small BART only (the fusion models quoted fewer
+    # first lines with them), never the paper's.
+    select = {m: RecapConfig.preset(m, "small").copy_select_weight for m in METHODS}
+    assert select == {"bart": 0.5, "bart-fusion": 0.0, "recap": 0.0}
+    assert RecapConfig.preset("bart", "small").copy_word_counts == 8
+    assert {RecapConfig.preset(m, "paper").copy_select_weight for m in METHODS} == {0.0}
     with pytest.raises(RecapError, match="unknown method"):
         RecapConfig.preset("gpt", "tiny")
     with pytest.raises(RecapError, match="unknown RecapConfig field"):
