@@ -163,7 +163,8 @@ class RecapConfig:
     copy_coverage: int = 0
     # With word positions: a content selector (pointer.py) scores each lyrics token — is its word
     # in the caption? — trained by a binary cross-entropy of this weight against the reference
-    # caption's words, and the copy head points in proportion to it. 0 = off.
+    # caption's words, and the copy head begins its copies in proportion to it. In no preset:
+    # the fusion captioners quoted fewer first lines (docs/results.md, runs AF and AG). 0 = off.
     copy_select_weight: float = 0.0
     # Not in the papers (docs/training.md): the decoder also attends to one more position, the
     # mean music token mapped to d_model, beside the fused lyrics states, so what the tokens hold
