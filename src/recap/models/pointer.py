@@ -187,14 +187,14 @@ class CopyHead(nn.Module):
         starts, lettered = self.word_starts(ids)
         return torch.where(starts, 1, torch.where(lettered, 2, 0))
 
-    def word_occurrences(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, S) token ids and attention mask → (B, S) how many times the word each token
-        belongs to occurs in its row (0 for tokens outside words), capped at `word_counts`.
-
-        A word is a word-initial token and the letter-initial pieces right after it; two words
-        are the same when their token ids are."""
-        starts, lettered = self.word_starts(ids)
-        starts, lettered = starts & (mask > 0), lettered & (mask > 0)
+    @staticmethod
+    def _words(
+        ids: torch.Tensor, starts: torch.Tensor, lettered: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) token ids, where words begin and which tokens have letters → the word each
+        token belongs to (B, S; 0 = none, 1.. in order) and four sums per word that identify
+        its token sequence (B, S, 4; rows past the last word are zero). A word is a start and
+        the lettered tokens right after it, up to the next non-letter token."""
         batch, length = ids.shape
         position = torch.arange(length, device=ids.device).expand(batch, -1)  # (B, S)
         start_at = torch.where(starts, position, -1).cummax(dim=1).values  # (B, S): word's start
@@ -209,8 +209,17 @@ class CopyHead(nn.Module):
             [in_word.long(), value * starts, value * (piece + 1), value * value], dim=-1
         )  # (B, S, 4)
         per_word = torch.zeros(batch, length + 1, 4, dtype=torch.long, device=ids.device)
-        per_word.scatter_add_(1, word[..., None].expand(-1, -1, 4), features)  # (B, W, 4)
-        per_word = per_word[:, 1:]  # (B, W, 4): slot 0 collected the tokens outside words
+        per_word.scatter_add_(1, word[..., None].expand(-1, -1, 4), features)
+        return word, per_word[:, 1:]  # slot 0 collected the tokens outside words
+
+    def word_occurrences(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, S) token ids and attention mask → (B, S) how many times the word each token
+        belongs to occurs in its row (0 for tokens outside words), capped at `word_counts`.
+
+        A word is a word-initial token and the letter-initial pieces right after it; two words
+        are the same when their token ids are."""
+        starts, lettered = self.word_starts(ids)
+        word, per_word = self._words(ids, starts & (mask > 0), lettered & (mask > 0))
         same = per_word[:, :, None, 0] > 0  # (B, W, 1)
         for k in range(4):
             same = same & (per_word[:, :, None, k] == per_word[:, None, :, k])  # (B, W, W)
@@ -225,27 +234,13 @@ class CopyHead(nn.Module):
     def _word_identities(
         self, ids: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S) token ids and mask → the word each token belongs to (B, S; 0 = none, 1.. in
-        order) and four sums per word that identify its token sequence (B, S, 4; rows past
-        the last word are zero). A word begins at a word-initial token or at a letter-initial
-        token after a non-letter one (a quotation's first word: `"Meine`), and runs over the
-        letter-initial pieces after it."""
+        """(B, S) token ids and mask → `_words`' word index and per-word sums, with words that
+        also begin at a letter-initial token after a non-letter one (a quotation's first word:
+        `"Meine`), not only at word-initial tokens."""
         code = self.word_start[ids]  # (B, S)
         lettered = (code > 0) & (mask > 0)
         after_break = F.pad(~lettered[:, :-1], (1, 0), value=True)
-        starts = lettered & ((code == 2) | after_break)
-        batch, length = ids.shape
-        position = torch.arange(length, device=ids.device).expand(batch, -1)  # (B, S)
-        start_at = torch.where(starts, position, -1).cummax(dim=1).values  # (B, S)
-        word = torch.where(lettered & (start_at >= 0), starts.long().cumsum(dim=1), 0)
-        piece = (position - start_at).clamp_min(0)  # (B, S): index of the token in its word
-        value = (ids.long() + 1) * (word > 0)
-        features = torch.stack(
-            [(word > 0).long(), value * starts, value * (piece + 1), value * value], dim=-1
-        )  # (B, S, 4)
-        per_word = torch.zeros(batch, length + 1, 4, dtype=torch.long, device=ids.device)
-        per_word.scatter_add_(1, word[..., None].expand(-1, -1, 4), features)
-        return word, per_word[:, 1:]  # (B, S), (B, S, 4): slot 0 collected the non-words
+        return self._words(ids, lettered & ((code == 2) | after_break), lettered)
 
     def selection_targets(
         self,
