@@ -22,12 +22,15 @@ import json
 from pathlib import Path
 
 
-def selector_scores(model, tokenizer, lyrics: str) -> dict[str, float]:
-    """{lower-cased word: the selector's highest probability over the word's tokens}."""
+def selector_pass(model, lyrics: str, caption: str) -> tuple[dict[str, float], float, int]:
+    """One pass of the selector over a text: ({lower-cased word: its highest probability over
+    the word's tokens}, summed cross-entropy against its training target, word tokens)."""
     import torch
+    import torch.nn.functional as F
 
-    enc = tokenizer(lyrics, truncation=True, max_length=model.config.max_source_length,
-                    return_offsets_mapping=True)  # fmt: skip
+    limit = model.config.max_source_length
+    enc = model.tokenizer(lyrics, truncation=True, max_length=limit, return_offsets_mapping=True)
+    cap = torch.tensor([model.tokenizer(caption, truncation=True, max_length=limit)["input_ids"]])
     ids = torch.tensor([enc["input_ids"]])  # (1, S)
     ones = torch.ones_like(ids)
     music = torch.zeros(1, 1, model.config.music_dim) if model.config.use_music else None
@@ -35,8 +38,12 @@ def selector_scores(model, tokenizer, lyrics: str) -> dict[str, float]:
     with torch.no_grad():
         states = model.encode(ids, ones, music).last_hidden_state  # (1, S, d)
         with head.attend(states, ids, ones):
-            prob = head.selection_logits()[0].sigmoid()  # (S,)
+            logits = head.selection_logits()[0]  # (S,)
+        targets, in_word = head.selection_targets(ids, ones, cap, torch.ones_like(cap))
         word = head._word_identities(ids, ones)[0][0]  # (S,): 0 = not in a word
+    scored = in_word[0]
+    loss = F.binary_cross_entropy_with_logits(logits[scored], targets[0][scored], reduction="sum")
+    prob = logits.sigmoid()
     spans: dict[int, list[int]] = {}
     for position, (start, end) in enumerate(enc["offset_mapping"]):
         w = int(word[position])
@@ -46,29 +53,7 @@ def selector_scores(model, tokenizer, lyrics: str) -> dict[str, float]:
     for w, (start, end) in spans.items():
         text = lyrics[start:end].strip().lower()
         scores[text] = max(scores.get(text, 0.0), float(prob[word == w].max()))
-    return scores
-
-
-def selector_bce(model, tokenizer, lyrics: str, caption: str) -> tuple[float, int]:
-    """(summed cross-entropy, word tokens) of the selector against its training target."""
-    import torch
-    import torch.nn.functional as F
-
-    limit = model.config.max_source_length
-    ids = torch.tensor([tokenizer(lyrics, truncation=True, max_length=limit)["input_ids"]])
-    cap = torch.tensor([tokenizer(caption, truncation=True, max_length=limit)["input_ids"]])
-    ones = torch.ones_like(ids)
-    music = torch.zeros(1, 1, model.config.music_dim) if model.config.use_music else None
-    head = model.copy_head
-    with torch.no_grad():
-        states = model.encode(ids, ones, music).last_hidden_state
-        with head.attend(states, ids, ones):
-            logits = head.selection_logits()[0]
-        targets, in_word = head.selection_targets(ids, ones, cap, torch.ones_like(cap))
-    loss = F.binary_cross_entropy_with_logits(
-        logits[in_word[0]], targets[0][in_word[0]], reduction="sum"
-    )
-    return float(loss), int(in_word.sum())
+    return scores, float(loss), int(scored.sum())
 
 
 def probe(run: Path, data: Path, limit: int) -> list[dict]:
@@ -87,14 +72,13 @@ def probe(run: Path, data: Path, limit: int) -> list[dict]:
                 texts.setdefault(row["lyrics"], row)
         hits = first_hits = bce = tokens = 0.0
         for lyrics, row in texts.items():
-            scores = selector_scores(model, model.tokenizer, lyrics)
+            scores, loss, n = selector_pass(model, lyrics, row["comment"])
             tokens_ = words(lyrics)
             candidates = list(dict.fromkeys(content_words(tokens_, detect_language(tokens_))))
             truth = {w.lower() for w in row["slots"]["salient_words"]}
             ranked = sorted((w for w in candidates if w in scores), key=lambda w: -scores[w])
             hits += len(set(ranked[:3]) & truth)
             first_hits += len(set(candidates[:3]) & truth)
-            loss, n = selector_bce(model, model.tokenizer, lyrics, row["comment"])
             bce, tokens = bce + loss, tokens + n
         n_texts = max(len(texts), 1)
         out.append({
