@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from recap.demo import DemoConfig, run_demo
+from recap.demo import DemoConfig, check_tagger_settings, run_demo
 from recap.utils import RecapError
 
 
@@ -25,6 +25,7 @@ def test_demo_runs_every_stage_and_records_what_it_measured(tmp_path, one_thread
         renders_per_song=2,
         comments_per_render=2,
         tagger_preset="tiny",
+        tagger_chroma_rotation=0.0,  # `tiny` has no chroma rows (tests/test_tagger.py rolls them)
         tagger_epochs=1,
         size="tiny",
         epochs=1,
@@ -115,12 +116,12 @@ def test_the_recorded_command_reproduces_the_run():
     assert build_parser().parse_args(["demo"]).music_memory
     # every setting that changes the results is named: by its flag, or from Python
     cfg = DemoConfig(
-        tagger_preset="demo", tagger_chroma_rotation=0.5, lyrics_dropout=0.5, workers=1,
+        tagger_preset="demo", tagger_chroma_rotation=0.0, lyrics_dropout=0.5, workers=1,
         tagger_crop_seconds=2.0,
     )  # fmt: skip
     assert demo_command(cfg) == (
         "recap demo --source music21 --out runs/demo --tagger-preset demo "
-        "--tagger-chroma-rotation 0.5 --lyrics-dropout 0.5 "
+        "--tagger-chroma-rotation 0 --lyrics-dropout 0.5 "
         "with DemoConfig(tagger_crop_seconds=2.0) from Python"
     )
     from recap.cli import build_parser
@@ -156,6 +157,16 @@ def test_the_weight_average_is_a_demo_flag_and_recorded():
     averaged = AlignmentDemoConfig(train_overrides={**aligned, "ema_decay": 0.9})
     assert command_line(averaged).endswith("--ema-decay 0.9")
     assert "--ema-decay" not in command_line(AlignmentDemoConfig())
+
+
+def test_a_tagger_without_chroma_rows_is_refused_before_any_rendering(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "demo"), tagger_preset="demo")
+    assert DemoConfig().tagger_chroma_rotation > 0  # the default rolls the chroma rows
+    with pytest.raises(RecapError, match="--tagger-chroma-rotation 0"):
+        run_demo(cfg)
+    assert not (tmp_path / "demo").exists()
+    check_tagger_settings(dataclasses.replace(cfg, tagger_chroma_rotation=0.0))
+    check_tagger_settings(DemoConfig())
 
 
 def test_a_benchmark_of_another_shape_is_rebuilt_not_reused(tmp_path):

@@ -63,8 +63,11 @@ class DemoConfig:
     # schedule, 60 epochs over 4 renderings a score (run AB: token probe melody 88 %,
     # accompaniment 100 %, tempo 98 %, key 47 %; the steps, ~4 min, of 120 epochs over 2):
     # without the chroma tokens the probe's key was 6 % and the captioners' 1-13 % (run S);
-    # with them the fusion captioners state it for 19-20 % (run T). Rolling the chroma rows
-    # (tagger_chroma_rotation) lifts the probe's key, not the captions'. The `mini`
+    # with them the fusion captioners state it for 19-20 % (run T). Rolling the chroma rows of
+    # half the crops (tagger_chroma_rotation) lifts the probe's key 46.5 -> 50.6 % and, since
+    # the decoders read the mean token (music_memory), the fusion captioners' key 45.9 -> 49-51 %
+    # and audio mean 83.0 -> 84.5-84.9 % over three seeds (docs/training.md "Chroma tokens";
+    # before the memory it cost the captions' key, run T). The `mini`
     # recipe (2 s crops, 30 epochs, run P) hears the melody (98 %) but not the tempo (56 %); 80
     # epochs heard the tempo but lost the melody (run Q); the pitch shift and the chroma target
     # taught the key but cost the melody (docs/training.md "The demo tagger", "Chroma tokens").
@@ -75,7 +78,7 @@ class DemoConfig:
     tagger_crop_seconds: float = 6.0
     tagger_pitch_shift: int = 0
     tagger_chroma_weight: float = 0.0
-    tagger_chroma_rotation: float = 0.0
+    tagger_chroma_rotation: float = 0.5
     # text pretraining (recap pretrain-text): 500 steps copy 99 % of held-out lines and 91 % of
     # 128-token segments, as 600 did, in ~2.5 min on 2 idle cores (docs/training.md); the
     # ~35 s saved pay for part of the tagger's 6 s crops. 0 steps: start from scratch
@@ -313,6 +316,20 @@ def bench_config(cfg: DemoConfig, source: str, out: Path, limit: int | None, **k
         workers=cfg.workers,
         **kw,
     )
+
+
+def check_tagger_settings(cfg: DemoConfig) -> None:
+    """Before the benchmark's minutes of rendering: the chroma rotation (on by default) rolls
+    rows only a `chroma_tokens` front end has."""
+    from recap.models.music_encoder import MusicEncoderConfig
+
+    preset = MusicEncoderConfig.preset(cfg.tagger_preset)  # names the presets if unknown
+    if cfg.tagger_chroma_rotation and not preset.chroma_tokens:
+        raise RecapError(
+            f"--tagger-chroma-rotation {cfg.tagger_chroma_rotation} needs a tagger preset with "
+            f"chroma tokens (demo-chroma), not {cfg.tagger_preset!r}: pass "
+            "--tagger-chroma-rotation 0 with it"
+        )
 
 
 def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
@@ -806,6 +823,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from recap.evaluation.experiment import run_sweep, run_table1
     from recap.training.speed import machine
 
+    check_tagger_settings(cfg)
     stages = _Stages()
     cfg.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))

@@ -98,6 +98,7 @@ class AlignmentDemoConfig(DemoConfig):
     tagger_lr: float = 1e-3
     tagger_schedule: str = "constant"
     tagger_crop_seconds: float = 2.0
+    tagger_chroma_rotation: float = 0.0  # `mini` has no chroma rows to roll
     # the demo's, validating once on fewer examples: it only picks the epoch's checkpoint
     train_overrides: dict[str, Any] = field(
         default_factory=lambda: {
