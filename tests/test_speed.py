@@ -6,6 +6,7 @@ import torch
 
 from recap.training.speed import (
     captioner_step,
+    cpu_generation,
     cpu_model,
     machine,
     reference_speed,
@@ -44,7 +45,22 @@ def test_the_demos_measurement_leaves_the_thread_count_alone(one_thread, monkeyp
 
 def test_the_cpu_model_is_read_from_cpuinfo_or_the_platform(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+    block = "vendor_id\t: AuthenticAMD\ncpu family\t: {}\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n"
+    # two processors; only the first is read (a hybrid CPU's second block may differ)
+    info.write_text(
+        "processor\t: 0\n" + block.format(25, 1) + "\nprocessor\t: 1\n" + block.format(9, 9)
+    )
     assert cpu_model(info) == "AMD EPYC"
+    assert cpu_generation(info) == "family 25 model 1"
     assert cpu_model(tmp_path / "missing")  # the platform's word for it, never empty
-    assert machine()["torch"] == torch.__version__
+    assert cpu_generation(tmp_path / "missing") == ""
+    ran_on = machine()
+    assert ran_on["torch"] == torch.__version__
+    assert ran_on["kernels"] == torch.backends.cpu.get_cpu_capability()
+    from recap.demo import machine_line
+
+    line = machine_line({**ran_on, "cpu": "AMD EPYC", "generation": "family 25 model 1",
+                         "kernels": "AVX2"})  # fmt: skip
+    assert line.startswith("Machine: AMD EPYC (family 25 model 1, AVX2), ")
+    old = {"cpu": "AMD EPYC", "cpus": 2, "torch": "2.13.0+cpu"}  # a results.json before run AH
+    assert machine_line(old).startswith("Machine: AMD EPYC, 2 CPU(s)")

@@ -254,8 +254,11 @@ def reference_line(reference: Mapping[str, float]) -> str:
 
 def machine_line(machine: Mapping[str, Any]) -> str:
     """The results page's sentence on what the run ran on (`recap.training.speed.machine`)."""
+    # older results.json files have neither the generation nor the kernels
+    detail = ", ".join(machine[k] for k in ("generation", "kernels") if machine.get(k))
+    cpu = f"{machine['cpu']} ({detail})" if detail else machine["cpu"]
     return (
-        f"Machine: {machine['cpu']}, {machine['cpus']} CPU(s), torch {machine['torch']}; "
+        f"Machine: {cpu}, {machine['cpus']} CPU(s), torch {machine['torch']}; "
         "expect a rerun of the same commit and seed to print these figures to the digit only "
         "on the same CPU model (docs/results.md, run Z)."
     )

@@ -78,20 +78,44 @@ def reference_speed(steps: int = 10, batch: int = 16) -> float:
     return batch / seconds_per_step(captioner_step(batch=batch), steps, warmup=min(3, steps))
 
 
+def _cpuinfo(cpuinfo: str | Path) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return fields
+    for line in text.splitlines():
+        if not line.strip() and fields:
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), or the platform's word for
     it where /proc/cpuinfo does not say."""
-    try:
-        for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+    name = _cpuinfo(cpuinfo).get("model name")
+    return name or platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_generation(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """ "family 25 model 1" ("" where /proc/cpuinfo does not say): a virtual machine's model name
+    can be just "AMD EPYC" for two generations whose kernels differ (docs/results.md, run AH)."""
+    fields = _cpuinfo(cpuinfo)
+    family, model = fields.get("cpu family"), fields.get("model")
+    return f"family {family} model {model}" if family and model else ""
 
 
 def machine() -> dict[str, Any]:
     """What a run ran on, recorded beside its figures: the same commit and seed printed other
-    figures on another CPU model (docs/results.md, run Z)."""
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    figures on another CPU model (docs/results.md, runs Z and AH). `kernels` is the instruction
+    set torch dispatches its CPU kernels to (AVX512, AVX2, ...), which changes the arithmetic."""
+    return {
+        "cpu": cpu_model(),
+        "generation": cpu_generation(),
+        "kernels": torch.backends.cpu.get_cpu_capability(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
