@@ -101,8 +101,9 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 
 
 def cpu_generation(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """ "family 25 model 1" ("" where /proc/cpuinfo does not say): a virtual machine's model name
-    can be just "AMD EPYC" for two generations whose kernels differ (docs/results.md, run AH)."""
+    """The CPU's family and model, e.g. "family 25 model 1" ("" where /proc/cpuinfo does not
+    say): a virtual machine's model name can be just "AMD EPYC" for two generations whose
+    kernels differ (docs/results.md, run AH)."""
     fields = _cpuinfo(cpuinfo)
     family, model = fields.get("cpu family"), fields.get("model")
     return f"family {family} model {model}" if family and model else ""
