@@ -67,7 +67,7 @@ class DemoConfig:
     # half the crops (tagger_chroma_rotation) lifts the probe's key 46.5 -> 50.6 % and, since
     # the decoders read the mean token (music_memory), the fusion captioners' key 45.9 -> 49-51 %
     # and audio mean 83.0 -> 84.5-84.9 % over three seeds (docs/training.md "Chroma tokens";
-    # before the memory it cost the captions' key, run T). The `mini`
+    # before the memory it cost the captions' key, run T); run AH, docs/results.md. The `mini`
     # recipe (2 s crops, 30 epochs, run P) hears the melody (98 %) but not the tempo (56 %); 80
     # epochs heard the tempo but lost the melody (run Q); the pitch shift and the chroma target
     # taught the key but cost the melody (docs/training.md "The demo tagger", "Chroma tokens").
