@@ -321,29 +321,13 @@ def bench_config(cfg: DemoConfig, source: str, out: Path, limit: int | None, **k
     )
 
 
-def check_tagger_settings(cfg: DemoConfig) -> None:
-    """Before the benchmark's minutes of rendering: the chroma rotation (on by default) rolls
-    rows only a `chroma_tokens` front end has."""
-    from recap.models.music_encoder import MusicEncoderConfig
+def tagger_settings(cfg: DemoConfig, data: Path) -> Any:
+    """The tagger the demo trains on the benchmark in `data` (a `TaggerConfig`; OUT/tagger)."""
+    from recap.training.tagger import TaggerConfig
 
-    preset = MusicEncoderConfig.preset(cfg.tagger_preset)  # names the presets if unknown
-    if cfg.tagger_chroma_rotation and not preset.chroma_tokens:
-        raise RecapError(
-            f"--tagger-chroma-rotation {cfg.tagger_chroma_rotation} needs a tagger preset with "
-            f"chroma tokens (demo-chroma), not {cfg.tagger_preset!r}: pass "
-            "--tagger-chroma-rotation 0 with it"
-        )
-
-
-def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
-    """A small CNNSA trained to tag the benchmark's audio slots; the captioners load it frozen.
-    A finished tagger in OUT/tagger is reused while its settings are these ones."""
-    from recap.training import tagger
-
-    out = cfg.root / "tagger"
-    settings = tagger.TaggerConfig(
+    return TaggerConfig(
         data=str(data),
-        out=str(out),
+        out=str(cfg.root / "tagger"),
         preset=cfg.tagger_preset,
         epochs=cfg.tagger_epochs,
         batch_size=16,
@@ -358,6 +342,23 @@ def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
         seed=cfg.seed,
         workers=cfg.workers,
     )
+
+
+def check_tagger_settings(cfg: DemoConfig) -> None:
+    """Before the benchmark's minutes of rendering: the tagger's own checks (the chroma
+    rotation, on by default, rolls rows only a `chroma_tokens` front end has)."""
+    from recap.training.tagger import check_settings
+
+    check_settings(tagger_settings(cfg, cfg.root / "bench"))
+
+
+def pretrain_tagger(cfg: DemoConfig, data: Path) -> Path:
+    """A small CNNSA trained to tag the benchmark's audio slots; the captioners load it frozen.
+    A finished tagger in OUT/tagger is reused while its settings are these ones."""
+    from recap.training import tagger
+
+    settings = tagger_settings(cfg, data)
+    out = Path(settings.out)
     # the demo owns its folder: a tagger trained with other settings (an older commit) is replaced
     stale = bool(tagger.changed_settings(out, settings))
     metrics = tagger.train_tagger(dataclasses.replace(settings, overwrite=stale))

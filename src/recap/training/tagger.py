@@ -382,6 +382,25 @@ def changed_settings(out: str | Path, config: TaggerConfig) -> list[str]:
     return differing_settings(saved, config.to_dict(), TaggerConfig().to_dict(), _REUSE_MUTABLE)
 
 
+def check_settings(cfg: TaggerConfig) -> None:
+    """The settings that cannot train, refused before any data is read."""
+    from recap.models.music_encoder import MusicEncoderConfig
+
+    _check_trainable(cfg.preset)
+    if not 0.0 <= cfg.chroma_rotation <= 1.0:
+        raise RecapError(
+            f"chroma_rotation is a share of the crops (0-1), not {cfg.chroma_rotation}"
+        )
+    if cfg.chroma_rotation and not MusicEncoderConfig.preset(cfg.preset).chroma_tokens:
+        raise RecapError(
+            f"chroma_rotation {cfg.chroma_rotation} rolls chroma rows that the {cfg.preset!r} "
+            "encoder does not have: use one with chroma_tokens (demo-chroma) or set it to 0 "
+            "(recap tagger train --chroma-rotation 0, recap demo --tagger-chroma-rotation 0)"
+        )
+    if cfg.chroma_rotation and cfg.pitch_shift:
+        raise RecapError("chroma_rotation and pitch_shift both transpose: choose one")
+
+
 def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     """Train the encoder on the audio tags of `config.data`; returns the test metrics (also
     written to OUT/tagger_metrics.json). A finished OUT is reused unless `overwrite`."""
@@ -395,7 +414,7 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if not cfg.data or not cfg.out:
         raise RecapError("the tagger needs --data (a benchmark folder) and --out")
-    _check_trainable(cfg.preset)
+    check_settings(cfg)
     if (out / METRICS_NAME).is_file() and not cfg.overwrite:
         changed = changed_settings(out, cfg)
         if changed:
@@ -426,14 +445,6 @@ def train_tagger(config: TaggerConfig) -> dict[str, Any]:
     # channels_last: oneDNN's convolutions run ~15 % faster in it on CPU (the demo's stage);
     # the saved weights go back to the default layout
     model = MusicEncoder(encoder_cfg).to(device, memory_format=torch.channels_last)
-    if not 0.0 <= cfg.chroma_rotation <= 1.0:
-        raise RecapError(
-            f"chroma_rotation is a share of the crops (0-1), not {cfg.chroma_rotation}"
-        )
-    if cfg.chroma_rotation and not encoder_cfg.chroma_tokens:
-        raise RecapError("chroma_rotation needs an encoder with chroma_tokens (e.g. demo-chroma)")
-    if cfg.chroma_rotation and cfg.pitch_shift:
-        raise RecapError("chroma_rotation and pitch_shift both transpose: choose one")
 
     # Log-mels once, in the cache (they depend only on the mel front end, not on the weights);
     # with pitch shifts, the waveforms, whose crops are transposed at every step.
