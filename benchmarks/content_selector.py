@@ -40,7 +40,7 @@ def selector_pass(model, lyrics: str, caption: str) -> tuple[dict[str, float], f
         with head.attend(states, ids, ones):
             logits = head.selection_logits()[0]  # (S,)
         targets, in_word = head.selection_targets(ids, ones, cap, torch.ones_like(cap))
-        word = head._word_identities(ids, ones)[0][0]  # (S,): 0 = not in a word
+        word = head.word_identities(ids, ones)[0][0]  # (S,): 0 = not in a word
     scored = in_word[0]
     loss = F.binary_cross_entropy_with_logits(logits[scored], targets[0][scored], reduction="sum")
     prob = logits.sigmoid()

@@ -367,5 +367,5 @@ def test_a_quotation_runs_on_through_words_the_selector_would_not_pick():
     steps = torch.arange(1, labels.size(1))
     successors = probs[steps, labels[0, 1:]]
     assert bool((successors > 0.1).all()), successors
-    words = source[0][model.copy_head._word_identities(source, ones)[0][0] > 0].unique()
+    words = source[0][model.copy_head.word_identities(source, ones)[0][0] > 0].unique()
     assert float(probs[0, words].sum()) < 1e-6  # reading the start token: no word begins

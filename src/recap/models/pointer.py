@@ -231,7 +231,7 @@ class CopyHead(nn.Module):
         without `select`)."""
         return self._select_logits
 
-    def _word_identities(
+    def word_identities(
         self, ids: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) token ids and mask → `_words`' word index and per-word sums, with words that
@@ -252,8 +252,8 @@ class CopyHead(nn.Module):
         """What the selector learns: (B, S) 1.0 where a source token's word also occurs in the
         caption (B, T), as the same token sequence; and the (B, S) mask of source tokens that
         are in a word (the only ones scored). Case matters, as for the head's copies."""
-        word, source_words = self._word_identities(source_ids, source_mask)
-        _, caption_words = self._word_identities(caption_ids, caption_mask)
+        word, source_words = self.word_identities(source_ids, source_mask)
+        _, caption_words = self.word_identities(caption_ids, caption_mask)
         present = caption_words[:, None, :, 0] > 0  # (B, 1, Wc)
         same = present & (source_words[:, :, None, :] == caption_words[:, None, :, :]).all(-1)
         in_caption = F.pad(same.any(dim=-1), (1, 0))  # (B, Ws + 1): slot 0 = not a word
@@ -281,7 +281,7 @@ class CopyHead(nn.Module):
         if self.select:
             self._select_logits = self.selector(states).squeeze(-1).float()  # (B, S)
             # Only words are selected or not: punctuation inside a quotation stays copyable.
-            in_word = self._word_identities(input_ids, attention_mask)[0] > 0
+            in_word = self.word_identities(input_ids, attention_mask)[0] > 0
             self._select_bias = F.logsigmoid(self._select_logits) * in_word  # (B, S)
         try:
             yield
