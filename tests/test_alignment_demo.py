@@ -14,8 +14,10 @@ from recap.evaluation.aligned_space import (
     coupled_facts,
     fact_agreement,
     geometry,
+    lexicon_features,
     linear_map_retrieval,
     oracle_retrieval,
+    theme_reader_features,
 )
 from recap.evaluation.alignment import (
     ARM_NAME,
@@ -26,6 +28,7 @@ from recap.evaluation.alignment import (
     with_overrides,
 )
 from recap.models.config import RecapConfig
+from recap.utils import RecapError
 
 
 def test_recap_at_w0_is_bart_fusion():
@@ -124,6 +127,43 @@ def test_oracle_ceiling_is_perfect_when_every_song_sounds_different():
     oracle = oracle_retrieval(songs, draws=3)
     assert oracle["audio_to_lyrics"]["recall@1"] == pytest.approx(1.0)
     assert oracle["lyrics_to_audio"]["mrr"] == pytest.approx(1.0)
+
+
+def _language_songs(texts: dict[str, list[str]]) -> SplitSongs:
+    ids, lyrics, truths = [], [], []
+    for language, lines in texts.items():
+        for n, line in enumerate(lines):
+            ids.append(f"{language}-{n}")
+            lyrics.append(line)
+            truth = {"language": language, "theme": "love", "colour": "night",
+                     "couple_by": "language"}  # fmt: skip
+            truths.append({**truth, **coupled_facts(truth), "coupled": True})
+    return SplitSongs(ids=ids, lyrics=lyrics, entries=[_Entry(i) for i in ids], truths=truths)
+
+
+def test_a_language_coupling_is_read_by_language():
+    """Coupled by language, the analyses read the language where the lexicon's coupling reads
+    the theme and colour: the facts, the one-hot features and the reader of the train texts."""
+    german = {"language": "German", "theme": "faith", "couple_by": "language"}
+    assert coupled_facts(german) == {
+        "accompaniment": "strings", "key": "A", "tempo": "moderate", "melody": "violin"
+    }  # fmt: skip
+    train = _language_songs({
+        "German": ["und die nacht ist der tag", "ich und du in der welt", "die liebe und das herz"],
+        "French": ["et le jour est la nuit", "le coeur et la vie", "je suis et tu es la"],
+    })  # fmt: skip
+    test = _language_songs({"German": ["der wald und die see"], "French": ["la mer et le vent"]})
+    x = lexicon_features(test)  # one-hot over the five languages
+    assert x.shape == (2, 5) and x.sum() == 2 and x[0].argmax() != x[1].argmax()
+    _, predicted, accuracy = theme_reader_features(train, test)
+    assert accuracy == {"language": 1.0}
+    assert (predicted == x).all()
+    mixed = SplitSongs(
+        ids=["a", "b"], lyrics=["x", "y"], entries=[_Entry("a"), _Entry("b")],
+        truths=[{"theme": "love", "colour": "love"}, german],
+    )  # fmt: skip
+    with pytest.raises(RecapError, match="more than one way"):
+        lexicon_features(mixed)
 
 
 class _Entry:

@@ -26,7 +26,14 @@ from recap.bench import (
     score_captions,
 )
 from recap.bench.build import BuildConfig, build_benchmark, rng_for
-from recap.bench.coupling import COUPLING, Rendering, is_coupled, theme_and_colour, transpose_to
+from recap.bench.coupling import (
+    BY_LANGUAGE,
+    COUPLING,
+    Rendering,
+    is_coupled,
+    theme_and_colour,
+    transpose_to,
+)
 from recap.bench.facts import lyrics_facts
 from recap.bench.scoring import first_line_miss, salient_words_miss
 from recap.bench.slots import (
@@ -371,6 +378,36 @@ def test_coupled_build_follows_the_table(built, coupled):
     assert json.loads((coupled / "build.json").read_text())["coupling"] == 1.0
 
 
+def test_language_coupling_follows_its_table(score_dir, coupled, tmp_path):
+    cfg = BuildConfig(
+        source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
+        seed=3, workers=1, seconds=3.0, coupling=1.0, couple_by="language",
+    )  # fmt: skip
+    build_benchmark(cfg, progress=False)
+    by_meaning = {s["song_id"]: s for s in _rows(coupled / "songs.jsonl")}
+    for song in _rows(tmp_path / "songs.jsonl"):
+        truth, render = song["truth"], song["render"]
+        style = BY_LANGUAGE[truth["language"]]
+        assert truth["coupled"] is True and truth["couple_by"] == "language"
+        assert (truth["melody"], truth["tempo"], truth["accompaniment"], truth["key"]) == (
+            style.melody, style.tempo, style.accompaniment, style.key
+        )  # fmt: skip
+        assert render["melody_program"] == MELODY_INSTRUMENTS[style.melody]
+        before = by_meaning[song["song_id"]]
+        assert render["start_bar"] == before["render"]["start_bar"]
+        for slot in LYRICS_SLOTS + ("mode", "metre", "colour"):
+            assert truth[slot] == before["truth"][slot]
+    built = json.loads((tmp_path / "build.json").read_text())
+    assert (built["coupling"], built["couple_by"]) == (1.0, "language")
+    # the lexicon's coupling keeps the build.json it wrote before `couple_by` existed
+    assert "couple_by" not in json.loads((coupled / "build.json").read_text())
+    with pytest.raises(RecapError, match="couple_by meaning, not language"):
+        build_benchmark(
+            BuildConfig(source="unused", out=str(coupled), seed=3, coupling=1.0,
+                        couple_by="language")
+        )  # fmt: skip
+
+
 def test_partial_coupling_leaves_the_other_renderings_as_they_were(score_dir, built, tmp_path):
     cfg = BuildConfig(
         source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
@@ -403,6 +440,10 @@ def test_coupling_options_are_checked(built):
         BuildConfig(coupling=0.5, transpose_range=(-2, 2))
     assert "coupling" not in BuildConfig().to_dict()
     assert BuildConfig.from_dict(BuildConfig(coupling=0.25).to_dict()).coupling == 0.25
+    with pytest.raises(RecapError, match="couple_by"):
+        BuildConfig(coupling=1.0, couple_by="mood")
+    again = BuildConfig.from_dict(BuildConfig(coupling=1.0, couple_by="language").to_dict())
+    assert again.couple_by == "language"
     with pytest.raises(RecapError, match="coupling"):  # its kept MP3s are uncoupled renderings
         build_benchmark(BuildConfig(source="unused", out=str(built), seed=3, coupling=1.0))
 
@@ -429,6 +470,15 @@ def test_docs_state_the_coupling_table():
         if len(cells) == 5 and cells[0] in COUPLING:
             rows[cells[0]] = Rendering(*cells[1:])
     assert rows == COUPLING
+    styles = {}
+    for line in section.splitlines():
+        cells = [c.strip(" `*") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] in BY_LANGUAGE:
+            styles[cells[0]] = Rendering(*cells[1:])
+    assert styles == BY_LANGUAGE
+    # every language's style differs from every other's in all four facts
+    for a, b in itertools.combinations(BY_LANGUAGE.values(), 2):
+        assert a.melody != b.melody and a.accompaniment != b.accompaniment and a.key != b.key
 
 
 def _fake_benchmark(root: Path, coupling: float, n: int = 140) -> Path:

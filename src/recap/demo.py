@@ -59,6 +59,7 @@ class DemoConfig:
     comments_per_render: int = 2
     workers: int = 2
     coupling: float = 0.0  # share of renderings that follow the lyrics (BuildConfig.coupling)
+    couple_by: str = "meaning"  # what they follow (BuildConfig.couple_by)
     # music encoder pretraining: the `demo` front end with chroma tokens on 6 s crops, cosine
     # schedule, 60 epochs over 4 renderings a score (run AB: token probe melody 88 %,
     # accompaniment 100 %, tempo 98 %, key 47 %; the steps, ~4 min, of 120 epochs over 2):
@@ -285,10 +286,11 @@ def build_bench(cfg: DemoConfig) -> Path:
         record = out / "build.json"
         built = json.loads(record.read_text("utf-8")) if record.is_file() else {}
         # A benchmark with another coupling is another experiment, not a gap to fill.
-        if built.get("coupling", 0.0) != cfg.coupling:
+        was = (built.get("coupling", 0.0), built.get("couple_by", "meaning"))
+        if was != (cfg.coupling, cfg.couple_by):
             raise RecapError(
-                f"{out} was built with coupling {built.get('coupling', 0.0)}, not "
-                f"{cfg.coupling}: use another --out"
+                f"{out} was built with coupling {was[0]} by {was[1]}, not {cfg.coupling} by "
+                f"{cfg.couple_by}: use another --out"
             )
         shape = (built.get("renders_per_song"), built.get("comments_per_render"))
         if shape == (cfg.renders_per_song, cfg.comments_per_render):
@@ -297,7 +299,11 @@ def build_bench(cfg: DemoConfig) -> Path:
         # another recipe's (make demo's until run AA: 2 x 4): the build keeps the renderings it
         # has and renders the rest, then writes the interpretations anew
         print(f"rebuilding {out}: {shape[0]} renderings x {shape[1]} interpretations before")
-    result = build_benchmark(bench_config(cfg, cfg.source, out, cfg.limit, coupling=cfg.coupling))
+    result = build_benchmark(
+        bench_config(
+            cfg, cfg.source, out, cfg.limit, coupling=cfg.coupling, couple_by=cfg.couple_by
+        )
+    )
     print(
         f"{result.songs} songs ({result.works} works), {result.rows} interpretations, "
         f"{result.renders_per_second:.1f} renders/s; {result.skipped.summary()}"
@@ -686,7 +692,7 @@ _NOT_RESULTS = frozenset({"workers", "eval_batch_size", "reference_steps"})
 # Fields recorded otherwise: in the command's head, by a switch, or (train_overrides) entry by
 # entry.
 _RECORDED_OTHERWISE = frozenset({
-    "source", "out", "full", "coupling", "seeds", "quote_lyrics", "known_words", "meteor15",
+    "source", "out", "full", "coupling", "couple_by", "seeds", "quote_lyrics", "known_words", "meteor15",
     "fusion_from_bart", "music_memory", "train_overrides",
 })  # fmt: skip
 
@@ -700,6 +706,8 @@ def demo_command(cfg: DemoConfig) -> str:
         parts.append("--full")
     if cfg.coupling:
         parts.append(f"--coupling {cfg.coupling:g}")
+    if cfg.couple_by != default.couple_by:
+        parts.append(f"--couple-by {cfg.couple_by}")
     if cfg.seeds:
         parts.append("--seeds " + ",".join(str(s) for s in cfg.seeds))
     for name in _VALUE_FLAGS:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from recap.bench.coupling import couple, is_coupled, theme_and_colour
+from recap.bench.coupling import COUPLE_BY, couple, coupled_rows, is_coupled, theme_and_colour
 from recap.bench.facts import lyrics_facts, normalize_phrase
 from recap.bench.render import (
     Performance,
@@ -70,12 +70,16 @@ class BuildConfig:
     transpose_range: tuple[int, int] = (-5, 6)
     # auto: MusicXML through recap.bench.musicxml (~6x faster), other formats through music21
     parser: str = "auto"
-    # Share of renderings whose audio follows the lyrics' meaning (recap.bench.coupling).
+    # Share of renderings whose audio follows the lyrics (recap.bench.coupling), and what of
+    # them it follows: "meaning" (theme and colour) or "language".
     coupling: float = 0.0
+    couple_by: str = "meaning"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.coupling <= 1.0:
             raise RecapError(f"coupling must be in [0, 1], not {self.coupling}")
+        if self.couple_by not in COUPLE_BY:
+            raise RecapError(f"couple_by is one of {', '.join(COUPLE_BY)}, not {self.couple_by!r}")
         lo, hi = self.transpose_range
         if self.coupling > 0 and hi - lo < 11:
             raise RecapError(
@@ -89,6 +93,8 @@ class BuildConfig:
         # build stays byte-identical); from_dict reads the absent field as 0.
         if not self.coupling:
             del d["coupling"]
+        if self.couple_by == "meaning":  # likewise for the builds coupled before `couple_by`
+            del d["couple_by"]
         return d
 
     @classmethod
@@ -168,8 +174,9 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
         coupling_rng = rng_for(cfg.seed, src.work_id, k, "coupling")
         coupled = is_coupled(coupling_rng, cfg.coupling)
         if coupled:
+            about, coloured = coupled_rows({**facts.to_dict(), "colour": colour}, cfg.couple_by)
             perf, tempo = couple(
-                perf, facts.theme, colour, score.tonic_pc, cfg.transpose_range, coupling_rng
+                perf, about, coloured, score.tonic_pc, cfg.transpose_range, coupling_rng
             )
         truth = {
             "melody": _PROGRAM_NAMES[("melody", perf.melody_program)],
@@ -183,6 +190,8 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
         }
         if cfg.coupling:
             truth.update(coupled=coupled, colour=colour)
+            if cfg.couple_by != "meaning":  # what the analyses read the coupling with
+                truth["couple_by"] = cfg.couple_by
         mp3 = audio_dir / f"{song_id}.mp3"
         if not mp3.is_file():
             events = schedule(
@@ -286,7 +295,7 @@ def check_resumable(out: Path, cfg: BuildConfig) -> None:
     # Read as a plain dict: a build.json from an older version may not fit BuildConfig.
     old = json.loads(path.read_text("utf-8"))
     defaults = BuildConfig()
-    for name in ("seed", "coupling"):
+    for name in ("seed", "coupling", "couple_by"):
         was, now = old.get(name, getattr(defaults, name)), getattr(cfg, name)
         if was != now:
             raise RecapError(

@@ -11,11 +11,17 @@ The lyrics' meaning is read with the benchmark's own theme lexicon (`recap.bench
 with at least one hit, else the theme itself). The theme chooses the accompaniment and the key,
 the colour the tempo and the melody instrument. The colour matters because the music21 corpus is
 88 % faith: with the theme alone nearly every coupled song would sound the same.
+
+`--couple-by language` reads the lyrics another way: each language has its house style
+(`BY_LANGUAGE`), all four facts at once. It is the correspondence a reader of a few hundred texts
+can learn (no reader learns the lexicon's colour from them, docs/results.md), so it tests whether
+the alignment finds a correspondence that is there to be learnt.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from recap.bench.facts import theme_counts, words
@@ -25,7 +31,7 @@ from recap.bench.slots import ACCOMPANIMENTS, MELODY_INSTRUMENTS, TEMPO_CLASSES,
 
 @dataclass(frozen=True)
 class Rendering:
-    """One theme's row of the mapping."""
+    """One row of a mapping: a theme's (COUPLING) or a language's (BY_LANGUAGE)."""
 
     tempo: str  # when it is the colour
     melody: str  # when it is the colour
@@ -46,6 +52,41 @@ COUPLING: dict[str, Rendering] = {
     "joy": Rendering(tempo="fast", melody="trumpet", accompaniment="piano", key="D"),
     "longing": Rendering(tempo="moderate", melody="oboe", accompaniment="piano", key="B"),
 }
+
+
+# How a coupled rendering reads its lyrics (`BuildConfig.couple_by`): the lexicon's theme and
+# colour through COUPLING, or the language through BY_LANGUAGE.
+COUPLE_BY = ("meaning", "language")
+
+# The learnable mapping: a house style per language, every fact different from the others'
+# (docs/benchmark.md mirrors it; a test keeps them equal).
+BY_LANGUAGE: dict[str, Rendering] = {
+    "German": Rendering(tempo="moderate", melody="violin", accompaniment="strings", key="A"),
+    "English": Rendering(tempo="fast", melody="flute", accompaniment="harp", key="G"),
+    "French": Rendering(tempo="slow", melody="clarinet", accompaniment="guitar", key="B-flat"),
+    "Italian": Rendering(tempo="fast", melody="trumpet", accompaniment="piano", key="D"),
+    "Latin": Rendering(tempo="slow", melody="choir", accompaniment="organ", key="E-flat"),
+}
+
+
+def reading(truth: Mapping[str, object], couple_by: str) -> dict[str, str]:
+    """What the coupling reads from a song's lyrics facts: {"theme", "colour"} for `meaning`
+    (the colour falls back to the theme), {"language"} for `language`."""
+    if couple_by == "language":
+        return {"language": str(truth["language"])}
+    if couple_by != "meaning":
+        raise ValueError(f"couple_by is one of {COUPLE_BY}, not {couple_by!r}")
+    theme = str(truth["theme"])
+    return {"theme": theme, "colour": str(truth.get("colour") or theme)}
+
+
+def coupled_rows(truth: Mapping[str, object], couple_by: str) -> tuple[Rendering, Rendering]:
+    """The rows that set a song's (accompaniment, key) and its (tempo, melody)."""
+    read = reading(truth, couple_by)
+    if couple_by == "language":
+        row = BY_LANGUAGE[read["language"]]
+        return row, row
+    return COUPLING[read["theme"]], COUPLING[read["colour"]]
 
 
 def theme_and_colour(lyrics: str, language: str) -> tuple[str, str]:
@@ -81,15 +122,15 @@ def transpose_to(tonic_pc: int, key: str, transpose_range: tuple[int, int]) -> i
 
 def couple(
     perf: Performance,
-    theme: str,
-    colour: str,
+    about: Rendering,
+    coloured: Rendering,
     tonic_pc: int,
     transpose_range: tuple[int, int],
     rng: random.Random,
 ) -> tuple[Performance, str]:
-    """`perf` with programs, tempo and transposition from the mapping; the excerpt window is kept.
-    The BPM inside the tempo class is drawn from `rng` (the coupling's own stream)."""
-    about, coloured = COUPLING[theme], COUPLING[colour]
+    """`perf` with the accompaniment and key of `about`, the tempo and melody of `coloured`
+    (`coupled_rows`); the excerpt window is kept. The BPM inside the tempo class is drawn from
+    `rng` (the coupling's own stream)."""
     lo, hi = TEMPO_CLASSES[coloured.tempo]
     coupled = replace(
         perf,

@@ -5,10 +5,10 @@ autocorrelation) against logistic regression on lyrics TF-IDF, cross-validated w
 by work (no work in both the training and the held-out fold). An audio slot should be predictable
 from audio and sit at chance from lyrics; a lyrics slot the other way round.
 
-A third probe reads the lyrics' meaning as the coupling does (theme and colour from the theme
-lexicon, `recap.bench.coupling`): on a build with `--coupling P` it shows how much of the audio
-the lyrics determine (chance at P = 0, all of the coupled slots at P = 1); TF-IDF shows how much
-of that a bag-of-words learner finds.
+A third probe reads the lyrics as the coupling does (theme and colour from the theme lexicon,
+`recap.bench.coupling`, or the language for a build coupled `--couple-by language`): on a build
+with `--coupling P` it shows how much of the audio the lyrics determine (chance at P = 0, all of
+the coupled slots at P = 1); TF-IDF shows how much of that a bag-of-words learner finds.
 
 For the key and the mode a fourth column reads the score instead of the sound: the notes of the
 excerpt the encoder hears (its first `seconds`, at the rendering's transposition and tempo),
@@ -27,7 +27,14 @@ import numpy as np
 
 from recap.bench.render import Performance, schedule
 from recap.bench.scoring import read_songs
-from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS, THEMES, TONICS
+from recap.bench.slots import (
+    AUDIO_SLOTS,
+    INTERPRETIVE_SLOTS,
+    LANGUAGES,
+    SCORE_ONLY_SLOTS,
+    THEMES,
+    TONICS,
+)
 from recap.bench.sources import ScoreError, ScoreSource, estimate_key, load_score
 from recap.utils import RecapError, atomic_write_json
 
@@ -109,11 +116,17 @@ def _chance(y: np.ndarray, groups: np.ndarray, folds: int) -> float:
     return hits / len(y)
 
 
-def meaning_features(lyrics: list[str]) -> np.ndarray:
-    """One-hot theme and one-hot colour of each text, read from the text alone (songs, 2 x themes)."""
+def meaning_features(lyrics: list[str], couple_by: str = "meaning") -> np.ndarray:
+    """What the coupling reads from each text, from the text alone: one-hot theme and one-hot
+    colour (songs, 2 x themes), or, coupled by language, the one-hot language (songs, languages)."""
     from recap.bench.coupling import theme_and_colour
     from recap.bench.facts import detect_language, words
 
+    if couple_by == "language":
+        x = np.zeros((len(lyrics), len(LANGUAGES)), dtype=np.float32)
+        for i, text in enumerate(lyrics):
+            x[i, LANGUAGES.index(detect_language(words(text)))] = 1.0
+        return x
     x = np.zeros((len(lyrics), 2 * len(THEMES)), dtype=np.float32)
     for i, text in enumerate(lyrics):
         theme, colour = theme_and_colour(text, detect_language(words(text)))
@@ -225,7 +238,10 @@ def run_probe(
         x_audio = np.stack(feats)  # (songs, features)
     texts = [lyrics[s["song_id"]] for s in songs]
     x_text = TfidfVectorizer(sublinear_tf=True, min_df=2).fit_transform(texts)  # sparse
-    x_meaning = meaning_features(texts)  # (songs, 2 x themes)
+    build = data_dir / "build.json"
+    built = json.loads(build.read_text("utf-8")) if build.is_file() else None
+    couple_by = (built or {}).get("couple_by", "meaning")
+    x_meaning = meaning_features(texts, couple_by)  # (songs, 2 x themes | languages)
     note_feats, note_ks, note_skipped = _note_reading(songs, seconds) if notes else (None, [], [])
     table = {}
     for slot in PROBED + ("colour",):
@@ -244,13 +260,10 @@ def run_probe(
         }
         if note_feats is not None and slot in NOTE_SLOTS:
             table[slot].update(_note_columns(slot, y, groups, note_feats, note_ks, folds))
-    build = data_dir / "build.json"
-    coupling = (
-        json.loads(build.read_text("utf-8")).get("coupling", 0.0) if build.is_file() else None
-    )
+    coupling = None if built is None else built.get("coupling", 0.0)
     coupled = sum(bool(s["truth"].get("coupled")) for s in songs)
     report = {"data_dir": str(data_dir), "songs": len(songs), "works": n_works,
-              "coupling": coupling, "coupled_songs": coupled,
+              "coupling": coupling, "couple_by": couple_by, "coupled_songs": coupled,
               "folds": folds, "seconds": seconds, "slots": table,
               "notes_skipped": note_skipped}  # fmt: skip
     atomic_write_json(Path(out) if out else data_dir / "probe.json", report)
@@ -282,8 +295,9 @@ def format_table(report: dict) -> str:
     lines = [
         f"probe: {report['songs']} renderings of {report['works']} works, "
         f"{report['folds']}-fold CV grouped by work; coupling "
-        f"{'unknown' if coupling is None else f'{coupling:g}'} "
-        f"({report.get('coupled_songs', 0)} renderings coupled)",
+        f"{'unknown' if coupling is None else f'{coupling:g}'}"
+        + (f" by {report['couple_by']}" if coupling and report.get("couple_by") else "")
+        + f" ({report.get('coupled_songs', 0)} renderings coupled)",
         f"{'slot':<14}{'expected':>9}{'classes':>8}{'chance':>8}{'audio':>8}{'lyrics':>8}"
         f"{'meaning':>8}{'notes':>8}{'KS':>8}",
     ]

@@ -11,6 +11,8 @@ COMMANDS = {"bench": "the rendered-songs benchmark (build, text-rows, probe)"}
 
 
 def register(subparsers: Any) -> None:
+    from recap.bench.coupling import COUPLE_BY
+
     bench = subparsers.add_parser("bench", help=COMMANDS["bench"])
     sub = bench.add_subparsers(dest="bench_command", required=True, metavar="SUBCOMMAND")
 
@@ -38,6 +40,13 @@ def register(subparsers: Any) -> None:
         metavar="P",
         help="share of renderings whose instruments, tempo and key follow the lyrics' theme "
         "(0: independent, as before; docs/benchmark.md)",
+    )
+    b.add_argument(
+        "--couple-by",
+        choices=COUPLE_BY,
+        default="meaning",
+        help="what coupled renderings follow: the lyrics' theme and colour (meaning) or their "
+        "language (a correspondence a reader of a few hundred texts learns; docs/benchmark.md)",
     )
     b.set_defaults(func=_build)
 
@@ -106,9 +115,10 @@ def _build(args: argparse.Namespace) -> int:
         parser=args.parser,
         polyphony=args.polyphony,
         coupling=args.coupling,
+        couple_by=args.couple_by,
     )
     res = build_benchmark(cfg)
-    coupled = f", coupling {cfg.coupling:g}" if cfg.coupling else ""
+    coupled = f", coupling {cfg.coupling:g} by {cfg.couple_by}" if cfg.coupling else ""
     print(
         f"wrote {res.rows} interpretations of {res.songs} renderings ({res.works} works) to "
         f"{res.out} in {res.seconds:.1f} s ({res.renders_per_second:.1f} renderings/s){coupled}"

@@ -32,6 +32,7 @@ def _handler(args: argparse.Namespace) -> int:
         limit=args.limit,
         workers=args.workers,
         coupling=args.coupling,
+        couple_by=args.couple_by,
         comments_per_render=args.comments_per_render,
         tagger_preset=args.tagger_preset,
         tagger_epochs=args.tagger_epochs,
@@ -70,6 +71,8 @@ def train_overrides(args: argparse.Namespace, d: Any) -> dict[str, Any]:
 def add_demo_arguments(p: argparse.ArgumentParser, d: Any) -> None:
     """The options every demo command takes (`recap demo`, `recap demo-alignment`), with the
     defaults of its config `d` (a `recap.demo.DemoConfig`)."""
+    from recap.bench.coupling import COUPLE_BY
+
     p.add_argument("--source", default=d.source, help="music21 | openscore-lieder | DIR of scores")
     p.add_argument("--out", default=d.out, help="output folder (reused by a rerun)")
     p.add_argument("--limit", type=int, default=None, help="render only the first N scores")
@@ -80,6 +83,13 @@ def add_demo_arguments(p: argparse.ArgumentParser, d: Any) -> None:
         default=d.coupling,
         metavar="P",
         help="share of renderings whose audio follows the lyrics' theme (recap bench build)",
+    )
+    p.add_argument(
+        "--couple-by",
+        choices=COUPLE_BY,
+        default=d.couple_by,
+        help="what coupled renderings follow: the lyrics' theme and colour (meaning) or their "
+        "language (a correspondence a reader of a few hundred texts learns; docs/benchmark.md)",
     )
     p.add_argument("--size", default=d.size, help="captioner size: tiny | small")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per captioner")

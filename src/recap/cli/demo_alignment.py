@@ -42,6 +42,7 @@ def _handler(args: argparse.Namespace) -> int:
         limit=args.limit,
         workers=args.workers,
         coupling=args.coupling,
+        couple_by=args.couple_by,
         seeds=csv_list(args.seeds, int),
         weights=csv_list(args.weights, float),
         tagger=args.tagger,

@@ -26,18 +26,45 @@ RETRIEVAL_KS = (1, 5, 10)
 COUPLED_SLOTS = ("accompaniment", "key", "tempo", "melody")
 
 
-def coupled_facts(truth: Mapping[str, Any]) -> dict[str, str]:
-    """The audio facts the coupling table gives this song's lyrics (its theme and colour),
-    whether or not its rendering was coupled."""
-    from recap.bench.coupling import COUPLING
+def couple_by(truth: Mapping[str, Any]) -> str:
+    """How the song's build coupled audio to lyrics (recap.bench.coupling.COUPLE_BY)."""
+    return str(truth.get("couple_by", "meaning"))
 
-    theme, colour = COUPLING[truth["theme"]], COUPLING[truth.get("colour") or truth["theme"]]
+
+def coupled_facts(truth: Mapping[str, Any]) -> dict[str, str]:
+    """The audio facts the coupling table gives this song's lyrics (its theme and colour, or its
+    language), whether or not its rendering was coupled."""
+    from recap.bench.coupling import coupled_rows
+
+    about, coloured = coupled_rows(truth, couple_by(truth))
     return {
-        "accompaniment": theme.accompaniment,
-        "key": theme.key,
-        "tempo": colour.tempo,
-        "melody": colour.melody,
+        "accompaniment": about.accompaniment,
+        "key": about.key,
+        "tempo": coloured.tempo,
+        "melody": coloured.melody,
     }
+
+
+def reading_vocabularies(truths: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Each label the coupling reads from the lyrics (theme and colour, or language) with its
+    values: the columns of `lexicon_features`."""
+    from recap.bench.slots import LANGUAGES, THEMES
+
+    by = {couple_by(t) for t in truths} or {"meaning"}
+    if len(by) > 1:
+        raise RecapError(f"songs coupled in more than one way: {sorted(by)}")
+    return {"language": LANGUAGES} if by == {"language"} else {"theme": THEMES, "colour": THEMES}
+
+
+def _one_hot(labels: Sequence[Mapping[str, str]], vocab: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """(N, sum of vocabulary sizes) one-hot blocks, one per label of `vocab`."""
+    x = np.zeros((len(labels), sum(len(v) for v in vocab.values())), dtype=np.float32)
+    for n, label in enumerate(labels):
+        offset = 0
+        for name, values in vocab.items():
+            x[n, offset + list(values).index(label[name])] = 1.0
+            offset += len(values)
+    return x
 
 
 @dataclass
@@ -222,44 +249,49 @@ def linear_map_retrieval(
 
 
 def lexicon_features(songs: SplitSongs) -> np.ndarray:
-    """One-hot theme and colour (N, 2 x themes): the lexicon's reading of each text."""
-    from recap.bench.slots import THEMES
+    """One-hot of what the coupling reads from each text (N, F): the lexicon's theme and
+    colour, or the language."""
+    from recap.bench.coupling import reading
 
-    x = np.zeros((len(songs.ids), 2 * len(THEMES)), dtype=np.float32)
-    for n, t in enumerate(songs.truths):
-        x[n, THEMES.index(t["theme"])] = 1.0
-        x[n, len(THEMES) + THEMES.index(t.get("colour") or t["theme"])] = 1.0
-    return x
+    return _one_hot(
+        [reading(t, couple_by(t)) for t in songs.truths], reading_vocabularies(songs.truths)
+    )
 
 
 def theme_reader_features(
     train: SplitSongs, test: SplitSongs, c: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """What a reader that learns the lexicon's reading from the train works can know about
+    """What a reader that learns the coupling's reading from the train works can know about
     unseen ones: a logistic regression from the words a text contains (binary bag of words) to
-    its theme and to its colour, fitted on the train songs' true labels (a stronger signal than
-    any alignment loss gets), read on the test songs as the same one-hot features as
-    `lexicon_features`. Returns (train features: the true ones, test features: the predicted
-    ones, the test accuracy of each)."""
+    each label the coupling reads (theme and colour, or language), fitted on the train songs'
+    true labels (a stronger signal than any alignment loss gets), read on the test songs as the
+    same one-hot features as `lexicon_features`. Returns (train features: the true ones, test
+    features: the predicted ones, the test accuracy of each label)."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
+    from recap.bench.coupling import reading
     from recap.bench.facts import words
-    from recap.bench.slots import THEMES
 
+    vocab = reading_vocabularies([*train.truths, *test.truths])
     vectorizer = CountVectorizer(analyzer=words, binary=True)
     x_train = vectorizer.fit_transform(train.lyrics)  # (N, vocabulary) sparse
     x_test = vectorizer.transform(test.lyrics)
-    predicted = np.zeros((len(test.ids), 2 * len(THEMES)), dtype=np.float32)
+    train_labels = [reading(t, couple_by(t)) for t in train.truths]
+    test_labels = [reading(t, couple_by(t)) for t in test.truths]
+    guessed: list[dict[str, str]] = [{} for _ in test.ids]
     accuracy = {}
-    for block, slot in enumerate(("theme", "colour")):
-        labels = [t.get(slot) or t["theme"] for t in train.truths]
-        truth = np.array([t.get(slot) or t["theme"] for t in test.truths])
-        guess = LogisticRegression(C=c, max_iter=5000).fit(x_train, labels).predict(x_test)
-        accuracy[slot] = float((guess == truth).mean())
-        for n, theme in enumerate(guess):
-            predicted[n, block * len(THEMES) + THEMES.index(theme)] = 1.0
-    return lexicon_features(train), predicted, accuracy
+    for name in vocab:
+        y = [label[name] for label in train_labels]
+        truth = np.array([label[name] for label in test_labels])
+        if len(set(y)) == 1:  # one class in train (e.g. a single language): nothing to fit
+            guess = np.array(y[:1] * len(test.ids))
+        else:
+            guess = LogisticRegression(C=c, max_iter=5000).fit(x_train, y).predict(x_test)
+        accuracy[name] = float((guess == truth).mean())
+        for n, value in enumerate(guess):
+            guessed[n][name] = str(value)
+    return lexicon_features(train), _one_hot(guessed, vocab), accuracy
 
 
 def pooled_lyrics_states(captioner: Any, texts: Sequence[str]) -> np.ndarray:

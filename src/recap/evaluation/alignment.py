@@ -50,6 +50,7 @@ from recap.evaluation.aligned_space import (
     linear_map_retrieval,
     oracle_retrieval,
     probe_run,
+    reading_vocabularies,
     theme_reader_features,
 )
 from recap.utils import RecapError, atomic_write_json, atomic_write_text
@@ -310,6 +311,7 @@ def retrieval_stage(
         "songs": first["songs"],
         "works": first["works"],
         "coupled_songs": coupled,
+        "reading": list(reading_vocabularies(songs.truths)),
         "chance": first["chance"],
         "oracle": oracle_retrieval(songs),
         "audio_facts": audio_fact_neighbours(audio, songs.truths),
@@ -387,14 +389,16 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
         w = arm["point"]["align_weight"]
         lines.append(row(f"{arm_label({**arm['overrides'], 'align_weight': w})}", arm["point"]))
     reader = retrieval.get("reader_map")
+    # what the coupling reads from the lyrics (results from before `couple_by`: theme + colour)
+    read = " + ".join(retrieval.get("reading", ("theme", "colour")))
     fixed = [
         ("random chance", {"audio_to_lyrics": retrieval["chance"],
                            "lyrics_to_audio": retrieval["chance"]}),
         ("coupling-table oracle", retrieval["oracle"]),
-        ("linear map from the lexicon's theme + colour", retrieval["lexicon_map"]),
+        (f"linear map from the lexicon's {read}", retrieval["lexicon_map"]),
     ]  # fmt: skip
     if reader:
-        fixed.append(("linear map from a reader of the train works' theme + colour", reader))
+        fixed.append((f"linear map from a reader of the train works' {read}", reader))
     for name, fig in fixed:
         cells = [f"{fig[side][c]:.3f}" for side in ("audio_to_lyrics", "lyrics_to_audio")
                  for c in cols]  # fmt: skip
@@ -426,12 +430,13 @@ def retrieval_markdown(retrieval: Mapping[str, Any], size: str) -> list[str]:
         "train songs, both sides centred: what a projection of those features could align "
         "(the lexicon's one-hot reading of each text; the encoder state RECAP's projection "
         "reads, the mean of hidden_states[4]). Reader: a logistic regression from the words a "
-        "text contains to its theme and to its colour, fitted on the train songs' true labels, "
-        "its predictions read through the lexicon's map: what a reader that learns the "
-        "lexicon from the train works can know of unseen ones"
+        f"text contains to each label the coupling reads ({read}), fitted on the train songs' "
+        "true labels, its predictions read through the lexicon's map: what a reader that "
+        "learns the lexicon from the train works can know of unseen ones"
         + (
-            f" (test accuracy: theme {100 * reader['accuracy']['theme']:.0f} %, colour "
-            f"{100 * reader['accuracy']['colour']:.0f} %)."
+            " (test accuracy: "
+            + ", ".join(f"{k} {100 * v:.0f} %" for k, v in reader["accuracy"].items())
+            + ")."
             if reader
             else "."
         ),
@@ -558,7 +563,8 @@ def sweep_markdown(points: Sequence[Mapping[str, Any]], records: Sequence[Mappin
 def command_line(cfg: AlignmentDemoConfig) -> str:
     d = AlignmentDemoConfig()
     parts = ["recap demo-alignment", f"--source {cfg.source}", f"--out {cfg.out}"]
-    for name, flag in (("coupling", "--coupling"), ("epochs", "--epochs"), ("limit", "--limit"),
+    for name, flag in (("coupling", "--coupling"), ("couple_by", "--couple-by"),
+                       ("epochs", "--epochs"), ("limit", "--limit"),
                        ("align_loss", "--align-loss"), ("tagger", "--tagger"), ("size", "--size"),
                        ("jobs", "--jobs"), ("threads", "--threads")):  # fmt: skip
         if getattr(cfg, name) != getattr(d, name):
@@ -590,7 +596,8 @@ def results_markdown(
     lines = [
         "# Alignment where audio and lyrics correspond",
         "",
-        f"`{command_line(cfg)}` (coupling P = {cfg.coupling:g}, size {cfg.size}, {cfg.epochs} "
+        f"`{command_line(cfg)}` (coupling P = {cfg.coupling:g} by {cfg.couple_by}, size "
+        f"{cfg.size}, {cfg.epochs} "
         f"epoch(s) per captioner, seeds {', '.join(map(str, cfg.seeds))}), at commit "
         f"`{commit or 'unknown'}`.",
         "",
