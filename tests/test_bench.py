@@ -442,6 +442,8 @@ def test_coupling_options_are_checked(built):
     assert BuildConfig.from_dict(BuildConfig(coupling=0.25).to_dict()).coupling == 0.25
     with pytest.raises(RecapError, match="couple_by"):
         BuildConfig(coupling=1.0, couple_by="mood")
+    with pytest.raises(RecapError, match="needs a coupling"):  # nothing would follow it
+        BuildConfig(couple_by="language")
     again = BuildConfig.from_dict(BuildConfig(coupling=1.0, couple_by="language").to_dict())
     assert again.couple_by == "language"
     with pytest.raises(RecapError, match="coupling"):  # its kept MP3s are uncoupled renderings
@@ -530,6 +532,8 @@ def test_demo_passes_the_coupling_and_keeps_benchmarks_apart(built, tmp_path):
     register(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["demo", "--coupling", "0.5"]).coupling == 0.5
     assert parser.parse_args(["demo"]).coupling == 0.0
+    assert parser.parse_args(["demo", "--couple-by", "language"]).couple_by == "language"
+    assert parser.parse_args(["demo"]).couple_by == "meaning"
     shutil.copytree(built, tmp_path / "bench")  # an uncoupled benchmark from an earlier run
     made = json.loads((built / "build.json").read_text("utf-8"))
     same = DemoConfig(out=str(tmp_path), renders_per_song=made["renders_per_song"],
@@ -537,6 +541,8 @@ def test_demo_passes_the_coupling_and_keeps_benchmarks_apart(built, tmp_path):
     assert build_bench(same) == tmp_path / "bench"  # reused
     with pytest.raises(RecapError, match="coupling"):
         build_bench(dataclasses.replace(same, coupling=0.5))
+    with pytest.raises(RecapError, match="by meaning, not 1.0 by language"):
+        build_bench(dataclasses.replace(same, coupling=1.0, couple_by="language"))
 
 
 def test_each_comment_has_its_audio_only_sentences(built):

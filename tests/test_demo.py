@@ -106,6 +106,8 @@ def test_the_recorded_command_reproduces_the_run():
     )
     cfg = DemoConfig(fusion_epochs=0)
     assert demo_command(cfg).endswith("--fusion-epochs 0")
+    cfg = DemoConfig(coupling=1.0, couple_by="language")
+    assert demo_command(cfg).endswith("--out runs/demo --coupling 1 --couple-by language")
     from recap.cli import build_parser
 
     assert build_parser().parse_args(["demo", "--fusion-epochs", "0"]).fusion_epochs == 0

@@ -692,8 +692,8 @@ _NOT_RESULTS = frozenset({"workers", "eval_batch_size", "reference_steps"})
 # Fields recorded otherwise: in the command's head, by a switch, or (train_overrides) entry by
 # entry.
 _RECORDED_OTHERWISE = frozenset({
-    "source", "out", "full", "coupling", "couple_by", "seeds", "quote_lyrics", "known_words", "meteor15",
-    "fusion_from_bart", "music_memory", "train_overrides",
+    "source", "out", "full", "coupling", "couple_by", "seeds", "quote_lyrics", "known_words",
+    "meteor15", "fusion_from_bart", "music_memory", "train_overrides",
 })  # fmt: skip
 
 

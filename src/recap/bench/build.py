@@ -80,6 +80,8 @@ class BuildConfig:
             raise RecapError(f"coupling must be in [0, 1], not {self.coupling}")
         if self.couple_by not in COUPLE_BY:
             raise RecapError(f"couple_by is one of {', '.join(COUPLE_BY)}, not {self.couple_by!r}")
+        if self.couple_by != "meaning" and not self.coupling:
+            raise RecapError(f"couple_by {self.couple_by} needs a coupling above 0 (--coupling P)")
         lo, hi = self.transpose_range
         if self.coupling > 0 and hi - lo < 11:
             raise RecapError(
