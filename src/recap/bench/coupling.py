@@ -58,8 +58,8 @@ COUPLING: dict[str, Rendering] = {
 # colour through COUPLING, or the language through BY_LANGUAGE.
 COUPLE_BY = ("meaning", "language")
 
-# The learnable mapping: a house style per language, every fact different from the others'
-# (docs/benchmark.md mirrors it; a test keeps them equal).
+# The learnable mapping: a house style per language, its melody, accompaniment and key unlike
+# every other's (docs/benchmark.md mirrors it; a test keeps them equal and apart).
 BY_LANGUAGE: dict[str, Rendering] = {
     "German": Rendering(tempo="moderate", melody="violin", accompaniment="strings", key="A"),
     "English": Rendering(tempo="fast", melody="flute", accompaniment="harp", key="G"),
