@@ -21,12 +21,21 @@ the alignment finds a correspondence that is there to be learnt.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+
+import numpy as np
 
 from recap.bench.facts import theme_counts, words
 from recap.bench.render import Performance
-from recap.bench.slots import ACCOMPANIMENTS, MELODY_INSTRUMENTS, TEMPO_CLASSES, THEMES, TONICS
+from recap.bench.slots import (
+    ACCOMPANIMENTS,
+    LANGUAGES,
+    MELODY_INSTRUMENTS,
+    TEMPO_CLASSES,
+    THEMES,
+    TONICS,
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,26 @@ def reading(truth: Mapping[str, object], couple_by: str) -> dict[str, str]:
         raise ValueError(f"couple_by is one of {COUPLE_BY}, not {couple_by!r}")
     theme = str(truth["theme"])
     return {"theme": theme, "colour": str(truth.get("colour") or theme)}
+
+
+def reading_labels(couple_by: str) -> dict[str, tuple[str, ...]]:
+    """Each label `reading` returns for `couple_by`, with its values."""
+    if couple_by == "language":
+        return {"language": LANGUAGES}
+    return {"theme": THEMES, "colour": THEMES}
+
+
+def reading_features(readings: Sequence[Mapping[str, str]], couple_by: str) -> np.ndarray:
+    """(N, sum of the labels' value counts) one-hot blocks of `reading`s, one block per label of
+    `reading_labels` (theme then colour, or the language)."""
+    labels = reading_labels(couple_by)
+    x = np.zeros((len(readings), sum(len(v) for v in labels.values())), dtype=np.float32)
+    for n, read in enumerate(readings):
+        offset = 0
+        for name, values in labels.items():
+            x[n, offset + values.index(read[name])] = 1.0
+            offset += len(values)
+    return x
 
 
 def coupled_rows(truth: Mapping[str, object], couple_by: str) -> tuple[Rendering, Rendering]:

@@ -27,14 +27,7 @@ import numpy as np
 
 from recap.bench.render import Performance, schedule
 from recap.bench.scoring import read_songs
-from recap.bench.slots import (
-    AUDIO_SLOTS,
-    INTERPRETIVE_SLOTS,
-    LANGUAGES,
-    SCORE_ONLY_SLOTS,
-    THEMES,
-    TONICS,
-)
+from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS, TONICS
 from recap.bench.sources import ScoreError, ScoreSource, estimate_key, load_score
 from recap.utils import RecapError, atomic_write_json
 
@@ -119,20 +112,16 @@ def _chance(y: np.ndarray, groups: np.ndarray, folds: int) -> float:
 def meaning_features(lyrics: list[str], couple_by: str = "meaning") -> np.ndarray:
     """What the coupling reads from each text, from the text alone: one-hot theme and one-hot
     colour (songs, 2 x themes), or, coupled by language, the one-hot language (songs, languages)."""
-    from recap.bench.coupling import theme_and_colour
+    from recap.bench.coupling import reading, reading_features, theme_and_colour
     from recap.bench.facts import detect_language, words
 
-    if couple_by == "language":
-        x = np.zeros((len(lyrics), len(LANGUAGES)), dtype=np.float32)
-        for i, text in enumerate(lyrics):
-            x[i, LANGUAGES.index(detect_language(words(text)))] = 1.0
-        return x
-    x = np.zeros((len(lyrics), 2 * len(THEMES)), dtype=np.float32)
-    for i, text in enumerate(lyrics):
-        theme, colour = theme_and_colour(text, detect_language(words(text)))
-        x[i, THEMES.index(theme)] = 1.0
-        x[i, len(THEMES) + THEMES.index(colour)] = 1.0
-    return x
+    readings = []
+    for text in lyrics:
+        language = detect_language(words(text))
+        theme, colour = theme_and_colour(text, language)
+        facts = {"language": language, "theme": theme, "colour": colour}
+        readings.append(reading(facts, couple_by))
+    return reading_features(readings, couple_by)
 
 
 NOTE_SLOTS = ("key", "mode")  # what the excerpt's notes are read for

@@ -45,26 +45,20 @@ def coupled_facts(truth: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def reading_vocabularies(truths: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
-    """Each label the coupling reads from the lyrics (theme and colour, or language) with its
-    values: the columns of `lexicon_features`."""
-    from recap.bench.slots import LANGUAGES, THEMES
-
+def split_couple_by(truths: Sequence[Mapping[str, Any]]) -> str:
+    """The one way these songs were coupled (a split coupled two ways is refused)."""
     by = {couple_by(t) for t in truths} or {"meaning"}
     if len(by) > 1:
         raise RecapError(f"songs coupled in more than one way: {sorted(by)}")
-    return {"language": LANGUAGES} if by == {"language"} else {"theme": THEMES, "colour": THEMES}
+    return by.pop()
 
 
-def _one_hot(labels: Sequence[Mapping[str, str]], vocab: Mapping[str, Sequence[str]]) -> np.ndarray:
-    """(N, sum of vocabulary sizes) one-hot blocks, one per label of `vocab`."""
-    x = np.zeros((len(labels), sum(len(v) for v in vocab.values())), dtype=np.float32)
-    for n, label in enumerate(labels):
-        offset = 0
-        for name, values in vocab.items():
-            x[n, offset + list(values).index(label[name])] = 1.0
-            offset += len(values)
-    return x
+def reading_vocabularies(truths: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Each label the coupling reads from the lyrics (theme and colour, or language) with its
+    values: the columns of `lexicon_features`."""
+    from recap.bench.coupling import reading_labels
+
+    return reading_labels(split_couple_by(truths))
 
 
 @dataclass
@@ -251,11 +245,10 @@ def linear_map_retrieval(
 def lexicon_features(songs: SplitSongs) -> np.ndarray:
     """One-hot of what the coupling reads from each text (N, F): the lexicon's theme and
     colour, or the language."""
-    from recap.bench.coupling import reading
+    from recap.bench.coupling import reading, reading_features
 
-    return _one_hot(
-        [reading(t, couple_by(t)) for t in songs.truths], reading_vocabularies(songs.truths)
-    )
+    by = split_couple_by(songs.truths)
+    return reading_features([reading(t, by) for t in songs.truths], by)
 
 
 def theme_reader_features(
@@ -270,18 +263,18 @@ def theme_reader_features(
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from recap.bench.coupling import reading
+    from recap.bench.coupling import reading, reading_features, reading_labels
     from recap.bench.facts import words
 
-    vocab = reading_vocabularies([*train.truths, *test.truths])
+    by = split_couple_by([*train.truths, *test.truths])
     vectorizer = CountVectorizer(analyzer=words, binary=True)
     x_train = vectorizer.fit_transform(train.lyrics)  # (N, vocabulary) sparse
     x_test = vectorizer.transform(test.lyrics)
-    train_labels = [reading(t, couple_by(t)) for t in train.truths]
-    test_labels = [reading(t, couple_by(t)) for t in test.truths]
+    train_labels = [reading(t, by) for t in train.truths]
+    test_labels = [reading(t, by) for t in test.truths]
     guessed: list[dict[str, str]] = [{} for _ in test.ids]
     accuracy = {}
-    for name in vocab:
+    for name in reading_labels(by):
         y = [label[name] for label in train_labels]
         truth = np.array([label[name] for label in test_labels])
         if len(set(y)) == 1:  # one class in train (e.g. a single language): nothing to fit
@@ -291,7 +284,7 @@ def theme_reader_features(
         accuracy[name] = float((guess == truth).mean())
         for n, value in enumerate(guess):
             guessed[n][name] = str(value)
-    return lexicon_features(train), _one_hot(guessed, vocab), accuracy
+    return reading_features(train_labels, by), reading_features(guessed, by), accuracy
 
 
 def pooled_lyrics_states(captioner: Any, texts: Sequence[str]) -> np.ndarray:
