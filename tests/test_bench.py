@@ -156,10 +156,17 @@ def score_dir(tmp_path_factory) -> Path:
     return root
 
 
-def _build(src: Path, out: Path, seed: int = 3) -> BuildConfig:
+# The fixtures below state the whole score's key, as builds did before `key_seconds`: the digest
+# and the coupling tests compare with what those builds wrote.
+WHOLE_SCORE_KEY = 0.0
+
+
+def _build(
+    src: Path, out: Path, seed: int = 3, key_seconds: float = WHOLE_SCORE_KEY
+) -> BuildConfig:
     cfg = BuildConfig(
         source=str(src), out=str(out), renders_per_song=2, comments_per_render=6,
-        seed=seed, workers=1, seconds=3.0,
+        seed=seed, workers=1, seconds=3.0, key_seconds=key_seconds,
     )  # fmt: skip
     build_benchmark(cfg, progress=False)
     return cfg
@@ -337,6 +344,67 @@ def test_uncoupled_build_is_unchanged(built):
     assert build_digest(built) == DIGEST_BEFORE_COUPLING
 
 
+def test_truth_states_the_key_heard(score_dir, built, tmp_path):
+    """By default the key and mode are Krumhansl-Schmuckler's on the notes of the first
+    `key_seconds` (here the whole 3 s clip): the renderings are the whole-score build's, only the
+    key and mode in the truth (and the captions that state them) differ. Built again into the
+    same folder with `key_seconds` 0, the kept audio gets the whole score's truth back."""
+    from recap.bench.probe import excerpt_notes
+    from recap.bench.sources import estimate_key
+
+    cfg = BuildConfig(
+        source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
+        seed=3, workers=1, seconds=3.0,
+    )  # fmt: skip
+    assert cfg.key_seconds == 15.0
+    build_benchmark(cfg, progress=False)
+    plain = {s["song_id"]: s for s in _rows(built / "songs.jsonl")}
+    songs = _rows(tmp_path / "songs.jsonl")
+    assert {s["song_id"] for s in songs} == set(plain)
+    moved = 0
+    for song in songs:
+        truth, before = song["truth"], plain[song["song_id"]]
+        tonic, mode = estimate_key(excerpt_notes(song, 3.0, {}))
+        assert (truth["key"], truth["mode"]) == (TONICS[tonic], mode)
+        assert song["render"] == before["render"]
+        heard_only = ("key", "mode")
+        assert {k: v for k, v in truth.items() if k not in heard_only} == {
+            k: v for k, v in before["truth"].items() if k not in heard_only
+        }
+        moved += truth["key"] != before["truth"]["key"]
+        name = f"{song['song_id']}.mp3"
+        assert (tmp_path / "audios" / name).read_bytes() == (built / "audios" / name).read_bytes()
+    assert moved  # 3 s of a chorale often sit in another key than the whole
+    for row in _rows(tmp_path / "dataset.jsonl"):
+        assert parse_caption(row["comment"]) == row["slots"]
+    assert json.loads((tmp_path / "build.json").read_text())["key_seconds"] == 15.0
+    assert BuildConfig.from_dict({}).key_seconds == 0.0  # a build.json from before the option
+
+    build_benchmark(dataclasses.replace(cfg, key_seconds=0.0), progress=False)
+    assert build_digest(tmp_path) == DIGEST_BEFORE_COUPLING
+
+
+def test_coupling_transposes_to_the_heard_key(score_dir, tmp_path):
+    """Coupled renderings are transposed so that the key heard is the table's; a coupled build
+    keyed another way is refused (its kept audio is transposed differently)."""
+    from recap.bench.probe import excerpt_notes
+    from recap.bench.sources import estimate_key
+
+    cfg = BuildConfig(
+        source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
+        seed=3, workers=1, seconds=3.0, coupling=1.0,
+    )  # fmt: skip
+    build_benchmark(cfg, progress=False)
+    for song in _rows(tmp_path / "songs.jsonl"):
+        truth = song["truth"]
+        assert truth["key"] == COUPLING[truth["theme"]].key
+        assert TONICS[estimate_key(excerpt_notes(song, 3.0, {}))[0]] == truth["key"]
+    with pytest.raises(RecapError, match="key_seconds"):
+        build_benchmark(dataclasses.replace(cfg, key_seconds=0.0), progress=False)
+    with pytest.raises(RecapError, match="key_seconds"):
+        BuildConfig(key_seconds=-1.0)
+
+
 # --- coupling ------------------------------------------------------------------------------
 
 
@@ -345,7 +413,7 @@ def coupled(score_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("coupled")
     cfg = BuildConfig(
         source=str(score_dir), out=str(out), renders_per_song=2, comments_per_render=6,
-        seed=3, workers=1, seconds=3.0, coupling=1.0,
+        seed=3, workers=1, seconds=3.0, coupling=1.0, key_seconds=WHOLE_SCORE_KEY,
     )  # fmt: skip
     build_benchmark(cfg, progress=False)
     return out
@@ -382,6 +450,7 @@ def test_language_coupling_follows_its_table(score_dir, coupled, tmp_path):
     cfg = BuildConfig(
         source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
         seed=3, workers=1, seconds=3.0, coupling=1.0, couple_by="language",
+        key_seconds=WHOLE_SCORE_KEY,
     )  # fmt: skip
     build_benchmark(cfg, progress=False)
     by_meaning = {s["song_id"]: s for s in _rows(coupled / "songs.jsonl")}
@@ -404,14 +473,14 @@ def test_language_coupling_follows_its_table(score_dir, coupled, tmp_path):
     with pytest.raises(RecapError, match="couple_by meaning, not language"):
         build_benchmark(
             BuildConfig(source="unused", out=str(coupled), seed=3, coupling=1.0,
-                        couple_by="language")
+                        couple_by="language", key_seconds=WHOLE_SCORE_KEY)
         )  # fmt: skip
 
 
 def test_partial_coupling_leaves_the_other_renderings_as_they_were(score_dir, built, tmp_path):
     cfg = BuildConfig(
         source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
-        seed=3, workers=1, seconds=3.0, coupling=0.5,
+        seed=3, workers=1, seconds=3.0, coupling=0.5, key_seconds=WHOLE_SCORE_KEY,
     )  # fmt: skip
     build_benchmark(cfg, progress=False)
     plain = {s["song_id"]: s for s in _rows(built / "songs.jsonl")}
@@ -532,6 +601,11 @@ def test_demo_passes_the_coupling_and_keeps_benchmarks_apart(built, tmp_path):
     made = json.loads((built / "build.json").read_text("utf-8"))
     same = DemoConfig(out=str(tmp_path), renders_per_song=made["renders_per_song"],
                       comments_per_render=made["comments_per_render"])  # fmt: skip
+    # It states the whole score's key: its tagger and captioners must not be reused.
+    with pytest.raises(RecapError, match="the whole score, this recap the key of the first 15 s"):
+        build_bench(same)
+    made["key_seconds"] = 15.0  # as this recap builds it
+    (tmp_path / "bench" / "build.json").write_text(json.dumps(made), "utf-8")
     assert build_bench(same) == tmp_path / "bench"  # reused
     with pytest.raises(RecapError, match="coupling"):
         build_bench(dataclasses.replace(same, coupling=0.5))

@@ -278,10 +278,30 @@ def run_record_lines(
 # ------------------------------------------------------------------------------ stages
 
 
+def refuse_other_keys(out: Path) -> None:
+    """A benchmark whose truth reads the key another way (the whole score's, before
+    `BuildConfig.key_seconds`) is another benchmark, and the tagger and captioners trained on it
+    would be reused: refused."""
+    from recap.bench.build import BuildConfig
+
+    record = out / "build.json"
+    if not record.is_file():
+        return
+    was = json.loads(record.read_text("utf-8")).get("key_seconds", 0.0)
+    now = BuildConfig().key_seconds
+    if was != now:
+        read = f"the first {was:g} s" if was else "the whole score"
+        raise RecapError(
+            f"{out} states the key of {read}, this recap the key of the first {now:g} s "
+            f"heard: use another --out, or delete {out.parent}"
+        )
+
+
 def build_bench(cfg: DemoConfig) -> Path:
     from recap.bench.build import build_benchmark
 
     out = cfg.root / "bench"
+    refuse_other_keys(out)
     if (out / "songs.jsonl").is_file() and (out / "dataset.jsonl").is_file():
         record = out / "build.json"
         built = json.loads(record.read_text("utf-8")) if record.is_file() else {}
@@ -529,6 +549,7 @@ def build_cross_bench(cfg: DemoConfig) -> Path | None:
         print(f"no other corpus: {cfg.cross_source} not found")
         return None
     out = cfg.root / "cross" / "bench"
+    refuse_other_keys(out)
     if not (out / "songs.jsonl").is_file():
         split = (0.0, 0.0, 1.0)  # every work is a test work
         build_benchmark(

@@ -21,7 +21,7 @@ the alignment finds a correspondence that is there to be learnt.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -153,19 +153,21 @@ def couple(
     perf: Performance,
     about: Rendering,
     coloured: Rendering,
-    tonic_pc: int,
+    tonic_of: Callable[[Performance], int],
     transpose_range: tuple[int, int],
     rng: random.Random,
 ) -> tuple[Performance, str]:
     """`perf` with the accompaniment and key of `about`, the tempo and melody of `coloured`
     (`coupled_rows`); the excerpt window is kept. The BPM inside the tempo class is drawn from
-    `rng` (the coupling's own stream)."""
+    `rng` (the coupling's own stream). `tonic_of(p)`: the tonic pitch class the build states for
+    the performance `p` played untransposed (the tempo decides which notes a heard window
+    holds, so it is read after the BPM is set)."""
     lo, hi = TEMPO_CLASSES[coloured.tempo]
     coupled = replace(
         perf,
         melody_program=MELODY_INSTRUMENTS[coloured.melody],
         accompaniment_program=ACCOMPANIMENTS[about.accompaniment],
         bpm=float(rng.randint(lo, hi)),
-        transpose=transpose_to(tonic_pc, about.key, transpose_range),
     )
-    return coupled, coloured.tempo
+    transpose = transpose_to(tonic_of(coupled), about.key, transpose_range)
+    return replace(coupled, transpose=transpose), coloured.tempo

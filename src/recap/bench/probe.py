@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recap.bench.render import Performance, schedule
+from recap.bench.render import Performance, heard_notes
 from recap.bench.scoring import read_songs
 from recap.bench.slots import AUDIO_SLOTS, INTERPRETIVE_SLOTS, SCORE_ONLY_SLOTS, TONICS
 from recap.bench.sources import ScoreError, ScoreSource, estimate_key, load_score
@@ -141,18 +141,10 @@ def excerpt_notes(song: dict, seconds: float, scores: dict) -> np.ndarray:
     score = scores[path]
     render = song["render"]
     perf = Performance(**{f.name: render[f.name] for f in fields(Performance)})
-    events = schedule(score.melody, score.accompaniment, perf, score.bar_quarters, seconds)
-    started: dict[tuple[int, int], float] = {}
-    notes = []
-    for t, on, channel, pitch, _ in events:  # note-ons and their offs, in time order
-        if on:
-            started[(channel, pitch)] = t
-        elif (channel, pitch) in started:
-            t0 = started.pop((channel, pitch))
-            notes.append((t0, t - t0, pitch))
-    if not notes:
+    notes = heard_notes(score.melody, score.accompaniment, perf, score.bar_quarters, seconds)
+    if not len(notes):
         raise ScoreError("no notes in the excerpt")
-    return np.array(notes, dtype=np.float64)
+    return notes
 
 
 def note_features(notes: np.ndarray) -> np.ndarray:

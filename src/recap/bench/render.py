@@ -83,6 +83,28 @@ def schedule(
     return events
 
 
+def heard_notes(
+    melody: np.ndarray,
+    accompaniment: np.ndarray,
+    perf: Performance,
+    bar_quarters: float,
+    seconds: float,
+) -> np.ndarray:
+    """The notes sounding in the first `seconds` of a rendering, (n, 3): onset s, duration s,
+    MIDI pitch as played (the columns of a score's events, so `sources.estimate_key` reads
+    them). Empty (0, 3) when nothing sounds."""
+    started: dict[tuple[int, int], float] = {}
+    notes = []
+    events = schedule(melody, accompaniment, perf, bar_quarters, seconds)
+    for t, on, channel, pitch, _ in events:  # note-ons and their offs, in time order
+        if on:
+            started[(channel, pitch)] = t
+        elif (channel, pitch) in started:
+            t0 = started.pop((channel, pitch))
+            notes.append((t0, t - t0, pitch))
+    return np.array(notes, dtype=np.float64).reshape(-1, 3)
+
+
 def render(
     events: list[tuple[float, int, int, int, int]],
     perf: Performance,

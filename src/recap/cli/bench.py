@@ -48,6 +48,14 @@ def register(subparsers: Any) -> None:
         help="what coupled renderings follow: the lyrics' theme and colour (meaning) or their "
         "language (a correspondence a reader of a few hundred texts learns; docs/benchmark.md)",
     )
+    b.add_argument(
+        "--key-seconds",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="the key and mode stated are those of the notes in the first S seconds, what a "
+        "15 s music encoder hears (0: the whole score's key, as builds before this option)",
+    )
     b.set_defaults(func=_build)
 
     t = sub.add_parser(
@@ -116,6 +124,7 @@ def _build(args: argparse.Namespace) -> int:
         polyphony=args.polyphony,
         coupling=args.coupling,
         couple_by=args.couple_by,
+        key_seconds=args.key_seconds,
     )
     res = build_benchmark(cfg)
     coupled = f", coupling {cfg.coupling:g} by {cfg.couple_by}" if cfg.coupling else ""
