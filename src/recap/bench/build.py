@@ -172,10 +172,11 @@ _PROGRAM_NAMES = {
 def heard_key(score: ScoreData, perf: Performance, seconds: float) -> tuple[int, str]:
     """The Krumhansl-Schmuckler key of what a rendering plays in its first `seconds` (tonic
     pitch class as played, mode); `seconds` 0: the whole score's key, transposed."""
+    whole_score = (score.tonic_pc + perf.transpose) % 12, score.mode
+    if not seconds:
+        return whole_score
     notes = heard_notes(score.melody, score.accompaniment, perf, score.bar_quarters, seconds)
-    if not seconds or not len(notes):  # nothing heard: a silent rendering, skipped later
-        return (score.tonic_pc + perf.transpose) % 12, score.mode
-    return estimate_key(notes)
+    return estimate_key(notes) if len(notes) else whole_score  # none: silent, skipped later
 
 
 def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[list[dict], list]:
