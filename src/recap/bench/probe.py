@@ -13,8 +13,10 @@ the coupled slots at P = 1); TF-IDF shows how much of that a bag-of-words learne
 For the key and the mode a fourth column reads the score instead of the sound: the notes of the
 excerpt the encoder hears (its first `seconds`, at the rendering's transposition and tempo),
 named by a logistic regression on their pitch-class profiles and by Krumhansl-Schmuckler, the
-estimate the build applies to the whole score. A perfect transcription of the excerpt knows no
-more than this; where the truth is the whole score's key it is a ceiling for any listener.
+estimate the build applies. A build states the key of its first `key_seconds` (15 s by default),
+so there Krumhansl-Schmuckler on the same seconds reads 1.0 by construction; on a build keyed by
+the whole score (`--key-seconds 0`, the builds before the option) it is a ceiling for any
+listener of the excerpt.
 """
 
 from __future__ import annotations
