@@ -278,17 +278,15 @@ def run_record_lines(
 # ------------------------------------------------------------------------------ stages
 
 
-def refuse_other_keys(out: Path) -> None:
+def refuse_other_keys(out: Path, built: Mapping[str, Any] | None) -> None:
     """A benchmark whose truth reads the key another way (the whole score's, before
     `BuildConfig.key_seconds`) is another benchmark, and the tagger and captioners trained on it
-    would be reused: refused."""
+    would be reused: refused. `built`: its `read_build_record` (None: no record)."""
     from recap.bench.build import BuildConfig
 
-    record = out / "build.json"
-    if not record.is_file():
+    if built is None:
         return
-    was = json.loads(record.read_text("utf-8")).get("key_seconds", 0.0)
-    now = BuildConfig().key_seconds
+    was, now = built["key_seconds"], BuildConfig().key_seconds
     if was != now:
         read = f"the first {was:g} s" if was else "the whole score"
         raise RecapError(
@@ -298,15 +296,15 @@ def refuse_other_keys(out: Path) -> None:
 
 
 def build_bench(cfg: DemoConfig) -> Path:
-    from recap.bench.build import build_benchmark
+    from recap.bench.build import OMITTED_AT, build_benchmark, read_build_record
 
     out = cfg.root / "bench"
-    refuse_other_keys(out)
+    record = read_build_record(out)
+    refuse_other_keys(out, record)
     if (out / "songs.jsonl").is_file() and (out / "dataset.jsonl").is_file():
-        record = out / "build.json"
-        built = json.loads(record.read_text("utf-8")) if record.is_file() else {}
+        built = record or OMITTED_AT
         # A benchmark with another coupling is another experiment, not a gap to fill.
-        was = (built.get("coupling", 0.0), built.get("couple_by", "meaning"))
+        was = (built["coupling"], built["couple_by"])
         if was != (cfg.coupling, cfg.couple_by):
             raise RecapError(
                 f"{out} was built with coupling {was[0]} by {was[1]}, not {cfg.coupling} by "
@@ -543,13 +541,13 @@ def experiment_config(
 def build_cross_bench(cfg: DemoConfig) -> Path | None:
     """The all-test benchmark of the first `cross_limit` scores of `cfg.cross_source` (built
     before text pretraining, which must not read its works); None when the source is missing."""
-    from recap.bench.build import build_benchmark
+    from recap.bench.build import build_benchmark, read_build_record
 
     if not Path(cfg.cross_source).is_dir():
         print(f"no other corpus: {cfg.cross_source} not found")
         return None
     out = cfg.root / "cross" / "bench"
-    refuse_other_keys(out)
+    refuse_other_keys(out, read_build_record(out))
     if not (out / "songs.jsonl").is_file():
         split = (0.0, 0.0, 1.0)  # every work is a test work
         build_benchmark(

@@ -106,24 +106,35 @@ class BuildConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        # An uncoupled build writes the build.json it wrote before coupling existed (the whole
-        # build stays byte-identical); from_dict reads the absent field as 0.
-        if not self.coupling:
-            del d["coupling"]
-        if self.couple_by == "meaning":  # likewise for the builds coupled before `couple_by`
-            del d["couple_by"]
-        if not self.key_seconds:  # and for the builds keyed by the whole score
-            del d["key_seconds"]
+        # Fields at the value builds had before the field existed are left out, so those builds'
+        # build.json (and the whole build) stay byte-identical; `read_build_record` and
+        # from_dict read them back.
+        for name, value in OMITTED_AT.items():
+            if d[name] == value:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> BuildConfig:
-        d = dict(d)
-        d.setdefault("key_seconds", 0.0)  # written before the option: the whole score's key
+        d = {**OMITTED_AT, **d}
         for k in ("split_fractions", "transpose_range"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
+
+
+# What builds before each field stated (coupling, couple_by, key_seconds): `to_dict` leaves
+# a field at this value out of build.json.
+OMITTED_AT: dict[str, object] = {"coupling": 0.0, "couple_by": "meaning", "key_seconds": 0.0}
+
+
+def read_build_record(out: Path) -> dict | None:
+    """A build's build.json as a plain dict (an older version's may not fit BuildConfig), the
+    fields it leaves out filled in (`OMITTED_AT`); None when there is none."""
+    path = Path(out) / "build.json"
+    if not path.is_file():
+        return None
+    return {**OMITTED_AT, **json.loads(path.read_text("utf-8"))}
 
 
 @dataclass
@@ -327,16 +338,13 @@ def check_resumable(out: Path, cfg: BuildConfig) -> None:
     keyed another way: its kept MP3s (resume) would not be the renderings the new truth
     describes. (An uncoupled build keyed another way renders the same audio: its truth is
     written anew.)"""
-    path = out / "build.json"
-    if not path.is_file():
+    old = read_build_record(out)
+    if old is None:
         return
-    # Read as a plain dict: a build.json from an older version may not fit BuildConfig.
-    old = json.loads(path.read_text("utf-8"))
     defaults = BuildConfig()
     names = ("seed", "coupling", "couple_by") + (("key_seconds",) if cfg.coupling else ())
     for name in names:
-        default = 0.0 if name == "key_seconds" else getattr(defaults, name)  # as from_dict
-        was, now = old.get(name, default), getattr(cfg, name)
+        was, now = old.get(name, getattr(defaults, name)), getattr(cfg, name)
         if was != now:
             raise RecapError(
                 f"{out} holds a build with {name} {was}, not {now}: build into another "
