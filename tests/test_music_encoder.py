@@ -372,3 +372,37 @@ def test_chroma_tokens_hear_the_pitch_classes_and_round_trip(tmp_path):
         assert torch.equal(loaded(triad.unsqueeze(0)), model(triad.unsqueeze(0)))
     assert MusicEncoderConfig.preset("demo-chroma").chroma_tokens
     assert not MusicEncoderConfig.preset("demo").chroma_tokens
+
+
+def test_chroma_make_low_band_compressed_and_clip_normalised():
+    """`chroma_f_max`, `chroma_power`, `chroma_norm` (preset `demo-key`): bins above the band
+    leave the profile, the cache key follows the rows' make (not the normalisation, which is
+    applied after the cache), and with "clip" the token profiles weigh by loudness: their mean
+    is the excerpt's profile, a quiet token's profile is small."""
+    front = dict(chroma_tokens=True, n_fft=2048, n_mels=64, f_min=60.0, f_max=4000.0)
+    run_t, key = tiny(**front), tiny(**front, chroma_f_max=1000.0, chroma_power=0.25)
+    clip = tiny(**front, chroma_f_max=1000.0, chroma_power=0.25, chroma_norm="clip")
+    t = torch.arange(2 * 16_000) / 16_000
+    # A 440 Hz for the first second, then a quiet E 1318.5 Hz (above 1 kHz) alone
+    wave = torch.where(
+        t < 1.0, torch.sin(2 * math.pi * 440.0 * t), 0.01 * torch.sin(2 * math.pi * 1318.5 * t)
+    )
+    rows = {m: m.log_mel(wave.unsqueeze(0))[:, 64:] for m in (run_t, key, clip)}
+    for model, heard in ((run_t, True), (key, False)):  # the E alone: heard below 2 kHz only
+        late = rows[model][0, :, 80:]  # (12, frames) of the second second
+        assert ((late[4] - late.mean(dim=0)).mean() > 20) == heard
+    assert run_t.mel_fingerprint() != key.mel_fingerprint() == clip.mel_fingerprint()
+    by_token = key._chroma_per_token(rows[key])[0]  # (T', 12), each summing to 0 (12 p - 1)
+    by_clip = clip._chroma_per_token(rows[clip])[0]
+    torch.testing.assert_close(
+        by_token.sum(dim=-1), torch.zeros(by_token.shape[0]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(by_clip.mean(dim=0).sum(), torch.tensor(0.0), atol=1e-4, rtol=0)
+    late = by_clip.shape[0] - 1  # a token of the quiet second: near the flat -1 of silence
+    assert by_clip[late].max() < by_clip[0].max() and by_clip[late].mean() < -0.5
+    assert by_clip.mean(dim=0).argmax() == 9  # the excerpt's profile: A
+    assert MusicEncoderConfig.preset("demo-key").chroma_norm == "clip"
+    with pytest.raises(RecapError, match="chroma_norm"):
+        MusicEncoderConfig(chroma_norm="frame")
+    with pytest.raises(RecapError, match="chroma_power"):
+        MusicEncoderConfig(chroma_power=0.0)
