@@ -402,7 +402,20 @@ def test_chroma_make_low_band_compressed_and_clip_normalised():
     assert by_clip[late].max() < by_clip[0].max() and by_clip[late].mean() < -0.5
     assert by_clip.mean(dim=0).argmax() == 9  # the excerpt's profile: A
     assert MusicEncoderConfig.preset("demo-key").chroma_norm == "clip"
+    # chroma_at "output": the transformer reads the mel rows alone, the profiles join after it
+    after = tiny(**front, chroma_at="output").eval()
+    moved = rows[clip].roll(3, dims=1)  # the chroma three semitones up, the mel rows kept
+    mels = after.log_mel(wave.unsqueeze(0))[:, :64]
+    with torch.no_grad():
+        a, b = (after.embed_log_mel(torch.cat([mels, c], dim=1)) for c in (rows[run_t], moved))
+        shift = after.chroma_proj(after._chroma_per_token(moved)) - after.chroma_proj(
+            after._chroma_per_token(rows[run_t])
+        )  # (1, T', hidden)
+    assert torch.equal(a[:, 0], b[:, 0])  # the CLS (the tagging head's input) hears no chroma
+    torch.testing.assert_close(b[:, 1:] - a[:, 1:], shift, atol=1e-5, rtol=1e-4)
     with pytest.raises(RecapError, match="chroma_norm"):
         MusicEncoderConfig(chroma_norm="frame")
     with pytest.raises(RecapError, match="chroma_power"):
         MusicEncoderConfig(chroma_power=0.0)
+    with pytest.raises(RecapError, match="chroma_at"):
+        MusicEncoderConfig(chroma_at="middle")

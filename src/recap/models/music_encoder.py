@@ -81,6 +81,11 @@ class MusicEncoderConfig:
     chroma_f_max: float = 2000.0
     chroma_power: float = 0.5
     chroma_norm: str = "token"
+    # Where the projected profiles join the tokens: "input" to the transformer (run T's), or
+    # "output", added to its output tokens (not the CLS), so the transformer reads the mel
+    # rows alone and rolled chroma rows (the tagger's chroma_rotation) never contradict them
+    # there, and the mean token is linear in the excerpt's profile.
+    chroma_at: str = "input"
     # CNN width; the transformer width is 2 * n_channels
     n_channels: int = 128
     # transformer
@@ -128,6 +133,8 @@ class MusicEncoderConfig:
             )
         if self.chroma_norm not in ("token", "clip"):
             problems.append(f"chroma_norm is 'token' or 'clip', not {self.chroma_norm!r}")
+        if self.chroma_at not in ("input", "output"):
+            problems.append(f"chroma_at is 'input' or 'output', not {self.chroma_at!r}")
         if self.top_db is not None and not self.top_db > 0:
             problems.append(f"top_db must be positive or None, got {self.top_db}")
         if self.n_tags < 1:
@@ -480,12 +487,18 @@ class MusicEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)  # ... → (B, 2C, 1, T')
         x = x.squeeze(2).transpose(1, 2)  # (B, 2C, T') → (B, T', 2C)
+        pitch = None
         if chroma is not None:
             profile = self._chroma_per_token(chroma).to(x.dtype)  # (B, T', 12)
-            x = x + self.chroma_proj(profile)  # (B, T', 2C)
+            pitch = self.chroma_proj(profile)  # (B, T', 2C)
+            if self.config.chroma_at == "input":
+                x, pitch = x + pitch, None
         cls = self.cls_vector.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, 2C), any batch
         x = torch.cat([cls, x], dim=1)  # (B, 1 + T', 2C)
-        return self.encoder(x)
+        x = self.encoder(x)
+        if pitch is not None:  # chroma_at "output": the CLS stays the transformer's
+            x = torch.cat([x[:, :1], x[:, 1:] + pitch], dim=1)  # (B, 1 + T', 2C)
+        return x
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Waveform (B, T) → token sequence (B, 1 + T', hidden); 240,000 samples → (B, 119, 256)."""
