@@ -237,7 +237,7 @@ def test_rotate_chroma_rows_moves_the_pitch_classes_and_keeps_the_mel_rows():
 def test_chroma_token_tagger_trains_from_the_log_mel_cache(tmp_path):
     data = make_benchmark(tmp_path / "bench", per_class=4)
     cfg = TaggerConfig(
-        data=str(data), out=str(tmp_path / "enc"), preset="demo-chroma", epochs=1, batch_size=4,
+        data=str(data), out=str(tmp_path / "enc"), preset="demo-key", epochs=1, batch_size=4,
         crop_seconds=6.0, workers=0, progress=False, token_loss_weight=1.0, chroma_rotation=0.5,
     )  # fmt: skip
     with pytest.raises(RecapError, match="chroma_tokens"):
@@ -250,7 +250,8 @@ def test_chroma_token_tagger_trains_from_the_log_mel_cache(tmp_path):
     assert cache.name.startswith("logmel")
     from recap.models.music_encoder import load_music_encoder
 
-    assert load_music_encoder(tmp_path / "enc").config.chroma_tokens
+    saved = load_music_encoder(tmp_path / "enc").config  # the demo's front end, as trained
+    assert saved.chroma_tokens and (saved.chroma_at, saved.chroma_norm) == ("output", "clip")
     # reused with the same settings, refused with others (it would report the wrong tagger)
     assert train_tagger(dataclasses.replace(cfg, workers=1, progress=True)) == metrics
     with pytest.raises(RecapError, match="other settings .*epochs"):

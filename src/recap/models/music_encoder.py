@@ -201,12 +201,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 # `demo` with each token's pitch-class profile added (chroma_tokens): the demo's tagger since
 # run T (docs/results.md; docs/training.md "Chroma tokens").
 PRESETS["demo-chroma"] = {**PRESETS["demo"], "chroma_tokens": True}
-# `demo-chroma` with a chroma the mean token's key can be read from (see chroma_f_max).
+# `demo-chroma` with a chroma the mean token's key can be read from (see chroma_f_max), added
+# after the transformer (chroma_at): the demo's tagger since run AK (docs/training.md).
 PRESETS["demo-key"] = {
     **PRESETS["demo-chroma"],
     "chroma_f_max": 1000.0,
     "chroma_power": 0.25,
     "chroma_norm": "clip",
+    "chroma_at": "output",
 }
 
 
