@@ -131,7 +131,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--tagger-preset",
         default=d.tagger_preset,
-        help="tiny | mini | demo | demo-chroma | small | reference",
+        help="tiny | mini | demo | demo-chroma | demo-key | small | reference",
     )
     p.add_argument("--tagger-epochs", type=int, default=d.tagger_epochs)
     p.add_argument("--tagger-lr", type=float, default=d.tagger_lr)
