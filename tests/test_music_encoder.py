@@ -398,8 +398,8 @@ def test_chroma_make_low_band_compressed_and_clip_normalised():
         by_token.sum(dim=-1), torch.zeros(by_token.shape[0]), atol=1e-4, rtol=0
     )
     torch.testing.assert_close(by_clip.mean(dim=0).sum(), torch.tensor(0.0), atol=1e-4, rtol=0)
-    late = by_clip.shape[0] - 1  # a token of the quiet second: near the flat -1 of silence
-    assert by_clip[late].max() < by_clip[0].max() and by_clip[late].mean() < -0.5
+    quiet = by_clip[-1]  # a token of the quiet second: near the flat -1 of silence
+    assert quiet.max() < by_clip[0].max() and quiet.mean() < -0.5
     assert by_clip.mean(dim=0).argmax() == 9  # the excerpt's profile: A
     assert MusicEncoderConfig.preset("demo-key").chroma_norm == "clip"
     # chroma_at "output": the transformer reads the mel rows alone, the profiles join after it

@@ -493,12 +493,13 @@ class MusicEncoder(nn.Module):
         if chroma is not None:
             profile = self._chroma_per_token(chroma).to(x.dtype)  # (B, T', 12)
             pitch = self.chroma_proj(profile)  # (B, T', 2C)
-            if self.config.chroma_at == "input":
-                x, pitch = x + pitch, None
+        at_input = self.config.chroma_at == "input"
+        if pitch is not None and at_input:
+            x = x + pitch
         cls = self.cls_vector.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, 2C), any batch
         x = torch.cat([cls, x], dim=1)  # (B, 1 + T', 2C)
         x = self.encoder(x)
-        if pitch is not None:  # chroma_at "output": the CLS stays the transformer's
+        if pitch is not None and not at_input:  # "output": the CLS stays the transformer's
             x = torch.cat([x[:, :1], x[:, 1:] + pitch], dim=1)  # (B, 1 + T', 2C)
         return x
 
