@@ -129,14 +129,16 @@ def test_oracle_ceiling_is_perfect_when_every_song_sounds_different():
     assert oracle["lyrics_to_audio"]["mrr"] == pytest.approx(1.0)
 
 
-def _language_songs(texts: dict[str, list[str]]) -> SplitSongs:
+def _language_songs(texts: dict[str, list[str]], by: str = "language") -> SplitSongs:
+    from recap.bench.coupling import tone
+
     ids, lyrics, truths = [], [], []
     for language, lines in texts.items():
         for n, line in enumerate(lines):
             ids.append(f"{language}-{n}")
             lyrics.append(line)
             truth = {"language": language, "theme": "love", "colour": "night",
-                     "couple_by": "language"}  # fmt: skip
+                     "couple_by": by, "tone": tone(line)}  # fmt: skip
             truths.append({**truth, **coupled_facts(truth), "coupled": True})
     return SplitSongs(ids=ids, lyrics=lyrics, entries=[_Entry(i) for i in ids], truths=truths)
 
@@ -164,6 +166,44 @@ def test_a_language_coupling_is_read_by_language():
     )  # fmt: skip
     with pytest.raises(RecapError, match="more than one way"):
         lexicon_features(mixed)
+
+
+def test_a_language_tone_coupling_reads_the_opening_mark():
+    """Coupled by language and tone, the analyses read both, and the reader of the train texts
+    sees the opening's exclamation mark."""
+    calm = {"language": "German", "tone": "calm", "couple_by": "language-tone"}
+    assert coupled_facts(calm) == {
+        "accompaniment": "strings", "key": "F", "tempo": "slow", "melody": "violin"
+    }  # fmt: skip
+    german = ["und die nacht ist der tag", "ich und du in der welt", "die liebe und das herz"]
+    french = ["et le jour est la nuit", "le coeur et la vie", "je suis et tu es la"]
+    # each text once calm and once exclaiming: only the mark tells the tone
+    train = _language_songs(
+        {
+            "German": german + [t + "!" for t in german],
+            "French": french + [t + "!" for t in french],
+        },
+        by="language-tone",
+    )
+    test = _language_songs(
+        {"German": ["der wald und die see!", "das herz und die zeit"], "French": ["la mer!"]},
+        by="language-tone",
+    )
+    x = lexicon_features(test)  # one-hot languages, then one-hot tones
+    assert x.shape == (3, 5 + 2) and x.sum() == 6 and x[:, 5].tolist() == [1, 0, 1]
+    _, predicted, accuracy = theme_reader_features(train, test)
+    assert accuracy == {"language": 1.0, "tone": 1.0}
+    assert (predicted == x).all()
+
+
+def test_text_pretraining_reaches_every_captioner(tmp_path):
+    """`--pretrain-steps`: the experiment's captioners all start from the pretrained BART."""
+    from recap.evaluation.alignment import experiment
+
+    cfg = AlignmentDemoConfig(out=str(tmp_path), pretrain_steps=10)
+    exp = experiment(cfg, tmp_path / "bench", tmp_path / "tagger", tmp_path / "bart-lyrics")
+    assert exp.bart == str(tmp_path / "bart-lyrics") and exp.seeds == cfg.seeds
+    assert experiment(cfg, tmp_path / "bench", tmp_path / "tagger").bart is None
 
 
 class _Entry:

@@ -28,10 +28,15 @@ from recap.bench import (
 from recap.bench.build import BuildConfig, build_benchmark, rng_for
 from recap.bench.coupling import (
     BY_LANGUAGE,
+    BY_LANGUAGE_TONE,
     COUPLING,
+    TONE_WORDS,
     Rendering,
+    coupled_rows,
     is_coupled,
+    reading_features,
     theme_and_colour,
+    tone,
     transpose_to,
 )
 from recap.bench.facts import lyrics_facts
@@ -519,6 +524,41 @@ def test_coupling_options_are_checked(built):
         build_benchmark(BuildConfig(source="unused", out=str(built), seed=3, coupling=1.0))
 
 
+def test_language_tone_coupling_follows_its_table(score_dir, tmp_path):
+    cfg = BuildConfig(
+        source=str(score_dir), out=str(tmp_path), renders_per_song=2, comments_per_render=6,
+        seed=3, workers=1, seconds=3.0, coupling=1.0, couple_by="language-tone",
+        key_seconds=WHOLE_SCORE_KEY,
+    )  # fmt: skip
+    build_benchmark(cfg, progress=False)
+    lyrics = {r["music4all_id"]: r["lyrics"] for r in _rows(tmp_path / "dataset.jsonl")}
+    for song in _rows(tmp_path / "songs.jsonl"):
+        truth, render = song["truth"], song["render"]
+        assert truth["couple_by"] == "language-tone" and truth["tone"] == tone(
+            lyrics[song["song_id"]]
+        )
+        row = BY_LANGUAGE_TONE[(truth["language"], truth["tone"])]
+        assert coupled_rows(truth, "language-tone") == (row, row)
+        assert (truth["melody"], truth["tempo"], truth["accompaniment"], truth["key"]) == (
+            row.melody, row.tempo, row.accompaniment, row.key
+        )  # fmt: skip
+        assert render["melody_program"] == MELODY_INSTRUMENTS[row.melody]
+    assert json.loads((tmp_path / "build.json").read_text())["couple_by"] == "language-tone"
+
+
+def test_tone_reads_the_opening():
+    words = [f"wort{i}" for i in range(TONE_WORDS + 10)]
+    assert tone(" ".join(words)) == "calm"
+    assert tone(" ".join(words[:TONE_WORDS]) + "! " + " ".join(words[TONE_WORDS:])) == "exclaiming"
+    assert tone(" ".join(words[: TONE_WORDS + 1]) + "! " + " ".join(words[TONE_WORDS + 1 :])) == (
+        "calm"
+    )  # the mark after the first TONE_WORDS words is not read
+    assert tone("O Ewigkeit, du Donnerwort!") == "exclaiming"
+    assert tone("") == "calm"
+    x = reading_features([{"language": "French", "tone": "calm"}], "language-tone")
+    assert x.shape == (1, 5 + 2) and x[0, 2] == 1 and x[0, 6] == 1 and x.sum() == 2
+
+
 def test_theme_colour_and_transposition():
     assert theme_and_colour("the lord god holy and his love in the heart of god", "English") == (
         "faith",
@@ -540,7 +580,15 @@ def test_docs_state_the_coupling_table():
         cells = [c.strip(" `*") for c in line.strip().strip("|").split("|")]
         if len(cells) == 5 and cells[0] in {*COUPLING, *BY_LANGUAGE}:
             rows[cells[0]] = Rendering(*cells[1:])
-    assert rows == {**COUPLING, **BY_LANGUAGE}
+        elif len(cells) == 6 and tuple(cells[:2]) in BY_LANGUAGE_TONE:
+            rows[tuple(cells[:2])] = Rendering(*cells[2:])
+    assert rows == {**COUPLING, **BY_LANGUAGE, **BY_LANGUAGE_TONE}
+    # a language and tone row: the language's instruments, the tone's tempo, a key of its own
+    for (language, tone_), row in BY_LANGUAGE_TONE.items():
+        style = BY_LANGUAGE[language]
+        assert (row.melody, row.accompaniment) == (style.melody, style.accompaniment)
+        assert row.tempo == {"exclaiming": "fast", "calm": "slow"}[tone_]
+    assert len({row.key for row in BY_LANGUAGE_TONE.values()}) == len(BY_LANGUAGE_TONE)
     # every language's style differs from every other's in all but the tempo
     for a, b in itertools.combinations(BY_LANGUAGE.values(), 2):
         assert a.melody != b.melody and a.accompaniment != b.accompaniment and a.key != b.key

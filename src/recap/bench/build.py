@@ -17,7 +17,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from recap.bench.coupling import COUPLE_BY, couple, coupled_rows, is_coupled, theme_and_colour
+from recap.bench.coupling import (
+    COUPLE_BY,
+    couple,
+    coupled_rows,
+    is_coupled,
+    theme_and_colour,
+    tone,
+)
 from recap.bench.facts import lyrics_facts, normalize_phrase
 from recap.bench.render import (
     Performance,
@@ -206,6 +213,7 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
     audio_dir = Path(cfg.out) / "audios"
     bar_count = max(1, int(score.length_quarters // score.bar_quarters))
     colour = theme_and_colour(score.lyrics, facts.language)[1]
+    read = {**facts.to_dict(), "colour": colour, "tone": tone(score.lyrics)}
     key_seconds = min(cfg.key_seconds, cfg.seconds)
 
     def tonic_untransposed(perf: Performance) -> int:
@@ -220,7 +228,7 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
         coupling_rng = rng_for(cfg.seed, src.work_id, k, "coupling")
         coupled = is_coupled(coupling_rng, cfg.coupling)
         if coupled:
-            about, coloured = coupled_rows({**facts.to_dict(), "colour": colour}, cfg.couple_by)
+            about, coloured = coupled_rows(read, cfg.couple_by)
             perf, tempo = couple(
                 perf, about, coloured, tonic_untransposed, cfg.transpose_range, coupling_rng
             )
@@ -239,6 +247,8 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
             truth.update(coupled=coupled, colour=colour)
             if cfg.couple_by != "meaning":  # what the analyses read the coupling with
                 truth["couple_by"] = cfg.couple_by
+            if cfg.couple_by == "language-tone":
+                truth["tone"] = read["tone"]
         mp3 = audio_dir / f"{song_id}.mp3"
         if not mp3.is_file():
             events = schedule(

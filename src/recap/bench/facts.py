@@ -49,21 +49,21 @@ def _lexicon(name: str) -> dict:
 
 def words(text: str) -> list[str]:
     """Lower-cased words (letters only; an elision like "l'amour" stays one token)."""
-    return [_lower(m.group()) for m in _word_matches(text)]
+    return [_lower(m.group()) for m in word_matches(text)]
 
 
 def _lower(word: str) -> str:
     return word.lower().replace("’", "'")
 
 
-def _word_matches(text: str) -> list[re.Match[str]]:
+def word_matches(text: str) -> list[re.Match[str]]:
     return list(WORD.finditer(unicodedata.normalize("NFC", text)))
 
 
 def opening(text: str, n: int = FIRST_LINE_WORDS) -> str:
     """The text's first `n` words as written, punctuation between them included (line breaks
     become spaces): what a caption quotes as the first line."""
-    found = _word_matches(text)[:n]
+    found = word_matches(text)[:n]
     if not found:
         return ""
     span = found[0].string[found[0].start() : found[-1].end()]
@@ -120,7 +120,7 @@ def salient_words(tokens: list[str], language: str, k: int = SALIENT_WORDS) -> l
 
 def lyrics_facts(text: str) -> LyricsFacts | None:
     """The lyrics slots of one text, or None when it has too few words to state them."""
-    found = _word_matches(text)
+    found = word_matches(text)
     tokens = [_lower(m.group()) for m in found]
     if len(tokens) < FIRST_LINE_WORDS + SALIENT_WORDS:
         return None

@@ -113,15 +113,16 @@ def _chance(y: np.ndarray, groups: np.ndarray, folds: int) -> float:
 
 def meaning_features(lyrics: list[str], couple_by: str = "meaning") -> np.ndarray:
     """What the coupling reads from each text, from the text alone: one-hot theme and one-hot
-    colour (songs, 2 x themes), or, coupled by language, the one-hot language (songs, languages)."""
-    from recap.bench.coupling import reading, reading_features, theme_and_colour
+    colour (songs, 2 x themes), or, coupled by language, the one-hot language (songs, languages)
+    and, by language and tone, the one-hot tone after it."""
+    from recap.bench.coupling import reading, reading_features, theme_and_colour, tone
     from recap.bench.facts import detect_language, words
 
     readings = []
     for text in lyrics:
         language = detect_language(words(text))
         theme, colour = theme_and_colour(text, language)
-        facts = {"language": language, "theme": theme, "colour": colour}
+        facts = {"language": language, "theme": theme, "colour": colour, "tone": tone(text)}
         readings.append(reading(facts, couple_by))
     return reading_features(readings, couple_by)
 

@@ -52,6 +52,7 @@ def _handler(args: argparse.Namespace) -> int:
         arm=_arm(args.arm),
         jobs=args.jobs,
         threads=args.threads,
+        pretrain_steps=args.pretrain_steps,
     )
     run_alignment_demo(cfg)
     return 0
@@ -86,6 +87,13 @@ def register(subparsers: Any) -> None:
         metavar="JSON",
         help="the arm beyond the paper trained beside RECAP: TrainConfig fields as a JSON "
         f"object ('{{}}': none; default {json.dumps(d.arm)})",
+    )
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=d.pretrain_steps,
+        help="text pretraining steps before the captioners, all of which start from it (0: from "
+        "scratch, as measured; the val/test works of the coupled build are never read)",
     )
     p.add_argument("--jobs", type=int, default=d.jobs, help="captioners trained at once")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per training")

@@ -263,11 +263,17 @@ def theme_reader_features(
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    from recap.bench.coupling import reading, reading_features, reading_labels
+    from recap.bench.coupling import reading, reading_features, reading_labels, tone
     from recap.bench.facts import words
 
     by = split_couple_by([*train.truths, *test.truths])
-    vectorizer = CountVectorizer(analyzer=words, binary=True)
+    analyzer = words
+    if by == "language-tone":  # the words, and the mark the tone is read from
+
+        def analyzer(text: str) -> list[str]:
+            return words(text) + (["!"] if tone(text) == "exclaiming" else [])
+
+    vectorizer = CountVectorizer(analyzer=analyzer, binary=True)
     x_train = vectorizer.fit_transform(train.lyrics)  # (N, vocabulary) sparse
     x_test = vectorizer.transform(test.lyrics)
     train_labels = [reading(t, by) for t in train.truths]

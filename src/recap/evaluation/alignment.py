@@ -144,11 +144,14 @@ class AlignmentDemoConfig(DemoConfig):
 # ------------------------------------------------------------------------------ training
 
 
-def experiment(cfg: AlignmentDemoConfig, data: Path, encoder: Path) -> Any:
-    """The demo's ExperimentConfig with this config's seeds (and alignment loss)."""
+def experiment(
+    cfg: AlignmentDemoConfig, data: Path, encoder: Path, bart: Path | None = None
+) -> Any:
+    """The demo's ExperimentConfig with this config's seeds (and alignment loss); every
+    captioner starts from the text-pretrained `bart` when given."""
     from recap.demo import experiment_config
 
-    exp = experiment_config(cfg, data, encoder)
+    exp = experiment_config(cfg, data, encoder, bart)
     overrides = dict(exp.train_overrides)
     if cfg.align_loss:
         overrides["align_loss"] = cfg.align_loss
@@ -672,6 +675,7 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
         build_bench,
         code_version,
         precompute_embeddings,
+        pretrain_bart,
         reference_speed,
     )
     from recap.evaluation.experiment import run_sweep, run_table1
@@ -691,8 +695,13 @@ def run_alignment_demo(cfg: AlignmentDemoConfig) -> dict[str, Any]:
     atomic_write_json(cfg.root / "demo_config.json", asdict(cfg))
     data = stages.run("1. coupled benchmark", lambda: build_bench(cfg))
     encoder = stages.run("2. music-encoder pretraining", lambda: use_tagger(cfg, data))
+    bart = None
+    if cfg.pretrain_steps > 0:  # on every core: the trainings have not started
+        torch.set_num_threads(cores)
+        bart = stages.run("2b. text pretraining", lambda: pretrain_bart(cfg, [data]))
+        torch.set_num_threads(cfg.threads)
     stages.run("3. music embeddings", lambda: precompute_embeddings(cfg, data, encoder))
-    exp = experiment(cfg, data, encoder)
+    exp = experiment(cfg, data, encoder, bart)
     weights = cfg.sweep_weights()
     tasks = training_tasks(exp, weights, cfg.arm)
     stages.run(
