@@ -8,7 +8,7 @@ DEBS := libfluidsynth3 fluid-soundfont-gm wordnet-base wordnet-sense-index chrom
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install debs demo demo-seeds demo-lieder demo-alignment demo-alignment-language test lint bench clean
+.PHONY: install debs demo demo-seeds demo-lieder demo-alignment demo-alignment-language demo-alignment-tone test lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ demo-alignment: install
 demo-alignment-language: install
 	$(VENV)/bin/recap demo-alignment --source ../shared/data/openscore-lieder --limit 420 \
 	  --couple-by language --out runs/demo-alignment-language \
+	  $$(test -f runs/demo/tagger/model.safetensors && echo --tagger runs/demo/tagger)
+
+# The same coupled by language and by the tone of each text's opening (an exclamation mark in its
+# first 40 words: fast, else slow), every captioner from a text-pretrained BART (docs/results.md,
+# "Coupled by language and tone"; ~45 min on 2 cores).
+demo-alignment-tone: install
+	$(VENV)/bin/recap demo-alignment --source ../shared/data/openscore-lieder --limit 420 \
+	  --couple-by language-tone --pretrain-steps 500 --arm '{}' --out runs/demo-alignment-tone \
 	  $$(test -f runs/demo/tagger/model.safetensors && echo --tagger runs/demo/tagger)
 
 test: install

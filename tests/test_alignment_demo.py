@@ -198,12 +198,14 @@ def test_a_language_tone_coupling_reads_the_opening_mark():
 
 def test_text_pretraining_reaches_every_captioner(tmp_path):
     """`--pretrain-steps`: the experiment's captioners all start from the pretrained BART."""
-    from recap.evaluation.alignment import experiment
+    from recap.evaluation.alignment import command_line, experiment
 
     cfg = AlignmentDemoConfig(out=str(tmp_path), pretrain_steps=10)
     exp = experiment(cfg, tmp_path / "bench", tmp_path / "tagger", tmp_path / "bart-lyrics")
     assert exp.bart == str(tmp_path / "bart-lyrics") and exp.seeds == cfg.seeds
     assert experiment(cfg, tmp_path / "bench", tmp_path / "tagger").bart is None
+    assert "--pretrain-steps 10" in command_line(cfg)
+    assert "--pretrain-steps" not in command_line(AlignmentDemoConfig())
 
 
 class _Entry:
