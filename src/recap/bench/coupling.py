@@ -87,8 +87,8 @@ BY_LANGUAGE: dict[str, Rendering] = {
 
 
 # The opening's tone (`tone`): the words a small captioner's lyrics encoder reads whole (its 128
-# tokens hold ~60 words), and an exclamation mark in them about as often as not (40 % of the
-# Lieder's first 420 texts).
+# tokens hold ~60 words); 38 % of the Lieder's first 420 texts have an exclamation mark in them,
+# 63 % anywhere.
 TONE_WORDS = 40
 TONES = ("exclaiming", "calm")
 
