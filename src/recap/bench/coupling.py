@@ -110,8 +110,8 @@ BY_LANGUAGE_TONE: dict[tuple[str, str], Rendering] = {
 
 
 def tone(lyrics: str) -> str:
-    """ "exclaiming" when the text's first TONE_WORDS words, with the punctuation between and
-    right after them, hold an exclamation mark; "calm" otherwise."""
+    """The opening's tone: exclaiming when the text's first TONE_WORDS words, with the
+    punctuation between and right after them, hold an exclamation mark; calm otherwise."""
     found = word_matches(lyrics)
     if len(found) > TONE_WORDS:
         head = found[0].string[: found[TONE_WORDS].start()]  # up to the next word
