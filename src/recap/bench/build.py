@@ -213,7 +213,9 @@ def build_score(src: ScoreSource, cfg: BuildConfig, soundfont: str) -> tuple[lis
     audio_dir = Path(cfg.out) / "audios"
     bar_count = max(1, int(score.length_quarters // score.bar_quarters))
     colour = theme_and_colour(score.lyrics, facts.language)[1]
-    read = {**facts.to_dict(), "colour": colour, "tone": tone(score.lyrics)}
+    read = {**facts.to_dict(), "colour": colour}
+    if cfg.couple_by == "language-tone":  # only this coupling reads the opening's mark
+        read["tone"] = tone(score.lyrics)
     key_seconds = min(cfg.key_seconds, cfg.seconds)
 
     def tonic_untransposed(perf: Performance) -> int:
